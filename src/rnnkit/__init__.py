@@ -1,0 +1,25 @@
+"""rnnkit: recurrent neural networks on PyTorch.
+
+Importing rnnkit first flushes denormal floats to zero (see :mod:`rnnkit.runtime`);
+set ``RNNKIT_FLUSH_DENORMAL=0`` to keep torch's default.
+"""
+
+__version__ = "0.1.0"
+
+from rnnkit import runtime as _runtime
+
+_runtime.configure_from_env()
+
+from rnnkit.cells import GRUCell, LSTMCell, RNNCell  # noqa: E402
+from rnnkit.recurrent import GRU, LSTM, RNN, Recurrent  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "RNNCell",
+    "LSTMCell",
+    "GRUCell",
+    "Recurrent",
+    "RNN",
+    "LSTM",
+    "GRU",
+]

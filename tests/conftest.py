@@ -1,0 +1,22 @@
+"""Shared fixtures: the data directory (RNNKIT_DATA) and float64 helpers."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    """The real datasets folder named by RNNKIT_DATA; skips the test with the reason when absent."""
+    root = os.environ.get("RNNKIT_DATA")
+    if not root or not Path(root).is_dir():
+        pytest.skip("RNNKIT_DATA is not set to an existing folder; real-data tests need it")
+    return Path(root)
+
+
+def need_file(data_dir: Path, relative: str) -> Path:
+    path = data_dir / relative
+    if not path.exists():
+        pytest.skip(f"{path} is missing (see shared/data/SOURCES.md)")
+    return path
