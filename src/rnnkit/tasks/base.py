@@ -1,0 +1,72 @@
+"""The task contract: what a job adds on top of the shared model, trainer, artifact and CLI.
+
+A task adds a data pipeline, a head and its metrics, nothing more. Each task module defines a
+subclass of :class:`Task` and registers an instance in :data:`TASKS` (see ``tasks/__init__.py``):
+
+1. ``Config``: a dataclass of the task's data options (sequence length, window/horizon, maximum
+   length and vocabulary size, MNIST mode, ...). Every field is a CLI flag and a config-file key.
+2. ``prepare(config, data, seed) -> PreparedData``: train/val/test batch sources and the JSON-able
+   *task state* (vocabulary, scaler parameters, label names, window sizes), plus data info
+   (name, path, sha256) stored in the artifact.
+3. ``model_config(task_state, config, model) -> ModelConfig``: fills in what comes from the data
+   (encoder kind, ``input_size``, ``head``, ``output_size``) on top of the user's model options.
+4. ``loss(outputs, batch)`` (a scalar to minimise) and ``evaluate(model, batches) -> dict`` (a
+   full pass; snake_case metric names; must contain ``loss``).
+5. ``load(artifact) -> facade``: the ready-to-use object ``rnnkit.load(DIR)`` returns
+   (``TextGenerator``, ``Forecaster``, ``TextClassifier``, ``SequenceClassifier``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Optional, Protocol
+
+from torch import Tensor
+
+from rnnkit.data.batching import Batch
+from rnnkit.models import ModelConfig
+
+
+class BatchSource(Protocol):
+    """A reproducible stream of batches: the same (epoch, seed) always gives the same batches.
+
+    The trainer resumes inside an epoch by skipping the first ``cursor`` batches of
+    ``epoch(e, seed)``, so the order must depend only on ``(epoch, seed)``.
+    """
+
+    def __len__(self) -> int:  # batches per epoch
+        ...
+
+    def epoch(self, epoch: int, seed: int) -> Iterator[Batch]:
+        ...
+
+
+@dataclass
+class PreparedData:
+    train: BatchSource
+    val: Optional[BatchSource]
+    test: Optional[BatchSource]
+    task_state: dict  # JSON-able: vocabulary / scaler / labels / windows
+    data_info: dict = field(default_factory=dict)  # {"name", "path", "sha256", ...}
+
+
+class Task:
+    """Base class of the four jobs; see the module docstring for the contract."""
+
+    name: str = ""
+    Config: type = object
+
+    def prepare(self, config: Any, data: str, seed: int) -> PreparedData:
+        raise NotImplementedError
+
+    def model_config(self, task_state: dict, config: Any, model: ModelConfig) -> ModelConfig:
+        raise NotImplementedError
+
+    def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
+        raise NotImplementedError
+
+    def evaluate(self, model, batches: Iterable[Batch]) -> dict:
+        raise NotImplementedError
+
+    def load(self, artifact) -> Any:
+        raise NotImplementedError
