@@ -51,3 +51,40 @@ def pad_sequences(seqs: list, pad_value=0, dtype=torch.int64) -> tuple[Tensor, T
     tensors = [torch.as_tensor(s, dtype=dtype) for s in seqs]
     out = torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True, padding_value=pad_value)
     return out, lengths
+
+
+class BucketedBatches:
+    """A reproducible ``BatchSource`` whose batches hold items of similar length.
+
+    Each epoch shuffles the items with a generator seeded by ``(seed, epoch)``, cuts them into
+    pools of ``pool * batch_size`` items, sorts each pool by length, slices it into batches and
+    shuffles the batch order: little padding (the recurrent loop runs ``max(lengths)`` steps) yet
+    a different mix every epoch. ``shuffle=False`` (evaluation) sorts all items by length.
+    ``make_batch(indices) -> Batch`` builds one batch from item indices.
+    """
+
+    def __init__(self, lengths, batch_size: int, make_batch, shuffle: bool = True, pool: int = 50):
+        self.lengths = torch.as_tensor(lengths, dtype=torch.int64)
+        self.batch_size, self.make_batch, self.shuffle, self.pool = batch_size, make_batch, shuffle, pool
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def batch_indices(self, epoch: int, seed: int) -> list:
+        """The item indices of every batch of ``epoch``, in order."""
+        n, bs = len(self.lengths), self.batch_size
+        if not self.shuffle:
+            order = torch.argsort(self.lengths, stable=True)
+            return [order[i : i + bs] for i in range(0, n, bs)]
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=g)
+        batches = []
+        for start in range(0, n, self.pool * bs):
+            chunk = order[start : start + self.pool * bs]
+            chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
+            batches += [chunk[i : i + bs] for i in range(0, len(chunk), bs)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+    def epoch(self, epoch: int, seed: int):
+        for idx in self.batch_indices(epoch, seed):
+            yield self.make_batch(idx.tolist())
