@@ -3,7 +3,8 @@
 ``SequenceModel(ModelConfig)``; the config is a plain JSON-able dataclass stored in every
 artifact, so a model is rebuilt from ``artifact.json`` alone.
 
-Shapes: inputs (B, T) token ids for ``encoder="embedding"``, (B, T, F) floats otherwise;
+Shapes: inputs (B, T) token ids for ``encoder="embedding"`` (or (B, T, K): K ids per step whose
+vectors are summed, e.g. a word and its hashed bigram), (B, T, F) floats otherwise;
 outputs (B, T, O) for ``head="per_step"``, (B, O) for ``last``, ``mean`` and ``max``.
 """
 
@@ -94,7 +95,10 @@ class SequenceModel(nn.Module):
     def features(self, inputs: Tensor, state=None, lengths=None):
         """Recurrent features before the head: (B, T, D*H) for per_step, (B, D*H) pooled."""
         c = self.config
-        x = F.dropout(self.encoder(inputs), c.embedding_dropout, self.training)  # (B, T, E)
+        x = self.encoder(inputs)  # (B, T, E), or (B, T, K, E) for K ids per step
+        if x.dim() == 4:
+            x = x.sum(2)  # several ids per step (word + hashed n-grams, fastText-style): sum their vectors
+        x = F.dropout(x, c.embedding_dropout, self.training)  # (B, T, E)
         y, state = self.rnn(x, state, lengths)  # (B, T, D*H)
         if c.head == "per_step":
             return y, state
