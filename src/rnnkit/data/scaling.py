@@ -1,0 +1,65 @@
+"""Per-channel scalers for series: fitted on the training part only, stored in the artifact.
+
+Values are arrays ``(T, C)`` (or anything whose last axis is the C channels).
+
+* ``standard``: ``z = (x - mean) / std`` with the population std (ddof=0, as scikit-learn);
+* ``minmax``:   ``z = (x - min) / (max - min)``;
+* ``none``:     the identity (metrics "on scaled data" are then in original units).
+
+A channel that is constant on the training part gets scale 1, so transforms never divide by 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rnnkit.errors import UserError
+
+SCALERS = ("standard", "minmax", "none")
+
+
+class Scaler:
+    """``z = (x - shift) / scale`` per channel; ``kind`` says how shift/scale were fitted."""
+
+    def __init__(self, kind: str = "standard", shift=None, scale=None):
+        if kind not in SCALERS:
+            raise UserError(f"scaler must be one of {', '.join(SCALERS)}, got {kind!r}")
+        self.kind = kind
+        self.shift = None if shift is None else np.asarray(shift, dtype=np.float64)
+        self.scale = None if scale is None else np.asarray(scale, dtype=np.float64)
+
+    def fit(self, values) -> "Scaler":
+        """Fit on training values ``(T, C)``; returns self."""
+        x = np.asarray(values, dtype=np.float64).reshape(-1, np.shape(values)[-1])
+        if self.kind == "standard":
+            shift, scale = x.mean(0), x.std(0)
+        elif self.kind == "minmax":
+            shift, scale = x.min(0), x.max(0) - x.min(0)
+        else:
+            shift, scale = np.zeros(x.shape[1]), np.ones(x.shape[1])
+        self.shift, self.scale = shift, np.where(scale > 0, scale, 1.0)
+        return self
+
+    def _check(self):
+        if self.shift is None:
+            raise RuntimeError("Scaler.transform before fit")
+
+    def transform(self, values) -> np.ndarray:
+        self._check()
+        return (np.asarray(values, dtype=np.float64) - self.shift) / self.scale
+
+    def inverse_transform(self, values) -> np.ndarray:
+        self._check()
+        return np.asarray(values, dtype=np.float64) * self.scale + self.shift
+
+    def select(self, channels) -> "Scaler":
+        """The scaler of a subset of channels (e.g. the targets among target + covariates)."""
+        return Scaler(self.kind, self.shift[list(channels)], self.scale[list(channels)])
+
+    def to_dict(self) -> dict:
+        self._check()
+        return {"kind": self.kind, "shift": self.shift.tolist(), "scale": self.scale.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Scaler":
+        return cls(d["kind"], d["shift"], d["scale"])

@@ -1,0 +1,566 @@
+"""Time-series forecasting: look-back window L -> the next K values of C target channels.
+
+Data: a CSV (time column + numeric columns; ``target`` and ``covariates`` pick them) read into
+a :class:`~rnnkit.data.series.Series` and split chronologically into train/val/test; or the
+built-in ``sines`` panel (independent 2-sine series split by series, 7,000/2,000/1,000).
+Scaling is fitted on the training part only and stored in the task state. Val/test windows
+may reach back into the previous part for their inputs (the ETT protocol); their targets
+never leave their own part. Inputs are the C targets first, then the covariates.
+
+Models (``ForecastModel`` wraps one of them):
+
+* ``rnn``: ``SequenceModel`` (recurrent stack) with a per-step head of K*C outputs: at every
+  input step t it forecasts steps t+1..t+K (``dense_targets``, the seq2seq training of the
+  tutorials; only the last step's forecast is used at prediction time), or K*C from the last
+  step only. ``decoding="autoregressive"`` trains K=1 and feeds each forecast back with the
+  state carried, one step at a time.
+* ``segrnn``: :class:`~rnnkit.tasks.forecast_models.SegRNN` for long look-backs.
+
+``channel_independent`` runs each of the C channels as its own univariate series through
+shared weights (no covariates then).
+
+Metrics: ``mse``/``mae`` (and ``mse_last``, the last horizon step) on scaled data; on the
+original scale MAE/RMSE/sMAPE/MASE; beside them the naive, seasonal naive and linear baselines
+on the same windows.
+
+Façade: :class:`Forecaster` — ``fit(series)``, ``predict(n)``, ``historical_forecasts``,
+``evaluate``; ``rnnkit.load(DIR)`` returns one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from rnnkit.data.batching import Batch
+from rnnkit.data.scaling import Scaler
+from rnnkit.data.series import Series, generate_sines, make_windows, read_csv, split_points
+from rnnkit.errors import UserError
+from rnnkit.models import ModelConfig, SequenceModel
+from rnnkit.tasks import forecast_models as fm
+from rnnkit.tasks.base import PreparedData, Task
+
+SINES = "sines"
+
+
+@dataclass
+class ForecastConfig:
+    """Data and forecasting options of the forecast task (every field is a CLI flag)."""
+
+    lookback: int = 50  # L: input steps per window
+    horizon: int = 1  # K: steps forecast at once
+    batch_size: int = 32
+    target: str = ""  # comma-separated target columns ("": every numeric column)
+    covariates: str = ""  # comma-separated input-only columns
+    time_column: str = ""  # "": the first column
+    fill: str = "error"  # missing cells: error | ffill | interpolate | zero
+    scaler: str = "standard"  # standard | minmax | none (fitted on the training part only)
+    val: float = 0.1  # validation part: a fraction (< 1) or a number of steps
+    test: float = 0.2  # test part (the last steps)
+    architecture: str = "rnn"  # rnn | segrnn
+    decoding: str = "direct"  # direct (K outputs at once) | autoregressive (K=1 fed back)
+    dense_targets: bool = True  # rnn: train the K-ahead forecast at every input step, not only the last
+    channel_independent: bool = False  # each channel its own univariate series, shared weights
+    segment_length: int = 48  # segrnn: W steps per segment
+    period: int = 0  # seasonal naive period (0: detected on the training part)
+    sines_series: str = "7000,2000,1000"  # sines: train,val,test series counts
+    data_seed: int = 42  # sines generator seed
+
+    def __post_init__(self):
+        _choice("architecture", self.architecture, ("rnn", "segrnn"))
+        _choice("decoding", self.decoding, ("direct", "autoregressive"))
+        if self.lookback < 1 or self.horizon < 1:
+            raise UserError(f"lookback and horizon must be >= 1, got {self.lookback} and {self.horizon}")
+
+
+def _choice(name: str, value: str, valid: tuple) -> None:
+    if value not in valid:
+        raise UserError(f"{name}: expected one of {', '.join(valid)}, got {value!r}")
+
+
+def _names(text: str) -> list:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+class WindowBatches:
+    """A BatchSource over windows X (N, L, F), Y (N, K, C): shuffled per (epoch, seed) or in order."""
+
+    def __init__(self, X: np.ndarray, Y: np.ndarray, batch_size: int, shuffle: bool):
+        self.X = torch.as_tensor(X, dtype=torch.float32)
+        self.Y = torch.as_tensor(Y, dtype=torch.float32)
+        self.batch_size, self.shuffle = batch_size, shuffle
+
+    def __len__(self) -> int:
+        return -(-len(self.X) // self.batch_size)
+
+    def epoch(self, epoch: int, seed: int) -> Iterator[Batch]:
+        n = len(self.X)
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        else:
+            order = torch.arange(n)
+        for i in range(0, n, self.batch_size):
+            idx = order[i : i + self.batch_size]
+            yield Batch(self.X[idx], self.Y[idx])
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class Splits:
+    """Scaled windows of the three parts plus what the task state needs."""
+
+    X: dict  # part -> (N, L, F)
+    Y: dict  # part -> (N, K, C)
+    scaler: Scaler  # over the F input channels (targets first)
+    columns: list  # target names (C)
+    covariates: list
+    history: Series  # the whole unscaled series (inputs' channels), for predict()
+    train_values: np.ndarray  # unscaled training targets (T_train, C) for MASE/period
+    borders: Optional[list] = None  # [train_end, val_end, T] of a chronological split (None: sines panel)
+
+
+def load_series(data: Union[str, Path, Series], config: ForecastConfig) -> tuple[Series, dict]:
+    """A Series with the target columns first, then covariates; and the data info."""
+    if isinstance(data, Series):
+        series, info = data, {"name": "series"}
+    else:
+        path = _resolve(str(data))
+        series = read_csv(path, config.time_column or None, None, config.fill)
+        info = {"name": str(data), "path": str(path)}
+    covariates = _names(config.covariates)
+    targets = _names(config.target) or [c for c in series.columns if c not in covariates]
+    return series.select(targets + covariates), info
+
+
+def _resolve(data: str) -> Path:
+    path = Path(data)
+    if path.is_file():
+        return path
+    try:
+        from rnnkit.data import sources
+    except ImportError:
+        sources = None
+    resolve = getattr(sources, "resolve", None)
+    if resolve is None:
+        raise UserError(f"{data}: no such file (or built-in dataset: {SINES})")
+    return Path(resolve(data))
+
+
+def split_series(series: Series, config: ForecastConfig) -> Splits:
+    """Chronological split, scaler fitted on train, windows per part (inputs may reach back)."""
+    C = series.width - len(_names(config.covariates))
+    train_end, val_end = split_points(len(series), config.val, config.test)
+    scaler = Scaler(config.scaler).fit(series.values[:train_end])
+    z = scaler.transform(series.values)  # (T, F)
+    bounds = {"train": (0, train_end), "val": (train_end, val_end), "test": (val_end, len(series))}
+    X, Y = {}, {}
+    for part, (start, stop) in bounds.items():
+        if stop - start >= config.horizon and (part == "train" or stop > start):
+            try:
+                X[part], Y[part] = make_windows(z, z[:, :C], config.lookback, config.horizon, start, stop)
+            except UserError:
+                if part == "train":
+                    raise
+    return Splits(X, Y, scaler, series.columns[:C], series.columns[C:], series, series.values[:train_end, :C],
+                  [train_end, val_end, len(series)])
+
+
+def sines_splits(config: ForecastConfig) -> Splits:
+    """The tutorials' panel: independent series of L+K steps, split by series."""
+    counts = [int(s) for s in _names(config.sines_series)]
+    if len(counts) != 3:
+        raise UserError(f"sines_series: expected train,val,test counts, got {config.sines_series!r}")
+    L, K = config.lookback, config.horizon
+    x = generate_sines(sum(counts), L + K, config.data_seed)[..., None].astype(np.float64)  # (N, L+K, 1)
+    ends = np.cumsum(counts)
+    scaler = Scaler(config.scaler).fit(x[: ends[0]].reshape(-1, 1))
+    z = scaler.transform(x)
+    X, Y = {}, {}
+    for part, (a, b) in zip(("train", "val", "test"), ((0, ends[0]), (ends[0], ends[1]), (ends[1], ends[2]))):
+        if b > a:
+            X[part], Y[part] = z[a:b, :L], z[a:b, L:]
+    history = Series(x[ends[-1] - 1], None, ["value"])  # the last test series, for predict()
+    return Splits(X, Y, scaler, ["value"], [], history, x[: ends[0], :L, 0].T.reshape(-1, 1))
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def model_spec(config: ForecastConfig, channels: int, inputs: int) -> dict:
+    """The JSON-able description of a ForecastModel (beside ModelConfig in the task state)."""
+    if config.channel_independent and inputs != channels:
+        raise UserError("channel_independent forecasting cannot use covariates")
+    if config.decoding == "autoregressive" and inputs != channels:
+        raise UserError("autoregressive decoding needs no covariates (their future is unknown)")
+    if config.architecture == "segrnn" and inputs != channels:
+        raise UserError("the segrnn architecture is channel-independent: it cannot use covariates")
+    auto = config.decoding == "autoregressive"
+    return {"architecture": config.architecture, "horizon": config.horizon, "lookback": config.lookback,
+            "channels": channels, "inputs": inputs, "decoding": config.decoding,
+            "step_horizon": 1 if auto else config.horizon,
+            "dense_targets": bool(config.dense_targets or auto),
+            "channel_independent": bool(config.channel_independent), "segment_length": config.segment_length}
+
+
+class ForecastModel(nn.Module):
+    """The trained network plus its decoding rule.
+
+    ``forward(x (B, L, F)) -> (outputs, None)`` is what the loss sees: (B, L, K', C) per-step
+    forecasts when dense, else (B, K', C) (K' = K, or 1 when autoregressive).
+    ``forecast(x (B, L, F), K) -> (B, K, C)`` is the prediction.
+    """
+
+    def __init__(self, spec: dict, model_config: ModelConfig):
+        super().__init__()
+        self.spec, self.model_config = spec, model_config
+        if spec["architecture"] == "segrnn":
+            self.net = fm.SegRNN(fm.SegRNNConfig(
+                spec["lookback"], spec["horizon"], spec["channels"], spec["segment_length"],
+                model_config.hidden_size, model_config.cell, model_config.head_dropout))
+        else:
+            self.net = SequenceModel(model_config)
+
+    def _flat(self, x: Tensor) -> Tensor:
+        """(B, L, C) -> (B*C, L, 1) when channel-independent."""
+        if not self.spec["channel_independent"] or self.spec["architecture"] == "segrnn":
+            return x
+        B, L, C = x.shape
+        return x.permute(0, 2, 1).reshape(B * C, L, 1)
+
+    def _unflat(self, y: Tensor, B: int) -> Tensor:
+        """(B', ..., K'*C') -> (B, ..., K', C)."""
+        s = self.spec
+        C, Kp = s["channels"], s["step_horizon"]
+        if s["channel_independent"]:
+            y = y.view(B, C, *y.shape[1:-1], Kp)  # (B, C, [L,] K')
+            return y.movedim(1, -1)  # (B, [L,] K', C)
+        return y.view(*y.shape[:-1], Kp, C)
+
+    def forward(self, x: Tensor, state=None, lengths=None):
+        if self.spec["architecture"] == "segrnn":
+            return self.net(x)
+        out, state = self.net(self._flat(x), state)  # (B', L, K'*C')
+        if not self.spec["dense_targets"]:
+            out = out[:, -1]  # (B', K'*C')
+        return self._unflat(out, x.shape[0]), state
+
+    @torch.no_grad()
+    def forecast(self, x: Tensor, horizon: Optional[int] = None) -> Tensor:
+        """(B, L, F) scaled window -> (B, K, C) scaled forecast; K beyond the trained horizon
+        (inputs without covariates only) continues from the model's own forecasts."""
+        s = self.spec
+        K = horizon or s["horizon"]
+        if s["decoding"] == "autoregressive" and s["architecture"] == "rnn":
+            return self._autoregressive(x, K)
+        chunks, done = [], 0
+        while done < K:
+            y, _ = self.forward(x)
+            y = y[:, -1] if s["dense_targets"] and s["architecture"] == "rnn" else y  # (B, K, C)
+            chunks.append(y)
+            done += y.shape[1]
+            if done < K:
+                if x.shape[-1] != y.shape[-1]:
+                    raise UserError(f"forecasting {K} > horizon {s['horizon']} steps needs a model without covariates")
+                x = torch.cat([x, y], dim=1)[:, -x.shape[1] :]
+        return torch.cat(chunks, dim=1)[:, :K]
+
+    def _autoregressive(self, x: Tensor, K: int) -> Tensor:
+        """Feed each one-step forecast back in with the recurrent state carried (no window re-run)."""
+        B = x.shape[0]
+        out, state = self.net(self._flat(x))  # (B', L, C')
+        step = out[:, -1:]  # (B', 1, C')
+        preds = [step]
+        for _ in range(K - 1):
+            out, state = self.net(step, state)
+            step = out[:, -1:]
+            preds.append(step)
+        y = torch.cat(preds, dim=1)  # (B', K, C')
+        if self.spec["channel_independent"]:
+            return y.view(B, -1, K).permute(0, 2, 1)
+        return y
+
+
+def dense_targets(batch: Batch, step_horizon: int, channels: int) -> Tensor:
+    """Per-step targets (B, L, K', C): at input step t the values t+1 .. t+K'.
+
+    Built from the window's own target channels and the future targets; the inputs at
+    steps <= t are the only inputs the causal RNN has seen when it emits step t's output.
+    """
+    L = batch.inputs.shape[1]
+    full = torch.cat([batch.inputs[..., :channels], batch.targets], dim=1)  # (B, L+K, C)
+    return full[:, 1:].unfold(1, step_horizon, 1)[:, :L].transpose(-1, -2)  # (B, L, K', C)
+
+
+def forecast_loss(outputs: Tensor, batch: Batch) -> Tensor:
+    """Mean squared error; dense outputs (B, L, K', C) against :func:`dense_targets`."""
+    if outputs.dim() == 4:
+        target = dense_targets(batch, outputs.shape[2], outputs.shape[3])
+    else:
+        target = batch.targets[:, : outputs.shape[1]]
+    return torch.mean((outputs - target) ** 2)
+
+
+def predict_windows(model: ForecastModel, X, horizon: Optional[int] = None, batch_size: int = 4096) -> np.ndarray:
+    """Scaled windows (N, L, F) -> scaled forecasts (N, K, C), in eval mode, batched."""
+    was = model.training
+    model.eval()
+    X = torch.as_tensor(np.asarray(X), dtype=torch.float32)
+    with torch.inference_mode():
+        out = [model.forecast(X[i : i + batch_size], horizon) for i in range(0, len(X), batch_size)]
+    model.train(was)
+    return torch.cat(out).double().numpy()
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+class ForecastTask(Task):
+    """The forecast job: see the module docstring."""
+
+    name = "forecast"
+    Config = ForecastConfig
+
+    def splits(self, config: ForecastConfig, data) -> tuple[Splits, dict]:
+        if isinstance(data, str) and data == SINES:
+            return sines_splits(config), {"name": SINES, "seed": config.data_seed, "series": config.sines_series}
+        series, info = load_series(data, config)
+        return split_series(series, config), info
+
+    def prepare(self, config: ForecastConfig, data, seed: int = 0) -> PreparedData:
+        sp, info = self.splits(config, data)
+        return prepared_from_splits(sp, config, info)
+
+    def model_config(self, task_state: dict, config: ForecastConfig, model: ModelConfig) -> ModelConfig:
+        spec = task_state["spec"]
+        if model.bidirectional:
+            raise UserError("forecasting needs a causal model: bidirectional must be false")
+        ci = spec["channel_independent"]
+        F_in, C = (1, 1) if ci else (spec["inputs"], spec["channels"])
+        encoder = "identity" if model.encoder == "embedding" else model.encoder
+        return replace(model, encoder=encoder, input_size=F_in, head="per_step",
+                       output_size=spec["step_horizon"] * C)
+
+    def build_model(self, task_state: dict, model: ModelConfig) -> ForecastModel:
+        return ForecastModel(task_state["spec"], model)
+
+    def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
+        return forecast_loss(outputs, batch)
+
+    def evaluate(self, model: ForecastModel, batches) -> dict:
+        """Forecast metrics on scaled data over a full pass: loss = mse (all K steps, C channels)."""
+        if hasattr(batches, "epoch"):
+            batches = batches.epoch(0, 0)
+        preds, truth = [], []
+        for batch in batches:
+            preds.append(predict_windows(model, batch.inputs))
+            truth.append(batch.targets.double().numpy())
+        m = fm.scaled_metrics(np.concatenate(preds), np.concatenate(truth))
+        return {"loss": m["mse"], **m}
+
+    def load(self, artifact) -> "Forecaster":
+        return Forecaster.from_artifact(artifact)
+
+
+def prepared_from_splits(sp: Splits, config: ForecastConfig, info: dict) -> PreparedData:
+    C, F_in = len(sp.columns), sp.X["train"].shape[-1]
+    period = config.period or fm.detect_period(sp.train_values[:, 0], max_lag=config.lookback)
+    tail = sp.history[-config.lookback :] if len(sp.history) >= config.lookback else sp.history
+    state = {
+        "columns": sp.columns, "covariates": sp.covariates, "scaler": sp.scaler.to_dict(),
+        "lookback": config.lookback, "horizon": config.horizon, "period": int(period),
+        "mase_scale": [fm.mase_scale(sp.train_values[:, [j]], period) for j in range(C)],
+        "spec": model_spec(config, C, F_in),
+        "windows": {p: int(len(x)) for p, x in sp.X.items()},
+        "borders": sp.borders,
+        "history": {"values": tail.values.tolist(), "time": [str(t) for t in tail.time]},
+    }
+    part = lambda p, shuffle: WindowBatches(sp.X[p], sp.Y[p], config.batch_size, shuffle) if p in sp.X else None  # noqa: E731
+    return PreparedData(train=part("train", True), val=part("val", False), test=part("test", False),
+                        task_state=state, data_info=info)
+
+
+TASK = ForecastTask()
+
+
+# ----------------------------------------------------------------------------- the façade
+
+
+class Forecaster:
+    """Fit a forecasting model on a series and use it.
+
+    ``Forecaster(config=ForecastConfig(...), model=ModelConfig(...), train=TrainConfig(...))``,
+    then ``fit(series)`` (a Series, a CSV path, a dataset name, or "sines"); ``predict(n)``;
+    ``historical_forecasts(series, start, horizon, stride)``; ``evaluate("test")`` with baselines.
+    """
+
+    def __init__(self, config: Optional[ForecastConfig] = None, model: Optional[ModelConfig] = None, train: Any = None):
+        self.config = config or ForecastConfig()
+        self.model_options = model or ModelConfig(encoder="identity", cell="lstm", hidden_size=32, num_layers=2)
+        self.train_config = train
+        self.model: Optional[ForecastModel] = None
+        self.task_state: dict = {}
+        self.splits: Optional[Splits] = None
+        self.history = None
+        self.metrics: dict = {}
+
+    @property
+    def scaler(self) -> Scaler:
+        return Scaler.from_dict(self.task_state["scaler"])
+
+    # -- training --------------------------------------------------------------------------
+    def fit(self, data: Union[Series, str, Path]) -> "Forecaster":
+        """Train with the shared Trainer; validation picks the best weights (Trainer's monitor)."""
+        from rnnkit.training.config import TrainConfig
+        from rnnkit.training.trainer import Trainer
+
+        self.splits, info = TASK.splits(self.config, data)
+        prepared = prepared_from_splits(self.splits, self.config, info)
+        self.task_state, self.data_info = prepared.task_state, info
+        model_config = TASK.model_config(self.task_state, self.config, self.model_options)
+        train = self.train_config or TrainConfig()
+        torch.manual_seed(train.seed)
+        self.model = ForecastModel(self.task_state["spec"], model_config)
+        self.history = Trainer(train).fit(self.model, prepared.train, prepared.val, TASK.loss, TASK.evaluate)
+        self.model.eval()
+        self.metrics = {p: TASK.evaluate(self.model, src) for p, src in (("val", prepared.val), ("test", prepared.test))
+                        if src is not None}
+        return self
+
+    def _require_model(self) -> ForecastModel:
+        if self.model is None:
+            raise UserError("this Forecaster has no model yet: call fit(series) or rnnkit.load(DIR)")
+        return self.model
+
+    # -- job verbs -------------------------------------------------------------------------
+    def predict(self, n: Optional[int] = None, series: Optional[Series] = None) -> np.ndarray:
+        """The next ``n`` values (n, C) on the original scale after the end of ``series``
+        (default: the end of the data the model was trained on)."""
+        model = self._require_model()
+        L = self.task_state["lookback"]
+        values = series.values if series is not None else np.asarray(self.task_state["history"]["values"])
+        if len(values) < L:
+            raise UserError(f"predict needs at least lookback={L} steps of history, got {len(values)}")
+        z = self.scaler.transform(values[-L:])[None]  # (1, L, F)
+        y = predict_windows(model, z, n or self.task_state["horizon"])[0]  # (n, C)
+        return self._target_scaler().inverse_transform(y)
+
+    def _target_scaler(self) -> Scaler:
+        return self.scaler.select(range(len(self.task_state["columns"])))
+
+    def historical_forecasts(self, series: Series, start: int, horizon: Optional[int] = None,
+                             stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Rolling-origin forecasts: for each origin t = start, start+stride, ... (with
+        t + horizon <= len(series)) forecast steps t..t+horizon-1 from the L steps before t.
+
+        Returns (origins (N,), forecasts (N, horizon, C)) on the original scale.
+        """
+        model = self._require_model()
+        L, K = self.task_state["lookback"], horizon or self.task_state["horizon"]
+        if start < L:
+            raise UserError(f"start={start} leaves fewer than lookback={L} steps of history")
+        z = self.scaler.transform(series.values)
+        C = len(self.task_state["columns"])
+        X, _ = make_windows(z, z[:, :C], L, K, start, len(series), stride)
+        origins = start + stride * np.arange(len(X))
+        return origins, self._target_scaler().inverse_transform(predict_windows(model, X, K))
+
+    def evaluate(self, part: str = "test") -> dict:
+        """Model vs baselines on one part of the training data's split (needs ``fit`` or the data).
+
+        Returns {"model": {...}, "naive": {...}, "seasonal_naive": {...}, "linear": {...}};
+        each with scaled ``mse``/``mae``/``mse_last`` and original-scale ``orig_*`` metrics.
+        """
+        model, sp = self._require_model(), self.splits
+        if sp is None or part not in sp.X:
+            raise UserError(f"no {part!r} part to evaluate: fit first or pass the data with --data")
+        X, Y = sp.X[part], sp.Y[part]
+        C, K, ci = Y.shape[-1], Y.shape[1], self.task_state["spec"]["channel_independent"]
+        period = min(self.task_state["period"], X.shape[1])
+        lin = fm.LinearBaseline(ci or X.shape[-1] == 1).fit(sp.X["train"][..., :C] if ci else sp.X["train"], sp.Y["train"])
+        preds = {"model": predict_windows(model, X), "naive": fm.naive_forecast(X[..., :C], K),
+                 "seasonal_naive": fm.seasonal_naive_forecast(X[..., :C], K, period),
+                 "linear": lin.predict(X[..., :C] if ci else X)}
+        inv = self._target_scaler().inverse_transform
+        scale = float(np.mean(self.task_state["mase_scale"]))
+        report = {}
+        for name, p in preds.items():
+            orig = fm.original_metrics(inv(p), inv(Y), scale)
+            report[name] = {**fm.scaled_metrics(p, Y), **{f"orig_{k}": v for k, v in orig.items()}}
+        report["period"] = period
+        return report
+
+    def backtest(self, series: Optional[Series] = None, stride: Optional[int] = None) -> dict:
+        """Rolling-origin historical forecasts over the test part (origins every ``stride``
+        steps, default K), scored on the original scale against the truth.
+
+        ``series`` defaults to the training data (its test part starts at the stored border).
+        Returns {"origins", "mae", "rmse", "smape", "mase", "mse_scaled"}.
+        """
+        borders = self.task_state.get("borders")
+        series = series if series is not None else (self.splits.history if self.splits else None)
+        if borders is None or series is None:
+            raise UserError("backtest needs a chronological series: pass --data CSV (sines has no timeline)")
+        C, K = len(self.task_state["columns"]), self.task_state["horizon"]
+        start = borders[1] if len(series) == borders[2] else max(self.task_state["lookback"], int(len(series) * 0.8))
+        origins, pred = self.historical_forecasts(series, start, K, stride or K)
+        truth = series.values[origins[:, None] + np.arange(K), :C]  # (N, K, C)
+        report = fm.original_metrics(pred, truth, float(np.mean(self.task_state["mase_scale"])))
+        ts = self._target_scaler()
+        report["mse_scaled"] = float(np.mean((ts.transform(pred) - ts.transform(truth)) ** 2))
+        return {"origins": int(len(origins)), "start": int(start), **report}
+
+    # -- artifacts -------------------------------------------------------------------------
+    @classmethod
+    def from_artifact(cls, artifact) -> "Forecaster":
+        config = _config_from(getattr(artifact, "task_config", None))
+        f = cls(config, artifact.model_config if hasattr(artifact, "model_config") else None)
+        f.task_state = artifact.task_state
+        f.model = artifact.model
+        f.metrics = dict(getattr(artifact, "metrics", {}) or {})
+        return f
+
+    def plot(self, path, history: np.ndarray, forecast: np.ndarray, truth: Optional[np.ndarray] = None,
+             origin: Optional[int] = None) -> None:
+        plot_forecast(path, history, forecast, truth, self.task_state.get("columns", []), origin)
+
+
+def _config_from(d) -> ForecastConfig:
+    if isinstance(d, ForecastConfig):
+        return d
+    known = {f.name for f in fields(ForecastConfig)}
+    return ForecastConfig(**{k: v for k, v in (d or {}).items() if k in known})
+
+
+def plot_forecast(path, history: np.ndarray, forecast: np.ndarray, truth: Optional[np.ndarray] = None,
+                  columns=(), origin: Optional[int] = None) -> None:
+    """PNG: history (T_h, C) then forecast (K, C) (and the truth (K, C)) per target channel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history, forecast = np.atleast_2d(history), np.atleast_2d(forecast)
+    C = forecast.shape[1]
+    t0 = len(history) if origin is None else origin
+    fig, axes = plt.subplots(C, 1, figsize=(9, 2.6 * C), squeeze=False)
+    for j, ax in enumerate(axes[:, 0]):
+        ax.plot(np.arange(t0 - len(history), t0), history[:, j], color="0.3", lw=1, label="history")
+        tf = np.arange(t0, t0 + len(forecast))
+        if truth is not None:
+            ax.plot(tf, np.atleast_2d(truth)[:, j], color="tab:green", lw=1.2, label="truth")
+        ax.plot(tf, forecast[:, j], color="tab:red", lw=1.5, label="forecast")
+        ax.set_title(columns[j] if j < len(columns) else f"channel {j}", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

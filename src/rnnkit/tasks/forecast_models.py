@@ -1,0 +1,200 @@
+"""Forecasting pieces beside the task: the segment-wise recurrent model, baselines, metrics.
+
+Shapes: look-back window ``x`` (B, L, C), forecast ``y`` (B, K, C); ``W`` segment length,
+``N = L / W`` input segments, ``M = K / W`` output segments, ``d`` hidden width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from rnnkit.errors import UserError
+from rnnkit.recurrent import Recurrent
+
+
+# ----------------------------------------------------------------------------- SegRNN
+
+
+@dataclass
+class SegRNNConfig:
+    """SegRNN (Lin et al. 2023): segment-wise GRU encoder + parallel multi-step decoding."""
+
+    lookback: int = 720  # L
+    horizon: int = 96  # K
+    channels: int = 7  # C
+    segment_length: int = 48  # W; L and K are padded up to multiples of W
+    hidden_size: int = 512  # d
+    cell: str = "gru"
+    dropout: float = 0.0  # on the decoder output before the segment projection
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SegRNN(nn.Module):
+    """Channel-independent segment RNN with position-embedding ("PMF") parallel decoding.
+
+    1. Last-value normalisation per channel: ``x' = x - x[:, -1]`` (added back at the end).
+    2. Each channel's window (L,) is cut into N segments of W steps and embedded:
+       ``e_n = ReLU(W_e s_n + b_e)``, (B*C, N, d); one recurrent pass over the N segments
+       gives the final state ``h_N`` (1, B*C, d).
+    3. Decoding runs once, in parallel, for the M output segments: the input of segment m of
+       channel c is ``[pos_m ; chan_c]`` (d/2 + d/2), with ``h_N`` as the initial state; one
+       recurrent step each, then ``Linear(d, W)`` gives the W values of that segment.
+    The same recurrent layer serves encoder and decoder, as in the paper.
+
+    ``forward(x (B, L, C), state=None, lengths=None) -> (y (B, K, C), None)``.
+    """
+
+    def __init__(self, config: SegRNNConfig):
+        super().__init__()
+        self.config = c = config
+        d, W = c.hidden_size, c.segment_length
+        self.n_in = -(-c.lookback // W)  # ceil(L / W)
+        self.n_out = -(-c.horizon // W)
+        self.embed = nn.Sequential(nn.Linear(W, d), nn.ReLU())
+        self.rnn = Recurrent(c.cell, d, d, 1)
+        self.pos = nn.Parameter(torch.randn(self.n_out, d // 2))
+        self.chan = nn.Parameter(torch.randn(c.channels, d - d // 2))
+        self.drop = nn.Dropout(c.dropout)
+        self.project = nn.Linear(d, W)
+
+    def forward(self, x: Tensor, state=None, lengths=None):
+        c, W = self.config, self.config.segment_length
+        B, L, C = x.shape
+        last = x[:, -1:, :].detach()  # (B, 1, C)
+        z = (x - last).permute(0, 2, 1).reshape(B * C, L)  # (B*C, L)
+        pad = self.n_in * W - L
+        if pad:  # left-pad with the first value so segments align with the forecast origin
+            z = torch.cat([z[:, :1].expand(-1, pad), z], dim=1)
+        seg = self.embed(z.view(B * C, self.n_in, W))  # (B*C, N, d)
+        _, h = self.rnn(seg)  # (1, B*C, d), or (h, c) for lstm
+        M = self.n_out
+        dec_in = torch.cat([
+            self.pos.unsqueeze(0).expand(C, -1, -1),  # (C, M, d/2)
+            self.chan.unsqueeze(1).expand(-1, M, -1),  # (C, M, d/2)
+        ], dim=-1)  # (C, M, d)
+        dec_in = dec_in.unsqueeze(0).expand(B, -1, -1, -1).reshape(B * C * M, 1, -1)  # (B*C*M, 1, d)
+        if isinstance(h, tuple):
+            h0 = tuple(part.repeat_interleave(M, dim=1) for part in h)
+        else:
+            h0 = h.repeat_interleave(M, dim=1)  # (1, B*C*M, d)
+        out, _ = self.rnn(dec_in, h0)  # (B*C*M, 1, d)
+        y = self.project(self.drop(out[:, 0]))  # (B*C*M, W)
+        y = y.view(B, C, M * W)[:, :, : c.horizon].permute(0, 2, 1)  # (B, K, C)
+        return y + last, None
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def naive_forecast(x: np.ndarray, horizon: int) -> np.ndarray:
+    """Last value repeated: x (N, L, C) -> (N, K, C)."""
+    return np.repeat(x[:, -1:, :], horizon, axis=1)
+
+
+def seasonal_naive_forecast(x: np.ndarray, horizon: int, period: int) -> np.ndarray:
+    """y_hat[k] = x[L - m + (k mod m)]: the last full season repeated. x (N, L, C) -> (N, K, C)."""
+    L = x.shape[1]
+    if not 1 <= period <= L:
+        raise UserError(f"seasonal period {period} must be between 1 and the look-back {L}")
+    k = np.arange(horizon)
+    return x[:, L - period + (k % period), :]
+
+
+def detect_period(values: np.ndarray, max_lag: int) -> int:
+    """Dominant period of a 1-D series from its autocorrelation (after removing a linear trend).
+
+    The period is the lag of the highest autocorrelation after it first turns negative
+    (skipping the short-lag correlation every smooth series has); 1 if none is found.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    t = np.arange(len(v))
+    v = v - np.polyval(np.polyfit(t, v, 1), t)
+    max_lag = min(max_lag, len(v) // 2)
+    denom = float((v * v).sum())
+    if max_lag < 2 or denom == 0:
+        return 1
+    acf = np.array([(v[:-k] * v[k:]).sum() / denom for k in range(1, max_lag + 1)])  # acf[k-1] = lag k
+    negative = np.flatnonzero(acf < 0)
+    if len(negative) == 0:
+        return 1
+    lags = np.arange(negative[0] + 1, max_lag + 1)  # lags after the first negative one
+    if len(lags) == 0:
+        return 1
+    best = lags[np.argmax(acf[lags - 1])]
+    return int(best) if acf[best - 1] > 0 else 1
+
+
+class LinearBaseline:
+    """Least squares from the flattened window (and a bias) to the K*C future values.
+
+    ``channel_independent``: one shared map (L,) -> (K,) fitted on every channel's windows.
+    A tiny ridge term (1e-6 * trace / features) keeps the normal equations well posed.
+    """
+
+    def __init__(self, channel_independent: bool = False):
+        self.channel_independent = channel_independent
+        self.coef = None
+
+    def _design(self, x: np.ndarray) -> np.ndarray:
+        if self.channel_independent:
+            x = x.transpose(0, 2, 1).reshape(-1, x.shape[1])  # (N*C, L)
+        else:
+            x = x.reshape(len(x), -1)  # (N, L*C)
+        return np.hstack([x, np.ones((len(x), 1))])
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> "LinearBaseline":
+        A = self._design(x)
+        if self.channel_independent:
+            t = y.transpose(0, 2, 1).reshape(-1, y.shape[1])  # (N*C, K)
+        else:
+            t = y.reshape(len(y), -1)  # (N, K*C)
+        G = A.T @ A
+        G += np.eye(len(G)) * 1e-6 * np.trace(G) / len(G)
+        self.coef = np.linalg.solve(G, A.T @ t)
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        N, _, C = x.shape
+        out = self._design(x) @ self.coef
+        if self.channel_independent:
+            return out.reshape(N, C, -1).transpose(0, 2, 1)  # (N, K, C)
+        return out.reshape(N, -1, C)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def scaled_metrics(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """MSE/MAE over all (N, K, C) values, and the MSE of the last horizon step."""
+    err = pred - truth
+    return {"mse": float(np.mean(err**2)), "mae": float(np.mean(np.abs(err))),
+            "mse_last": float(np.mean(err[:, -1] ** 2))}
+
+
+def original_metrics(pred: np.ndarray, truth: np.ndarray, mase_scale: float) -> dict:
+    """MAE, RMSE, sMAPE (%), MASE on the original scale.
+
+    sMAPE = mean(200 |y - yhat| / (|y| + |yhat|)) (terms with y = yhat = 0 count as 0);
+    MASE = MAE / mase_scale, where mase_scale is the in-sample MAE of the seasonal naive
+    one-step forecast on the training part (Hyndman & Koehler 2006).
+    """
+    err = np.abs(pred - truth)
+    denom = np.abs(truth) + np.abs(pred)
+    smape = np.where(denom > 0, 200.0 * err / np.where(denom > 0, denom, 1.0), 0.0)
+    mae = float(err.mean())
+    return {"mae": mae, "rmse": float(np.sqrt(np.mean(err**2))), "smape": float(smape.mean()),
+            "mase": mae / mase_scale if mase_scale > 0 else float("nan")}
+
+
+def mase_scale(train: np.ndarray, period: int) -> float:
+    """In-sample MAE of the seasonal naive forecast y_t = y_{t-m} on training values (T, C)."""
+    m = max(1, period)
+    if len(train) <= m:
+        return float("nan")
+    return float(np.mean(np.abs(train[m:] - train[:-m])))
