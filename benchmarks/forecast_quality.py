@@ -1,0 +1,131 @@
+"""Forecast quality: rnnkit presets beside a hand-written torch.nn baseline on the same data.
+
+    flock /tmp/rnnkit-cpu.lock .venv/bin/python benchmarks/forecast_quality.py sines-handwritten > /tmp/fq.log 2>&1
+    flock /tmp/rnnkit-cpu.lock .venv/bin/python benchmarks/forecast_quality.py sines-next sines-10 > /tmp/fq.log 2>&1
+    RNNKIT_DATA=... .venv/bin/python benchmarks/forecast_quality.py airline sunspots etth1 [--epochs N]
+
+``sines-handwritten``: the issue's reference, a plain ``torch.nn`` 2 x LSTM(64) -> Linear(64, K)
+on the last step, Adam 1e-3, batch 32, 100 epochs, weights chosen on validation MSE; the same
+``sines`` panel (7,000/2,000/1,000 series, seed 42) as the presets. Every run prints one JSON
+line per model with test MSE (all K steps and the last step), the training seconds and the
+baselines (naive, linear) on the same test windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import rnnkit  # noqa: F401  (flush denormals before torch's first parallel op)
+from rnnkit.models import ModelConfig
+from rnnkit.tasks.forecast import ForecastConfig, Forecaster, sines_splits
+from rnnkit.training.config import TrainConfig, from_dict, load_config_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def forecaster_from_preset(name: str, data_overrides: dict = (), train_overrides: dict = ()) -> tuple[Forecaster, str]:
+    d = load_config_file(ROOT / "configs" / f"{name}.json")
+    where = f"configs/{name}.json"
+    config = from_dict(ForecastConfig, {**d.get("data", {}), **dict(data_overrides)}, where)
+    model = from_dict(ModelConfig, d.get("model", {}), where)
+    train = from_dict(TrainConfig, {**d.get("train", {}), **dict(train_overrides)}, where)
+    return Forecaster(config, model, train), d["dataset"]
+
+
+def handwritten(horizon: int, epochs: int = 100, seed: int = 0) -> dict:
+    """torch.nn 2 x LSTM(64) -> Linear(64, K) on the last step; Adam 1e-3; batch 32."""
+    sp = sines_splits(ForecastConfig(lookback=50, horizon=horizon, scaler="none"))
+    tensor = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+    Xtr, Ytr = tensor(sp.X["train"]), tensor(sp.Y["train"][..., 0])
+    Xva, Yva = tensor(sp.X["val"]), tensor(sp.Y["val"][..., 0])
+    Xte, Yte = tensor(sp.X["test"]), tensor(sp.Y["test"][..., 0])
+    torch.manual_seed(seed)
+    lstm, head = nn.LSTM(1, 64, 2, batch_first=True), nn.Linear(64, horizon)
+    params = list(lstm.parameters()) + list(head.parameters())
+    opt = torch.optim.Adam(params, 1e-3)
+
+    def run(x):
+        y, _ = lstm(x)
+        return head(y[:, -1])
+
+    best, best_state, t0 = float("inf"), None, time.perf_counter()
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(Xtr), generator=g).split(32):
+            loss = ((run(Xtr[idx]) - Ytr[idx]) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            val = float(((run(Xva) - Yva) ** 2).mean())
+        if val < best:
+            best, best_state = val, [p.detach().clone() for p in params]
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        for p, b in zip(params, best_state):
+            p.copy_(b)
+        err = (run(Xte) - Yte) ** 2
+    return {"model": f"torch.nn 2xLSTM(64) last-step head, K={horizon}", "epochs": epochs, "train_s": round(seconds, 1),
+            "val_mse": best, "test_mse": float(err.mean()), "test_mse_last": float(err[:, -1].mean())}
+
+
+def preset(name: str, data_overrides=(), train_overrides=()) -> dict:
+    f, dataset = forecaster_from_preset(name, data_overrides, train_overrides)
+    out = ROOT / "runs" / name
+    t0 = time.perf_counter()
+    f.fit(dataset, out=out)
+    seconds = time.perf_counter() - t0
+    report = f.evaluate("test")
+    row = {"model": f"configs/{name}.json", "dataset": dataset, "train_s": round(seconds, 1),
+           "stop": f.history.stop_reason, "best_step": (f.history.best or {}).get("step"),
+           "val_mse": f.metrics.get("val", {}).get("mse")}
+    for k, v in report.items():
+        row[k] = {m: round(x, 6) for m, x in v.items()} if isinstance(v, dict) else v
+    if report.get("period") and f.task_state.get("borders"):
+        plot_forecast(f, out / "forecast.png")
+        row["plot"] = str(out / "forecast.png")
+    return row
+
+
+def plot_forecast(f: Forecaster, path: Path) -> None:
+    """History + the forecast from the test part's first origin + the truth."""
+    series, (_, val_end, _) = f.splits.history, f.task_state["borders"]
+    L, K, C = f.config.lookback, f.config.horizon, len(f.task_state["columns"])
+    pred = f.predict(K, series[:val_end])
+    truth = series.values[val_end : val_end + K, :C]
+    f.plot(path, series.values[max(0, val_end - 3 * L) : val_end, :C], pred, truth, origin=val_end)
+
+
+JOBS = {
+    "sines-handwritten": lambda a: [handwritten(1, a.epochs or 100), handwritten(10, a.epochs or 100)],
+    "sines-next": lambda a: [preset("sines-next")],
+    "sines-10": lambda a: [preset("sines-10")],
+    "airline": lambda a: [preset("airline")],
+    "sunspots": lambda a: [preset("sunspots")],
+    "etth1": lambda a: [preset("etth1", {"horizon": a.horizon}, {"epochs": a.epochs} if a.epochs else {})],
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("jobs", nargs="+", choices=sorted(JOBS))
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--horizon", type=int, default=96)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    for job in args.jobs:
+        for row in JOBS[job](args):
+            print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
