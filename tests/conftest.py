@@ -20,3 +20,16 @@ def need_file(data_dir: Path, relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is missing (see shared/data/SOURCES.md)")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread. Layer norm on tiny tensors opens an OpenMP region per
+    call; on a busy 2-core machine the thread wake-up cost ~16 ms a call (measured), 7 us with
+    one thread."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -80,7 +80,7 @@ def _layer_norm_inputs(G, H, F_, B=2, seed=2):
 
 
 @pytest.mark.parametrize("kind,reset_after", [("rnn", True), ("lstm", True), ("gru", True), ("gru", False)])
-def test_layer_norm_step_gradcheck(kind, reset_after):
+def test_layer_norm_step_gradcheck(kind, reset_after, one_thread):
     G = {"rnn": 1, "lstm": 4, "gru": 3}[kind]
     a = _layer_norm_inputs(G, 3, 2)
     mask = torch.tensor([[2.0, 0.0, 2.0], [0.0, 2.0, 2.0]], dtype=torch.float64)
@@ -165,7 +165,7 @@ def test_gru_two_steps_by_hand(reset_after):
         np.testing.assert_allclose(out[t][0].numpy(), hs[t], atol=1e-15)
 
 
-def test_lstm_layer_norm_step_by_hand():
+def test_lstm_layer_norm_step_by_hand(one_thread):
     """One step with LN on W_ih x, W_hh h (per gate, with gains) and on c, written out in NumPy."""
     a = {k: v.detach().numpy() for k, v in _layer_norm_inputs(4, 3, 2, B=1, seed=5).items()}
     x, h, c = a["x"][0], a["h"][0], a["c"][0]
