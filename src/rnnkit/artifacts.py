@@ -1,0 +1,342 @@
+"""The run directory is the artifact: the same layout for every task, JSON + safetensors, no pickle.
+
+::
+
+    DIR/
+      artifact.json       format + format_version, rnnkit version, task, created, model/train/task
+                          configs, task_state (vocabulary | scaler | labels), metrics, data info
+                          (with sha256), status, weights {file, sha256}
+      model.safetensors   the selected (best validation) weights, torch-compatible names
+      history.json        train loss every log_every steps, every evaluation
+      curves.png          train/val loss and the monitored metric vs step
+      checkpoint/         model.safetensors (last weights), optimizer.safetensors (+ .json for the
+                          non-tensor part), trainer_state.json, rng.safetensors, carry.safetensors
+
+Every save writes a complete new directory next to ``DIR`` (temp sibling, each file fsynced)
+and swaps it in with one atomic ``renameat2(RENAME_EXCHANGE)`` on Linux (elsewhere: two
+renames), so a failed or killed save never damages the artifact already there. Files in
+``DIR`` that a save does not produce (a task's ``forecast.png``, ``samples.txt``) are kept.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from rnnkit.errors import UserError
+
+FORMAT = "rnnkit-artifact"
+FORMAT_VERSION = 1
+ARTIFACT_JSON = "artifact.json"
+WEIGHTS = "model.safetensors"
+CHECKPOINT = "checkpoint"
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write and fsync one file (the only place bytes reach the disk; tests inject failures here)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2); False when the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    return rc == 0
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Make ``target`` the contents of ``new``; afterwards ``new`` holds the old contents (or is gone)."""
+    if not target.exists():
+        os.rename(new, target)
+    elif not _exchange(new, target):
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rmdir(old)
+        os.rename(target, old)
+        os.rename(new, target)
+        os.rename(old, new)
+    _fsync_dir(target.parent)
+
+
+def _keep_extras(old: Path, new: Path, written: dict) -> None:
+    """Hard-link (or copy) files of the existing run dir that this save does not rewrite."""
+    tops = {Path(rel).parts[0] for rel in written}
+    for entry in old.iterdir():
+        if entry.name in tops or entry.name == CHECKPOINT and CHECKPOINT in tops:
+            continue
+        dest = new / entry.name
+        if entry.is_dir():
+            shutil.copytree(entry, dest, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(entry, dest)
+
+
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def write_run(run_dir: str | Path, files: dict[str, bytes]) -> None:
+    """Atomically replace ``run_dir`` by ``files`` ({relative path: bytes}) plus its other files."""
+    run_dir = Path(run_dir).absolute()
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent))
+    try:
+        for rel, data in files.items():
+            _write_file(tmp / rel, data)
+        if run_dir.is_dir():
+            _keep_extras(run_dir, tmp, files)
+        for d in {(tmp / rel).parent for rel in files}:
+            _fsync_dir(d)
+        _fsync_dir(tmp)
+        _swap_in(tmp, run_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # after the swap it holds the previous snapshot
+
+
+def write_file_atomic(path: str | Path, data: bytes) -> None:
+    """One file: temp sibling + fsync + os.replace (for files a task adds to a finished run)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------- encoding
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n").encode("utf-8")
+
+
+def tensors_bytes(tensors: dict[str, torch.Tensor], metadata: Optional[dict] = None) -> bytes:
+    """safetensors bytes of CPU, contiguous, unshared copies of ``tensors``."""
+    clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), **(metadata or {})}
+    return st_save(clean, metadata=meta)
+
+
+def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """torch optimizer state_dict -> (tensors "state.<param>.<key>", JSON for everything else)."""
+    tensors, scalars = {}, {}
+    for pid, pstate in state["state"].items():
+        for key, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{pid}.{key}"] = value
+            else:
+                scalars[f"{pid}.{key}"] = value
+    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in state["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], info: dict) -> dict:
+    state: dict = {}
+    for name, value in tensors.items():
+        _, pid, key = name.split(".", 2)
+        state.setdefault(int(pid), {})[key] = value
+    for name, value in info.get("scalars", {}).items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in info["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def snapshot_files(meta: dict, weights: dict[str, torch.Tensor], history: dict,
+                   checkpoint: Optional[dict[str, bytes]] = None) -> dict[str, bytes]:
+    """The files of one run-directory snapshot (checkpoint: {name: bytes} under checkpoint/)."""
+    blob = tensors_bytes(weights, {"task": str(meta.get("task", ""))})
+    import rnnkit
+
+    head = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "rnnkit_version": rnnkit.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    doc = {**head, **meta, "weights": {"file": WEIGHTS, "sha256": sha256_bytes(blob)}}
+    files = {ARTIFACT_JSON: json_bytes(doc), WEIGHTS: blob, "history.json": json_bytes(history)}
+    for name, data in (checkpoint or {}).items():
+        files[f"{CHECKPOINT}/{name}"] = data
+    return files
+
+
+# ----------------------------------------------------------------------------- reading
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found ({what})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read {what} ({exc.__class__.__name__})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} line {exc.lineno} column {exc.colno}: damaged {what} ({exc.msg})") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"{path}: damaged {what} (expected a JSON object)")
+    return doc
+
+
+def read_tensors(path: Path, what: str, sha256: Optional[str] = None) -> dict[str, torch.Tensor]:
+    """Load a safetensors file, checking its sha256 when given; damaged files are a UserError."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found ({what})") from None
+    if sha256 is not None and sha256_bytes(data) != sha256:
+        raise UserError(f"{path}: damaged {what} (sha256 does not match artifact.json)")
+    try:
+        return st_load(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{path}: damaged {what} ({str(exc).splitlines()[0]})") from None
+
+
+def read_meta(run_dir: str | Path) -> dict:
+    """artifact.json, checked: the format name and a format_version this rnnkit can read."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such artifact directory")
+    path = run_dir / ARTIFACT_JSON
+    if not path.exists():
+        raise UserError(f"{run_dir}: not an rnnkit artifact (no {ARTIFACT_JSON})")
+    doc = _read_json(path, ARTIFACT_JSON)
+    if doc.get("format") != FORMAT:
+        raise UserError(f"{path}: not an rnnkit artifact (format {doc.get('format')!r}, expected {FORMAT!r})")
+    version = doc.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise UserError(f"{path}: damaged artifact (format_version {version!r}, expected an integer)")
+    if version > FORMAT_VERSION:
+        raise UserError(
+            f"{path}: format_version {version} is newer than this rnnkit ({FORMAT_VERSION}, rnnkit "
+            f"{doc.get('rnnkit_version', '?')} wrote it); upgrade rnnkit"
+        )
+    for key in ("task", "model", "weights"):
+        if key not in doc:
+            raise UserError(f"{path}: damaged artifact (missing {key!r})")
+    return doc
+
+
+class Artifact:
+    """A read run directory: ``meta`` (artifact.json) plus typed accessors and the weights.
+
+    ``task_config`` is an instance of the task's ``Config``; ``build_model()`` returns the
+    ``SequenceModel`` with the selected weights loaded, in eval mode.
+    """
+
+    def __init__(self, path: str | Path, meta: dict):
+        self.path = Path(path)
+        self.meta = meta
+
+    task = property(lambda self: self.meta["task"])
+    task_state = property(lambda self: self.meta.get("task_state", {}))
+    metrics = property(lambda self: self.meta.get("metrics", {}))
+    data = property(lambda self: self.meta.get("data", {}))
+
+    @property
+    def model_config(self):
+        from rnnkit.models import ModelConfig
+        from rnnkit.training.config import from_dict
+
+        return from_dict(ModelConfig, self.meta["model"], f"{self.path / ARTIFACT_JSON} [model]")
+
+    @property
+    def train_config(self):
+        from rnnkit.training.config import TrainConfig, from_dict
+
+        return from_dict(TrainConfig, self.meta.get("train", {}), f"{self.path / ARTIFACT_JSON} [train]")
+
+    @property
+    def task_config(self):
+        from rnnkit.tasks import get_task
+        from rnnkit.training.config import from_dict
+
+        cls = get_task(self.task).Config
+        return from_dict(cls, self.meta.get("task_config", {}), f"{self.path / ARTIFACT_JSON} [data]")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        w = self.meta["weights"]
+        return read_tensors(self.path / w.get("file", WEIGHTS), "weights", w.get("sha256"))
+
+    @property
+    def model(self):
+        """The SequenceModel with the selected weights (built once, eval mode)."""
+        if getattr(self, "_model", None) is None:
+            self._model = self.build_model()
+        return self._model
+
+    def build_model(self, device="cpu"):
+        from rnnkit.models import SequenceModel
+
+        model = SequenceModel(self.model_config)
+        try:
+            model.load_state_dict(self.state_dict())
+        except RuntimeError as exc:
+            raise UserError(f"{self.path / WEIGHTS}: weights do not fit the model config ({str(exc).splitlines()[0]})") from None
+        return model.to(device).eval()
+
+
+def read_artifact(run_dir: str | Path) -> Artifact:
+    return Artifact(run_dir, read_meta(run_dir))
+
+
+def load(run_dir: str | Path):
+    """The job's ready-to-use object for a run directory (TextGenerator, Forecaster, ...)."""
+    from rnnkit.tasks import get_task
+
+    artifact = read_artifact(run_dir)
+    return get_task(artifact.task).load(artifact)

@@ -1,0 +1,244 @@
+"""Named datasets and plain files: one lookup, checksummed downloads, and small readers.
+
+``resolve(name_or_path)`` returns a Path (or ``{part: Path}`` for multi-file datasets):
+
+1. a named dataset (``tinyshakespeare``, ``mnist``, ``imdb``, ``etth1``, ``etth2``,
+   ``airline-passengers``, ``monthly-sunspots``, ``daily-min-temperatures``) is looked up in the
+   folder named by ``RNNKIT_DATA`` (layout of shared/data, see its SOURCES.md), then in the cache
+   (``RNNKIT_CACHE``, default ``~/.cache/rnnkit``), then downloaded into the cache from its
+   canonical URL, pinned to a commit, and kept only if its SHA-256 matches;
+2. anything else is a file path and must exist.
+
+Readers turn bad input into one-line ``UserError``s naming the file, the position and what was
+expected: ``read_text``, ``read_csv_column``, ``read_idx``.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import gzip
+import hashlib
+import io
+import math
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from rnnkit.errors import UserError
+
+DATA_ENV = "RNNKIT_DATA"
+CACHE_ENV = "RNNKIT_CACHE"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    relpath: str  # inside RNNKIT_DATA / the cache
+    sha256: str
+    url: Optional[str]  # None: no canonical download of this exact file
+
+
+_GH = "https://raw.githubusercontent.com"
+_CHAR_RNN = f"{_GH}/karpathy/char-rnn/6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/data/tinyshakespeare/input.txt"
+_ETT = f"{_GH}/zhouhaoyi/ETDataset/1d16c8f4f943005d613b5bc962e9eeb06058cf07/ETT-small"
+_TSDL = f"{_GH}/jbrownlee/Datasets/d20fcb6402ae34e653d4513b00f39257bb37ed7f"
+_MNIST = "https://ossci-datasets.s3.amazonaws.com/mnist"
+
+DATASETS: dict[str, dict[str, RemoteFile]] = {
+    "tinyshakespeare": {"text": RemoteFile(
+        "tinyshakespeare.txt", "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed", _CHAR_RNN)},
+    "mnist": {
+        "train_images": RemoteFile("mnist/train-images-idx3-ubyte.gz",
+                                   "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+                                   f"{_MNIST}/train-images-idx3-ubyte.gz"),
+        "train_labels": RemoteFile("mnist/train-labels-idx1-ubyte.gz",
+                                   "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+                                   f"{_MNIST}/train-labels-idx1-ubyte.gz"),
+        "test_images": RemoteFile("mnist/t10k-images-idx3-ubyte.gz",
+                                  "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+                                  f"{_MNIST}/t10k-images-idx3-ubyte.gz"),
+        "test_labels": RemoteFile("mnist/t10k-labels-idx1-ubyte.gz",
+                                  "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+                                  f"{_MNIST}/t10k-labels-idx1-ubyte.gz"),
+    },
+    # the CSVs are converted from aclImdb_v1.tar.gz (see SOURCES.md): no URL serves these bytes
+    "imdb": {
+        "train": RemoteFile("imdb/imdb_train.csv.gz",
+                            "35a5248c0ea2f8534a574db6ec56c7a8ba34353d9db4003c0e8ccd2265af1928", None),
+        "test": RemoteFile("imdb/imdb_test.csv.gz",
+                           "5ff1a4909c1690ed02649169472c893a199407bdf8109fabdaf7ade985c2edc4", None),
+    },
+    "etth1": {"csv": RemoteFile("ett/ETTh1.csv",
+                                "f18de3ad269cef59bb07b5438d79bb3042d3be49bdeecf01c1cd6d29695ee066", f"{_ETT}/ETTh1.csv")},
+    "etth2": {"csv": RemoteFile("ett/ETTh2.csv",
+                                "a3dc2c597b9218c7ce1cd55eb77b283fd459a1d09d753063f944967dd6b9218b", f"{_ETT}/ETTh2.csv")},
+    "airline-passengers": {"csv": RemoteFile(
+        "timeseries/airline-passengers.csv", "8cb51be753a718d9be5d76d7e238cc224792754676adc21faa59e954b0201621",
+        f"{_TSDL}/airline-passengers.csv")},
+    "monthly-sunspots": {"csv": RemoteFile(
+        "timeseries/monthly-sunspots.csv", "c4ec8cc57d9f6fb6ecdb3e1f37f25b6f4badd5124c55931052b0cd2fc3bc71f3",
+        f"{_TSDL}/monthly-sunspots.csv")},
+    "daily-min-temperatures": {"csv": RemoteFile(
+        "timeseries/daily-min-temperatures.csv", "8b9de63ed6789492bf497625e7f9beb96a63d367b4b0a21754006f749fa5e5da",
+        f"{_TSDL}/daily-min-temperatures.csv")},
+}
+
+
+def sha256_file(path: Union[str, Path], chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "rnnkit")
+
+
+def resolve(name_or_path: Union[str, Path], download: bool = True) -> Union[Path, dict[str, Path]]:
+    """A named dataset's file(s) or an existing path (see the module docstring)."""
+    key = str(name_or_path)
+    if key in DATASETS:
+        parts = {part: locate(remote, key, download) for part, remote in DATASETS[key].items()}
+        return next(iter(parts.values())) if len(parts) == 1 else parts
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    match = difflib.get_close_matches(key, list(DATASETS), n=1, cutoff=0.6)
+    hint = f"; did you mean {match[0]!r}?" if match else f" (named datasets: {', '.join(DATASETS)})"
+    raise UserError(f"data {key!r}: no such file, and not a named dataset{hint}")
+
+
+def locate(remote: RemoteFile, name: str = "", download: bool = True) -> Path:
+    """RNNKIT_DATA, then the cache, then (if allowed) a checked download into the cache."""
+    root = os.environ.get(DATA_ENV)
+    if root and (Path(root) / remote.relpath).is_file():
+        return Path(root) / remote.relpath
+    cached = cache_dir() / remote.relpath
+    if cached.is_file():
+        return cached
+    where = f"{DATA_ENV}/{remote.relpath}" if root else f"{cached}"
+    if remote.url is None:
+        raise UserError(f"dataset {name!r}: {remote.relpath} is not in {root or DATA_ENV + ' (unset)'} or "
+                        f"{cache_dir()}, and has no download source (see shared/data/SOURCES.md)")
+    if not download:
+        raise UserError(f"dataset {name!r}: {remote.relpath} is missing ({where}); run with download allowed")
+    return fetch(remote, cached)
+
+
+def fetch(remote: RemoteFile, dest: Path, timeout: float = 60.0) -> Path:
+    """Download ``remote.url`` to ``dest`` via a temp sibling; keep it only if the SHA-256 matches."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.part-", dir=dest.parent)
+    h = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(remote.url, timeout=timeout) as resp:
+                    for block in iter(lambda: resp.read(1 << 20), b""):
+                        h.update(block)
+                        out.write(block)
+            except (urllib.error.URLError, OSError) as exc:
+                reason = getattr(exc, "reason", exc)
+                raise UserError(f"cannot download {remote.url} ({reason}); put the file at "
+                                f"$RNNKIT_DATA/{remote.relpath} instead") from None
+            out.flush()
+            os.fsync(out.fileno())
+        if h.hexdigest() != remote.sha256:
+            raise UserError(f"download of {remote.url}: sha256 {h.hexdigest()}, expected {remote.sha256}; "
+                            "the file was not kept")
+        os.replace(tmp, dest)
+        return dest
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- readers
+
+def read_bytes(path: Union[str, Path]) -> bytes:
+    """File bytes, gunzipped for ``.gz``; missing, unreadable and empty files are UserErrors."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, expected a file") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    if path.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:
+            raise UserError(f"{path}: not a valid gzip file ({exc})") from None
+    if not data:
+        raise UserError(f"{path}: file is empty")
+    return data
+
+
+def read_text(path: Union[str, Path]) -> str:
+    """UTF-8 text; an undecodable byte is reported with its offset."""
+    data = read_bytes(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UserError(f"{path} line {line} (byte {exc.start}): not valid UTF-8 "
+                        f"(byte 0x{data[exc.start]:02x}); expected UTF-8 text") from None
+    if not text.strip():
+        raise UserError(f"{path}: file is empty (only whitespace)")
+    return text
+
+
+def read_csv_rows(path: Union[str, Path]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of a CSV with a header row."""
+    rows = list(csv.reader(io.StringIO(read_text(path))))
+    header, body = rows[0], [r for r in rows[1:] if r]
+    if not body:
+        raise UserError(f"{path}: no data rows after the header")
+    return header, body
+
+
+def read_csv_column(path: Union[str, Path], column: str) -> np.ndarray:
+    """One numeric column of a CSV with a header, as float64 (N,); NaN/inf/non-numbers are errors.
+
+    Line numbers in errors count the header as line 1.
+    """
+    header, rows = read_csv_rows(path)
+    if column not in header:
+        match = difflib.get_close_matches(column, header, n=1, cutoff=0.5)
+        hint = f"; did you mean {match[0]!r}?" if match else ""
+        raise UserError(f"{path}: no column {column!r}; expected one of: {', '.join(header)}{hint}")
+    j = header.index(column)
+    values = np.empty(len(rows), dtype=np.float64)
+    for i, row in enumerate(rows):
+        cell = row[j].strip() if j < len(row) else ""
+        try:
+            v = float(cell)
+        except ValueError:
+            v = None
+        if v is None or not math.isfinite(v):
+            raise UserError(f"{path} line {i + 2} column {column!r}: expected a finite number, got {cell!r}")
+        values[i] = v
+    return values
+
+
+def read_idx(path: Union[str, Path]) -> np.ndarray:
+    """An IDX file (MNIST): uint8 array of the stored shape; the header is checked."""
+    data = read_bytes(path)
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise UserError(f"{path}: not an IDX uint8 file (magic {data[:4].hex()}, expected 00 00 08 0N)")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * k: 8 + 4 * k], "big") for k in range(ndim)]
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(dims)) if dims else 0
+    if len(data) - offset != expected:
+        raise UserError(f"{path}: truncated IDX file ({len(data) - offset} bytes of data, expected {expected})")
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)

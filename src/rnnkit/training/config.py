@@ -1,0 +1,235 @@
+"""TrainConfig and the dataclass <-> dict <-> flag helpers shared by every config.
+
+Every field of ``ModelConfig``, ``TrainConfig`` and a task's ``Config`` is a CLI flag
+(``--hidden-size``, ``--hidden_size`` also accepted) and a key in a JSON/TOML config file,
+typed by the dataclass annotation (``int``, ``float``, ``str``, ``bool``, ``Optional[...]``).
+Choices come from ``field(metadata={"choices": (...)})`` or :data:`KNOWN_CHOICES`.
+Unknown keys are errors that name the nearest valid key. Settings resolve as
+dataclass defaults < config file < flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from rnnkit.errors import UserError
+from rnnkit.training.schedules import SCHEDULES
+
+OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
+
+# choices of fields whose dataclass lives elsewhere (ModelConfig) and states them in comments
+KNOWN_CHOICES = {
+    "encoder": ("embedding", "linear", "identity"),
+    "cell": ("rnn", "lstm", "gru"),
+    "merge_mode": ("concat", "sum", "mean", "mul"),
+    "nonlinearity": ("tanh", "relu"),
+    "head": ("per_step", "last", "mean", "max"),
+    "use_fused": ("auto", "true", "false"),
+}
+
+
+def _choices(*values):
+    return field(default=values[0], metadata={"choices": values})
+
+
+@dataclass
+class TrainConfig:
+    """How to train; nothing here knows about tasks. ``0`` means "off" for the *_every knobs."""
+
+    seed: int = 0  # seeds model init, dropout and batch order
+    epochs: int = 10  # passes over the training batches (the run stops at whichever limit comes first)
+    max_steps: Optional[int] = None  # optimizer steps (None: epochs decide)
+    time_budget: Optional[float] = None  # seconds of training before a clean stop (None: no limit)
+    optimizer: str = _choices(*OPTIMIZERS)
+    lr: float = 2e-3
+    weight_decay: float = 0.0  # decoupled for adamw, L2 for the others
+    momentum: float = 0.0  # sgd and rmsprop
+    beta1: float = 0.9  # adam/adamw
+    beta2: float = 0.999
+    clip_grad_norm: Optional[float] = 5.0  # max global gradient L2 norm (None: no clipping)
+    schedule: str = _choices(*SCHEDULES)
+    warmup_steps: int = 0  # linear warm-up from lr/warmup_steps to lr
+    min_lr: float = 0.0  # cosine floor
+    step_size: int = 1000  # step schedule: multiply by gamma every step_size steps
+    gamma: float = 0.5
+    eval_every: int = 0  # evaluate every N steps (0: at the end of each epoch)
+    eval_batches: int = 0  # validation batches per evaluation (0: all)
+    checkpoint_every: int = 0  # write the run directory every N steps (0: at each evaluation)
+    monitor: str = "loss"  # validation metric that selects the best weights and drives early stopping
+    monitor_mode: str = _choices("min", "max")
+    patience: int = 0  # early stopping after N evaluations without improvement (0: off)
+    explode_factor: float = 10.0  # stop when the loss exceeds this times the first loss (0: off)
+    log_every: int = 50  # progress line every N steps when not on a terminal
+    device: str = _choices("cpu", "cuda", "auto")
+
+    def __post_init__(self):
+        check_choices(self)
+
+
+# ----------------------------------------------------------------------------- typing
+
+def field_types(cls) -> dict[str, Any]:
+    """{field name: resolved annotation} (works with ``from __future__ import annotations``)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def field_choices(cls, name: str) -> Optional[tuple]:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.metadata.get("choices") or KNOWN_CHOICES.get(name) if _is_str(f.type, cls, name) else None
+    return None
+
+
+def _is_str(_annotation, cls, name) -> bool:
+    return _base_type(field_types(cls)[name])[0] is str
+
+
+def _base_type(tp) -> tuple[type, bool]:
+    """(underlying type, allows None) for X or Optional[X]."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return tp, False
+
+
+_EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def coerce(value: Any, tp, where: str, choices: Optional[tuple] = None) -> Any:
+    """Convert a flag string or a JSON/TOML value to the annotated type; UserError otherwise."""
+    base, optional = _base_type(tp)
+    if optional and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+        return None
+    out = _convert(value, base)
+    if out is _BAD:
+        expected = _EXPECTED.get(base, getattr(base, "__name__", str(base)))
+        if optional:
+            expected += " or none"
+        raise UserError(f"{where}: expected {expected}, got {value!r}")
+    if choices and out not in choices:
+        raise UserError(f"{where}: expected one of {', '.join(map(str, choices))}, got {value!r}")
+    return out
+
+
+_BAD = object()
+
+
+def _convert(value, base):
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        return _BAD
+    if isinstance(value, bool):
+        return _BAD
+    if base is int:
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                return _BAD
+        return _BAD
+    if base is float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return _BAD
+        return _BAD
+    if base is str:
+        return value if isinstance(value, str) else _BAD
+    return value
+
+
+def check_choices(obj) -> None:
+    """Raise UserError when a str field holds a value outside its declared choices."""
+    for f in dataclasses.fields(obj):
+        choices = f.metadata.get("choices")
+        if choices and getattr(obj, f.name) not in choices:
+            raise UserError(f"{f.name}: expected one of {', '.join(choices)}, got {getattr(obj, f.name)!r}")
+
+
+def nearest(name: str, valid) -> str:
+    """'; did you mean 'x'?' for the closest valid name, or ''."""
+    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def check_keys(d: dict, valid, where: str) -> None:
+    for key in d:
+        if key not in valid:
+            raise UserError(f"{where}: unknown key {key!r}{nearest(key, valid)}")
+
+
+def from_dict(cls, d: dict, where: str, base: Any = None):
+    """Build ``cls`` from ``base`` (an instance, or the defaults) updated by ``d``, typed and checked."""
+    types = field_types(cls)
+    check_keys(d, types, where)
+    values = dataclasses.asdict(base) if base is not None else {}
+    for key, value in d.items():
+        values[key] = coerce(value, types[key], f"{where}: {key}", field_choices(cls, key))
+    return build(cls, values, where)
+
+
+def build(cls, values: dict, where: str):
+    """cls(**values), turning the dataclass's own validation errors into UserError."""
+    try:
+        return cls(**values)
+    except UserError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{where}: {exc}") from None
+
+
+def to_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
+
+
+# ----------------------------------------------------------------------------- config files
+
+SECTIONS = ("model", "train", "data")
+TOP_LEVEL = ("task", "dataset") + SECTIONS
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Read a JSON (``.json``) or TOML (anything else) config file; sections model/train/data,
+    top-level ``task`` and ``dataset``. Unknown top-level keys are errors."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read config file ({exc.__class__.__name__}: {exc})") from None
+    if path.suffix.lower() == ".json":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path} line {exc.lineno} column {exc.colno}: invalid JSON ({exc.msg})") from None
+    else:
+        import tomllib
+
+        try:
+            d = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"{path}: invalid TOML ({exc})") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{path}: expected a table/object at the top level")
+    check_keys(d, TOP_LEVEL, str(path))
+    for section in SECTIONS:
+        if section in d and not isinstance(d[section], dict):
+            raise UserError(f"{path}: [{section}] must be a table/object, got {d[section]!r}")
+    return d

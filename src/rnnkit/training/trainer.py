@@ -1,0 +1,410 @@
+"""The one training loop. Nothing here knows about tasks.
+
+The model follows the SequenceModel call convention ``model(inputs, state, lengths) ->
+(outputs, state)``; the task supplies ``loss_fn(outputs, batch) -> scalar`` and
+``evaluate_fn(model) -> dict`` (snake_case metrics, run in eval mode without gradients).
+
+One step: forward -> loss -> (stop if the loss is NaN/inf or exploding) -> backward ->
+``clip_grad_norm_`` -> learning rate from the schedule -> optimizer step -> callbacks.
+Stream batches (``Batch.carries_state``) get the previous batch's final state, detached
+(truncated BPTT: values flow across the chunk boundary, gradients stop there); other batches
+start from zeros. A checkpoint restores the model, optimizer, RNG states, carried state, data
+cursor, best weights, history and callback states, so ``fit(..., resume=True)`` reaches the same
+weights as a run that was never interrupted (bit-identical on CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+import torch
+
+from rnnkit import artifacts
+from rnnkit.errors import UserError
+from rnnkit.training.callbacks import Callback, EarlyStopping
+from rnnkit.training.config import TrainConfig
+from rnnkit.training.schedules import learning_rate
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN/inf or exploded; the last good checkpoint is kept."""
+
+
+@dataclass
+class History:
+    """train: [{step, epoch, loss, lr, tokens_per_s}] (mean over each log window);
+    eval: [{step, epoch, <metric>: value}]; best: the selected evaluation; stop_reason."""
+
+    train: list = field(default_factory=list)
+    eval: list = field(default_factory=list)
+    best: Optional[dict] = None
+    stop_reason: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        return cls(**{k: d[k] for k in ("train", "eval", "best", "stop_reason") if k in d})
+
+
+@dataclass
+class LoopState:
+    """Where the loop is; JSON in checkpoint/trainer_state.json."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0
+    cursor: int = 0  # batches of ``epoch`` already consumed
+    first_loss: Optional[float] = None
+    best_value: Optional[float] = None
+    best_step: Optional[int] = None
+    last_eval_step: Optional[int] = None
+    last_checkpoint_step: Optional[int] = None
+    window_loss: float = 0.0  # sum of train losses since the last history record
+    window_steps: int = 0
+    window_tokens: int = 0
+    window_time: float = 0.0
+
+
+def make_optimizer(cfg: TrainConfig, params: Iterable) -> torch.optim.Optimizer:
+    params = list(params)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise UserError(f"optimizer: expected one of adamw, adam, sgd, rmsprop, got {cfg.optimizer!r}")
+
+
+def detach_state(state):
+    """Detach a recurrent state: a tensor, a tuple (h, c), or None."""
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return state.detach()
+    return tuple(detach_state(s) for s in state)
+
+
+def _flatten_state(state) -> dict[str, torch.Tensor]:
+    if state is None:
+        return {}
+    if isinstance(state, torch.Tensor):
+        return {"h": state}
+    return {str(i): s for i, s in enumerate(state)}
+
+
+def _unflatten_state(tensors: dict, device):
+    if not tensors:
+        return None
+    if "h" in tensors:
+        return tensors["h"].to(device)
+    return tuple(tensors[str(i)].to(device) for i in range(len(tensors)))
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device: 'cuda' was asked for but torch sees no CUDA device")
+    return torch.device(name)
+
+
+class Trainer:
+    """``Trainer(TrainConfig, callbacks).fit(model, train, loss_fn, evaluate_fn, run_dir, meta) -> History``.
+
+    train: a BatchSource (``len()`` batches per epoch, ``epoch(e, seed)`` reproducible).
+    run_dir: where snapshots go (see :mod:`rnnkit.artifacts`); None trains in memory only.
+    meta: JSON-able fields for artifact.json (task, model, task_config, task_state, data).
+    The best weights (on ``config.monitor``, ``config.monitor_mode``) are loaded into the model
+    when fit returns; without ``evaluate_fn`` the last weights are the selected ones.
+    """
+
+    def __init__(self, config: TrainConfig, callbacks: Iterable[Callback] = ()):
+        self.config = config
+        self.callbacks = list(callbacks)
+        if config.patience > 0:
+            self.callbacks.append(EarlyStopping(config.patience))
+        self.state = LoopState()
+        self.history = History()
+        self.total_steps = 0
+        self.run_dir: Optional[Path] = None
+        self._stop_reason = ""
+        self._t0 = time.monotonic()
+
+    # -- control -------------------------------------------------------------------------------
+    def stop(self, reason: str) -> None:
+        """Ask the loop to stop cleanly after the current step (saves a final snapshot)."""
+        if not self._stop_reason:
+            self._stop_reason = reason
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since this fit call started (the time budget counts per call)."""
+        return time.monotonic() - self._t0
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self, model, train, loss_fn: Callable, evaluate_fn: Optional[Callable] = None,
+            run_dir=None, meta: Optional[dict] = None, resume: bool = False) -> History:
+        cfg = self.config
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self._meta = dict(meta or {})
+        self._device = _device(cfg.device)
+        self._t0 = time.monotonic()
+        model.to(self._device).train()
+        opt = make_optimizer(cfg, model.parameters())
+        self.total_steps = self._total(len(train))
+        carry, best = None, None
+        if resume:
+            carry, best = self._restore(model, opt)
+        else:
+            self.state, self.history = LoopState(), History()
+            _seed(cfg.seed)
+        s, steps_here = self.state, 0
+        while not self._stop_reason:
+            if s.epoch >= cfg.epochs:
+                self.stop(f"finished {cfg.epochs} epochs")
+                break
+            batches = itertools.islice(train.epoch(s.epoch, cfg.seed), s.cursor, None)
+            for batch in batches:
+                if cfg.max_steps is not None and s.step >= cfg.max_steps:
+                    break
+                if cfg.time_budget is not None and self.elapsed >= cfg.time_budget:
+                    self.stop(f"time budget of {cfg.time_budget:g} s reached at step {s.step}")
+                    break
+                carry = self._step(model, opt, batch, carry, loss_fn)
+                steps_here += 1
+                if cfg.eval_every and s.step % cfg.eval_every == 0:
+                    best = self._evaluate(model, evaluate_fn, best)
+                if self._checkpoint_due() and not self._stop_reason:
+                    self._save(model, opt, carry, best)
+                if self._stop_reason:
+                    break
+            else:
+                s.epoch, s.cursor, carry = s.epoch + 1, 0, None
+                if not cfg.eval_every:
+                    best = self._evaluate(model, evaluate_fn, best)
+                if not self._stop_reason and (self._checkpoint_due(epoch_end=True)):
+                    self._save(model, opt, carry, best)
+                continue
+            if cfg.max_steps is not None and s.step >= cfg.max_steps:
+                self.stop(f"reached max_steps={cfg.max_steps}")
+        return self._finish(model, opt, carry, best, evaluate_fn, steps_here)
+
+    def _total(self, per_epoch: int) -> int:
+        total = self.config.epochs * per_epoch
+        return min(total, self.config.max_steps) if self.config.max_steps is not None else total
+
+    def _step(self, model, opt, batch, carry, loss_fn):
+        cfg, s = self.config, self.state
+        t = time.perf_counter()
+        batch = batch.to(self._device)
+        outputs, state = model(batch.inputs, carry if batch.carries_state else None, batch.lengths)
+        loss = loss_fn(outputs, batch)
+        value = float(loss.detach())
+        self._check_loss(value, "loss")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = cfg.clip_grad_norm if cfg.clip_grad_norm is not None else math.inf
+        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+        self._check_loss(norm, "gradient norm")
+        lr = self.lr_at(s.step)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.step()
+        s.step += 1
+        s.cursor += 1
+        if s.first_loss is None:
+            s.first_loss = value
+        dt = time.perf_counter() - t
+        s.window_loss, s.window_steps = s.window_loss + value, s.window_steps + 1
+        s.window_tokens, s.window_time = s.window_tokens + batch.num_tokens, s.window_time + dt
+        logs = {"step": s.step, "epoch": s.epoch, "loss": value, "lr": lr, "grad_norm": norm,
+                "tokens": batch.num_tokens, "tokens_per_s": batch.num_tokens / max(dt, 1e-9)}
+        if s.step % max(1, cfg.log_every) == 0:
+            self._record_train()
+        for cb in self.callbacks:
+            cb.on_step_end(self, logs)
+        return detach_state(state) if batch.carries_state else None
+
+    def lr_at(self, step: int) -> float:
+        c = self.config
+        return learning_rate(step, c.lr, c.schedule, c.warmup_steps, self.total_steps, c.min_lr, c.step_size, c.gamma)
+
+    def _check_loss(self, value: float, what: str) -> None:
+        s, f = self.state, self.config.explode_factor
+        bad = not math.isfinite(value)
+        exploded = what == "loss" and f > 0 and s.first_loss is not None and value > f * max(s.first_loss, 1e-12)
+        if not (bad or exploded):
+            return
+        why = f"{what} is {value}" if bad else f"loss {value:.4g} exceeds {f:g} x the first loss {s.first_loss:.4g}"
+        kept = (f"the last good checkpoint (step {s.last_checkpoint_step}) is kept in {self.run_dir}"
+                if s.last_checkpoint_step is not None else "no checkpoint was written")
+        raise TrainingDiverged(f"training diverged at step {s.step + 1}: {why}; {kept}; "
+                               f"try a lower --lr or --clip-grad-norm")
+
+    def _record_train(self) -> None:
+        s = self.state
+        if not s.window_steps:
+            return
+        self.history.train.append({
+            "step": s.step, "epoch": s.epoch, "loss": s.window_loss / s.window_steps,
+            "lr": self.lr_at(max(0, s.step - 1)), "tokens_per_s": s.window_tokens / max(s.window_time, 1e-9),
+        })
+        s.window_loss, s.window_steps, s.window_tokens, s.window_time = 0.0, 0, 0, 0.0
+
+    def _evaluate(self, model, evaluate_fn, best):
+        """Run evaluate_fn (eval mode, no grad, RNG untouched); update the best weights."""
+        s, cfg = self.state, self.config
+        if evaluate_fn is None or s.last_eval_step == s.step:
+            return best
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=[] if self._device.type == "cpu" else None):
+            metrics = {k: float(v) if isinstance(v, (int, float)) else v for k, v in evaluate_fn(model).items()}
+        model.train()
+        if cfg.monitor not in metrics:
+            raise UserError(f"monitor: {cfg.monitor!r} is not a validation metric; expected one of: "
+                            f"{', '.join(metrics)}")
+        s.last_eval_step = s.step
+        record = {"step": s.step, "epoch": s.epoch, **metrics}
+        self.history.eval.append(record)
+        value = metrics[cfg.monitor]
+        better = s.best_value is None or (value < s.best_value if cfg.monitor_mode == "min" else value > s.best_value)
+        if better and math.isfinite(value):
+            s.best_value, s.best_step = value, s.step
+            self.history.best = record
+            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        for cb in self.callbacks:
+            cb.on_eval_end(self, metrics)
+        return best
+
+    def _checkpoint_due(self, epoch_end: bool = False) -> bool:
+        s, cfg = self.state, self.config
+        if self.run_dir is None:
+            return False
+        if cfg.checkpoint_every:
+            return not epoch_end and s.step % cfg.checkpoint_every == 0
+        return s.last_eval_step == s.step or epoch_end
+
+    # -- snapshots -----------------------------------------------------------------------------
+    def _save(self, model, opt, carry, best, status: str = "training") -> None:
+        s = self.state
+        s.last_checkpoint_step = s.step
+        weights = best if best is not None else model.state_dict()
+        ckpt = self._checkpoint_files(model, opt, carry)
+        meta = {**self._meta, "train": dataclasses.asdict(self.config), "status": status, "step": s.step,
+                "epoch": s.epoch, "stop_reason": self._stop_reason, "metrics": self._metrics()}
+        files = artifacts.snapshot_files(meta, weights, self.history.to_dict(), ckpt)
+        for cb in self.callbacks:
+            cb.on_checkpoint(self, files)
+        artifacts.write_run(self.run_dir, files)
+
+    def _metrics(self) -> dict:
+        out = {}
+        if self.history.best:
+            out.update({f"val_{k}": v for k, v in self.history.best.items() if k not in ("step", "epoch")})
+            out["best_step"] = self.history.best["step"]
+        if self.history.train:
+            out["train_loss"] = self.history.train[-1]["loss"]
+        return out
+
+    def _checkpoint_files(self, model, opt, carry) -> dict[str, bytes]:
+        tensors, opt_info = artifacts.flatten_optimizer(opt.state_dict())
+        np_state = np.random.get_state()
+        rng = {"torch_cpu": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64))}
+        if torch.cuda.is_available():
+            for i, st in enumerate(torch.cuda.get_rng_state_all()):
+                rng[f"cuda.{i}"] = st
+        trainer_state = {
+            "loop": dataclasses.asdict(self.state),
+            "stop_reason": self._stop_reason,
+            "callbacks": {f"{i}:{type(cb).__name__}": cb.state_dict() for i, cb in enumerate(self.callbacks)},
+            "optimizer": opt_info,
+            "numpy_rng": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            "python_rng": _py_rng_to_json(random.getstate()),
+            "schedule": {"total_steps": self.total_steps, "lr": self.lr_at(self.state.step)},
+        }
+        return {
+            "model.safetensors": artifacts.tensors_bytes(model.state_dict()),
+            "optimizer.safetensors": artifacts.tensors_bytes(tensors),
+            "rng.safetensors": artifacts.tensors_bytes(rng),
+            "carry.safetensors": artifacts.tensors_bytes(_flatten_state(carry)),
+            "trainer_state.json": artifacts.json_bytes(trainer_state),
+        }
+
+    def _restore(self, model, opt):
+        if self.run_dir is None:
+            raise ValueError("resume=True needs run_dir")
+        ck = self.run_dir / artifacts.CHECKPOINT
+        ts = artifacts._read_json(ck / "trainer_state.json", "checkpoint state")
+        try:
+            self.state = LoopState(**ts["loop"])
+            self._stop_reason = ""
+            model.load_state_dict(artifacts.read_tensors(ck / "model.safetensors", "checkpoint weights"))
+            opt.load_state_dict(artifacts.unflatten_optimizer(
+                artifacts.read_tensors(ck / "optimizer.safetensors", "optimizer state"), ts["optimizer"]))
+            for i, cb in enumerate(self.callbacks):
+                cb.load_state_dict(ts["callbacks"].get(f"{i}:{type(cb).__name__}", {}))
+            rng = artifacts.read_tensors(ck / "rng.safetensors", "RNG state")
+            torch.set_rng_state(rng["torch_cpu"])
+            cuda = [rng[f"cuda.{i}"] for i in range(torch.cuda.device_count()) if f"cuda.{i}" in rng]
+            if cuda:
+                torch.cuda.set_rng_state_all(cuda)
+            name, pos, has_gauss, cached = ts["numpy_rng"]
+            np.random.set_state((name, rng["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
+            random.setstate(_py_rng_from_json(ts["python_rng"]))
+            carry = _unflatten_state(artifacts.read_tensors(ck / "carry.safetensors", "carried state"), self._device)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{ck}: damaged checkpoint ({exc.__class__.__name__}: {exc})") from None
+        self.history = History.from_dict(artifacts._read_json(self.run_dir / "history.json", "history"))
+        meta = artifacts.read_meta(self.run_dir)
+        best = None
+        if self.history.best is not None:
+            best = {k: v.to(self._device) for k, v in artifacts.read_tensors(
+                self.run_dir / artifacts.WEIGHTS, "weights", meta["weights"].get("sha256")).items()}
+        return carry, best
+
+    def _finish(self, model, opt, carry, best, evaluate_fn, steps_here) -> History:
+        s = self.state
+        if steps_here:
+            self._record_train()
+            best = self._evaluate(model, evaluate_fn, best)
+        self.history.stop_reason = self._stop_reason
+        if self.run_dir is not None and (steps_here or not (self.run_dir / artifacts.ARTIFACT_JSON).exists()):
+            self._save(model, opt, carry, best, status="complete")
+        if best is not None:
+            model.load_state_dict(best)
+        for cb in self.callbacks:
+            cb.on_fit_end(self, self.history)
+        _ = s
+        return self.history
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _py_rng_to_json(state) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _py_rng_from_json(data) -> tuple:
+    version, internal, gauss = data
+    return (version, tuple(internal), gauss)
+
+
+__all__ = ["Trainer", "History", "TrainingDiverged", "make_optimizer", "detach_state", "json"]
