@@ -62,11 +62,13 @@ class ForecastConfig:
     scaler: str = "standard"  # standard | minmax | none (fitted on the training part only)
     val: float = 0.1  # validation part: a fraction (< 1) or a number of steps
     test: float = 0.2  # test part (the last steps)
+    rows: int = 0  # use only the first N rows of the file (0: all; the ETT protocol uses 14,400)
     architecture: str = "rnn"  # rnn | segrnn
     decoding: str = "direct"  # direct (K outputs at once) | autoregressive (K=1 fed back)
     dense_targets: bool = True  # rnn: train the K-ahead forecast at every input step, not only the last
     channel_independent: bool = False  # each channel its own univariate series, shared weights
     segment_length: int = 48  # segrnn: W steps per segment
+    window_norm: str = "none"  # rnn: "last" forecasts relative to the last seen value (causal; segrnn always does)
     period: int = 0  # seasonal naive period (0: detected on the training part)
     sines_series: str = "7000,2000,1000"  # sines: train,val,test series counts
     data_seed: int = 42  # sines generator seed
@@ -74,6 +76,7 @@ class ForecastConfig:
     def __post_init__(self):
         _choice("architecture", self.architecture, ("rnn", "segrnn"))
         _choice("decoding", self.decoding, ("direct", "autoregressive"))
+        _choice("window_norm", self.window_norm, ("none", "last"))
         if self.lookback < 1 or self.horizon < 1:
             raise UserError(f"lookback and horizon must be >= 1, got {self.lookback} and {self.horizon}")
 
@@ -158,6 +161,8 @@ def _resolve(data: str) -> Path:
 
 def split_series(series: Series, config: ForecastConfig) -> Splits:
     """Chronological split, scaler fitted on train, windows per part (inputs may reach back)."""
+    if config.rows:
+        series = series[: config.rows]
     C = series.width - len(_names(config.covariates))
     train_end, val_end = split_points(len(series), config.val, config.test)
     scaler = Scaler(config.scaler).fit(series.values[:train_end])
@@ -209,7 +214,8 @@ def model_spec(config: ForecastConfig, channels: int, inputs: int) -> dict:
             "channels": channels, "inputs": inputs, "decoding": config.decoding,
             "step_horizon": 1 if auto else config.horizon,
             "dense_targets": bool(config.dense_targets or auto),
-            "channel_independent": bool(config.channel_independent), "segment_length": config.segment_length}
+            "channel_independent": bool(config.channel_independent), "segment_length": config.segment_length,
+            "window_norm": config.window_norm}
 
 
 class ForecastModel(nn.Module):
@@ -249,10 +255,19 @@ class ForecastModel(nn.Module):
     def forward(self, x: Tensor, state=None, lengths=None):
         if self.spec["architecture"] == "segrnn":
             return self.net(x)
+        C, dense = self.spec["channels"], self.spec["dense_targets"]
+        seen = x[..., :C]  # (B, L, C)
+        if self.spec.get("window_norm") == "last":
+            # inputs relative to the window's first value, outputs relative to the value seen at
+            # each step: both causal, so step t's forecast never depends on steps after t
+            x = torch.cat([seen - seen[:, :1], x[..., C:]], dim=-1)
         out, state = self.net(self._flat(x), state)  # (B', L, K'*C')
-        if not self.spec["dense_targets"]:
+        if not dense:
             out = out[:, -1]  # (B', K'*C')
-        return self._unflat(out, x.shape[0]), state
+        y = self._unflat(out, x.shape[0])  # (B, [L,] K', C)
+        if self.spec.get("window_norm") == "last":
+            y = y + (seen.unsqueeze(2) if dense else seen[:, -1:])
+        return y, state
 
     @torch.no_grad()
     def forecast(self, x: Tensor, horizon: Optional[int] = None) -> Tensor:
@@ -260,7 +275,7 @@ class ForecastModel(nn.Module):
         (inputs without covariates only) continues from the model's own forecasts."""
         s = self.spec
         K = horizon or s["horizon"]
-        if s["decoding"] == "autoregressive" and s["architecture"] == "rnn":
+        if s["decoding"] == "autoregressive" and s["architecture"] == "rnn" and s.get("window_norm") != "last":
             return self._autoregressive(x, K)
         chunks, done = [], 0
         while done < K:
@@ -418,8 +433,9 @@ class Forecaster:
         return Scaler.from_dict(self.task_state["scaler"])
 
     # -- training --------------------------------------------------------------------------
-    def fit(self, data: Union[Series, str, Path]) -> "Forecaster":
-        """Train with the shared Trainer; validation picks the best weights (Trainer's monitor)."""
+    def fit(self, data: Union[Series, str, Path], out: Optional[Union[str, Path]] = None) -> "Forecaster":
+        """Train with the shared Trainer (validation MSE selects the best weights); ``out``, a
+        run directory, also receives the artifact (weights, config, scaler, windows)."""
         from rnnkit.training.config import TrainConfig
         from rnnkit.training.trainer import Trainer
 
@@ -430,7 +446,11 @@ class Forecaster:
         train = self.train_config or TrainConfig()
         torch.manual_seed(train.seed)
         self.model = ForecastModel(self.task_state["spec"], model_config)
-        self.history = Trainer(train).fit(self.model, prepared.train, prepared.val, TASK.loss, TASK.evaluate)
+        meta = {"task": TASK.name, "model": asdict(model_config), "task_config": asdict(self.config),
+                "task_state": self.task_state, "data": info}
+        val = prepared.val
+        evaluate = (lambda m: TASK.evaluate(m, val)) if val is not None else None
+        self.history = Trainer(train).fit(self.model, prepared.train, TASK.loss, evaluate, run_dir=out, meta=meta)
         self.model.eval()
         self.metrics = {p: TASK.evaluate(self.model, src) for p, src in (("val", prepared.val), ("test", prepared.test))
                         if src is not None}
@@ -522,12 +542,32 @@ class Forecaster:
     # -- artifacts -------------------------------------------------------------------------
     @classmethod
     def from_artifact(cls, artifact) -> "Forecaster":
-        config = _config_from(getattr(artifact, "task_config", None))
-        f = cls(config, artifact.model_config if hasattr(artifact, "model_config") else None)
+        """Rebuild from a run directory read by :mod:`rnnkit.artifacts` (no training data needed)."""
+        f = cls(artifact.task_config, artifact.model_config)
         f.task_state = artifact.task_state
-        f.model = artifact.model
-        f.metrics = dict(getattr(artifact, "metrics", {}) or {})
+        f.model = ForecastModel(f.task_state["spec"], artifact.model_config)
+        try:
+            f.model.load_state_dict(artifact.state_dict())
+        except RuntimeError as exc:
+            raise UserError(f"{artifact.path}: weights do not fit the forecast model ({str(exc).splitlines()[0]})") from None
+        f.model.eval()
+        f.metrics = dict(artifact.metrics or {})
         return f
+
+    def attach(self, data: Union[Series, str, Path]) -> "Forecaster":
+        """Re-split ``data`` with the stored config (for evaluate/backtest after load); the
+        stored scaler is kept, so scaled metrics mean what they meant in training."""
+        self.splits, _ = TASK.splits(self.config, data)
+        stored = self.scaler
+        if self.splits.borders is not None:
+            z = stored.transform(self.splits.history.values)
+            C, (L, K) = len(self.task_state["columns"]), (self.config.lookback, self.config.horizon)
+            b = [0] + self.splits.borders
+            for i, part in enumerate(("train", "val", "test")):
+                if part in self.splits.X:
+                    self.splits.X[part], self.splits.Y[part] = make_windows(z, z[:, :C], L, K, b[i], b[i + 1])
+        self.splits.scaler = stored
+        return self
 
     def plot(self, path, history: np.ndarray, forecast: np.ndarray, truth: Optional[np.ndarray] = None,
              origin: Optional[int] = None) -> None:

@@ -134,7 +134,7 @@ class LinearBaseline:
     """Least squares from the flattened window (and a bias) to the K*C future values.
 
     ``channel_independent``: one shared map (L,) -> (K,) fitted on every channel's windows.
-    A tiny ridge term (1e-6 * trace / features) keeps the normal equations well posed.
+    A tiny ridge term (1e-8 * trace / features) keeps the normal equations well posed.
     """
 
     def __init__(self, channel_independent: bool = False):
@@ -155,7 +155,7 @@ class LinearBaseline:
         else:
             t = y.reshape(len(y), -1)  # (N, K*C)
         G = A.T @ A
-        G += np.eye(len(G)) * 1e-6 * np.trace(G) / len(G)
+        G += np.eye(len(G)) * 1e-8 * np.trace(G) / len(G)
         self.coef = np.linalg.solve(G, A.T @ t)
         return self
 

@@ -1,0 +1,222 @@
+"""Forecasting: data (CSV errors, splits, scaling, windows), baselines, metrics, models, façade."""
+
+import numpy as np
+import pytest
+import torch
+
+from rnnkit.data.batching import Batch
+from rnnkit.data.scaling import Scaler
+from rnnkit.data.series import Series, generate_sines, make_windows, read_csv
+from rnnkit.errors import UserError
+from rnnkit.models import ModelConfig
+from rnnkit.tasks import forecast_models as fm
+from rnnkit.tasks.forecast import (ForecastConfig, Forecaster, ForecastModel, TASK, dense_targets, model_spec,
+                                   split_series)
+
+
+def _csv(tmp_path, text, name="s.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# ----------------------------------------------------------------------------- CSV
+
+
+def test_csv_reads_time_and_columns(tmp_path):
+    s = read_csv(_csv(tmp_path, "date,a,b\n2020-01,1,10\n2020-02,2.5,20\n"))
+    assert s.columns == ["a", "b"] and list(s.time) == ["2020-01", "2020-02"]
+    np.testing.assert_array_equal(s.values, [[1, 10], [2.5, 20]])
+
+
+def test_csv_missing_value_message(tmp_path):
+    path = _csv(tmp_path, "date,a\n2020-01,1\n2020-02,\n2020-03,3\n")
+    with pytest.raises(UserError) as e:
+        read_csv(path)
+    assert str(e.value) == (f"{path} line 3, column 'a': missing value "
+                            "(use --fill ffill|interpolate|zero to fill gaps)")
+
+
+def test_csv_non_numeric_message(tmp_path):
+    path = _csv(tmp_path, "date,a,b\n2020-01,1,2\n2020-02,3,abc\n")
+    with pytest.raises(UserError) as e:
+        read_csv(path)
+    assert str(e.value) == f"{path} line 3, column 'b': expected a number, found 'abc'"
+
+
+def test_csv_unknown_column_and_ragged_row(tmp_path):
+    path = _csv(tmp_path, "date,a\n2020-01,1\n")
+    with pytest.raises(UserError, match=r"no column 'z'; columns are: date, a"):
+        read_csv(path, columns=["z"])
+    ragged = _csv(tmp_path, "date,a\n2020-01,1,7\n", "r.csv")
+    with pytest.raises(UserError) as e:
+        read_csv(ragged)
+    assert str(e.value) == f"{ragged} line 2: expected 2 columns, found 3"
+
+
+def test_csv_fill_policies(tmp_path):
+    path = _csv(tmp_path, "t,a\n0,\n1,2\n2,NA\n3,6\n")
+    np.testing.assert_array_equal(read_csv(path, fill="ffill").values[:, 0], [2, 2, 2, 6])
+    np.testing.assert_array_equal(read_csv(path, fill="interpolate").values[:, 0], [2, 2, 4, 6])
+    np.testing.assert_array_equal(read_csv(path, fill="zero").values[:, 0], [0, 2, 0, 6])
+    with pytest.raises(UserError, match="--fill must be one of"):
+        read_csv(path, fill="mean")
+
+
+# ----------------------------------------------------------------------------- splits, scaling, windows
+
+
+def _ramp_series(n=100, width=1):
+    v = np.arange(n, dtype=float)[:, None] * np.arange(1, width + 1)
+    return Series(v, None, [f"c{i}" for i in range(width)])
+
+
+def test_scaler_is_fitted_on_the_training_part_only():
+    values = np.concatenate([np.random.default_rng(0).normal(5, 2, 70), np.full(30, 1000.0)])
+    cfg = ForecastConfig(lookback=5, horizon=2, val=0.1, test=0.2)
+    sp = split_series(Series(values), cfg)
+    assert sp.borders == [70, 80, 100]
+    np.testing.assert_allclose(sp.scaler.shift, [values[:70].mean()])
+    np.testing.assert_allclose(sp.scaler.scale, [values[:70].std()])
+    # the stored windows are the scaled series: z = (x - mean_train) / std_train
+    np.testing.assert_allclose(sp.X["test"][-1, -1, 0], (1000 - values[:70].mean()) / values[:70].std())
+
+
+def test_scaler_round_trip_and_constant_channel():
+    x = np.array([[1.0, 3.0], [3.0, 3.0]])
+    for kind in ("standard", "minmax", "none"):
+        s = Scaler(kind).fit(x)
+        np.testing.assert_allclose(s.inverse_transform(s.transform(x)), x)
+        assert Scaler.from_dict(s.to_dict()).to_dict() == s.to_dict()
+    np.testing.assert_allclose(Scaler("minmax").fit(x).transform(x), [[0, 0], [1, 0]])
+
+
+def test_windows_have_no_look_ahead():
+    """Inputs of every window end strictly before its first target (values = time index)."""
+    t = np.arange(30, dtype=float)[:, None]
+    X, Y = make_windows(t, t, lookback=4, horizon=3, start=10, stop=20)
+    np.testing.assert_array_equal(X[:, -1, 0] + 1, Y[:, 0, 0])  # contiguous, never overlapping
+    np.testing.assert_array_equal(Y[:, :, 0] - Y[:, :1, 0], np.tile(np.arange(3), (len(Y), 1)))
+    assert Y.min() >= 10 and Y.max() <= 19  # targets stay inside their part
+    assert X.min() == 6  # inputs may reach back into the previous part (ETT protocol)
+
+
+def test_split_windows_never_put_a_target_step_in_the_inputs():
+    cfg = ForecastConfig(lookback=6, horizon=3, scaler="none", val=0.2, test=0.2)
+    sp = split_series(_ramp_series(60), cfg)
+    for part in ("train", "val", "test"):
+        X, Y = sp.X[part][..., 0], sp.Y[part][..., 0]
+        assert (X.max(1) < Y.min(1)).all(), part
+
+
+def test_dense_targets_are_the_future_of_each_step():
+    x = torch.arange(8.0).view(1, 8, 1)  # the window: steps 0..7
+    y = torch.arange(8.0, 11.0).view(1, 3, 1)  # its future: steps 8..10
+    d = dense_targets(Batch(x, y), step_horizon=3, channels=1)  # (1, 8, 3, 1)
+    np.testing.assert_array_equal(d[0, :, :, 0].numpy(), np.arange(8)[:, None] + 1 + np.arange(3))
+
+
+@pytest.mark.parametrize("window_norm", ["none", "last"])
+def test_model_output_at_step_t_ignores_later_inputs(window_norm):
+    """A per-step forecast that saw a later input (a leak) would change when it changes."""
+    cfg = ForecastConfig(lookback=10, horizon=2, window_norm=window_norm)
+    spec = model_spec(cfg, 1, 1)
+    torch.manual_seed(0)
+    model = ForecastModel(spec, TASK.model_config({"spec": spec}, cfg, ModelConfig(encoder="identity", hidden_size=8)))
+    x = torch.randn(2, 10, 1)
+    x2 = x.clone()
+    x2[:, 6:] += 5.0
+    y1, _ = model(x)
+    y2, _ = model(x2)  # (B, L, K, C)
+    torch.testing.assert_close(y1[:, :6], y2[:, :6])
+    assert not torch.allclose(y1[:, 6:], y2[:, 6:])
+
+
+def test_channel_independent_models_keep_channels_apart():
+    for arch in ("rnn", "segrnn"):
+        cfg = ForecastConfig(lookback=12, horizon=4, channel_independent=True, architecture=arch, segment_length=4)
+        spec = model_spec(cfg, 3, 3)
+        torch.manual_seed(0)
+        mc = TASK.model_config({"spec": spec}, cfg, ModelConfig(encoder="identity", cell="gru", hidden_size=8))
+        model = ForecastModel(spec, mc).eval()
+        x = torch.randn(2, 12, 3)
+        x2 = x.clone()
+        x2[..., 1] += 1.0
+        y1, y2 = model.forecast(x), model.forecast(x2)  # (B, K, C)
+        assert y1.shape == (2, 4, 3)
+        torch.testing.assert_close(y1[..., [0, 2]], y2[..., [0, 2]])
+        assert not torch.allclose(y1[..., 1], y2[..., 1])
+
+
+# ----------------------------------------------------------------------------- baselines, metrics
+
+
+def test_baselines_on_a_hand_made_series():
+    season = np.array([1.0, 5.0, 2.0, 7.0])
+    x = np.tile(season, 3)[None, :, None]  # (1, 12, 1)
+    np.testing.assert_array_equal(fm.naive_forecast(x, 3)[0, :, 0], [7, 7, 7])
+    np.testing.assert_array_equal(fm.seasonal_naive_forecast(x, 6, 4)[0, :, 0], [1, 5, 2, 7, 1, 5])
+    ramp = np.arange(40.0)[:, None]
+    X, Y = make_windows(ramp, ramp, 5, 2)
+    lin = fm.LinearBaseline().fit(X, Y)
+    np.testing.assert_allclose(lin.predict(np.array([[[100.0], [101], [102], [103], [104]]]))[0, :, 0],
+                               [105, 106], atol=1e-4)
+
+
+def test_detect_period():
+    t = np.arange(240)
+    assert fm.detect_period(np.sin(2 * np.pi * t / 12) + 0.01 * t, 40) == 12
+    assert fm.detect_period(np.sin(2 * np.pi * t / 30), 60) == 30
+
+
+def test_metrics_hand_computed():
+    pred, truth = np.array([[[2.0]], [[1.0]]]), np.array([[[1.0]], [[3.0]]])
+    m = fm.original_metrics(pred, truth, mase_scale=0.5)
+    assert m["mae"] == 1.5 and m["rmse"] == pytest.approx(np.sqrt(2.5))
+    assert m["smape"] == pytest.approx((200 * 1 / 3 + 200 * 2 / 4) / 2)
+    assert m["mase"] == 3.0
+    assert fm.mase_scale(np.array([[1.0], [2], [4], [7]]), 1) == 2.0
+    s = fm.scaled_metrics(pred, truth)
+    assert s["mse"] == 2.5 and s["mae"] == 1.5
+
+
+# ----------------------------------------------------------------------------- sines
+
+
+def test_sines_generator_is_seeded_and_follows_the_formula():
+    a, b, c = generate_sines(5, 51, seed=3), generate_sines(5, 51, seed=3), generate_sines(5, 51, seed=4)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c) and a.shape == (5, 51) and a.dtype == np.float32
+    rng = np.random.default_rng(3)
+    f1, f2, o1, o2 = rng.random((4, 5, 1))
+    t = np.linspace(0, 1, 51)
+    clean = 0.5 * np.sin((t - o1) * (f1 * 10 + 10)) + 0.2 * np.sin((t - o2) * (f2 * 20 + 20))
+    noise = a - clean
+    assert np.abs(noise).max() <= 0.05 + 1e-6
+    np.testing.assert_allclose(noise, 0.1 * (rng.random((5, 51)) - 0.5), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- façade
+
+
+def test_forecaster_fit_save_load_predict(tmp_path):
+    from rnnkit import artifacts
+    from rnnkit.training.config import TrainConfig
+
+    csv = tmp_path / "air.csv"
+    t = np.arange(120)
+    vals = 100 + t + 20 * np.sin(2 * np.pi * t / 12)
+    csv.write_text("month,y\n" + "".join(f"m{i},{v:.3f}\n" for i, v in enumerate(vals)))
+    f = Forecaster(ForecastConfig(lookback=24, horizon=6, batch_size=16, window_norm="last"),
+                   ModelConfig(encoder="identity", cell="gru", hidden_size=8),
+                   TrainConfig(epochs=2, lr=1e-2, optimizer="adam", log_every=0))
+    f.fit(str(csv), out=tmp_path / "run")
+    assert f.task_state["period"] == 12 and f.task_state["borders"] == [84, 96, 120]
+    report = f.evaluate("test")
+    assert set(report) >= {"model", "naive", "seasonal_naive", "linear"}
+    g = artifacts.load(tmp_path / "run")
+    np.testing.assert_allclose(g.predict(6), f.predict(6))
+    origins, fc = g.historical_forecasts(Series(vals), start=100, horizon=6, stride=5)
+    assert list(origins) == [100, 105, 110] and fc.shape == (3, 6, 1)
+    np.testing.assert_allclose(fc[-1], g.predict(6, Series(vals[:110])))
+    assert g.attach(str(csv)).backtest()["origins"] == 4
