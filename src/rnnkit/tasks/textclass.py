@@ -1,0 +1,405 @@
+"""Text classification (sentiment and any labelled texts): ``TextClassifier`` and the ``textclass`` task.
+
+Data: a CSV/TSV/JSONL file with ``text_column``/``label_column``, an ``aclImdb`` folder
+(``train|test/pos|neg/*.txt``), or the named dataset ``imdb`` (official 25k/25k split).
+Labels are strings (binary or multi-class); class ``k`` is ``labels[k]`` (sorted).
+
+Pipeline: ``tokenize`` -> ``Vocabulary`` ids (PAD 0, OOV 1) -> optional hashed bigram ids
+(inputs (B, T, 2), embeddings summed) -> truncation to ``max_length`` -> batches of similar
+length with ``lengths`` -> ``SequenceModel`` with a pooled head (last/mean/max over valid steps)
+-> logits (B, C); loss is cross-entropy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rnnkit.data.batching import Batch, BucketedBatches, pad_sequences
+from rnnkit.data.labelled import read_aclimdb, read_labelled
+from rnnkit.data.tokenize import TRUNCATE_MODES, Vocabulary, bigram_ids, read_word_vectors, tokenize, truncate
+from rnnkit.errors import UserError
+from rnnkit.models import ModelConfig, SequenceModel
+from rnnkit.tasks.base import PreparedData, Task
+
+IMDB_LABELS = {"0": "neg", "1": "pos"}  # the named dataset stores 0/1
+IMDB_SHA256 = {
+    "train": "35a5248c0ea2f8534a574db6ec56c7a8ba34353d9db4003c0e8ccd2265af1928",
+    "test": "5ff1a4909c1690ed02649169472c893a199407bdf8109fabdaf7ade985c2edc4",
+}
+
+
+@dataclass
+class Config:
+    """Data options of the textclass task (each one a CLI flag and a preset key)."""
+
+    text_column: str = "text"  # CSV/TSV column or JSON key holding the text
+    label_column: str = "label"  # ... and the label (any strings)
+    test_data: Optional[str] = None  # labelled file for the test split (named datasets and aclImdb bring theirs)
+    val_fraction: float = 0.1  # carved at random from train for validation (0: no validation)
+    vocab_size: int = 10000  # ids kept, including PAD and OOV (Keras's num_words)
+    min_freq: int = 1  # words seen fewer times in train become OOV
+    max_length: int = 200  # tokens kept per text
+    truncate: str = "head"  # head | tail | both: which end(s) of a long text to keep
+    ngram_buckets: int = 0  # > 0: add a hashed bigram id per step (fastText-style), this many extra rows
+    word_vectors: Optional[str] = None  # GloVe/word2vec text file to initialise the embedding
+    batch_size: int = 32
+
+    def __post_init__(self):
+        if self.truncate not in TRUNCATE_MODES:
+            raise UserError(f"truncate must be one of {', '.join(TRUNCATE_MODES)}, got {self.truncate!r}")
+        if not 0 <= self.val_fraction < 1:
+            raise UserError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
+        for name in ("max_length", "batch_size", "min_freq"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+def load_splits(config: Config, data: str) -> dict:
+    """{"train": (texts, labels), "test": (texts, labels) | None} from a name, folder or file."""
+    from rnnkit.data import sources
+
+    found = sources.resolve(data)
+    if isinstance(found, dict):  # the named imdb dataset: {"train": path, "test": path}, labels 0/1
+        out = {}
+        for split in ("train", "test"):
+            texts, labels = read_labelled(found[split], "text", "label")
+            out[split] = (texts, [IMDB_LABELS.get(y, y) for y in labels])
+        return out
+    path = Path(found)
+    if path.is_dir():
+        if not (path / "train").is_dir():
+            raise UserError(f"{path}: expected the aclImdb layout train|test/pos|neg/*.txt")
+        test = read_aclimdb(path, "test") if (path / "test").is_dir() else None
+        return {"train": read_aclimdb(path, "train"), "test": test}
+    train = read_labelled(path, config.text_column, config.label_column)
+    test = read_labelled(config.test_data, config.text_column, config.label_column) if config.test_data else None
+    return {"train": train, "test": test}
+
+
+class Encoder:
+    """Texts -> id arrays, from the task state (vocabulary, max_length, truncate, ngram_buckets)."""
+
+    def __init__(self, task_state: dict):
+        self.vocab = Vocabulary.from_dict(task_state["vocab"])
+        self.max_length = task_state["max_length"]
+        self.keep = task_state["truncate"]
+        self.buckets = task_state["ngram_buckets"]
+
+    @property
+    def input_size(self) -> int:
+        """Embedding rows: vocabulary plus bigram buckets."""
+        return len(self.vocab) + self.buckets
+
+    def encode_tokens(self, tokens: list[str]) -> np.ndarray:
+        """(T,) word ids, or (T, 2) word and bigram ids; T = min(len, max_length) >= 1 (empty -> [OOV])."""
+        ids = self.vocab.encode(tokens) or [1]
+        arr = bigram_ids(ids, len(self.vocab), self.buckets) if self.buckets else np.asarray(ids, dtype=np.int64)
+        return truncate(arr, self.max_length, self.keep)
+
+    def encode(self, texts: Iterable[str]) -> list[np.ndarray]:
+        return [self.encode_tokens(tokenize(t)) for t in texts]
+
+
+def make_task_state(config: Config, train_tokens: Sequence[list[str]], labels: Sequence[str]) -> dict:
+    """The JSON-able state stored in the artifact: vocabulary, label names, encoding options."""
+    vocab = Vocabulary.build(train_tokens, config.vocab_size, config.min_freq)
+    return {
+        "vocab": vocab.to_dict(),
+        "labels": sorted(set(labels)),
+        "max_length": config.max_length,
+        "truncate": config.truncate,
+        "ngram_buckets": config.ngram_buckets,
+    }
+
+
+def label_ids(labels: Sequence[str], names: Sequence[str], where: str = "") -> list[int]:
+    """Class ids of ``labels``; a label missing from the training labels is a UserError."""
+    index = {name: i for i, name in enumerate(names)}
+    out = []
+    for k, y in enumerate(labels):
+        if y not in index:
+            raise UserError(f"{where}row {k + 1}: label {y!r} was not seen in training; expected one of {', '.join(names)}")
+        out.append(index[y])
+    return out
+
+
+def batch_source(items: list, targets: Optional[list], batch_size: int, shuffle: bool) -> BucketedBatches:
+    """Length-bucketed batches of (B, T) or (B, T, 2) ids with lengths (B,) and targets (B,)."""
+
+    def make_batch(indices):
+        x, lengths = pad_sequences([items[i] for i in indices])
+        y = torch.tensor([targets[i] for i in indices]) if targets is not None else torch.zeros(len(indices), dtype=torch.int64)
+        return Batch(x, y, lengths)
+
+    return BucketedBatches([len(a) for a in items], batch_size, make_batch, shuffle=shuffle)
+
+
+def split_validation(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train indices, validation indices): a seeded random ``fraction`` of ``range(n)`` for validation."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = int(round(n * fraction))
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+# -------------------------------------------------------------------------------------- metrics
+
+
+def confusion_matrix(true: Sequence[int], pred: Sequence[int], num_classes: int) -> np.ndarray:
+    """(C, C) counts; row = true class, column = predicted class."""
+    m = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(m, (np.asarray(true, dtype=np.int64), np.asarray(pred, dtype=np.int64)), 1)
+    return m
+
+
+def classification_report(confusion: np.ndarray, labels: Sequence[str]) -> dict:
+    """Accuracy, macro F1 and per-class precision/recall/F1/support from a confusion matrix.
+
+    precision_k = m[k,k] / sum_i m[i,k]; recall_k = m[k,k] / sum_j m[k,j];
+    F1 = 2 P R / (P + R); a 0/0 is reported as 0.
+    """
+    m = confusion.astype(np.float64)
+    tp, predicted, actual = np.diag(m), m.sum(0), m.sum(1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    per_class = {
+        name: {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]), "support": int(actual[k])}
+        for k, name in enumerate(labels)
+    }
+    return {
+        "accuracy": float(tp.sum() / max(m.sum(), 1)),
+        "macro_f1": float(f1.mean()),
+        "per_class": per_class,
+        "confusion": confusion.tolist(),
+        "labels": list(labels),
+    }
+
+
+def plot_confusion(confusion: np.ndarray, labels: Sequence[str], path) -> None:
+    """Write the confusion matrix (rows true, columns predicted) as a PNG with counts in the cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    C = len(labels)
+    fig, ax = plt.subplots(figsize=(1.2 * C + 2.5, 1.2 * C + 2))
+    ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(C), labels, rotation=45, ha="right")
+    ax.set_yticks(range(C), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = confusion.max() if confusion.size else 0
+    for i in range(C):
+        for j in range(C):
+            ax.text(j, i, str(confusion[i, j]), ha="center", va="center", color="white" if confusion[i, j] > top / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def run_model(model: SequenceModel, batches) -> tuple[Tensor, Tensor, float]:
+    """Eval-mode pass: (log-probabilities (N, C) in batch order, targets (N,), mean loss)."""
+    was_training = model.training
+    model.eval()
+    logps, targets = [], []
+    for batch in batches:
+        logits, _ = model(batch.inputs, lengths=batch.lengths)  # (B, C)
+        logps.append(F.log_softmax(logits.float(), dim=-1))
+        targets.append(batch.targets)
+    model.train(was_training)
+    logp, y = torch.cat(logps), torch.cat(targets)
+    return logp, y, float(F.nll_loss(logp, y)) if len(y) else math.nan
+
+
+# ----------------------------------------------------------------------------------------- task
+
+
+def prepare_texts(config: Config, texts: Sequence[str], labels: Sequence[str], seed: int = 0,
+                  val: Optional[tuple] = None, test: Optional[tuple] = None, info: Optional[dict] = None) -> PreparedData:
+    """Vocabulary and labels from the training texts, then length-bucketed batch sources.
+
+    Without ``val`` (texts, labels), a seeded ``config.val_fraction`` of the training texts is
+    held out for validation. The vocabulary never sees validation or test texts.
+    """
+    if len(texts) != len(labels):
+        raise UserError(f"got {len(texts)} texts but {len(labels)} labels; expected one label per text")
+    tokens = [tokenize(t) for t in texts]
+    if val is None:
+        train_idx, val_idx = split_validation(len(texts), config.val_fraction, seed)
+    else:
+        train_idx, val_idx = list(range(len(texts))), []
+    state = make_task_state(config, [tokens[i] for i in train_idx], [labels[i] for i in train_idx])
+    enc, names = Encoder(state), state["labels"]
+    if len(names) < 2:
+        raise UserError(f"found only one label ({names[0]!r}); a classifier needs at least two")
+    items, ys = [enc.encode_tokens(t) for t in tokens], label_ids(labels, names)
+
+    def source(idx):
+        return batch_source([items[i] for i in idx], [ys[i] for i in idx], config.batch_size, shuffle=True)
+
+    def held_out(pair, what):
+        return batch_source(enc.encode(pair[0]), label_ids(pair[1], names, what), config.batch_size, shuffle=False)
+
+    if val is not None:
+        val_source = held_out(val, "validation data ")
+    else:
+        val_source = batch_source([items[i] for i in val_idx], [ys[i] for i in val_idx], config.batch_size, False) if val_idx else None
+    test_source = held_out(test, "test data ") if test else None
+    info = {**(info or {}), "train_size": len(train_idx), "val_size": len(val_idx) if val is None else len(val[0])}
+    return PreparedData(source(train_idx), val_source, test_source, state, info)
+
+
+class TextClassTask(Task):
+    name = "textclass"
+    Config = Config
+
+    def prepare(self, config: Config, data: str, seed: int = 0) -> PreparedData:
+        splits = load_splits(config, data)
+        info = {"name": str(data)}
+        if str(data) == "imdb":
+            info["sha256"] = {"train": IMDB_SHA256["train"], "test": IMDB_SHA256["test"]}
+        return prepare_texts(config, *splits["train"], seed=seed, test=splits.get("test"), info=info)
+
+    def model_config(self, task_state: dict, config: Config, model: ModelConfig) -> ModelConfig:
+        enc = Encoder(task_state)
+        head = "last" if model.head == "per_step" else model.head
+        return replace(model, encoder="embedding", input_size=enc.input_size, head=head, output_size=len(task_state["labels"]))
+
+    def init_model(self, model: SequenceModel, task_state: dict, config: Config) -> int:
+        """Copy pretrained word vectors (``config.word_vectors``) into the embedding; returns words found."""
+        if not config.word_vectors:
+            return 0
+        vocab = Vocabulary.from_dict(task_state["vocab"])
+        vectors, found = read_word_vectors(config.word_vectors, vocab, model.config.embedding_dim)
+        with torch.no_grad():
+            rows = vectors.abs().sum(1) > 0
+            model.encoder.weight[: len(vocab)][rows] = vectors[rows]
+        return found
+
+    def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
+        return F.cross_entropy(outputs, batch.targets)  # outputs: logits (B, C)
+
+    def evaluate(self, model, batches) -> dict:
+        logp, y, loss = run_model(model, batches)
+        C = logp.shape[1]
+        report = classification_report(confusion_matrix(y.tolist(), logp.argmax(1).tolist(), C), [str(k) for k in range(C)])
+        return {"loss": loss, "accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
+
+    def load(self, artifact) -> "TextClassifier":
+        return TextClassifier.from_artifact(artifact)
+
+
+TASK = TextClassTask()
+
+
+# --------------------------------------------------------------------------------------- façade
+
+
+class TextClassifier:
+    """Classify texts: ``fit(texts, labels)``, ``predict(texts)``, ``predict_proba(texts)``, ``evaluate``.
+
+    ``config``: data options (:class:`Config`); ``model``: the user's ``ModelConfig`` options
+    (encoder, input and output sizes come from the data); ``train``: a ``TrainConfig``.
+    """
+
+    def __init__(self, config: Optional[Config] = None, model: Optional[ModelConfig] = None, train=None):
+        self.config = config or Config()
+        self.model_options = model or ModelConfig(head="mean")
+        self.train_config = train
+        self.model: Optional[SequenceModel] = None
+        self.task_state: Optional[dict] = None
+        self.history = None
+
+    @classmethod
+    def from_model(cls, model: SequenceModel, task_state: dict, config: Optional[Config] = None) -> "TextClassifier":
+        self = cls(config, model.config)
+        self.model, self.task_state = model.eval(), task_state
+        return self
+
+    @classmethod
+    def from_artifact(cls, artifact) -> "TextClassifier":
+        self = cls.from_model(artifact.build_model(), artifact.task_state, artifact.task_config)
+        self.artifact = artifact
+        return self
+
+    @property
+    def labels(self) -> list[str]:
+        self._require()
+        return list(self.task_state["labels"])
+
+    def fit(self, texts=None, labels=None, val_texts=None, val_labels=None, data: Optional[str] = None,
+            out: Optional[str] = None) -> "TextClassifier":
+        """Train with the shared Trainer on ``texts``/``labels`` (or a dataset/file ``data``).
+
+        Validation: ``val_texts``/``val_labels`` if given, else ``config.val_fraction`` of the
+        training texts; the best-validation weights are kept. ``out`` also writes the artifact.
+        """
+        from rnnkit.training.config import TrainConfig
+        from rnnkit.training.trainer import Trainer
+
+        train_config = self.train_config or TrainConfig()
+        if data is not None:
+            prepared = TASK.prepare(self.config, data, train_config.seed)
+        else:
+            if texts is None or labels is None:
+                raise UserError("fit needs texts and labels, or data=<dataset or file>")
+            val = (list(val_texts), [str(y) for y in val_labels]) if val_texts is not None else None
+            prepared = prepare_texts(self.config, list(texts), [str(y) for y in labels], train_config.seed, val=val,
+                                     info={"name": "texts"})
+        self.task_state = prepared.task_state
+        model_config = TASK.model_config(prepared.task_state, self.config, self.model_options)
+        torch.manual_seed(train_config.seed)
+        self.model = SequenceModel(model_config)
+        TASK.init_model(self.model, self.task_state, self.config)
+        meta = {"task": TASK.name, "model": model_config.to_dict(), "task_config": asdict(self.config),
+                "task_state": self.task_state, "data": prepared.data_info}
+        evaluate_fn = (lambda m: TASK.evaluate(m, prepared.val.epoch(0, 0))) if prepared.val is not None else None
+        self.history = Trainer(train_config).fit(self.model, prepared.train, TASK.loss, evaluate_fn, run_dir=out, meta=meta)
+        self.model.eval()
+        self.prepared = prepared
+        return self
+
+    def _require(self):
+        if self.model is None or self.task_state is None:
+            raise UserError("this TextClassifier is not trained; call fit(texts, labels) or rnnkit.load(DIR)")
+
+    def predict_proba(self, texts: Sequence[str], batch_size: Optional[int] = None) -> np.ndarray:
+        """(N, C) class probabilities; column k is ``labels[k]``."""
+        self._require()
+        if isinstance(texts, str):
+            raise UserError("predict expects a list of texts, got a single string; wrap it in a list")
+        items = Encoder(self.task_state).encode(texts)
+        src = batch_source(items, None, batch_size or self.config.batch_size, shuffle=False)
+        order = [i for idx in src.batch_indices(0, 0) for i in idx.tolist()]
+        logp, _, _ = run_model(self.model, src.epoch(0, 0))
+        probs = np.empty((len(items), len(self.task_state["labels"])), dtype=np.float64)
+        probs[order] = logp.exp().double().numpy()
+        return probs
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        """The most probable label of each text."""
+        names = self.labels
+        return [names[k] for k in self.predict_proba(texts).argmax(1)]
+
+    def evaluate(self, texts: Sequence[str], labels: Sequence) -> dict:
+        """Loss, accuracy, macro F1, per-class precision/recall/F1 and the confusion matrix."""
+        names = self.labels
+        probs = self.predict_proba(texts)
+        y = np.asarray(label_ids([str(v) for v in labels], names))
+        report = classification_report(confusion_matrix(y, probs.argmax(1), len(names)), names)
+        report["loss"] = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean()) if len(y) else math.nan
+        return report
