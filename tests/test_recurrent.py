@@ -96,6 +96,14 @@ def test_state_dict_loads_both_ways_strict(cell):
     torch.testing.assert_close(ours(x)[0], other(x)[0], rtol=0, atol=1e-12)
 
 
+def test_forget_bias_initialisation_every_layer_and_direction():
+    module = Recurrent("lstm", 3, 4, 2, bidirectional=True, forget_bias=1.0)
+    for s in ("_l0", "_l0_reverse", "_l1", "_l1_reverse"):
+        b_ih, b_hh = getattr(module, "bias_ih" + s), getattr(module, "bias_hh" + s)
+        assert torch.all(b_ih[4:8] == 1.0) and torch.all(b_hh[4:8] == 0.0)  # gate order i, f, g, o
+        assert not torch.all(b_ih[:4] == 1.0)  # the other gates keep torch's init
+
+
 # -- direct loops written here: GRU reset_after=False, merge modes -----------------------------
 def gru_no_reset_after_step(x, h, w):
     """n = tanh(W_in x + b_in + W_hn (r*h) + b_hn); gates r, z, n stacked in this order."""
@@ -245,6 +253,7 @@ def test_recurrent_dropout_mask_constant_over_time_and_different_across_sequence
 def test_recurrent_dropout_one_mask_per_layer_direction(cell, monkeypatch):
     torch.manual_seed(9)
     module = Recurrent(cell, 2, 16, 2, bidirectional=True, recurrent_dropout=0.5, use_fused=False)
+    module.force_path = "reference"  # spies on the reference loop's step (bptt.py has its own tests)
     masks = []
     step = module._step
     monkeypatch.setattr(module, "_step", lambda xp, state, w, b, h_mask, norm: masks.append(h_mask) or step(xp, state, w, b, h_mask, norm))
