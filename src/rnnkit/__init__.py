@@ -13,6 +13,14 @@ _runtime.configure_from_env()
 from rnnkit.cells import GRUCell, LSTMCell, RNNCell  # noqa: E402
 from rnnkit.recurrent import GRU, LSTM, RNN, Recurrent  # noqa: E402
 
+
+def load(path):
+    """The job's ready-to-use object saved in a run directory (TextGenerator, Forecaster, ...)."""
+    from rnnkit.artifacts import load as _load
+
+    return _load(path)
+
+
 __all__ = [
     "__version__",
     "RNNCell",
@@ -22,4 +30,5 @@ __all__ = [
     "RNN",
     "LSTM",
     "GRU",
+    "load",
 ]

@@ -119,15 +119,16 @@ def _link_or_copy(src, dst):
         shutil.copy2(src, dst)
 
 
-def write_run(run_dir: str | Path, files: dict[str, bytes]) -> None:
-    """Atomically replace ``run_dir`` by ``files`` ({relative path: bytes}) plus its other files."""
+def write_run(run_dir: str | Path, files: dict[str, bytes], keep_extras: bool = True) -> None:
+    """Atomically replace ``run_dir`` by ``files`` ({relative path: bytes}) plus, with
+    ``keep_extras``, the files of the existing ``run_dir`` that ``files`` does not name."""
     run_dir = Path(run_dir).absolute()
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent))
     try:
         for rel, data in files.items():
             _write_file(tmp / rel, data)
-        if run_dir.is_dir():
+        if keep_extras and run_dir.is_dir():
             _keep_extras(run_dir, tmp, files)
         for d in {(tmp / rel).parent for rel in files}:
             _fsync_dir(d)
@@ -320,9 +321,9 @@ class Artifact:
         return self._model
 
     def build_model(self, device="cpu"):
-        from rnnkit.models import SequenceModel
+        from rnnkit.tasks import get_task
 
-        model = SequenceModel(self.model_config)
+        model = get_task(self.task).build_model(self.model_config, self.task_state)
         try:
             model.load_state_dict(self.state_dict())
         except RuntimeError as exc:

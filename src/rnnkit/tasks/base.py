@@ -14,6 +14,28 @@ subclass of :class:`Task` and registers an instance in :data:`TASKS` (see ``task
    full pass; snake_case metric names; must contain ``loss``).
 5. ``load(artifact) -> facade``: the ready-to-use object ``rnnkit.load(DIR)`` returns
    (``TextGenerator``, ``Forecaster``, ``TextClassifier``, ``SequenceClassifier``).
+   ``artifact`` is an :class:`rnnkit.artifacts.Artifact`: ``.path``, ``.meta`` (artifact.json),
+   ``.task_config`` (a ``Config`` instance), ``.model_config``, ``.train_config``,
+   ``.task_state``, ``.metrics``, ``.data``, ``.state_dict()`` (checked weights) and
+   ``.build_model()`` (``Task.build_model`` -- by default a ``SequenceModel`` -- with them, eval mode).
+
+Optional CLI hooks (defaults do nothing / refuse the verb):
+
+6. ``add_arguments(verb, parser)``: add the options of ``rnnkit sample|predict|evaluate DIR``
+   for this task (``--prime``, ``--length``, ``--horizon``, ``--plot``, ``--show-examples``,
+   ``--backtest``, ...) to the argparse ``parser``. Called only for the task read from the
+   artifact, so option names never clash between tasks. Do not reuse the generic options
+   (``evaluate`` already has ``--data``, ``--split``, ``--json``).
+7. ``run_verb(verb, facade, args) -> int | None``: do ``sample`` / ``predict`` with the loaded
+   facade and the parsed ``args``; print results to stdout, return an exit status (None = 0).
+   For ``evaluate`` it is called after the generic metrics are computed, with them in
+   ``args.metrics`` (a dict): add keys (snake_case) to it and/or write files, but do not print
+   to stdout (``--json`` must print exactly one JSON object). Raise ``UserError`` for user mistakes.
+   The default refuses ``sample``/``predict`` with a one-line error and does nothing for ``evaluate``.
+
+Config fields: every field of ``Config`` becomes ``--field-name`` (``--field_name`` accepted) and a
+key of the config file's ``[data]`` section, typed by its annotation (int, float, str, bool,
+Optional[...]); ``field(metadata={"choices": (...), "help": "..."})`` adds choices/help text.
 """
 
 from __future__ import annotations
@@ -70,3 +92,24 @@ class Task:
 
     def load(self, artifact) -> Any:
         raise NotImplementedError
+
+    def build_model(self, model_config: ModelConfig, task_state: dict):
+        """The network for ``model_config``; override only if the task does not use SequenceModel.
+
+        The shared runner (``rnnkit train/resume/evaluate``) and ``Artifact.build_model()`` call it.
+        """
+        from rnnkit.models import SequenceModel
+
+        return SequenceModel(model_config)
+
+    # -- optional CLI hooks (see the module docstring, items 6-7) -------------------------------
+    def add_arguments(self, verb: str, parser) -> None:
+        """Add this task's options of ``rnnkit <verb> DIR`` (verb: sample | predict | evaluate)."""
+
+    def run_verb(self, verb: str, facade: Any, args) -> Optional[int]:
+        """Run ``rnnkit <verb> DIR`` with the loaded facade; returns an exit status (None = 0)."""
+        if verb == "evaluate":
+            return None
+        from rnnkit.errors import UserError
+
+        raise UserError(f"task {self.name!r} has no {verb!r} command")

@@ -165,6 +165,7 @@ class Trainer:
         model.to(self._device).train()
         opt = make_optimizer(cfg, model.parameters())
         self.total_steps = self._total(len(train))
+        self._fresh = not resume  # the first save of a new run replaces an old directory wholesale
         carry, best = None, None
         if resume:
             carry, best = self._restore(model, opt)
@@ -308,7 +309,8 @@ class Trainer:
         files = artifacts.snapshot_files(meta, weights, self.history.to_dict(), ckpt)
         for cb in self.callbacks:
             cb.on_checkpoint(self, files)
-        artifacts.write_run(self.run_dir, files)
+        artifacts.write_run(self.run_dir, files, keep_extras=not self._fresh)
+        self._fresh = False
 
     def _metrics(self) -> dict:
         out = {}

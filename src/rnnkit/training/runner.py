@@ -1,0 +1,119 @@
+"""Train / resume / evaluate any registered task from configs: the glue the CLI maps onto.
+
+Nothing task-specific: the task supplies ``prepare``, ``model_config``, ``build_model``,
+``loss`` and ``evaluate`` (see :mod:`rnnkit.tasks.base`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from rnnkit import artifacts
+from rnnkit.data.sources import resolve, sha256_file
+from rnnkit.errors import UserError
+from rnnkit.models import ModelConfig
+from rnnkit.tasks import get_task
+from rnnkit.training.callbacks import CurvesPlot, ProgressBar
+from rnnkit.training.config import TrainConfig
+from rnnkit.training.trainer import History, Trainer, _seed
+
+
+def _evaluate_fn(task, source, train: TrainConfig):
+    if source is None:
+        return None
+    limit = train.eval_batches or None
+    return lambda model: task.evaluate(model, itertools.islice(source.epoch(0, train.seed), limit))
+
+
+def _callbacks(train: TrainConfig, progress: bool):
+    return ([ProgressBar(log_every=train.log_every)] if progress else []) + [CurvesPlot()]
+
+
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    """A new run never silently replaces an artifact (and with --overwrite only at its first save)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        what = "holds an artifact" if (out / artifacts.ARTIFACT_JSON).exists() else "is not empty"
+        raise UserError(f"--out {out}: already {what}; use `rnnkit resume {out}`, another --out, or --overwrite")
+
+
+def train_task(task_name: str, data: str, out, model: Optional[ModelConfig] = None,
+               train: Optional[TrainConfig] = None, task_config: Any = None, overwrite: bool = False,
+               progress: bool = True) -> History:
+    """Prepare the data, build the model from it, train, and write the run directory ``out``."""
+    task = get_task(task_name)
+    out = Path(out)
+    model, train = model or ModelConfig(), train or TrainConfig()
+    task_config = task_config if task_config is not None else task.Config()
+    check_out_dir(out, overwrite)
+    prep = task.prepare(task_config, data, train.seed)
+    mc = task.model_config(prep.task_state, task_config, model)
+    _seed(train.seed)
+    net = task.build_model(mc, prep.task_state)
+    meta = {"task": task.name, "model": dataclasses.asdict(mc), "task_config": dataclasses.asdict(task_config),
+            "task_state": prep.task_state, "data": {"source": str(data), **(prep.data_info or {})}}
+    trainer = Trainer(train, _callbacks(train, progress))
+    return trainer.fit(net, prep.train, task.loss, _evaluate_fn(task, prep.val, train), run_dir=out, meta=meta)
+
+
+RESUME_OVERRIDES = ("epochs", "max_steps", "time_budget")
+
+
+def _check_data(art: artifacts.Artifact, data: str) -> None:
+    stored = art.data.get("sha256")
+    if not stored:
+        return
+    try:
+        path = resolve(data)
+    except UserError:
+        return  # prepare() will report it
+    if isinstance(path, Path) and path.is_file() and sha256_file(path) != stored:
+        raise UserError(f"{path}: data changed since training (sha256 {sha256_file(path)[:12]}..., "
+                        f"artifact has {stored[:12]}...); expected the same file")
+
+
+def resume_run(run_dir, overrides: Optional[dict] = None, progress: bool = True) -> Optional[History]:
+    """Continue an interrupted run from ``run_dir/checkpoint``; None when there is nothing left to do."""
+    run_dir = Path(run_dir)
+    art = artifacts.read_artifact(run_dir)
+    if not (run_dir / artifacts.CHECKPOINT / "trainer_state.json").exists():
+        raise UserError(f"{run_dir}: no checkpoint/ to resume from")
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if art.meta.get("status") == "complete" and not overrides and not art.meta.get("stop_reason", "").startswith("time budget"):
+        return None
+    task = get_task(art.task)
+    train = dataclasses.replace(art.train_config, **overrides)
+    data = art.data.get("source")
+    if not data:
+        raise UserError(f"{run_dir / artifacts.ARTIFACT_JSON}: no data source recorded; cannot resume")
+    _check_data(art, data)
+    task_config = art.task_config
+    prep = task.prepare(task_config, data, train.seed)
+    net = task.build_model(art.model_config, art.task_state)
+    meta = {k: art.meta[k] for k in ("task", "model", "task_config", "task_state", "data") if k in art.meta}
+    trainer = Trainer(train, _callbacks(train, progress))
+    return trainer.fit(net, prep.train, task.loss, _evaluate_fn(task, prep.val, train), run_dir=run_dir,
+                       meta=meta, resume=True)
+
+
+def evaluate_run(run_dir, data: Optional[str] = None, split: str = "val") -> dict:
+    """The task's metrics of the saved (selected) weights on the ``val`` or ``test`` split."""
+    art = artifacts.read_artifact(run_dir)
+    task = get_task(art.task)
+    data = data or art.data.get("source")
+    if not data:
+        raise UserError(f"{run_dir}: no data source recorded; pass --data")
+    seed = art.train_config.seed
+    prep = task.prepare(art.task_config, data, seed)
+    source = {"val": prep.val, "test": prep.test}[split]
+    if source is None:
+        raise UserError(f"{data}: no {split} split for this task config")
+    model = art.build_model()
+    with torch.no_grad():
+        return task.evaluate(model, source.epoch(0, seed))
