@@ -272,12 +272,26 @@ class TextClassTask(Task):
         info = {"name": str(data)}
         if str(data) == "imdb":
             info["sha256"] = {"train": IMDB_SHA256["train"], "test": IMDB_SHA256["test"]}
-        return prepare_texts(config, *splits["train"], seed=seed, test=splits.get("test"), info=info)
+        prepared = prepare_texts(config, *splits["train"], seed=seed, test=splits.get("test"), info=info)
+        if config.word_vectors:
+            self._pending_vectors = (prepared.task_state, config)
+        return prepared
 
     def model_config(self, task_state: dict, config: Config, model: ModelConfig) -> ModelConfig:
         enc = Encoder(task_state)
         head = "last" if model.head == "per_step" else model.head
         return replace(model, encoder="embedding", input_size=enc.input_size, head=head, output_size=len(task_state["labels"]))
+
+    def build_model(self, model_config: ModelConfig, task_state: dict) -> SequenceModel:
+        """A SequenceModel; right after ``prepare`` with ``word_vectors`` set, its embedding rows of
+        the words found in the file start from those vectors."""
+        model = SequenceModel(model_config)
+        pending, self._pending_vectors = self._pending_vectors, None
+        if pending is not None and pending[0] is task_state:
+            self.init_model(model, task_state, pending[1])
+        return model
+
+    _pending_vectors = None  # (task_state, config) from the last prepare() with word_vectors
 
     def init_model(self, model: SequenceModel, task_state: dict, config: Config) -> int:
         """Copy pretrained word vectors (``config.word_vectors``) into the embedding; returns words found."""
@@ -286,8 +300,8 @@ class TextClassTask(Task):
         vocab = Vocabulary.from_dict(task_state["vocab"])
         vectors, found = read_word_vectors(config.word_vectors, vocab, model.config.embedding_dim)
         with torch.no_grad():
-            rows = vectors.abs().sum(1) > 0
-            model.encoder.weight[: len(vocab)][rows] = vectors[rows]
+            rows = torch.nonzero(vectors.abs().sum(1) > 0).squeeze(1)
+            model.encoder.weight[rows] = vectors[rows]
         return found
 
     def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
@@ -301,6 +315,92 @@ class TextClassTask(Task):
 
     def load(self, artifact) -> "TextClassifier":
         return TextClassifier.from_artifact(artifact)
+
+    # -- CLI verbs: rnnkit predict DIR "text" | --file F [--json]; rnnkit evaluate DIR --show-examples N
+    def add_arguments(self, verb: str, parser) -> None:
+        if verb == "predict":
+            parser.add_argument("texts", nargs="*", help="texts to classify")
+            parser.add_argument("--file", help="a file with one text per line")
+            parser.add_argument("--json", action="store_true", help="one JSON object per text")
+        elif verb == "evaluate":
+            parser.add_argument("--show-examples", "--show_examples", type=int, default=0, metavar="N",
+                                help="print N random texts of the split with predicted and true labels")
+
+    def run_verb(self, verb: str, facade: "TextClassifier", args) -> Optional[int]:
+        if verb == "predict":
+            return _predict_command(facade, args)
+        if verb == "evaluate":
+            return _evaluate_command(facade, args)
+        return super().run_verb(verb, facade, args)
+
+
+def _predict_command(clf: "TextClassifier", args) -> int:
+    import json
+
+    texts = list(args.texts)
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise UserError(f"--file {path}: file not found")
+        try:
+            texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as e:
+            raise UserError(f"--file {path}: byte {e.start} is not valid UTF-8; expected UTF-8 text, one text per line") from None
+    if not texts:
+        raise UserError("predict: no texts; pass texts as arguments or --file F (one text per line)")
+    names = clf.labels
+    for text, p in zip(texts, clf.predict_proba(texts)):
+        k = int(p.argmax())
+        if args.json:
+            print(json.dumps({"label": names[k], "probabilities": {n: round(float(v), 6) for n, v in zip(names, p)},
+                              "text": text}))
+        else:
+            probs = " ".join(f"{n}={v:.4f}" for n, v in zip(names, p))
+            print(f"{names[k]}\t{probs}\t{_short(text, 80)}")
+    return 0
+
+
+def _short(text: str, n: int) -> str:
+    text = " ".join(text.replace("<br />", " ").split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _split_texts(clf: "TextClassifier", data: str, split: str, seed: int) -> tuple[list, list]:
+    """The texts and labels of ``split`` (val: the seeded held-out part of train)."""
+    splits = load_splits(clf.config, data)
+    if split == "test":
+        if not splits.get("test"):
+            raise UserError(f"{data}: no test split for this task config")
+        return splits["test"]
+    texts, labels = splits["train"]
+    _, val_idx = split_validation(len(texts), clf.config.val_fraction, seed)
+    return [texts[i] for i in val_idx], [labels[i] for i in val_idx]
+
+
+def _evaluate_command(clf: "TextClassifier", args) -> int:
+    """Adds per-class metrics to ``args.metrics``, writes DIR/confusion.png, shows examples."""
+    import sys
+
+    art = clf.artifact
+    data = args.data or art.data.get("source") or art.data.get("name")
+    texts, labels = _split_texts(clf, data, args.split, art.train_config.seed)
+    report = clf.evaluate(texts, labels)
+    args.metrics.update({"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]})
+    for name, m in report["per_class"].items():
+        args.metrics.update({f"{k}_{name}": m[k] for k in ("precision", "recall", "f1")})
+    args.metrics["confusion"] = report["confusion"]
+    png = Path(args.dir) / f"confusion_{args.split}.png"
+    plot_confusion(np.array(report["confusion"]), report["labels"], png)
+    out = sys.stderr if args.json else sys.stdout
+    if args.show_examples > 0:
+        probs = clf.predict_proba(texts)
+        rng = np.random.default_rng(0)
+        for i in rng.choice(len(texts), size=min(args.show_examples, len(texts)), replace=False):
+            k = int(probs[i].argmax())
+            mark = "ok   " if clf.labels[k] == labels[i] else "WRONG"
+            print(f"{mark} predicted={clf.labels[k]} ({probs[i][k]:.3f}) true={labels[i]}: {_short(texts[i], 200)}", file=out)
+    print(f"confusion matrix (rows true, columns predicted) -> {png}", file=out)
+    return 0
 
 
 TASK = TextClassTask()
@@ -364,6 +464,7 @@ class TextClassifier:
         model_config = TASK.model_config(prepared.task_state, self.config, self.model_options)
         torch.manual_seed(train_config.seed)
         self.model = SequenceModel(model_config)
+        TASK._pending_vectors = None
         TASK.init_model(self.model, self.task_state, self.config)
         meta = {"task": TASK.name, "model": model_config.to_dict(), "task_config": asdict(self.config),
                 "task_state": self.task_state, "data": prepared.data_info}
