@@ -166,8 +166,11 @@ def _generated(n, seed):
     return texts, labels
 
 
-def test_multiclass_fit_predict_evaluate_and_artifact_round_trip(tmp_path):
+def test_multiclass_fit_predict_evaluate_and_artifact_round_trip(tmp_path, capsys):
+    import json
+
     from rnnkit.artifacts import load
+    from rnnkit.cli.main import main
 
     texts, labels = _generated(300, 0)
     test_texts, test_labels = _generated(90, 1)
@@ -186,6 +189,14 @@ def test_multiclass_fit_predict_evaluate_and_artifact_round_trip(tmp_path):
     loaded = load(tmp_path / "run")
     assert isinstance(loaded, tc.TextClassifier) and loaded.labels == clf.labels
     np.testing.assert_allclose(loaded.predict_proba(test_texts), clf.predict_proba(test_texts), rtol=1e-6)
+    (tmp_path / "in.txt").write_text("cpu bug\n\nA tasty recipe\n")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run"), "the coach", "--file", str(tmp_path / "in.txt"), "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [d["label"] for d in lines] == ["sports", "tech", "food"] and lines[1]["text"] == "cpu bug"
+    assert sum(lines[0]["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+    assert main(["predict", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip() == "rnnkit: error: predict: no texts; pass texts as arguments or --file F (one text per line)"
 
 
 def test_classification_report_hand_computed():
