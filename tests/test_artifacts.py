@@ -134,7 +134,7 @@ def test_damaged_weights_and_json_are_user_errors(run):
     with pytest.raises(UserError, match=r"model.safetensors: damaged weights \(sha256 does not match artifact.json\)$"):
         rnnkit.load(run)
     (run / "artifact.json").write_text('{"format": "rnnkit-artifact",')
-    with pytest.raises(UserError, match=r"artifact.json line 1 column 30: damaged artifact.json \\(Expecting property name):
+    with pytest.raises(UserError, match=r"artifact.json line 1 column 30: damaged artifact.json \(Expecting property name"):
         rnnkit.load(run)
 
 
