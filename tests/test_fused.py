@@ -21,11 +21,19 @@ def spy(monkeypatch):
     return calls
 
 
+def set_path(module, path):
+    """Pin ``"fused"`` or ``"reference"`` (``force_path`` also exists once the explicit-BPTT path does,
+    and then ``use_fused=False`` alone may choose BPTT)."""
+    module.use_fused = path == "fused"
+    if hasattr(module, "force_path"):
+        module.force_path = path
+
+
 def both_paths(module, x, state, lengths):
     """(outputs, state parts, grads) from the fused and then the reference path on the same weights."""
     results = []
-    for use_fused in (True, False):
-        module.use_fused = use_fused
+    for path in ("fused", "reference"):
+        set_path(module, path)
         y, s = module(x, state, lengths)
         parts = s if isinstance(s, tuple) else (s,)
         g = torch.Generator().manual_seed(3)
@@ -102,9 +110,9 @@ def test_fused_bfloat16_close_to_reference():
     module = Recurrent("lstm", 3, 4, 2, bidirectional=True).to(torch.bfloat16)
     x = torch.randn(3, 5, 3, dtype=torch.bfloat16)
     with torch.no_grad():
-        module.use_fused = True
+        set_path(module, "fused")
         y1, _ = module(x)
-        module.use_fused = False
+        set_path(module, "reference")
         y2, _ = module(x)
     torch.testing.assert_close(y1.float(), y2.float(), rtol=0, atol=2e-2)
 
@@ -120,7 +128,7 @@ def test_fused_dropout_between_layers_is_applied_in_training():
         outs.append(module(x)[0])
     assert not torch.allclose(outs[0], outs[1])
     module.eval()
-    module.use_fused = False
+    set_path(module, "reference")
     assert not torch.allclose(outs[0], module(x)[0])
 
 
@@ -166,12 +174,12 @@ def test_use_fused_false_never_calls_the_kernel(options, training, dtype, reason
     module = Recurrent(options.pop("cell"), 3, 4, use_fused=False, **options).to(dtype).train(training)
     y, _ = module(torch.randn(2, 3, 3, dtype=dtype), lengths=[3, 2])
     assert y.shape == (2, 3, 4)
-    module.use_fused = "auto"
+    module.use_fused = True if reason is None else "auto"
     if reason is None:
         with pytest.raises(AssertionError, match="fused path called"):
             module(torch.randn(2, 3, 3, dtype=dtype))
     else:
-        module(torch.randn(2, 3, 3, dtype=dtype))  # auto falls back to the reference loop
+        module(torch.randn(2, 3, 3, dtype=dtype))  # auto never takes the kernel the predicate refuses
 
 
 def test_use_fused_value_is_checked():

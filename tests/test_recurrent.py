@@ -15,10 +15,19 @@ TORCH_LAYERS = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 F64 = torch.float64
 
 
+def pin_reference(module):
+    """Run the reference loop (``force_path`` also exists once the explicit-BPTT path does, and then
+    ``use_fused=False`` alone may choose BPTT)."""
+    module.use_fused = False
+    if hasattr(module, "force_path"):
+        module.force_path = "reference"
+    return module
+
+
 def make_pair(cell, F, H, L=1, bidirectional=False, bias=True, nonlinearity="tanh", seed=0):
     """An rnnkit reference-path layer and the torch.nn layer holding the same weights (float64)."""
     torch.manual_seed(seed)
-    ours = Recurrent(cell, F, H, L, bias=bias, bidirectional=bidirectional, use_fused=False, nonlinearity=nonlinearity).double()
+    ours = pin_reference(Recurrent(cell, F, H, L, bias=bias, bidirectional=bidirectional, nonlinearity=nonlinearity).double())
     kw = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
     ref = TORCH_LAYERS[cell](F, H, L, bias=bias, batch_first=True, bidirectional=bidirectional, **kw).double()
     ref.load_state_dict(ours.state_dict(), strict=True)
@@ -252,8 +261,7 @@ def test_recurrent_dropout_mask_constant_over_time_and_different_across_sequence
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_recurrent_dropout_one_mask_per_layer_direction(cell, monkeypatch):
     torch.manual_seed(9)
-    module = Recurrent(cell, 2, 16, 2, bidirectional=True, recurrent_dropout=0.5, use_fused=False)
-    module.force_path = "reference"  # spies on the reference loop's step (bptt.py has its own tests)
+    module = pin_reference(Recurrent(cell, 2, 16, 2, bidirectional=True, recurrent_dropout=0.5))  # spies on its step
     masks = []
     step = module._step
     monkeypatch.setattr(module, "_step", lambda xp, state, w, b, h_mask, norm: masks.append(h_mask) or step(xp, state, w, b, h_mask, norm))
