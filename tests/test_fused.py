@@ -4,6 +4,8 @@ import itertools
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rnnkit import fused
 from rnnkit.recurrent import Recurrent
@@ -130,6 +132,22 @@ def test_fused_dropout_between_layers_is_applied_in_training():
     module.eval()
     set_path(module, "reference")
     assert not torch.allclose(outs[0], module(x)[0])
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    kind=st.sampled_from(KINDS), B=st.integers(1, 4), T=st.integers(1, 5), F=st.integers(1, 4), H=st.integers(1, 4),
+    L=st.integers(1, 3), bidirectional=st.booleans(), bias=st.booleans(), data=st.data(),
+)
+def test_property_fused_equals_reference(kind, B, T, F, H, L, bidirectional, bias, data):
+    cell, kwargs = kind
+    torch.manual_seed(data.draw(st.integers(0, 1000)))
+    merge_mode = data.draw(st.sampled_from(["concat", "sum", "mean", "mul"]))
+    module = Recurrent(cell, F, H, L, bias=bias, bidirectional=bidirectional, merge_mode=merge_mode, **kwargs)
+    x = torch.randn(B, T, F, requires_grad=True)
+    lengths = data.draw(st.none() | st.lists(st.integers(1, T), min_size=B, max_size=B))
+    assert fused.fused_unsupported_reason(module, x) is None
+    assert_paths_agree(module, x, None, None if lengths is None else torch.tensor(lengths))
 
 
 # -- the predicate ------------------------------------------------------------------------------
