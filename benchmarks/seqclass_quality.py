@@ -1,0 +1,131 @@
+"""MNIST-rows quality at a fixed training-time budget: a hand-written torch.nn baseline vs rnnkit presets.
+
+Runs, in one process and on the same data split (official 60k/10k; validation = 5,000 training
+images held out with split seed 0; both select their best-validation weights, test is read once):
+
+- ``baseline``: ``torch.nn.LSTM(28, 128)`` on rows, last step -> ``Linear(128, 10)``, Adam 1e-3,
+  batch 128, inputs x/255, trained for ``--budget`` seconds, evaluated on validation each epoch;
+- ``preset``: ``configs/mnist-rows.json`` through the library (SequenceClassifier -> Trainer),
+  with its ``time_budget`` set to ``--budget`` (and ``epochs`` to ``--preset-epochs`` if given);
+- ``rnn``: ``configs/mnist-rows-rnn.json`` (SimpleRNN(32), the tutorials' model), as configured.
+
+Usage (long: take the shared CPU lock)::
+
+    flock /tmp/rnnkit-cpu.lock python benchmarks/seqclass_quality.py --budget 600 --runs baseline,preset
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import rnnkit  # noqa: F401  (flush-denormal setting before any torch op)
+from rnnkit.data.sequences import read_mnist
+from rnnkit.models import ModelConfig
+from rnnkit.tasks.seqclass import SeqclassConfig, SequenceClassifier, split_validation
+from rnnkit.training.config import TrainConfig, from_dict, load_config_file
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Baseline(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(28, 128, batch_first=True)
+        self.fc = nn.Linear(128, 10)
+
+    def forward(self, x):  # x: (B, 28, 28)
+        y, _ = self.lstm(x)
+        return self.fc(y[:, -1])  # (B, 10)
+
+
+@torch.no_grad()
+def _accuracy(model, x, y, batch=1000) -> float:
+    model.eval()
+    hits = sum(int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(y), batch))
+    model.train()
+    return hits / len(y)
+
+
+def run_baseline(budget: float, seed: int = 0) -> dict:
+    mnist = read_mnist(os.environ.get("RNNKIT_DATA", "/work/shared/data") + "/mnist")
+    images, labels = mnist["train"]
+    tr, va = split_validation(len(labels), 5000, 0)
+    to_t = lambda a: torch.from_numpy(a).float() / 255.0  # noqa: E731
+    xtr, ytr, xva, yva = to_t(images[tr]), torch.from_numpy(labels[tr]), to_t(images[va]), torch.from_numpy(labels[va])
+    xte, yte = to_t(mnist["test"][0]), torch.from_numpy(mnist["test"][1])
+    torch.manual_seed(seed)
+    model = Baseline()
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    best, best_state, epochs, t0 = -1.0, None, 0, time.monotonic()
+    while time.monotonic() - t0 < budget:
+        order = torch.randperm(len(ytr))
+        for i in range(0, len(order), 128):
+            if time.monotonic() - t0 >= budget:
+                break
+            idx = order[i : i + 128]
+            loss = nn.functional.cross_entropy(model(xtr[idx]), ytr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        else:
+            epochs += 1
+        acc = _accuracy(model, xva, yva)
+        if acc > best:
+            best, best_state = acc, {k: v.clone() for k, v in model.state_dict().items()}
+        print(f"baseline epoch {epochs} val {acc:.4f} t={time.monotonic() - t0:.0f}s", flush=True)
+    model.load_state_dict(best_state)
+    return {"val_accuracy": best, "test_accuracy": _accuracy(model, xte, yte), "epochs": epochs,
+            "train_seconds": round(time.monotonic() - t0, 1)}
+
+
+def run_preset(path: Path, budget: float | None = None, epochs: int | None = None) -> dict:
+    d = load_config_file(path)
+    train = dict(d.get("train", {}))
+    if budget is not None:
+        train["time_budget"] = budget
+    if epochs is not None:
+        train["epochs"] = epochs
+    clf = SequenceClassifier(from_dict(SeqclassConfig, d.get("data", {}), str(path)),
+                             from_dict(ModelConfig, d.get("model", {}), str(path)),
+                             from_dict(TrainConfig, train, str(path)))
+    t0 = time.monotonic()
+    clf.fit(data=d.get("dataset", "mnist"))
+    seconds = time.monotonic() - t0
+    test = clf._report(clf.prepared.test)
+    return {"val_accuracy": clf.metrics["accuracy"], "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+            "epochs_done": max((r["epoch"] for r in clf.history.eval), default=0), "stop": clf.history.stop_reason,
+            "fit_seconds": round(seconds, 1)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--budget", type=float, default=600.0, help="training seconds for baseline and preset")
+    p.add_argument("--runs", default="baseline,preset,rnn")
+    p.add_argument("--preset", default=str(ROOT / "configs/mnist-rows.json"))
+    p.add_argument("--preset-epochs", type=int, default=None, help="override the preset's epochs (cosine length)")
+    p.add_argument("--json", default=None, help="also write the results to this file")
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    out = {"budget_s": args.budget, "torch": torch.__version__}
+    for run in args.runs.split(","):
+        if run == "baseline":
+            out["baseline_lstm128"] = run_baseline(args.budget)
+        elif run == "preset":
+            out[Path(args.preset).stem] = run_preset(Path(args.preset), args.budget, args.preset_epochs)
+        elif run == "rnn":
+            out["mnist-rows-rnn"] = run_preset(ROOT / "configs/mnist-rows-rnn.json")
+        print(json.dumps(out, indent=1), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,459 @@
+"""Sequence classification: one class per sequence (MNIST read row by row or pixel by pixel,
+UCR/UEA series, any labelled (N, T, F) arrays).
+
+Data: ``prepare(config, data, seed)`` reads ``data`` (``mnist``, a folder of MNIST IDX files,
+``.npy``/``.npz``, ``.csv`` or ``.ts``; see :mod:`rnnkit.data.sequences`), holds out a seeded
+validation split of the training set, fits per-feature normalisation on the remaining training
+sequences only, and stores it in the task state. Variable lengths reach the recurrent layers as
+``Batch.lengths``.
+
+Model: identity (or linear) encoder -> recurrent stack -> ``last`` (or pooled ``mean``/``max``)
+head with C outputs; loss: cross-entropy over the C classes. Metrics: ``loss``, ``accuracy``,
+per-class ``precision_<c>``, ``recall_<c>``, ``f1_<c>``, ``macro_f1`` and the confusion matrix.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rnnkit.data import sequences as seqdata
+from rnnkit.data.batching import Batch
+from rnnkit.errors import UserError
+from rnnkit.models import ModelConfig, SequenceModel
+from rnnkit.tasks.base import PreparedData, Task
+
+MNIST_SIDE = 28
+
+
+@dataclass
+class SeqclassConfig:
+    """Data options of sequence classification (each one is a CLI flag and a config key)."""
+
+    mode: str = field(default="rows", metadata={"choices": seqdata.MNIST_MODES})  # MNIST: rows (T=28, F=28) | pixels (T=784, F=1) | permuted
+    permute_seed: int = 0  # the fixed pixel permutation of mode=permuted
+    labels: str = ""  # labels .npy for a .npy data file
+    test_data: str = ""  # test file in the same format (X_TRAIN.ts finds X_TEST.ts by itself)
+    label_column: str = "label"  # CSV
+    features: int = 1  # wide CSV: values per step
+    val_size: float = 0.1  # held out from train: a fraction (< 1) or a count (>= 1)
+    split_seed: int = 0  # seeds the validation split, independent of the training seed
+    normalize: str = field(default="feature", metadata={"choices": ("feature", "global", "none")})  # standardise per feature, or with one mean/std, fitted on the training split
+    batch_size: int = 64
+    eval_batch_size: int = 500
+    augment_shift: int = 0  # MNIST only: random translation by up to N pixels of training images
+    encoder: str = field(default="identity", metadata={"choices": ("identity", "linear")})
+
+
+Config = SeqclassConfig
+
+
+# ---------------------------------------------------------------- data
+
+
+def resolve_data(data: str):
+    """A path, or a named dataset (``mnist``) found by :func:`rnnkit.data.sources.resolve`
+    ($RNNKIT_DATA, then the cache, then a checked download). MNIST gives {part: path}."""
+    from rnnkit.data import sources
+
+    return sources.resolve(data)
+
+
+def is_mnist(path) -> bool:
+    """The four MNIST parts ({part: path}) or a folder holding the IDX files."""
+    if isinstance(path, dict):
+        return "train_images" in path
+    return path.is_dir() and any(path.glob("train-images*idx3*"))
+
+
+def read_labelled(path: Path, config: SeqclassConfig, names=None) -> dict:
+    """{"train": LabelledSequences, "test"?: ...} from an array, CSV or .ts file."""
+    suffix = "".join(s for s in path.suffixes[-2:] if s != ".gz") or path.suffix
+    if path.suffix in (".npy", ".npz"):
+        return seqdata.read_arrays(path, config.labels or None, names)
+    if suffix.endswith(".csv"):
+        return {"train": seqdata.read_csv(path, config.label_column, config.features, names)}
+    if path.suffix == ".ts":
+        return {"train": seqdata.read_ts(path, names)}
+    raise UserError(f"{path}: unknown file type {path.suffix!r}; expected .npy, .npz, .csv[.gz], .ts or an MNIST IDX folder")
+
+
+def _test_path(path: Path, config: SeqclassConfig) -> Optional[Path]:
+    if config.test_data:
+        return resolve_data(config.test_data)
+    if path.name.upper().endswith("_TRAIN" + path.suffix.upper()):
+        sibling = path.with_name(path.name[: -len("_TRAIN" + path.suffix)] + "_TEST" + path.suffix)
+        return sibling if sibling.exists() else None
+    return None
+
+
+def split_validation(n: int, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train_index, val_index): a seeded permutation; ``val_size`` is a fraction (< 1) or a count."""
+    count = int(round(val_size * n)) if val_size < 1 else int(val_size)
+    if not 0 <= count < n:
+        raise UserError(f"val_size={val_size}: expected a fraction in [0, 1) or a count below {n} training sequences")
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[count:]), np.sort(order[:count])
+
+
+def _normalizer(x: np.ndarray, config: SeqclassConfig) -> Optional[dict]:
+    if config.normalize == "none":
+        return None
+    return seqdata.fit_normalizer(x, per_feature=config.normalize == "feature")
+
+
+def make_transform(task_state: dict, augment_shift: int = 0):
+    """raw batch -> model inputs (B, T, F): MNIST (B, 28, 28) uint8 -> view; then normalisation."""
+    norm = task_state.get("normalizer")
+    if task_state["kind"] != "mnist":
+        return lambda raw, training, gen: seqdata.normalize(raw, norm)
+    mode = task_state["mode"]
+    perm = torch.tensor(task_state["permutation"]) if task_state.get("permutation") else None
+
+    def transform(raw: Tensor, training: bool, gen) -> Tensor:
+        images = raw.float() / 255.0  # (B, 28, 28)
+        if training and augment_shift > 0:
+            images = seqdata.random_shift(images, augment_shift, gen)
+        return seqdata.normalize(seqdata.mnist_view(images, mode, perm), norm)
+
+    return transform
+
+
+def _source(raw, lengths, labels, batch_size, transform, shuffle):
+    return seqdata.SequenceSource(torch.as_tensor(raw), torch.as_tensor(lengths), torch.as_tensor(labels),
+                                  batch_size, transform, shuffle)
+
+
+def prepare_mnist(path, config: SeqclassConfig) -> PreparedData:
+    splits = seqdata.read_mnist(path)
+    images, labels = splits["train"]
+    train_i, val_i = split_validation(len(labels), config.val_size, config.split_seed)
+    perm = None
+    if config.mode == "permuted":
+        perm = np.random.default_rng(config.permute_seed).permutation(MNIST_SIDE * MNIST_SIDE).tolist()
+    state = {"kind": "mnist", "mode": config.mode, "permutation": perm, "label_names": [str(i) for i in range(10)],
+             "image_size": [MNIST_SIDE, MNIST_SIDE]}
+    view = seqdata.mnist_view(torch.from_numpy(images[train_i]).float() / 255.0, config.mode,
+                              torch.tensor(perm) if perm else None)
+    state["features"] = int(view.shape[-1])
+    state["normalizer"] = _normalizer(view.numpy(), config)
+    del view
+    train_t = make_transform(state, config.augment_shift)
+    eval_t = make_transform(state)
+    full = lambda n: np.full(n, MNIST_SIDE if config.mode == "rows" else MNIST_SIDE**2, dtype=np.int64)  # noqa: E731
+    test_images, test_labels = splits["test"]
+    return PreparedData(
+        train=_source(images[train_i], full(len(train_i)), labels[train_i], config.batch_size, train_t, True),
+        val=_source(images[val_i], full(len(val_i)), labels[val_i], config.eval_batch_size, eval_t, False) if len(val_i) else None,
+        test=_source(test_images, full(len(test_labels)), test_labels, config.eval_batch_size, eval_t, False),
+        task_state=state,
+        data_info={"name": "mnist", "path": str(path if not isinstance(path, dict) else Path(path["train_images"]).parent), "train": len(train_i), "val": len(val_i), "test": len(test_labels)},
+    )
+
+
+def prepare_sequences(train: seqdata.LabelledSequences, test: Optional[seqdata.LabelledSequences],
+                      config: SeqclassConfig, info: dict) -> PreparedData:
+    """Split, fit normalisation on the training part, build the three batch sources."""
+    train_i, val_i = split_validation(len(train), config.val_size, config.split_seed)
+    fit_part = train.subset(train_i)
+    state = {"kind": "sequences", "label_names": train.label_names, "features": int(train.x.shape[-1]),
+             "normalizer": _normalizer(fit_part.x, config)}
+    t = make_transform(state)
+
+    def source(part, batch, shuffle):
+        return _source(part.x, part.lengths, part.labels, batch, t, shuffle) if part is not None and len(part) else None
+
+    return PreparedData(
+        train=source(fit_part, config.batch_size, True),
+        val=source(train.subset(val_i), config.eval_batch_size, False),
+        test=source(test, config.eval_batch_size, False),
+        task_state=state,
+        data_info={**info, "train": len(train_i), "val": len(val_i), "test": len(test) if test is not None else 0},
+    )
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def classification_metrics(confusion: np.ndarray, label_names: Sequence[str]) -> dict:
+    """accuracy, per-class precision/recall/F1 and macro F1 from a (C, C) confusion matrix
+    (rows: true class, columns: predicted). Precision of a never-predicted class is 0."""
+    tp = np.diag(confusion).astype(np.float64)
+    predicted, actual = confusion.sum(0), confusion.sum(1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    out = {"accuracy": float(tp.sum() / max(1, confusion.sum())), "macro_f1": float(f1.mean())}
+    for i, name in enumerate(label_names):
+        out[f"precision_{name}"] = float(precision[i])
+        out[f"recall_{name}"] = float(recall[i])
+        out[f"f1_{name}"] = float(f1[i])
+    return out
+
+
+@torch.no_grad()
+def predict_logits(model: SequenceModel, batches: Iterable[Batch]) -> tuple[Tensor, Tensor]:
+    """All logits (N, C) and targets (N,) of a pass, in batch order, in eval mode."""
+    was_training = model.training
+    model.eval()
+    logits, targets = [], []
+    try:
+        for b in batches:
+            out, _ = model(b.inputs, None, b.lengths)
+            logits.append(out.float())
+            targets.append(b.targets)
+    finally:
+        model.train(was_training)
+    return torch.cat(logits), torch.cat(targets)
+
+
+def full_report(logits: Tensor, targets: Tensor, label_names: Sequence[str]) -> dict:
+    """Metrics of :func:`classification_metrics` plus ``loss`` and ``confusion`` (list of lists)."""
+    c = len(label_names)
+    pred = logits.argmax(1)
+    confusion = torch.bincount(targets * c + pred, minlength=c * c).reshape(c, c).numpy()
+    out = {"loss": float(F.cross_entropy(logits, targets)), **classification_metrics(confusion, label_names)}
+    out["confusion"] = confusion.tolist()
+    return out
+
+
+# ---------------------------------------------------------------- task
+
+
+class SeqclassTask(Task):
+    name = "seqclass"
+    Config = SeqclassConfig
+
+    def prepare(self, config: SeqclassConfig, data: str, seed: int = 0) -> PreparedData:
+        path = resolve_data(data)
+        if is_mnist(path):
+            return prepare_mnist(path, config)
+        splits = read_labelled(path, config)
+        test = splits.get("test")
+        test_path = _test_path(path, config)
+        if test is None and test_path is not None:
+            test_path = Path(test_path)
+            test = read_labelled(test_path, config, splits["train"].label_names)["train"]
+        _check_features(splits["train"], test, path)
+        return prepare_sequences(splits["train"], test, config, {"name": path.name, "path": str(path)})
+
+    def model_config(self, task_state: dict, config: SeqclassConfig, model: ModelConfig) -> ModelConfig:
+        """input_size = F, output_size = C, the chosen encoder; per_step heads become ``last``."""
+        d = model.to_dict()
+        d.update(encoder=config.encoder, input_size=task_state["features"], output_size=len(task_state["label_names"]))
+        if d["head"] == "per_step":
+            d["head"] = "last"
+        return ModelConfig.from_dict(d)
+
+    def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
+        """Mean cross-entropy; outputs (B, C) logits, batch.targets (B,) class ids."""
+        return F.cross_entropy(outputs, batch.targets)
+
+    def evaluate(self, model, batches: Iterable[Batch]) -> dict:
+        """loss, accuracy, macro_f1, precision_/recall_/f1_<class> over a full pass (floats only)."""
+        logits, targets = predict_logits(model, batches)
+        c = logits.shape[1]
+        report = full_report(logits, targets, [str(i) for i in range(c)])
+        report.pop("confusion")
+        return report
+
+    def load(self, artifact) -> "SequenceClassifier":
+        return SequenceClassifier.from_artifact(artifact)
+
+
+def validation_fn(prepared: PreparedData):
+    """The Trainer's ``evaluate_fn(model) -> dict`` on the validation split (None without one)."""
+    if prepared.val is None:
+        return None
+    return lambda model: TASK.evaluate(model, prepared.val.epoch(0, 0))
+
+
+def _check_features(train, test, path):
+    if test is not None and test.x.shape[-1] != train.x.shape[-1]:
+        raise UserError(f"{path}: test sequences have {test.x.shape[-1]} features per step, training ones {train.x.shape[-1]}")
+
+
+TASK = SeqclassTask()
+
+
+# ---------------------------------------------------------------- façade
+
+
+class SequenceClassifier:
+    """Classify whole sequences. Batch-first: sequences x (N, T, F) (or (N, T) for F = 1).
+
+    ``SequenceClassifier(config=SeqclassConfig(...), model=ModelConfig(...), train=TrainConfig(...))``
+    then ``fit(x, y)`` (or ``fit(data="mnist")``); ``rnnkit.load(DIR)`` returns a trained one.
+    For MNIST models, inputs are images (N, 28, 28): uint8 in [0, 255] or floats in [0, 1].
+    """
+
+    def __init__(self, config: Optional[SeqclassConfig] = None, model: Optional[ModelConfig] = None, train: Any = None):
+        self.config = config or SeqclassConfig()
+        self.model_options = model or ModelConfig(cell="lstm", hidden_size=128, head="last")
+        self.train_config = train
+        self.model: Optional[SequenceModel] = None
+        self.task_state: Optional[dict] = None
+        self.history = None
+        self.metrics: dict = {}
+
+    @classmethod
+    def from_model(cls, model: SequenceModel, task_state: dict, config: Optional[SeqclassConfig] = None):
+        clf = cls(config, model.config)
+        clf.model, clf.task_state = model.eval(), task_state
+        return clf
+
+    @classmethod
+    def from_artifact(cls, artifact) -> "SequenceClassifier":
+        clf = cls.from_model(artifact.build_model(), artifact.task_state, artifact.task_config)
+        clf.metrics = dict(getattr(artifact, "metrics", {}) or {})
+        return clf
+
+    @property
+    def label_names(self) -> list:
+        return self._require()[1]["label_names"]
+
+    @property
+    def is_mnist(self) -> bool:
+        return self._require()[1]["kind"] == "mnist"
+
+    # -- training ----------------------------------------------------------------------------
+    def fit(self, x=None, y=None, lengths=None, data: Optional[str] = None, out: Optional[str] = None) -> "SequenceClassifier":
+        """Train with the shared Trainer on arrays ``x`` (N, T, F), labels ``y`` (N,) [, lengths (N,)],
+        or on a dataset/file ``data``; the validation split follows ``config.val_size``, and the
+        best-validation weights are kept. ``out`` (a directory) also writes the artifact."""
+        from rnnkit.training.config import TrainConfig
+        from rnnkit.training.trainer import Trainer
+
+        if data is not None:
+            prepared = TASK.prepare(self.config, data)
+        else:
+            if x is None or y is None:
+                raise UserError("fit needs sequences x and labels y, or data=<dataset or file>")
+            seqs = seqdata._as_sequences(np.asarray(x), y, lengths, None, "fit(x, y)")
+            prepared = prepare_sequences(seqs, None, self.config, {"name": "arrays"})
+        self.task_state = prepared.task_state
+        model_config = TASK.model_config(prepared.task_state, self.config, self.model_options)
+        self.model = SequenceModel(model_config)
+        meta = {"task": TASK.name, "model": model_config.to_dict(), "task_config": asdict(self.config),
+                "task_state": self.task_state, "data": prepared.data_info}
+        self.history = Trainer(self.train_config or TrainConfig()).fit(
+            self.model, prepared.train, TASK.loss, validation_fn(prepared), run_dir=out, meta=meta)
+        self.model.eval()
+        if prepared.val is not None:
+            self.metrics = self._report(prepared.val)
+        self.prepared = prepared
+        return self
+
+    def _require(self):
+        if self.model is None or self.task_state is None:
+            raise UserError("this SequenceClassifier has no model yet: call fit(...) or rnnkit.load(DIR)")
+        return self.model, self.task_state
+
+    def _source(self, x, lengths=None, y=None) -> seqdata.SequenceSource:
+        model, state = self._require()
+        x = np.asarray(x)
+        if state["kind"] == "mnist":
+            images = _as_mnist_images(x)
+            t = MNIST_SIDE if state["mode"] == "rows" else MNIST_SIDE**2
+            lengths = np.full(len(images), t, dtype=np.int64)
+            labels = np.zeros(len(images), dtype=np.int64) if y is None else self._encode(y)
+            return _source(images, lengths, labels, self.config.eval_batch_size, make_transform(state), False)
+        seqs = seqdata._as_sequences(x, np.zeros(len(x)) if y is None else np.zeros(len(x)), lengths, None, "input")
+        if seqs.x.shape[-1] != state["features"]:
+            raise UserError(f"input: expected {state['features']} features per step, got {seqs.x.shape[-1]}")
+        labels = np.zeros(len(x), dtype=np.int64) if y is None else self._encode(y)
+        return _source(seqs.x, seqs.lengths, labels, self.config.eval_batch_size, make_transform(state), False)
+
+    def _encode(self, y) -> np.ndarray:
+        return seqdata.encode_labels(np.asarray(y).reshape(-1).tolist(), self.label_names, "labels")[0]
+
+    # -- job verbs -----------------------------------------------------------------------------
+    def predict_proba(self, x, lengths=None) -> np.ndarray:
+        """Class probabilities (N, C), columns in the order of ``label_names``."""
+        logits, _ = predict_logits(self._require()[0], self._source(x, lengths).epoch())
+        return torch.softmax(logits, 1).numpy()
+
+    def predict(self, x, lengths=None) -> list:
+        """Predicted label names (N,)."""
+        names = self.label_names
+        return [names[i] for i in self.predict_proba(x, lengths).argmax(1)]
+
+    def evaluate(self, x, y, lengths=None) -> dict:
+        """loss, accuracy, macro_f1, per-class precision/recall/F1 and ``confusion`` (C, C) lists."""
+        return self._report(self._source(x, lengths, y))
+
+    def _report(self, source) -> dict:
+        logits, targets = predict_logits(self._require()[0], source.epoch())
+        return full_report(logits, targets, self.label_names)
+
+    def predict_images(self, paths: Sequence) -> np.ndarray:
+        """Probabilities (N, C) for digit pictures (PNG/JPEG), converted as :func:`image_to_mnist` does."""
+        if not self.is_mnist:
+            raise UserError("image prediction needs a model trained on mnist; this one reads arrays")
+        return self.predict_proba(np.stack([image_to_mnist(p) for p in paths]))
+
+
+def _as_mnist_images(x: np.ndarray) -> np.ndarray:
+    """(N, 28, 28) or (28, 28) uint8 [0, 255] / float [0, 1] -> (N, 28, 28) uint8."""
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim == 4 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.ndim != 3 or x.shape[1:] != (MNIST_SIDE, MNIST_SIDE):
+        raise UserError(f"input: an MNIST model expects images of shape (N, 28, 28), got {x.shape}")
+    if x.dtype == np.uint8:
+        return x
+    if x.size and (np.nanmin(x) < 0 or np.nanmax(x) > 1):
+        raise UserError("input: float images must lie in [0, 1] (or pass uint8 in [0, 255])")
+    return np.round(np.nan_to_num(x) * 255).astype(np.uint8)
+
+
+def image_to_mnist(path) -> np.ndarray:
+    """A digit picture -> (28, 28) uint8 like MNIST: white digit on black.
+
+    Converted to grey (ITU-R 601 luma), inverted when the background is light (the border's
+    median above mid-grey), then the digit's bounding box is scaled to fit 20x20 keeping its
+    aspect ratio and centred by its centre of mass in the 28x28 frame, as in MNIST's preparation.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(path)
+        img.load()
+    except (OSError, UnidentifiedImageError) as e:
+        raise UserError(f"{path}: not a readable PNG/JPEG image ({e.__class__.__name__})") from None
+    grey = np.asarray(img.convert("L"), dtype=np.float32)
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    if np.median(border) > 127:
+        grey = 255.0 - grey
+    grey = grey - np.median(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]]))
+    grey = np.clip(grey, 0, 255)
+    ys, xs = np.nonzero(grey > 0.1 * grey.max()) if grey.max() > 0 else (np.array([0]), np.array([0]))
+    crop = grey[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    scale = 20.0 / max(crop.shape)
+    h, w = max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale))
+    small = np.asarray(Image.fromarray(crop.astype(np.uint8)).resize((w, h), Image.LANCZOS), dtype=np.float32)
+    out = np.zeros((MNIST_SIDE, MNIST_SIDE), dtype=np.float32)
+    top, left = (MNIST_SIDE - h) // 2, (MNIST_SIDE - w) // 2
+    out[top : top + h, left : left + w] = small
+    out = _centre_of_mass_shift(out)
+    peak = out.max()
+    return np.clip(out * (255.0 / peak) if peak > 0 else out, 0, 255).round().astype(np.uint8)
+
+
+def _centre_of_mass_shift(img: np.ndarray) -> np.ndarray:
+    total = img.sum()
+    if total <= 0:
+        return img
+    rows, cols = np.indices(img.shape)
+    dy = int(round(MNIST_SIDE / 2 - 0.5 - (rows * img).sum() / total))
+    dx = int(round(MNIST_SIDE / 2 - 0.5 - (cols * img).sum() / total))
+    return np.roll(np.roll(img, dy, axis=0), dx, axis=1)
