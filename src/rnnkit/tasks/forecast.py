@@ -365,8 +365,37 @@ class ForecastTask(Task):
         return replace(model, encoder=encoder, input_size=F_in, head="per_step",
                        output_size=spec["step_horizon"] * C)
 
-    def build_model(self, task_state: dict, model: ModelConfig) -> ForecastModel:
-        return ForecastModel(task_state["spec"], model)
+    def build_model(self, model_config: ModelConfig, task_state: dict) -> ForecastModel:
+        return ForecastModel(task_state["spec"], model_config)
+
+    # -- CLI verbs ----------------------------------------------------------------------------
+    def add_arguments(self, verb: str, parser) -> None:
+        if verb == "predict":
+            parser.add_argument("--data", help="CSV whose last lookback rows are the history (default: the training data's end)")
+            parser.add_argument("--horizon", type=int, help="steps to forecast (default: the trained horizon)")
+            parser.add_argument("--out", help="write the forecast as CSV here (default: print it)")
+            parser.add_argument("--plot", help="write a PNG of history + forecast here")
+        elif verb == "evaluate":
+            parser.add_argument("--backtest", action="store_true",
+                                help="rolling-origin historical forecasts over the test part")
+            parser.add_argument("--stride", type=int, help="backtest: steps between origins (default: the horizon)")
+
+    def run_verb(self, verb: str, facade: "Forecaster", args) -> Optional[int]:
+        if verb == "predict":
+            return _cli_predict(facade, args)
+        if verb == "evaluate":
+            data = getattr(args, "data", None) or facade.data_info.get("name")
+            facade.attach(data)
+            report = facade.evaluate(getattr(args, "split", "test"))
+            extra = {f"{name}_{k}": v for name, m in report.items() if isinstance(m, dict) and name != "model"
+                     for k, v in m.items()}
+            extra.update({k: v for k, v in report["model"].items() if k.startswith("orig_")})
+            if getattr(args, "backtest", False):
+                bt = facade.backtest(stride=args.stride)
+                extra.update({f"backtest_{k}": v for k, v in bt.items()})
+            args.metrics = {**getattr(args, "metrics", {}), **extra}
+            return None
+        return super().run_verb(verb, facade, args)
 
     def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
         return forecast_loss(outputs, batch)
@@ -427,6 +456,7 @@ class Forecaster:
         self.splits: Optional[Splits] = None
         self.history = None
         self.metrics: dict = {}
+        self.data_info: dict = {}
 
     @property
     def scaler(self) -> Scaler:
@@ -552,6 +582,7 @@ class Forecaster:
             raise UserError(f"{artifact.path}: weights do not fit the forecast model ({str(exc).splitlines()[0]})") from None
         f.model.eval()
         f.metrics = dict(artifact.metrics or {})
+        f.data_info = dict(artifact.data or {})
         return f
 
     def attach(self, data: Union[Series, str, Path]) -> "Forecaster":
@@ -604,3 +635,32 @@ def plot_forecast(path, history: np.ndarray, forecast: np.ndarray, truth: Option
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _cli_predict(f: Forecaster, args) -> int:
+    """``rnnkit predict DIR [--data CSV] [--horizon K] [--out forecast.csv] [--plot forecast.png]``."""
+    import csv
+    import sys
+
+    series = load_series(args.data, f.config)[0] if args.data else None
+    K = args.horizon or f.task_state["horizon"]
+    if K < 1:
+        raise UserError(f"--horizon must be >= 1, got {K}")
+    pred = f.predict(K, series)  # (K, C)
+    columns = f.task_state["columns"]
+    out = open(args.out, "w", newline="") if args.out else sys.stdout
+    try:
+        w = csv.writer(out)
+        w.writerow(["step"] + columns)
+        for k, row in enumerate(pred, start=1):
+            w.writerow([k] + [f"{v:.6g}" for v in row])
+    finally:
+        if args.out:
+            out.close()
+    if args.plot:
+        C, L = len(columns), f.task_state["lookback"]
+        hist = series.values[-3 * L :, :C] if series is not None else np.asarray(f.task_state["history"]["values"])[:, :C]
+        plot_forecast(args.plot, hist, pred, None, columns)
+    if args.out:
+        print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
+    return 0
