@@ -310,3 +310,29 @@ def test_real_mnist_reader(data_dir):
     need_file(data_dir, "mnist/t10k-images-idx3-ubyte.gz")
     test_images, test_labels = sq.read_mnist(data_dir / "mnist")["test"]
     assert test_images.shape == (10000, 28, 28) and np.bincount(test_labels).tolist()[:3] == [980, 1135, 1032]
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def test_cli_train_predict_image_and_evaluate(tmp_path, capsys):
+    import json
+
+    from rnnkit.cli.main import main
+
+    (tmp_path / "mnist_idx").mkdir()
+    data = _write_mnist(tmp_path / "mnist_idx", n_train=40, n_test=10)
+    run = tmp_path / "run"
+    assert main(["train", "seqclass", "--data", str(data), "--out", str(run), "--cell", "gru", "--hidden-size", "4",
+                 "--epochs", "1", "--val-size", "8", "--batch-size", "16", "--quiet"]) == 0
+    digit = tmp_path / "digit.png"
+    _digit_png(digit)
+    capsys.readouterr()
+    assert main(["predict", str(run), str(digit), "--json"]) == 0
+    pred = json.loads(capsys.readouterr().out)["predictions"][0]
+    assert pred["label"] in [str(i) for i in range(10)] and sum(pred["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+    assert main(["evaluate", str(run), "--split", "test", "--show-errors", "4", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert np.array(metrics["confusion"]).sum() == 10 and 0 <= metrics["accuracy"] <= 1
+    assert (run / "confusion_test.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run / "errors_test.png").exists() and metrics["errors_shown"] <= 4

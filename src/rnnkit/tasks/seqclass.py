@@ -268,6 +268,23 @@ class SeqclassTask(Task):
     def load(self, artifact) -> "SequenceClassifier":
         return SequenceClassifier.from_artifact(artifact)
 
+    # -- CLI hooks: rnnkit predict DIR FILE... / rnnkit evaluate DIR --show-errors N ----------------
+    def add_arguments(self, verb: str, parser) -> None:
+        if verb == "predict":
+            parser.add_argument("file", nargs="+", help="sequences (.npy/.npz/.csv/.ts) or, for MNIST models, "
+                                "digit pictures (.png/.jpg): white-on-black or black-on-white")
+            parser.add_argument("--json", action="store_true", help="one JSON object with the class probabilities")
+        elif verb == "evaluate":
+            parser.add_argument("--show-errors", type=int, default=0, metavar="N",
+                                help="write DIR/errors_<split>.png with the first N misclassified digits")
+
+    def run_verb(self, verb: str, facade: "SequenceClassifier", args) -> Optional[int]:
+        if verb == "predict":
+            return _cli_predict(facade, args)
+        if verb == "evaluate":
+            return _cli_evaluate(self, facade, args)
+        return super().run_verb(verb, facade, args)
+
 
 def validation_fn(prepared: PreparedData):
     """The Trainer's ``evaluate_fn(model) -> dict`` on the validation split (None without one)."""
@@ -457,3 +474,115 @@ def _centre_of_mass_shift(img: np.ndarray) -> np.ndarray:
     dy = int(round(MNIST_SIDE / 2 - 0.5 - (rows * img).sum() / total))
     dx = int(round(MNIST_SIDE / 2 - 0.5 - (cols * img).sum() / total))
     return np.roll(np.roll(img, dy, axis=0), dx, axis=1)
+
+
+# ---------------------------------------------------------------- CLI verbs and pictures
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+def _cli_predict(clf: "SequenceClassifier", args) -> int:
+    """Print one line per sequence/picture (or one JSON object with probabilities)."""
+    import json
+
+    rows = []
+    for name in args.file:
+        path = Path(name)
+        if not path.is_file():
+            raise UserError(f"{path}: file not found")
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            probs = clf.predict_images([path])
+        elif path.suffix in (".npy", ".npz"):
+            probs = clf.predict_proba(*seqdata.read_unlabelled_array(path))
+        else:
+            seqs = read_labelled(path, clf.config)["train"]
+            probs = clf.predict_proba(seqs.x, seqs.lengths)
+        for i, p in enumerate(probs):
+            rows.append({"input": str(path), "index": i, "label": clf.label_names[int(p.argmax())],
+                         "probabilities": {n: round(float(v), 6) for n, v in zip(clf.label_names, p)}})
+    if args.json:
+        print(json.dumps({"predictions": rows}))
+    else:
+        for r in rows:
+            print(f"{r['input']}[{r['index']}]: {r['label']} (p={r['probabilities'][r['label']]:.3f})")
+    return 0
+
+
+def _cli_evaluate(task: SeqclassTask, clf: "SequenceClassifier", args) -> int:
+    """Add the confusion matrix to args.metrics; write confusion_<split>.png (+ errors_<split>.png)."""
+    from rnnkit.artifacts import read_artifact, write_file_atomic
+
+    art = read_artifact(args.dir)
+    data = args.data or art.data.get("source")
+    source = getattr(task.prepare(clf.config, data), args.split)
+    if source is None:
+        raise UserError(f"{data}: no {args.split} split for this task config")
+    logits, targets = predict_logits(clf.model, source.epoch(0, 0))
+    report = full_report(logits, targets, clf.label_names)
+    args.metrics["confusion"] = report["confusion"]
+    out = Path(args.dir) / f"confusion_{args.split}.png"
+    write_file_atomic(out, confusion_png(np.array(report["confusion"]), clf.label_names, f"{args.split}: accuracy {report['accuracy']:.4f}"))
+    args.metrics["confusion_png"] = str(out)
+    if args.show_errors > 0:
+        if not clf.is_mnist:
+            raise UserError("--show-errors draws digit pictures; it needs a model trained on mnist")
+        pred = logits.argmax(1)
+        wrong = torch.nonzero(pred != targets).flatten()[: args.show_errors]
+        images = source.raw[wrong].numpy()
+        captions = [f"{clf.label_names[int(targets[i])]} -> {clf.label_names[int(pred[i])]}" for i in wrong]
+        out = Path(args.dir) / f"errors_{args.split}.png"
+        write_file_atomic(out, digit_grid_png(images, captions))
+        args.metrics["errors_png"] = str(out)
+        args.metrics["errors_shown"] = len(wrong)
+    return 0
+
+
+def _png(fig) -> bytes:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def confusion_png(confusion: np.ndarray, label_names: Sequence[str], title: str = "") -> bytes:
+    """The (C, C) confusion matrix (rows: true, columns: predicted) as PNG bytes, counts in cells."""
+    from rnnkit import plots  # noqa: F401  (selects the Agg backend)
+    import matplotlib.pyplot as plt
+
+    c = len(label_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * c, 0.8 + 0.5 * c))
+    ax.imshow(np.log1p(confusion), cmap="Blues")
+    ax.set_xticks(range(c), label_names, rotation=90 if c > 12 else 0)
+    ax.set_yticks(range(c), label_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if c <= 30:
+        top = confusion.max() or 1
+        for i in range(c):
+            for j in range(c):
+                ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if confusion[i, j] > top / 3 else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def digit_grid_png(images: np.ndarray, captions: Sequence[str], columns: int = 8) -> bytes:
+    """Images (N, 28, 28) in a grid with one caption each (e.g. "true -> predicted")."""
+    from rnnkit import plots  # noqa: F401
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(images))
+    rows = (n + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.25), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < len(images):
+            ax.imshow(images[k], cmap="gray", vmin=0, vmax=255)
+            ax.set_title(captions[k], fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
