@@ -220,3 +220,28 @@ def test_forecaster_fit_save_load_predict(tmp_path):
     assert list(origins) == [100, 105, 110] and fc.shape == (3, 6, 1)
     np.testing.assert_allclose(fc[-1], g.predict(6, Series(vals[:110])))
     assert g.attach(str(csv)).backtest()["origins"] == 4
+
+
+def test_cli_train_predict_evaluate_backtest(tmp_path, capsys):
+    import json
+
+    from rnnkit.cli.main import main
+
+    csv = tmp_path / "s.csv"
+    t = np.arange(90)
+    csv.write_text("t,y\n" + "".join(f"{i},{np.sin(i / 3):.4f}\n" for i in t))
+    run = tmp_path / "run"
+    assert main(["train", "forecast", "--data", str(csv), "--out", str(run), "--lookback", "12", "--horizon", "3",
+                 "--hidden-size", "4", "--cell", "gru", "--encoder", "identity", "--epochs", "1", "--quiet"]) == 0
+    out = tmp_path / "f.csv"
+    assert main(["predict", str(run), "--horizon", "5", "--out", str(out), "--plot", str(tmp_path / "f.png")]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "step,y" and len(lines) == 6 and (tmp_path / "f.png").stat().st_size > 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--split", "test", "--backtest", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["backtest_origins"] == 6 and "seasonal_naive_orig_mae" in metrics
+    bad = tmp_path / "bad.csv"
+    bad.write_text("t,y\n0,1\n1,x\n")
+    assert main(["predict", str(run), "--data", str(bad)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"{bad} line 3, column 'y': expected a number, found 'x'")
