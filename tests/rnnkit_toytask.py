@@ -140,3 +140,48 @@ def write_series(path, n=200, seed=0):
     v = torch.sin(t * 0.3) + 0.1 * torch.randn(n, generator=g, dtype=torch.float64)
     path.write_text("value\n" + "\n".join(f"{x:.6f}" for x in v.tolist()) + "\n")
     return path
+
+
+def cli_main(argv=None):
+    """``rnnkit`` with the toy task registered; RNNKIT_TEST_KILL_AT_STEP=k SIGKILLs the process right
+    after optimizer step k, RNNKIT_TEST_KILL_AT_WRITE=n in the middle of the n-th file write of a save."""
+    import os
+    import signal
+    import sys
+
+    register()
+    import torch
+
+    torch.set_num_threads(1)  # the test compares bits with in-process runs pinned the same way
+    kill_step = int(os.environ.get("RNNKIT_TEST_KILL_AT_STEP", "0"))
+    kill_write = int(os.environ.get("RNNKIT_TEST_KILL_AT_WRITE", "0"))
+    if kill_step:
+        from rnnkit.training import trainer
+
+        real_step = trainer.Trainer._step
+
+        def step(self, *args):
+            out = real_step(self, *args)
+            if self.state.step == kill_step:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return out
+
+        trainer.Trainer._step = step
+    if kill_write:
+        from rnnkit import artifacts
+
+        real_write, count = artifacts._write_file, [0]
+
+        def write(path, data):
+            count[0] += 1
+            if count[0] == kill_write:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "wb") as f:
+                    f.write(data[: len(data) // 2])  # half a file on disk, then the power goes out
+                os.kill(os.getpid(), signal.SIGKILL)
+            real_write(path, data)
+
+        artifacts._write_file = write
+    from rnnkit.cli.main import main
+
+    sys.exit(main(argv))

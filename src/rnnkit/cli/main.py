@@ -1,16 +1,116 @@
-"""The ``rnnkit`` command line (placeholder until the CLI lands)."""
+"""The ``rnnkit`` command line: registers the verbs and turns UserError into one line + exit 2.
 
-import argparse
+Grammar (the task is a positional of ``train``; every other verb reads it from the artifact)::
+
+    rnnkit train TASK --data NAME|PATH --out DIR [--config FILE] [--<field> VALUE ...] [--overwrite]
+    rnnkit resume DIR [--epochs N] [--max-steps N] [--time-budget S]
+    rnnkit evaluate DIR [--data NAME|PATH] [--split val|test] [--json] [task options]
+    rnnkit sample DIR [task options]      rnnkit predict DIR [task options]
+    rnnkit info DIR [--json]              rnnkit demo
+    rnnkit export DIR --format onnx [--out FILE]
+    rnnkit serve DIR [--host H] [--port P] [limits]
+    rnnkit train|resume ... --nproc N     (data parallel: re-runs itself under torchrun)
+
+Because task options depend on the task, the parser is built after a peek at the command line:
+``train TASK`` (or the ``task`` key of ``--config``) or ``<verb> DIR`` (the artifact's task).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
 import sys
+
+from rnnkit.errors import UserError
+
+VERBS_WITH_DIR = ("evaluate", "sample", "predict", "info", "resume")
+
+
+def _positionals(argv: list[str]) -> list[str]:
+    return [a for a in argv if not a.startswith("-")]
+
+
+def peek_task(argv: list[str]):
+    """The Task the command line is about, or None (then the verb reports what is missing)."""
+    from rnnkit.tasks import get_task
+
+    if not argv:
+        return None
+    cmd = argv[0]
+    if cmd == "train":
+        if len(argv) > 1 and not argv[1].startswith("-"):
+            return get_task(argv[1])
+        for i, a in enumerate(argv):
+            if a == "--config" and i + 1 < len(argv) or a.startswith("--config="):
+                from rnnkit.training.config import load_config_file
+
+                path = a.split("=", 1)[1] if "=" in a else argv[i + 1]
+                name = load_config_file(path).get("task")
+                return get_task(name) if name else None
+        return None
+    if cmd in VERBS_WITH_DIR and len(argv) > 1 and not argv[1].startswith("-"):
+        from rnnkit.artifacts import read_meta
+
+        try:
+            return get_task(read_meta(argv[1])["task"])
+        except UserError:
+            return None  # the verb itself reports the damaged/missing artifact
+    return None
+
+
+def build_parser(task=None):
+    import rnnkit
+    from rnnkit.cli import evaluate, info, resume, train, verbs
+    from rnnkit.cli.flags import Parser
+
+    parser = Parser(prog="rnnkit", description="Recurrent neural networks: train, evaluate and use four jobs.")
+    parser.add_argument("--version", action="version", version=f"rnnkit {rnnkit.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    train.add_parser(sub, task)
+    resume.add_parser(sub)
+    evaluate.add_parser(sub, task)
+    verbs.add_parser(sub, "sample", task)
+    verbs.add_parser(sub, "predict", task)
+    info.add_parser(sub)
+    for name in ("export", "serve"):  # deployment verbs
+        importlib.import_module(f"rnnkit.cli.{name}").add_parser(sub)
+    if importlib.util.find_spec("rnnkit.cli.demo") is not None:
+        demo = importlib.import_module("rnnkit.cli.demo")
+        p = demo.add_parser(sub) or sub.choices.get("demo")
+        if p is not None and p.get_default("func") is None:
+            p.set_defaults(func=demo.run)
+    return parser
+
+
+def run(argv: list[str]) -> int:
+    from rnnkit.cli.flags import unknown_option_error
+    from rnnkit.training.distributed import launch_if_asked
+
+    launched = launch_if_asked(argv)  # train/resume --nproc N: the exit status of the torchrun workers
+    if launched is not None:
+        return launched
+    parser = build_parser(peek_task(argv))
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        sub = parser._subparsers._group_actions[0].choices.get(args.command) if args.command else parser
+        raise unknown_option_error(extras, sub or parser)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    return int(args.func(args) or 0)
 
 
 def main(argv=None) -> int:
-    import rnnkit
-
-    parser = argparse.ArgumentParser(prog="rnnkit")
-    parser.add_argument("--version", action="version", version=f"rnnkit {rnnkit.__version__}")
-    parser.parse_args(argv)
-    return 0
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(argv)
+    except UserError as exc:
+        message = " ".join(str(exc).split("\n"))
+        print(f"rnnkit: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rnnkit: interrupted (the last checkpoint is kept; `rnnkit resume DIR` continues)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -123,9 +123,18 @@ class ProgressBar(Callback):
 
 
 class CurvesPlot(Callback):
-    """Adds ``curves.png`` (train/val loss and the monitored metric vs step) to every snapshot."""
+    """Adds ``curves.png`` (train/val loss and the monitored metric vs step) to the final snapshot
+    and to intermediate ones at most every ``every_s`` seconds (a snapshot without it keeps the
+    previous curves.png); rendering costs ~0.3 s, so it must not run at every checkpoint."""
+
+    def __init__(self, every_s: float = 60.0):
+        self.every_s = every_s
+        self._last = time.monotonic()
 
     def on_checkpoint(self, trainer, files):
+        if not trainer.final_save and time.monotonic() - self._last < self.every_s:
+            return
         from rnnkit.plots import curves_png
 
         files["curves.png"] = curves_png(trainer.history.to_dict(), trainer.config.monitor)
+        self._last = time.monotonic()

@@ -30,6 +30,7 @@ import torch
 
 from rnnkit import artifacts
 from rnnkit.errors import UserError
+from rnnkit.training import distributed
 from rnnkit.training.callbacks import Callback, EarlyStopping
 from rnnkit.training.config import TrainConfig
 from rnnkit.training.schedules import learning_rate
@@ -140,6 +141,7 @@ class Trainer:
         self.history = History()
         self.total_steps = 0
         self.run_dir: Optional[Path] = None
+        self.final_save = False
         self._stop_reason = ""
         self._t0 = time.monotonic()
 
@@ -161,8 +163,10 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self._meta = dict(meta or {})
         self._device = _device(cfg.device)
+        self.dist = distributed.context(self._device)  # DDP under torchrun, else a no-op
         self._t0 = time.monotonic()
         model.to(self._device).train()
+        net = self.dist.wrap(model)
         opt = make_optimizer(cfg, model.parameters())
         self.total_steps = self._total(len(train))
         self._fresh = not resume  # the first save of a new run replaces an old directory wholesale
@@ -181,16 +185,17 @@ class Trainer:
             for batch in batches:
                 if cfg.max_steps is not None and s.step >= cfg.max_steps:
                     break
-                if cfg.time_budget is not None and self.elapsed >= cfg.time_budget:
+                if self.dist.any(cfg.time_budget is not None and self.elapsed >= cfg.time_budget):
                     self.stop(f"time budget of {cfg.time_budget:g} s reached at step {s.step}")
                     break
-                carry = self._step(model, opt, batch, carry, loss_fn)
+                carry = self._step(net, opt, batch, carry, loss_fn)
                 steps_here += 1
                 if cfg.eval_every and s.step % cfg.eval_every == 0:
                     best = self._evaluate(model, evaluate_fn, best)
                 if self._checkpoint_due() and not self._stop_reason:
                     self._save(model, opt, carry, best)
-                if self._stop_reason:
+                if self.dist.any(bool(self._stop_reason)):
+                    self.stop("stopped on another rank")
                     break
             else:
                 s.epoch, s.cursor, carry = s.epoch + 1, 0, None
@@ -210,13 +215,13 @@ class Trainer:
     def _step(self, model, opt, batch, carry, loss_fn):
         cfg, s = self.config, self.state
         t = time.perf_counter()
-        batch = batch.to(self._device)
+        batch, share = self.dist.shard(batch.to(self._device))  # this rank's rows (all of them alone)
         outputs, state = model(batch.inputs, carry if batch.carries_state else None, batch.lengths)
         loss = loss_fn(outputs, batch)
-        value = float(loss.detach())
+        value = self.dist.reduce_loss(loss.detach(), share)  # the global batch's mean
         self._check_loss(value, "loss")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        self.dist.backward_loss(loss, share).backward()
         max_norm = cfg.clip_grad_norm if cfg.clip_grad_norm is not None else math.inf
         norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
         self._check_loss(norm, "gradient norm")
@@ -272,7 +277,8 @@ class Trainer:
             return best
         model.eval()
         with torch.no_grad(), torch.random.fork_rng(devices=[] if self._device.type == "cpu" else None):
-            metrics = {k: float(v) if isinstance(v, (int, float)) else v for k, v in evaluate_fn(model).items()}
+            metrics = self.dist.on_rank0(  # rank 0 evaluates, every rank gets its metrics
+                lambda: {k: float(v) if isinstance(v, (int, float)) else v for k, v in evaluate_fn(model).items()})
         model.train()
         if cfg.monitor not in metrics:
             raise UserError(f"monitor: {cfg.monitor!r} is not a validation metric; expected one of: "
@@ -302,6 +308,11 @@ class Trainer:
     def _save(self, model, opt, carry, best, status: str = "training") -> None:
         s = self.state
         s.last_checkpoint_step = s.step
+        self.final_save = status == "complete"  # callbacks may add costly files only then
+        carry = self.dist.gather_state(carry)  # the global batch's state (collective: every rank)
+        if not self.dist.is_writer:
+            self._fresh = False
+            return
         weights = best if best is not None else model.state_dict()
         ckpt = self._checkpoint_files(model, opt, carry)
         meta = {**self._meta, "train": dataclasses.asdict(self.config), "status": status, "step": s.step,
@@ -367,6 +378,7 @@ class Trainer:
             np.random.set_state((name, rng["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
             random.setstate(_py_rng_from_json(ts["python_rng"]))
             carry = _unflatten_state(artifacts.read_tensors(ck / "carry.safetensors", "carried state"), self._device)
+            carry = self.dist.shard_state(carry)  # this rank's streams of the global state
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{ck}: damaged checkpoint ({exc.__class__.__name__}: {exc})") from None
         self.history = History.from_dict(artifacts._read_json(self.run_dir / "history.json", "history"))

@@ -1,0 +1,45 @@
+"""``rnnkit evaluate DIR [--data PATH] [--split val|test] [--json]``: metrics of the saved weights."""
+
+from __future__ import annotations
+
+import json
+import math
+
+
+def add_parser(sub, task=None):
+    p = sub.add_parser("evaluate", help="metrics of a run's selected weights on the val or test split")
+    p.add_argument("dir")
+    p.add_argument("--data", help="evaluate on this data instead of the training source")
+    p.add_argument("--split", choices=("val", "test"), default="val")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    if task is not None:
+        task.add_arguments("evaluate", p)
+    p.set_defaults(func=run, task_obj=task)
+    return p
+
+
+def _clean(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def run(args) -> int:
+    from rnnkit.cli.flags import snake_case
+    from rnnkit.tasks import Task
+    from rnnkit.training.runner import evaluate_run
+
+    metrics = {snake_case(k): _clean(v) for k, v in evaluate_run(args.dir, args.data, args.split).items()}
+    task = args.task_obj
+    if task is not None and type(task).run_verb is not Task.run_verb:
+        import rnnkit
+
+        args.metrics = metrics
+        task.run_verb("evaluate", rnnkit.load(args.dir), args)
+        metrics = {snake_case(k): _clean(v) for k, v in args.metrics.items()}
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for k, v in metrics.items():
+            print(f"{k:>16} {v:.6g}" if isinstance(v, float) else f"{k:>16} {v}")
+    return 0
