@@ -18,6 +18,7 @@ from rnnkit.data.sources import resolve, sha256_file
 from rnnkit.errors import UserError
 from rnnkit.models import ModelConfig
 from rnnkit.tasks import get_task
+from rnnkit.training import distributed
 from rnnkit.training.callbacks import CurvesPlot, ProgressBar
 from rnnkit.training.config import TrainConfig
 from rnnkit.training.trainer import History, Trainer, _seed
@@ -31,6 +32,7 @@ def _evaluate_fn(task, source, train: TrainConfig):
 
 
 def _callbacks(train: TrainConfig, progress: bool):
+    progress = progress and distributed.is_writer()  # one progress bar, rank 0's
     return ([ProgressBar(log_every=train.log_every)] if progress else []) + [CurvesPlot()]
 
 
