@@ -7,7 +7,8 @@ images held out with split seed 0; both select their best-validation weights, te
   batch 128, inputs x/255, trained for ``--budget`` seconds, evaluated on validation each epoch;
 - ``preset``: ``configs/mnist-rows.json`` through the library (SequenceClassifier -> Trainer),
   with its ``time_budget`` set to ``--budget`` (and ``epochs`` to ``--preset-epochs`` if given);
-- ``rnn``: ``configs/mnist-rows-rnn.json`` (SimpleRNN(32), the tutorials' model), as configured.
+- ``rnn``: ``configs/mnist-rows-rnn.json`` (SimpleRNN(32), the tutorials' model), as configured;
+- ``pixels-timing``: median seconds per training step of ``configs/mnist-pixels.json`` (T=784).
 
 Usage (long: take the shared CPU lock)::
 
@@ -105,6 +106,30 @@ def run_preset(path: Path, budget: float | None = None, epochs: int | None = Non
             "fit_seconds": round(seconds, 1)}
 
 
+def time_preset_steps(path: Path, steps: int = 10) -> dict:
+    """Seconds per training step (forward + backward + Adam) of a preset's model on its real batches."""
+    from rnnkit.tasks.seqclass import TASK
+
+    d = load_config_file(path)
+    cfg = from_dict(SeqclassConfig, d.get("data", {}), str(path))
+    prep = TASK.prepare(cfg, d.get("dataset", "mnist"))
+    model = TASK.build_model(TASK.model_config(prep.task_state, cfg, from_dict(ModelConfig, d.get("model", {}), str(path))), prep.task_state)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    times = []
+    for i, batch in zip(range(steps + 2), prep.train.epoch(0, 0)):
+        t = time.perf_counter()
+        out, _ = model(batch.inputs, None, batch.lengths)
+        loss = TASK.loss(out, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i >= 2:  # skip warm-up steps
+            times.append(time.perf_counter() - t)
+    per_step = float(np.median(times))
+    return {"seconds_per_step": round(per_step, 3), "steps_per_epoch": len(prep.train),
+            "estimated_epoch_minutes": round(per_step * len(prep.train) / 60, 1)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget", type=float, default=600.0, help="training seconds for baseline and preset")
@@ -120,6 +145,8 @@ def main() -> None:
             out["baseline_lstm128"] = run_baseline(args.budget)
         elif run == "preset":
             out[Path(args.preset).stem] = run_preset(Path(args.preset), args.budget, args.preset_epochs)
+        elif run == "pixels-timing":
+            out["mnist-pixels-timing"] = time_preset_steps(ROOT / "configs/mnist-pixels.json")
         elif run == "rnn":
             out["mnist-rows-rnn"] = run_preset(ROOT / "configs/mnist-rows-rnn.json")
         print(json.dumps(out, indent=1), flush=True)
