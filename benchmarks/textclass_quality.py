@@ -38,14 +38,17 @@ from rnnkit.training.config import TrainConfig, from_dict, load_config_file
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_imdb(train_size: int = 0, seed: int = 0):
-    """(train texts, labels), (test texts, labels); ``train_size`` > 0 keeps a seeded subset of train."""
+def load_imdb(train_size: int = 0, test_size: int = 0, seed: int = 0):
+    """(train texts, labels), (test texts, labels); a size > 0 keeps a seeded subset of that split."""
     splits = tc.load_splits(tc.Config(), "imdb")
-    (x, y), test = splits["train"], splits["test"]
-    if train_size:
-        idx = random.Random(seed).sample(range(len(x)), train_size)
-        x, y = [x[i] for i in idx], [y[i] for i in idx]
-    return (x, y), test
+
+    def subset(pair, n):
+        if not n:
+            return pair
+        idx = random.Random(seed).sample(range(len(pair[0])), n)
+        return [pair[0][i] for i in idx], [pair[1][i] for i in idx]
+
+    return subset(splits["train"], train_size), subset(splits["test"], test_size)
 
 
 def from_preset(name: str, train_overrides: dict):
@@ -62,7 +65,9 @@ def run_preset(name: str, data, args) -> dict:
     clf = from_preset(name, overrides)
     (x, y), (tx, ty) = data
     start = time.perf_counter()
-    clf.fit(x, y, out=str(Path(args.runs) / name))
+    from rnnkit.training.callbacks import ProgressBar
+
+    clf.fit(x, y, out=str(Path(args.runs) / name), callbacks=[ProgressBar(log_every=clf.train_config.log_every)])
     seconds = time.perf_counter() - start
     epochs = max(r["epoch"] for r in clf.history.train) + 1 if clf.history.train else 0
     steps_per_epoch = len(clf.prepared.train)
@@ -150,10 +155,11 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="override the presets' epochs")
     p.add_argument("--time-budget", type=float, default=None, help="override: seconds of training per model")
     p.add_argument("--train-size", type=int, default=0, help="train on a seeded subset (quick checks)")
+    p.add_argument("--test-size", type=int, default=0, help="score a seeded subset of test (quick checks)")
     p.add_argument("--runs", default="/tmp/textclass-runs", help="artifact directories go here")
     args = p.parse_args(argv)
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "argv": sys.argv[1:]}), flush=True)
-    data = load_imdb(args.train_size)
+    data = load_imdb(args.train_size, args.test_size)
     for name in args.models:
         if name == "handwritten":
             result = run_handwritten(data, args)

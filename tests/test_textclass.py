@@ -128,6 +128,8 @@ def test_packed_batch_equals_each_text_alone(head, use_fused, bigrams):
     batch = next(tc.batch_source(items, [0] * 4, batch_size=4, shuffle=False).epoch(0, 0))
     order = tc.batch_source(items, None, 4, False).batch_indices(0, 0)[0].tolist()
     assert batch.lengths.tolist() == sorted(len(i) for i in items)
+    same = next(tc.batch_source([items[0], items[0]], [0, 0], 2, False).epoch(0, 0))
+    assert same.lengths is None and same.inputs.shape[:2] == (2, len(items[0]))  # no padding: dense batch
     with torch.no_grad():
         packed, _ = model(batch.inputs, lengths=batch.lengths)
         for row, i in enumerate(order):
