@@ -31,7 +31,6 @@ import torch
 from rnnkit import artifacts
 from rnnkit.errors import UserError
 from rnnkit.training import distributed
-from rnnkit.training import distributed
 from rnnkit.training.callbacks import Callback, EarlyStopping
 from rnnkit.training.config import TrainConfig
 from rnnkit.training.schedules import learning_rate
@@ -314,10 +313,6 @@ class Trainer:
         if not self.dist.is_writer:
             self._fresh = False
             return
-        carry = self.dist.gather_state(carry)  # the global batch's state (collective: every rank)
-        if not self.dist.is_writer:
-            self._fresh = False
-            return
         weights = best if best is not None else model.state_dict()
         ckpt = self._checkpoint_files(model, opt, carry)
         meta = {**self._meta, "train": dataclasses.asdict(self.config), "status": status, "step": s.step,
@@ -383,7 +378,6 @@ class Trainer:
             np.random.set_state((name, rng["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
             random.setstate(_py_rng_from_json(ts["python_rng"]))
             carry = _unflatten_state(artifacts.read_tensors(ck / "carry.safetensors", "carried state"), self._device)
-            carry = self.dist.shard_state(carry)  # this rank's streams of the global state
             carry = self.dist.shard_state(carry)  # this rank's streams of the global state
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{ck}: damaged checkpoint ({exc.__class__.__name__}: {exc})") from None
