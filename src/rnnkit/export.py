@@ -1,0 +1,185 @@
+"""Export a run directory's model to ONNX, with its preprocessing beside it as JSON.
+
+``export_onnx(DIR, out=None) -> (model.onnx, model.json)``; CLI ``rnnkit export DIR --format onnx``.
+
+The graph is the model's ``forward`` with the recurrent state as explicit inputs and outputs,
+so a runtime can run whole sequences or one step at a time (feed ``hn``/``cn`` back in)::
+
+    inputs   (B, T) int64 token ids | (B, T, K) int64 (word + bigram ids) | (B, T, F) float32
+    lengths  (B,) int64, valid steps per row (textclass, seqclass only; 1 <= lengths <= T)
+    h0       (L*D, B', H) float32 initial hidden state (zeros to start); c0 likewise for LSTM
+    ->
+    outputs  the model's outputs: (B, T, V) textgen logits, (B, C) class logits,
+             (B, K, C) or (B, L, K', C) scaled forecasts (see ``spec`` in the JSON)
+    hn [, cn] the final state, same shapes as h0 [, c0]
+
+B and T are dynamic axes (B' = B x channels for channel-independent forecasters). The SegRNN
+forecaster has no state inputs and a fixed look-back T (its segments are fixed at training).
+
+Recurrent layers are exported through torch's fused kernels (``force_path="fused"``), which
+the TorchScript-based exporter maps to ONNX's own LSTM/GRU/RNN operators (dynamic T, and
+``sequence_lens`` for lengths). Configurations those kernels do not compute (layer norm, GRU
+with ``reset_after=False``) are refused with the reason. The JSON holds everything needed
+before and after the graph: the task state (vocabulary, scaler, labels, normaliser, windows),
+the configs, and the names/shapes/dtypes of every input and output.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from rnnkit import artifacts
+from rnnkit.errors import UserError
+from rnnkit.recurrent import Recurrent
+
+FORMAT = "rnnkit-onnx"
+FORMAT_VERSION = 1
+USES_LENGTHS = ("textclass", "seqclass")
+
+
+def recurrent_layers(model: nn.Module) -> list:
+    return [m for m in model.modules() if isinstance(m, Recurrent)]
+
+
+def pin_fused(model: nn.Module, where: str) -> None:
+    """Route every Recurrent through torch's fused kernel (the exportable path) or refuse."""
+    from rnnkit.fused import fused_unsupported_reason
+
+    for layer in recurrent_layers(model):
+        probe = torch.zeros(1, 1, layer.input_size)
+        reason = fused_unsupported_reason(layer, probe)
+        if reason is not None:
+            raise UserError(f"{where}: cannot export to ONNX: {reason} (ONNX's LSTM/GRU/RNN operators "
+                            f"compute what torch's fused kernels compute)")
+        layer.force_path = "fused"
+
+
+class StatefulGraph(nn.Module):
+    """``forward(inputs, [lengths], h0, [c0]) -> (outputs, hn, [cn])`` around a model that follows
+    rnnkit's ``model(inputs, state, lengths) -> (outputs, state)`` convention."""
+
+    def __init__(self, model: nn.Module, lengths: bool, lstm: bool, stateful: bool = True):
+        super().__init__()
+        self.model, self.lengths, self.lstm, self.stateful = model, lengths, lstm, stateful
+
+    def forward(self, *args: Tensor):
+        x, rest = args[0], list(args[1:])
+        lengths = rest.pop(0) if self.lengths else None
+        state = None
+        if self.stateful:
+            state = (rest[0], rest[1]) if self.lstm else rest[0]
+        y, state = self.model(x, state, lengths)
+        if not self.stateful:
+            return y
+        return (y, *state) if self.lstm else (y, state)
+
+
+def _state_layer(model: nn.Module, task: str) -> Optional[Recurrent]:
+    """The Recurrent whose state is the graph's state (None: the graph keeps no state)."""
+    net = getattr(model, "net", model)  # ForecastModel wraps a SequenceModel or a SegRNN
+    return None if type(net).__name__ == "SegRNN" else net.rnn
+
+
+def example_inputs(art: artifacts.Artifact, model: nn.Module, B: int, T: int) -> Tensor:
+    """A (B, T, ...) input of the right dtype and trailing shape for the artifact's model."""
+    mc, state = art.model_config, art.task_state
+    if art.task == "forecast":
+        spec = state["spec"]
+        T = spec["lookback"] if spec["architecture"] == "segrnn" else T
+        return torch.randn(B, T, spec["inputs"])
+    if mc.encoder == "embedding":
+        V = mc.input_size
+        if art.task == "textclass" and state.get("ngram_buckets"):
+            return torch.randint(0, V, (B, T, 2))
+        return torch.randint(0, V, (B, T))
+    return torch.randn(B, T, mc.input_size)
+
+
+def signature(art: artifacts.Artifact, model: nn.Module, layer: Optional[Recurrent]) -> dict:
+    """Input/output names, example tensors and dynamic axes of the graph."""
+    B, T = 2, 5
+    x = example_inputs(art, model, B, T)
+    names, args = ["inputs"], [x]
+    axes = {"inputs": {0: "batch", 1: "time"}}
+    if art.task == "forecast" and art.task_state["spec"]["architecture"] == "segrnn":
+        axes["inputs"] = {0: "batch"}
+    if art.task in USES_LENGTHS:
+        names.append("lengths")
+        args.append(torch.tensor([T, max(1, T - 2)], dtype=torch.int64))
+        axes["lengths"] = {0: "batch"}
+    outputs = ["outputs"]
+    per_step = art.task == "textgen" or (art.task == "forecast" and art.task_state["spec"]["dense_targets"])
+    axes["outputs"] = {0: "batch", 1: "time"} if per_step else {0: "batch"}
+    if layer is not None:
+        with torch.no_grad():
+            _, state = model(x, None, args[1] if len(args) > 1 else None)
+        parts = state if isinstance(state, tuple) else (state,)
+        for i, p in enumerate(parts):
+            name = "h0" if i == 0 else "c0"
+            names.append(name)
+            args.append(torch.zeros_like(p))
+            axes[name] = {1: "state_batch"}
+            out = "hn" if i == 0 else "cn"
+            outputs.append(out)
+            axes[out] = {1: "state_batch"}
+    return {"names": names, "args": tuple(args), "outputs": outputs, "axes": axes}
+
+
+def _describe(name: str, t: Tensor, axes: dict) -> dict:
+    dims = [axes.get(name, {}).get(i, int(n)) for i, n in enumerate(t.shape)]
+    return {"name": name, "dtype": str(t.dtype).replace("torch.", ""), "shape": dims}
+
+
+def sidecar(art: artifacts.Artifact, sig: dict, outputs: tuple, layer: Optional[Recurrent], onnx_name: str) -> dict:
+    import rnnkit
+
+    state = None
+    if layer is not None:
+        state = {"cell": layer.cell, "num_layers": layer.num_layers, "directions": layer.num_directions,
+                 "hidden_size": layer.hidden_size, "shape": "(num_layers * directions, state_batch, hidden_size)",
+                 "start": "zeros"}
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "rnnkit_version": rnnkit.__version__,
+        "model_file": onnx_name, "task": art.task, "source": str(art.path),
+        "inputs": [_describe(n, a, sig["axes"]) for n, a in zip(sig["names"], sig["args"])],
+        "outputs": [_describe(n, o, sig["axes"]) for n, o in zip(sig["outputs"], outputs)],
+        "state": state,
+        "preprocessing": art.task_state,  # vocabulary / scaler / labels / normaliser / windows
+        "task_config": art.meta.get("task_config", {}),
+        "model": art.meta.get("model", {}),
+        "metrics": art.metrics,
+    }
+
+
+def export_onnx(run_dir, out=None, opset: int = 17) -> tuple[Path, Path]:
+    """Write ``out`` (default ``DIR/model.onnx``) and ``out`` with suffix ``.json``; returns both paths."""
+    art = artifacts.read_artifact(run_dir)
+    out = Path(out) if out is not None else art.path / "model.onnx"
+    if out.suffix != ".onnx":
+        raise UserError(f"--out {out}: expected a file name ending in .onnx")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist")
+    model = art.build_model().eval()
+    pin_fused(model, str(art.path))
+    layer = _state_layer(model, art.task)
+    sig = signature(art, model, layer)
+    graph = StatefulGraph(model, art.task in USES_LENGTHS, layer is not None and layer.cell == "lstm",
+                          stateful=layer is not None).eval()
+    with torch.no_grad():
+        outputs = graph(*sig["args"])
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    tmp = out.with_name(out.name + ".tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's tracer/deprecation chatter
+        torch.onnx.export(graph, sig["args"], str(tmp), input_names=sig["names"], output_names=sig["outputs"],
+                          dynamic_axes=sig["axes"], opset_version=opset, dynamo=False)
+    tmp.replace(out)
+    side = out.with_suffix(".json")
+    artifacts.write_file_atomic(side, (json.dumps(sidecar(art, sig, outputs, layer, out.name), indent=1) + "\n").encode())
+    return out, side

@@ -1,0 +1,137 @@
+"""ONNX export: onnxruntime == rnnkit (1e-4) for every job, two batch sizes and two lengths,
+and step-wise use through the explicit state; the preprocessing JSON beside the graph."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rnnkit import artifacts
+from rnnkit.cli.main import main
+from rnnkit.errors import UserError
+from rnnkit.export import export_onnx
+from rnnkit.models import ModelConfig
+from rnnkit.training.config import TrainConfig
+from rnnkit.training.runner import train_task
+
+ort = pytest.importorskip("onnxruntime")
+
+TRAIN = TrainConfig(max_steps=2, log_every=1, seed=0)
+
+
+def tiny_text(tmp_path):
+    p = tmp_path / "text.txt"
+    p.write_text("the quick brown fox jumps over the lazy dog. " * 20)
+    return p
+
+
+def tiny_reviews(tmp_path):
+    p = tmp_path / "reviews.csv"
+    rows = ["text,label"] + [f"{'good great fine' if i % 2 else 'bad awful poor'} film number {i},{'pos' if i % 2 else 'neg'}"
+                             for i in range(40)]
+    p.write_text("\n".join(rows) + "\n")
+    return p
+
+
+def tiny_sequences(tmp_path):
+    p = tmp_path / "seqs.npz"
+    g = np.random.default_rng(0)
+    np.savez(p, x=g.normal(size=(40, 9, 3)).astype(np.float32), y=g.integers(0, 3, 40),
+             lengths=g.integers(2, 10, 40))
+    return p
+
+
+def make_run(tmp_path, task):
+    from rnnkit.tasks import get_task
+
+    cfg = get_task(task).Config
+    out = tmp_path / task
+    if task == "textgen":
+        data, tc, mc = tiny_text(tmp_path), cfg(seq_len=8, batch_size=4), ModelConfig(cell="lstm", hidden_size=8, embedding_dim=6, num_layers=2)
+    elif task == "textclass":
+        data, tc = tiny_reviews(tmp_path), cfg(batch_size=8, ngram_buckets=16, max_length=12)
+        mc = ModelConfig(cell="gru", hidden_size=8, embedding_dim=6, bidirectional=True, head="mean")
+    elif task == "seqclass":
+        data, tc, mc = tiny_sequences(tmp_path), cfg(batch_size=8), ModelConfig(cell="rnn", hidden_size=8, head="last")
+    else:
+        data, tc = "sines", cfg(lookback=12, horizon=3, batch_size=16, sines_series="40,10,10")
+        mc = ModelConfig(cell="lstm", hidden_size=8)
+    train_task(task, str(data), out, mc, TRAIN, tc, progress=False)
+    return out
+
+
+def feeds(meta, B, T, seed):
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for spec in meta["inputs"]:
+        shape = [B if d == "batch" else T if d == "time" else d for d in spec["shape"]]
+        if spec["name"] == "inputs" and spec["dtype"] == "int64":
+            V = meta["model"]["input_size"]
+            out["inputs"] = torch.randint(0, V, shape, generator=g)
+        elif spec["name"] == "inputs":
+            out["inputs"] = torch.randn(shape, generator=g)
+        elif spec["name"] == "lengths":
+            out["lengths"] = torch.randint(1, T + 1, (B,), generator=g)
+            out["lengths"][0] = T
+        else:  # a state: state_batch = B x channels for channel-independent forecasters
+            shape = [B if d == "state_batch" else d for d in spec["shape"]]
+            out[spec["name"]] = 0.5 * torch.randn(shape, generator=g)
+    return out
+
+
+def reference(run, x):
+    model = artifacts.read_artifact(run).build_model()
+    state = (x["h0"], x["c0"]) if "c0" in x else x.get("h0")
+    with torch.no_grad():
+        y, st = model(x["inputs"], state, x.get("lengths"))
+    parts = () if st is None else (st if isinstance(st, tuple) else (st,))
+    return [y, *parts]
+
+
+@pytest.mark.parametrize("task", ["textgen", "forecast", "textclass", "seqclass"])
+def test_onnxruntime_matches_rnnkit(tmp_path, task):
+    run = make_run(tmp_path, task)
+    onnx_path, side = export_onnx(run)
+    assert onnx_path == run / "model.onnx" and side == run / "model.json"
+    meta = json.loads(side.read_text())
+    assert meta["task"] == task and meta["format"] == "rnnkit-onnx"
+    assert meta["preprocessing"] == artifacts.read_artifact(run).task_state
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == [s["name"] for s in meta["inputs"]]
+    for B, T, seed in ((1, 12, 0), (5, 7, 1)):
+        x = feeds(meta, B, T, seed)
+        got = session.run(None, {k: v.numpy() for k, v in x.items()})
+        want = reference(run, x)
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_textgen_graph_runs_step_by_step(tmp_path):
+    """Feeding one token at a time with hn/cn carried == one pass over the whole sequence."""
+    run = make_run(tmp_path, "textgen")
+    onnx_path, _ = export_onnx(run, tmp_path / "lm.onnx")
+    s = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    ids = np.random.default_rng(0).integers(0, 10, (2, 6)).astype(np.int64)
+    h = c = np.zeros((2, 2, 8), np.float32)
+    whole, hw, cw = s.run(None, {"inputs": ids, "h0": h, "c0": c})
+    steps = []
+    for t in range(6):
+        y, h, c = s.run(None, {"inputs": ids[:, t : t + 1], "h0": h, "c0": c})
+        steps.append(y)
+    np.testing.assert_allclose(np.concatenate(steps, 1), whole, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(h, hw, rtol=1e-5, atol=1e-5)
+
+
+def test_cli_export_and_refusals(tmp_path, capsys):
+    run = make_run(tmp_path, "textgen")
+    assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert (tmp_path / "m.onnx").is_file() and (tmp_path / "m.json").is_file()
+    assert main(["export", str(run), "--out", str(tmp_path / "m.bin")]) == 2
+    assert "expected a file name ending in .onnx" in capsys.readouterr().err
+    with pytest.raises(UserError, match="layer_norm=True"):
+        from rnnkit.export import pin_fused
+        from rnnkit.models import SequenceModel
+
+        pin_fused(SequenceModel(ModelConfig(layer_norm=True, hidden_size=4)).eval(), "run")
