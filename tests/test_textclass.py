@@ -188,6 +188,8 @@ def test_multiclass_fit_predict_evaluate_and_artifact_round_trip(tmp_path, capsy
     probs = clf.predict_proba(["A tasty recipe", "the coach and the team"])
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)
     assert clf.predict(["A tasty recipe", "the coach and the team", "cpu bug"]) == ["food", "sports", "tech"]
+    assert clf.predict_proba([]).shape == (0, 3)
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 0
     loaded = load(tmp_path / "run")
     assert isinstance(loaded, tc.TextClassifier) and loaded.labels == clf.labels
     np.testing.assert_allclose(loaded.predict_proba(test_texts), clf.predict_proba(test_texts), rtol=1e-6)

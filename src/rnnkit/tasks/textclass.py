@@ -476,6 +476,10 @@ class TextClassifier:
         meta = {"task": TASK.name, "model": model_config.to_dict(), "task_config": asdict(self.config),
                 "task_state": self.task_state, "data": prepared.data_info}
         evaluate_fn = (lambda m: TASK.evaluate(m, prepared.val.epoch(0, 0))) if prepared.val is not None else None
+        if out is not None:
+            from rnnkit.training.callbacks import CurvesPlot
+
+            callbacks = [*callbacks, CurvesPlot()]  # curves.png in the run directory
         self.history = Trainer(train_config, callbacks).fit(self.model, prepared.train, TASK.loss, evaluate_fn, run_dir=out, meta=meta)
         self.model.eval()
         self.prepared = prepared
@@ -491,6 +495,8 @@ class TextClassifier:
         if isinstance(texts, str):
             raise UserError("predict expects a list of texts, got a single string; wrap it in a list")
         items = Encoder(self.task_state).encode(texts)
+        if not items:
+            return np.empty((0, len(self.task_state["labels"])))
         src = batch_source(items, None, batch_size or self.config.batch_size, shuffle=False)
         order = [i for idx in src.batch_indices(0, 0) for i in idx.tolist()]
         logp, _, _ = run_model(self.model, src.epoch(0, 0))
