@@ -1,10 +1,431 @@
-from dataclasses import dataclass
+"""HTTP serving of one run directory on Starlette + uvicorn (the optional ``serve`` extra).
+
+``rnnkit serve DIR [--host 127.0.0.1] [--port 8000]``; in Python ``make_app(DIR, Limits())``.
+
+Endpoints (JSON in, JSON out)::
+
+    GET  /health    {"status": "ok", "task": ...}
+    GET  /info      task, labels / vocabulary size / horizon, model config, metrics, limits, counters
+    POST /predict   textclass: {"texts": [str, ...]}           -> {"predictions": [{"label", "probabilities"}]}
+                    seqclass:  {"sequences": [[[f, ...], ...]]} -> same ((T_i, F) floats each; T_i may differ)
+                    forecast:  {"history": [[v, ...], ...] | [v, ...], "horizon": int?}
+                               -> {"forecast": [[v, ...], ...]} (horizon x columns, original scale)
+    POST /generate  textgen:   {"prime": str, "length": int, "temperature": float, "top_k": int?,
+                                "top_p": float?, "seed": int?} -> {"text": str}
+
+Every request is validated (JSON object, known fields, types, sizes, lengths, temperature range)
+and a bad one gets a 4xx ``{"error": "<one line>"}``: 400 unreadable JSON, 404/405 wrong route or
+method, 413 body too large, 422 invalid field, 503 queue full. Concurrent /predict requests
+are *batched*: a single worker takes up to ``max_batch`` queued requests (waiting at most
+``max_wait_ms`` for company), runs them as one forward pass in a thread, and answers each;
+/generate requests are queued and run one at a time (each samples its own length). The event
+loop never runs the model, so /health answers while a batch runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from rnnkit.errors import UserError
+
+TEMPERATURE_MAX = 10.0
+
+
 @dataclass
 class Limits:
-    max_batch: int = 32
-    max_wait_ms: float = 2.0
-    max_queue: int = 256
-    max_items: int = 64
-    max_length: int = 2000
-    max_generate: int = 1000
-    max_body: int = 1_000_000
+    """Request limits and batching knobs (each a ``rnnkit serve`` flag)."""
+
+    max_batch: int = 32  # requests run together in one forward pass
+    max_wait_ms: float = 2.0  # how long the first request of a batch waits for more
+    max_queue: int = 256  # requests waiting before new ones get 503
+    max_items: int = 64  # texts/sequences per request
+    max_length: int = 2000  # characters per text / prime, steps per sequence / history
+    max_generate: int = 1000  # tokens per /generate
+    max_body: int = 1_000_000  # request body bytes
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if not value > 0:
+                raise UserError(f"--{name.replace('_', '-')}: expected a positive number, got {value}")
+
+
+class RequestError(Exception):
+    """A client mistake: HTTP ``status`` and a one-line message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _field(body: dict, name: str, kind, required: bool = True, default=None):
+    if name not in body:
+        if required:
+            raise RequestError(422, f"missing field {name!r}")
+        return default
+    value = body[name]
+    if value is None and not required:
+        return default
+    ok = isinstance(value, kind) and not (kind in (int, (int, float)) and isinstance(value, bool))
+    if not ok:
+        expected = {str: "a string", int: "an integer", list: "a list", (int, float): "a number"}[kind]
+        raise RequestError(422, f"field {name!r}: expected {expected}, got {type(value).__name__}")
+    return value
+
+
+def _known(body: dict, fields: tuple) -> None:
+    extra = sorted(set(body) - set(fields))
+    if extra:
+        raise RequestError(422, f"unknown field {extra[0]!r}; expected: {', '.join(fields)}")
+
+
+def _numbers(rows, where: str, width: Optional[int]) -> np.ndarray:
+    """A (T, F) float array from a list of rows (or a list of numbers: F = 1); finite values only."""
+    if not isinstance(rows, list) or not rows:
+        raise RequestError(422, f"{where}: expected a non-empty list")
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in rows):
+        rows = [[v] for v in rows]
+    for t, row in enumerate(rows):
+        if not isinstance(row, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row):
+            raise RequestError(422, f"{where}[{t}]: expected a list of numbers")
+        if width is not None and len(row) != width:
+            raise RequestError(422, f"{where}[{t}]: expected {width} values per step, got {len(row)}")
+    arr = np.asarray(rows, dtype=np.float64)
+    if arr.ndim != 2:
+        raise RequestError(422, f"{where}: steps have different numbers of values")
+    if not np.isfinite(arr).all():
+        raise RequestError(422, f"{where}: values must be finite numbers")
+    return arr
+
+
+# ----------------------------------------------------------------------------- the jobs
+
+class Job:
+    """What one task serves: parse a request body, run a batch of parsed requests, describe itself."""
+
+    route = "/predict"
+    batched = True
+
+    def __init__(self, facade, artifact, limits: Limits):
+        self.facade, self.artifact, self.limits = facade, artifact, limits
+
+    def parse(self, body: dict) -> Any:
+        raise NotImplementedError
+
+    def run(self, items: list) -> list:
+        raise NotImplementedError
+
+    def info(self) -> dict:
+        return {}
+
+
+class TextclassJob(Job):
+    def parse(self, body):
+        _known(body, ("texts",))
+        texts = _field(body, "texts", list)
+        if not texts or len(texts) > self.limits.max_items:
+            raise RequestError(422, f"field 'texts': expected 1 to {self.limits.max_items} texts, got {len(texts)}")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise RequestError(422, f"texts[{i}]: expected a string, got {type(t).__name__}")
+            if len(t) > self.limits.max_length:
+                raise RequestError(422, f"texts[{i}]: {len(t)} characters exceed the limit of {self.limits.max_length}")
+        return texts
+
+    def run(self, items):
+        flat = [t for texts in items for t in texts]
+        probs = self.facade.predict_proba(flat)
+        return _split_predictions(probs, self.facade.labels, [len(t) for t in items])
+
+    def info(self):
+        return {"labels": list(self.facade.labels)}
+
+
+class SeqclassJob(Job):
+    def parse(self, body):
+        _known(body, ("sequences",))
+        seqs = _field(body, "sequences", list)
+        if not seqs or len(seqs) > self.limits.max_items:
+            raise RequestError(422, f"field 'sequences': expected 1 to {self.limits.max_items} sequences, got {len(seqs)}")
+        F = self._features()
+        out = []
+        for i, s in enumerate(seqs):
+            arr = _numbers(s, f"sequences[{i}]", F)
+            if len(arr) > self.limits.max_length:
+                raise RequestError(422, f"sequences[{i}]: {len(arr)} steps exceed the limit of {self.limits.max_length}")
+            out.append(arr)
+        return out
+
+    def _features(self) -> Optional[int]:
+        state = self.artifact.task_state
+        return 28 if state.get("kind") == "mnist" and state.get("mode") == "rows" else state.get("features")
+
+    def run(self, items):
+        flat = [a for seqs in items for a in seqs]
+        T, F = max(len(a) for a in flat), flat[0].shape[1]
+        x = np.zeros((len(flat), T, F), dtype=np.float32)
+        for i, a in enumerate(flat):
+            x[i, : len(a)] = a
+        lengths = np.asarray([len(a) for a in flat], dtype=np.int64)
+        probs = self.facade.predict_proba(x, lengths)
+        return _split_predictions(probs, self.facade.label_names, [len(s) for s in items])
+
+    def info(self):
+        return {"labels": list(self.facade.label_names), "features": self._features()}
+
+
+class ForecastJob(Job):
+    def parse(self, body):
+        _known(body, ("history", "horizon"))
+        state = self.artifact.task_state
+        F, L = len(state["columns"]) + len(state.get("covariates", [])), state["lookback"]
+        values = _numbers(_field(body, "history", list), "history", F)
+        if not L <= len(values) <= self.limits.max_length:
+            raise RequestError(422, f"field 'history': expected {L} to {self.limits.max_length} steps, got {len(values)}")
+        horizon = _field(body, "horizon", int, required=False, default=state["horizon"])
+        if not 1 <= horizon <= self.limits.max_generate:
+            raise RequestError(422, f"field 'horizon': expected 1 to {self.limits.max_generate}, got {horizon}")
+        if horizon > state["horizon"] and state.get("covariates"):
+            raise RequestError(422, f"field 'horizon': a model with covariates forecasts at most {state['horizon']} steps")
+        return values[-L:], horizon
+
+    def run(self, items):
+        from rnnkit.tasks.forecast import predict_windows
+
+        f, out = self.facade, [None] * len(items)
+        model = f._require_model()
+        for horizon in sorted({h for _, h in items}):  # one forward pass per distinct horizon
+            idx = [i for i, (_, h) in enumerate(items) if h == horizon]
+            z = np.stack([f.scaler.transform(items[i][0]) for i in idx])  # (N, L, F)
+            y = predict_windows(model, z, horizon)  # (N, K, C) scaled
+            for i, yi in zip(idx, y):
+                out[i] = {"forecast": f._target_scaler().inverse_transform(yi).tolist()}
+        return out
+
+    def info(self):
+        s = self.artifact.task_state
+        return {"columns": s["columns"], "covariates": s.get("covariates", []), "lookback": s["lookback"],
+                "horizon": s["horizon"]}
+
+
+class TextgenJob(Job):
+    route = "/generate"
+    batched = False
+    FIELDS = ("prime", "length", "temperature", "top_k", "top_p", "seed")
+
+    def parse(self, body):
+        _known(body, self.FIELDS)
+        lim = self.limits
+        prime = _field(body, "prime", str)
+        if not 1 <= len(prime) <= lim.max_length:
+            raise RequestError(422, f"field 'prime': expected 1 to {lim.max_length} characters, got {len(prime)}")
+        unknown = self.facade.vocab.unknown(prime)
+        if unknown:
+            raise RequestError(422, f"field 'prime': {unknown[0]!r} is not in the model's vocabulary")
+        length = _field(body, "length", int, required=False, default=100)
+        if not 0 <= length <= lim.max_generate:
+            raise RequestError(422, f"field 'length': expected 0 to {lim.max_generate}, got {length}")
+        temperature = float(_field(body, "temperature", (int, float), required=False, default=1.0))
+        if not (0.0 <= temperature <= TEMPERATURE_MAX) or math.isnan(temperature):
+            raise RequestError(422, f"field 'temperature': expected 0 to {TEMPERATURE_MAX:g}, got {temperature}")
+        top_k = _field(body, "top_k", int, required=False)
+        if top_k is not None and top_k < 1:
+            raise RequestError(422, f"field 'top_k': expected an integer >= 1, got {top_k}")
+        top_p = _field(body, "top_p", (int, float), required=False)
+        if top_p is not None and not 0 < top_p <= 1:
+            raise RequestError(422, f"field 'top_p': expected a number in (0, 1], got {top_p}")
+        seed = _field(body, "seed", int, required=False)
+        if seed is not None and not 0 <= seed < 2**63:
+            raise RequestError(422, f"field 'seed': expected 0 <= seed < 2**63, got {seed}")
+        return dict(prime=prime, length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+
+    def run(self, items):
+        return [{"text": self.facade.sample(**kw)} for kw in items]
+
+    def info(self):
+        return {"vocab_size": len(self.facade.vocab), "max_temperature": TEMPERATURE_MAX}
+
+
+def _split_predictions(probs: np.ndarray, labels, counts: list) -> list:
+    rows, out, at = [], [], 0
+    for p in probs:
+        rows.append({"label": labels[int(np.argmax(p))],
+                     "probabilities": {str(lab): float(v) for lab, v in zip(labels, p)}})
+    for n in counts:
+        out.append({"predictions": rows[at : at + n]})
+        at += n
+    return out
+
+
+JOBS = {"textclass": TextclassJob, "seqclass": SeqclassJob, "forecast": ForecastJob, "textgen": TextgenJob}
+
+
+# ----------------------------------------------------------------------------- batching
+
+class Batcher:
+    """One worker draining a bounded queue: up to max_batch requests per model call, in a thread."""
+
+    def __init__(self, job: Job, limits: Limits):
+        self.job, self.limits = job, limits
+        self.queue: Optional[asyncio.Queue] = None
+        self.stats = {"requests": 0, "batches": 0, "largest_batch": 0, "rejected_full": 0}
+        self._task = None
+
+    async def start(self):
+        self.queue = asyncio.Queue(self.limits.max_queue)
+        self._task = asyncio.create_task(self._work())
+
+    async def stop(self):
+        if self._task is not None:
+            self._task.cancel()
+
+    async def submit(self, item) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        try:
+            self.queue.put_nowait((item, future))
+        except asyncio.QueueFull:
+            self.stats["rejected_full"] += 1
+            raise RequestError(503, f"server busy: {self.limits.max_queue} requests already queued; retry later")
+        return await future
+
+    async def _take(self) -> list:
+        first = [await self.queue.get()]
+        if not self.job.batched:
+            return first
+        deadline = time.monotonic() + self.limits.max_wait_ms / 1000
+        while len(first) < self.limits.max_batch:
+            try:
+                first.append(self.queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                first.append(await asyncio.wait_for(self.queue.get(), left))
+            except asyncio.TimeoutError:
+                break
+        return first
+
+    async def _work(self):
+        while True:
+            batch = await self._take()
+            items = [item for item, _ in batch]
+            self.stats["batches"] += 1
+            self.stats["requests"] += len(batch)
+            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
+            try:
+                results = await asyncio.to_thread(self.job.run, items)
+            except UserError as exc:
+                results = [RequestError(422, " ".join(str(exc).split()))] * len(batch)
+            except Exception as exc:  # a bug: answer 500 with the reason, keep serving
+                results = [exc] * len(batch)
+            for (_, fut), res in zip(batch, results):
+                if fut.done():  # the client went away
+                    continue
+                if isinstance(res, BaseException):
+                    fut.set_exception(res)
+                else:
+                    fut.set_result(res)
+
+
+# ----------------------------------------------------------------------------- the app
+
+def make_app(run_dir, limits: Optional[Limits] = None):
+    """The Starlette app serving ``run_dir`` (loaded once, at import time of the app)."""
+    try:
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+    except ImportError:
+        raise UserError("serving needs the 'serve' extra: pip install 'rnnkit[serve]'") from None
+    from rnnkit import artifacts
+
+    limits = limits or Limits()
+    art = artifacts.read_artifact(run_dir)
+    job = JOBS[art.task](artifacts.load(run_dir), art, limits)
+    batcher = Batcher(job, limits)
+
+    def error(status: int, message: str):
+        return JSONResponse({"error": message}, status_code=status)
+
+    async def read_body(request) -> dict:
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > limits.max_body):
+            raise RequestError(413, f"request body of {size} bytes exceeds the limit of {limits.max_body}")
+        raw = await request.body()
+        if len(raw) > limits.max_body:
+            raise RequestError(413, f"request body of {len(raw)} bytes exceeds the limit of {limits.max_body}")
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            where = f" (line {exc.lineno} column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
+            raise RequestError(400, f"request body is not valid JSON{where}") from None
+        if not isinstance(body, dict):
+            raise RequestError(400, f"request body must be a JSON object, got {type(body).__name__}")
+        return body
+
+    async def handle(request):
+        try:
+            body = await read_body(request)
+            result = await batcher.submit(job.parse(body))
+            return JSONResponse(result)
+        except RequestError as exc:
+            return error(exc.status, str(exc))
+        except Exception as exc:  # never leak a traceback to the client
+            return error(500, f"internal error: {type(exc).__name__}")
+
+    async def wrong_job(request):
+        return error(404, f"this server runs a {art.task} model: use POST {job.route}")
+
+    async def health(request):
+        return JSONResponse({"status": "ok", "task": art.task})
+
+    async def info(request):
+        return JSONResponse({
+            "task": art.task, "endpoint": job.route, "rnnkit_version": art.meta.get("rnnkit_version"),
+            "model": art.meta.get("model"), "metrics": art.metrics, "limits": asdict(limits),
+            "stats": dict(batcher.stats), **job.info(),
+        })
+
+    async def not_found(request, exc):
+        status = getattr(exc, "status_code", 404)
+        if status == 405:
+            return error(405, f"{request.method} is not allowed on {request.url.path}")
+        return error(status, f"no route {request.method} {request.url.path}; try GET /info")
+
+    other = "/generate" if job.route == "/predict" else "/predict"
+    routes = [Route(job.route, handle, methods=["POST"]), Route(other, wrong_job, methods=["POST"]),
+              Route("/health", health, methods=["GET"]), Route("/info", info, methods=["GET"])]
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
+    app.state.batcher, app.state.job = batcher, job
+    return app
+
+
+def serve(run_dir, host: str = "127.0.0.1", port: int = 8000, limits: Optional[Limits] = None) -> None:
+    """Run the server until interrupted (uvicorn, one process; the model runs in a worker thread)."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise UserError("serving needs the 'serve' extra: pip install 'rnnkit[serve]'") from None
+    app = make_app(run_dir, limits)
+    print(f"serving {run_dir} on http://{host}:{port} (POST {app.state.job.route}, GET /health, GET /info)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
