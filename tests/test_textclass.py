@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import random
 
@@ -201,6 +202,13 @@ def test_multiclass_fit_predict_evaluate_and_artifact_round_trip(tmp_path, capsy
     assert sum(lines[0]["probabilities"].values()) == pytest.approx(1, abs=1e-5)
     assert main(["predict", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err.strip() == "rnnkit: error: predict: no texts; pass texts as arguments or --file F (one text per line)"
+    with open(tmp_path / "t.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("text", "label"), *zip(test_texts, test_labels)])
+    assert main(["evaluate", str(tmp_path / "run"), "--data", str(tmp_path / "t.csv"), "--split", "val",
+                 "--show-examples", "2"]) == 0
+    out = capsys.readouterr().out
+    assert sum(line.startswith(("ok ", "WRONG ")) for line in out.splitlines()) == 2
+    assert "precision_food" in out and (tmp_path / "run" / "confusion_val.png").exists()
 
 
 def test_classification_report_hand_computed():
@@ -239,3 +247,14 @@ def test_imdb_named_dataset(data_dir):
     for split in ("train", "test"):
         texts, labels = splits[split]
         assert len(texts) == 25000 and labels.count("pos") == 12500 and labels.count("neg") == 12500
+
+
+def test_prepare_then_build_model_loads_word_vectors_once(tmp_path):
+    (tmp_path / "g.txt").write_text("good 1 2 3 4\n")
+    (tmp_path / "d.csv").write_text("text,label\ngood film,pos\nbad film,neg\nso good,pos\n")
+    config = tc.Config(word_vectors=str(tmp_path / "g.txt"), val_fraction=0)
+    prep = tc.TASK.prepare(config, str(tmp_path / "d.csv"), 0)
+    mc = tc.TASK.model_config(prep.task_state, config, ModelConfig(embedding_dim=4, hidden_size=3))
+    row = prep.task_state["vocab"]["words"].index("good")
+    assert tc.TASK.build_model(mc, prep.task_state).encoder.weight[row].tolist() == [1, 2, 3, 4]
+    assert tc.TASK.build_model(mc, prep.task_state).encoder.weight[row].tolist() != [1, 2, 3, 4]  # consumed
