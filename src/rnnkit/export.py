@@ -114,7 +114,8 @@ def signature(art: artifacts.Artifact, model: nn.Module, layer: Optional[Recurre
         args.append(torch.tensor([T, max(1, T - 2)], dtype=torch.int64))
         axes["lengths"] = {0: "batch"}
     outputs = ["outputs"]
-    per_step = art.task == "textgen" or (art.task == "forecast" and art.task_state["spec"]["dense_targets"])
+    spec = art.task_state.get("spec", {})
+    per_step = art.task == "textgen" or (spec.get("architecture") == "rnn" and spec.get("dense_targets"))
     axes["outputs"] = {0: "batch", 1: "time"} if per_step else {0: "batch"}
     if layer is not None:
         with torch.no_grad():
