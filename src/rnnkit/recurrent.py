@@ -10,12 +10,17 @@ and mul); ``state`` (L*D, B, H), or the tuple ``(h, c)`` for LSTM, as in torch.n
 Parameters use torch.nn's names and shapes (``weight_ih_l0``, ``bias_hh_l1_reverse``, ...), so
 ``load_state_dict`` works both ways with ``nn.RNN/LSTM/GRU`` (see :mod:`rnnkit.layout`).
 
-Two execution paths give the same numbers (tested):
+Three execution paths give the same numbers (tested):
 
 * the *reference* path below: the input projection hoisted for all steps, then a Python loop
   over time calling the cell's step function from :mod:`rnnkit.cells`;
 * the *fused* path (:mod:`rnnkit.fused`): torch's native kernels (oneDNN LSTM on CPU, cuDNN on
-  GPU), chosen by the explicit predicate ``fused_unsupported_reason``.
+  GPU), chosen by the explicit predicate ``fused_unsupported_reason``;
+* the *explicit-BPTT* path (:mod:`rnnkit.bptt`): one autograd Function per cell with a
+  hand-written backward loop, chosen by ``bptt_unsupported_reason``.
+
+``Recurrent.choose_path`` picks one per call (``layer.last_path`` records it): the fused kernel
+where it is the fastest for the cell (LSTM on CPU), else explicit BPTT, else the reference loop.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit import cells, fused
+from rnnkit import bptt, cells, fused
 
 MERGE_MODES = ("concat", "sum", "mean", "mul")
 CELL_NAMES = ("rnn", "lstm", "gru")
@@ -89,8 +94,8 @@ class Recurrent(nn.Module):
             ``ln_c_weight_l{k}``, ``ln_c_bias_l{k}``).
         merge_mode: how the last layer's two directions are merged: concat, sum, mean or mul.
         use_fused: ``"auto"`` takes torch's fused kernel when ``fused.fused_unsupported_reason``
-            allows, ``True`` requires it (raises with the reason otherwise), ``False`` always
-            runs the reference loop.
+            allows, ``True`` requires it (raises with the reason otherwise), ``False`` never
+            takes it (explicit BPTT where it applies, else the reference loop).
         nonlinearity: ``"tanh"`` or ``"relu"`` (RNN only).
         reset_after: GRU form (see :class:`rnnkit.cells.GRUCell`).
         forget_bias: LSTM forget-gate bias at initialisation (None keeps torch's init).
@@ -135,6 +140,8 @@ class Recurrent(nn.Module):
         self.num_layers, self.bias, self.bidirectional = num_layers, bias, bidirectional
         self.dropout, self.recurrent_dropout, self.layer_norm = dropout, recurrent_dropout, layer_norm
         self.merge_mode, self.use_fused = merge_mode, use_fused
+        self.force_path: Optional[str] = None  # "fused" | "bptt" | "reference" pins the path (tests, benchmarks)
+        self.last_path: Optional[str] = None  # the path the last forward took
         self.nonlinearity, self.reset_after, self.forget_bias = nonlinearity, reset_after, forget_bias
         self.num_directions = 2 if bidirectional else 1
         self.num_gates = cells.CELLS[cell].num_gates
@@ -236,16 +243,38 @@ class Recurrent(nn.Module):
             raise ValueError(f"x must have shape (B, T, {self.input_size}), got {tuple(x.shape)}")
         lengths = check_lengths(lengths, x.shape[0], x.shape[1])
         parts = self._initial_state(state, x)
-        reason = fused.fused_unsupported_reason(self, x)
-        if self.use_fused is True and reason is not None:
-            raise RuntimeError(f"use_fused=True but this configuration has no fused kernel: {reason}")
-        if self.use_fused is not False and reason is None:
+        self.last_path = self.choose_path(x, lengths)
+        if self.last_path == "fused":
             y, parts = fused.fused_forward(self, x, parts, lengths)
+        elif self.last_path == "bptt":
+            y, parts = bptt.bptt_forward(self, x, parts)
         else:
             y, parts = self.reference_forward(x, parts, lengths)
         if self.bidirectional:
             y = merge_directions(y, self.merge_mode)
         return y, self._public_state(parts)
+
+    def choose_path(self, x: Tensor, lengths: Optional[Tensor]) -> str:
+        """``"fused"``, ``"bptt"`` or ``"reference"`` for this call (see the module docstring).
+
+        ``use_fused=True`` requires the fused kernel; ``False`` never takes it (explicit BPTT
+        when it applies, else the reference loop); ``"auto"`` takes the fastest that applies,
+        by measurement (``bptt.FUSED_FIRST``). ``force_path`` (an attribute, None by default)
+        pins a path for tests and benchmarks and raises when that path cannot serve.
+        """
+        no_fused = fused.fused_unsupported_reason(self, x)
+        no_bptt = bptt.bptt_unsupported_reason(self, x, lengths)
+        if self.force_path is not None:
+            reason = {"fused": no_fused, "bptt": no_bptt, "reference": None}[self.force_path]
+            if reason is not None:
+                raise RuntimeError(f"force_path={self.force_path!r} cannot serve this call: {reason}")
+            return self.force_path
+        if self.use_fused is True and no_fused is not None:
+            raise RuntimeError(f"use_fused=True but this configuration has no fused kernel: {no_fused}")
+        fused_ok = self.use_fused is not False and no_fused is None
+        if fused_ok and (self.use_fused is True or no_bptt is not None or bptt.FUSED_FIRST[self.cell]):
+            return "fused"
+        return "bptt" if no_bptt is None else "reference"
 
     def reference_forward(self, x: Tensor, parts: tuple, lengths: Optional[Tensor]):
         """The reference loop. parts: tuple of (L*D, B, H). Returns (B, T, D*H), parts."""

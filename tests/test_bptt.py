@@ -1,0 +1,105 @@
+"""The explicit-BPTT path (rnnkit.bptt) equals the reference loop: values and gradients, float64."""
+
+import pytest
+import torch
+
+from rnnkit import Recurrent, bptt
+
+CONFIGS = [
+    dict(cell="rnn", nonlinearity="tanh"),
+    dict(cell="rnn", nonlinearity="relu"),
+    dict(cell="gru", reset_after=True),
+    dict(cell="gru", reset_after=False),
+    dict(cell="lstm"),
+]
+
+
+def _layer(cfg, **kw):
+    cfg = dict(cfg)
+    torch.manual_seed(0)
+    return Recurrent(cfg.pop("cell"), 3, 4, **cfg, **kw).double()
+
+
+def _run(layer, path, x, state, seed=7):
+    """Outputs, final state parts and every gradient (params, x, state) of one path."""
+    layer.zero_grad()
+    x = x.clone().requires_grad_()
+    state = tuple(s.clone().requires_grad_() for s in state)
+    torch.manual_seed(seed)  # same recurrent-dropout masks in both paths
+    if path == "bptt":
+        y, parts = bptt.bptt_forward(layer, x, state)
+    else:
+        y, parts = layer.reference_forward(x, state, None)
+    # weights for the loss make every output position and state entry matter differently
+    g = torch.Generator().manual_seed(1)
+    loss = (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum()
+    for p in parts:
+        loss = loss + (p * torch.randn(p.shape, generator=g, dtype=p.dtype)).sum()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in layer.named_parameters()}
+    grads["x"] = x.grad
+    for j, s in enumerate(state):
+        grads[f"state{j}"] = s.grad
+    return y.detach(), [p.detach() for p in parts], grads
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(str(v) for v in c.values()))
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (1, True), (2, True), (2, False)])
+@pytest.mark.parametrize("recurrent_dropout", [0.0, 0.3])
+def test_bptt_equals_reference(cfg, layers, bidirectional, recurrent_dropout):
+    layer = _layer(cfg, num_layers=layers, bidirectional=bidirectional, recurrent_dropout=recurrent_dropout,
+                   dropout=0.2 if layers > 1 else 0.0)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 5, 3, generator=g, dtype=torch.float64)
+    state = tuple(0.5 * torch.randn(layers * (2 if bidirectional else 1), 2, 4, generator=g, dtype=torch.float64)
+                  for _ in range(layer.state_size))
+    y_ref, s_ref, g_ref = _run(layer, "reference", x, state)
+    y, s, grads = _run(layer, "bptt", x, state)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    for a, b in zip(s, s_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert grads.keys() == g_ref.keys()
+    for name in g_ref:
+        torch.testing.assert_close(grads[name], g_ref[name], rtol=1e-9, atol=1e-11, msg=name)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_bptt_without_bias_and_gradcheck(cfg):
+    layer = _layer(cfg, bias=False, bidirectional=True)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 4, 3, generator=g, dtype=torch.float64)
+    y_ref, s_ref, g_ref = _run(layer, "reference", x, tuple(torch.zeros(2, 2, 4, dtype=torch.float64)
+                                                            for _ in range(layer.state_size)))
+    y, s, grads = _run(layer, "bptt", x, tuple(torch.zeros(2, 2, 4, dtype=torch.float64)
+                                               for _ in range(layer.state_size)))
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    for name in g_ref:
+        torch.testing.assert_close(grads[name], g_ref[name], rtol=1e-9, atol=1e-11, msg=name)
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(lambda inp: bptt.bptt_forward(layer, inp, tuple(
+        torch.zeros(2, 2, 4, dtype=torch.float64) for _ in range(layer.state_size)))[0], (x,))
+
+
+def test_unused_final_state_and_unused_outputs():
+    """Gradients arrive as None for unused Function outputs (LSTM c_T, or the outputs)."""
+    layer = _layer(dict(cell="lstm"))
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    for pick in (lambda y, s: y.sum(), lambda y, s: s[0].sum()):
+        for path in ("bptt", "reference"):
+            layer.zero_grad()
+            y, parts = (bptt.bptt_forward(layer, x, tuple(torch.zeros(1, 2, 4, dtype=torch.float64) for _ in range(2)))
+                        if path == "bptt" else layer.reference_forward(x, tuple(torch.zeros(1, 2, 4, dtype=torch.float64)
+                                                                                 for _ in range(2)), None))
+            pick(y, parts).backward()
+            if path == "bptt":
+                got = layer.weight_hh_l0.grad.clone()
+            else:
+                torch.testing.assert_close(got, layer.weight_hh_l0.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_predicate_truth_table():
+    x = torch.randn(2, 5, 3)
+    assert bptt.bptt_unsupported_reason(Recurrent("gru", 3, 4), x) is None
+    assert "lengths" in bptt.bptt_unsupported_reason(Recurrent("gru", 3, 4), x, torch.tensor([5, 3]))
+    assert "layer_norm" in bptt.bptt_unsupported_reason(Recurrent("lstm", 3, 4, layer_norm=True), x)
+    assert "dtype" in bptt.bptt_unsupported_reason(Recurrent("rnn", 3, 4), x.half())
