@@ -127,10 +127,14 @@ class ToyTask(Task):
 TASK = ToyTask()
 
 
-def register():
+def register(monkeypatch=None):
+    """Add ``toy`` to the registry (undone after the test when a pytest ``monkeypatch`` is given)."""
     from rnnkit.tasks import TASK_MODULES
 
-    TASK_MODULES["toy"] = __name__
+    if monkeypatch is not None:
+        monkeypatch.setitem(TASK_MODULES, "toy", __name__)
+    else:
+        TASK_MODULES["toy"] = __name__
 
 
 def write_series(path, n=200, seed=0):

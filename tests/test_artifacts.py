@@ -11,16 +11,18 @@ import rnnkit
 import rnnkit_toytask as toy
 from rnnkit import artifacts
 from rnnkit.errors import UserError
+from rnnkit.models import ModelConfig
 from rnnkit.training.config import TrainConfig
 from rnnkit.training.runner import train_task
 
 
 @pytest.fixture
 def run(tmp_path, monkeypatch):
-    toy.register()
+    toy.register(monkeypatch)
     csv = toy.write_series(tmp_path / "s.csv", n=120)
     out = tmp_path / "run"
-    train_task("toy", str(csv), out, train=TrainConfig(epochs=2, eval_every=2), progress=False)
+    model = ModelConfig(hidden_size=6, embedding_dim=4, use_fused="false")
+    train_task("toy", str(csv), out, model, TrainConfig(epochs=2, eval_every=2), progress=False)
     return out
 
 
@@ -41,14 +43,21 @@ def test_round_trip_load_returns_the_facade(run):
 
 
 def _has_pickle(data: bytes) -> bool:
-    """True when ``data`` is (or starts like) a pickle stream or a torch zip checkpoint."""
-    if data[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or b"PK\x03\x04" == data[:4]:
+    """True when ``data`` parses as a pickle stream (opcodes up to STOP) or is a zip (torch.save)."""
+    if data[:4] == b"PK\x03\x04":
         return True
     try:
         ops = list(pickletools.genops(data))
         return len(ops) > 1 and ops[-1][0].name == "STOP"
     except Exception:
         return False
+
+
+def test_pickle_detector_detects_pickle():
+    import pickle
+
+    assert _has_pickle(pickle.dumps({"a": [1, 2]}, protocol=2)) and _has_pickle(pickle.dumps(3.0, protocol=5))
+    assert not _has_pickle(b'{"a": 1}')
 
 
 def test_no_pickle_in_any_file(run):
@@ -63,7 +72,9 @@ def test_no_pickle_in_any_file(run):
         elif path.suffix == ".safetensors":
             header_len = int.from_bytes(data[:8], "little")
             header = json.loads(data[8:8 + header_len])
-            assert header["__metadata__"]["format"] == "rnnkit-artifact"
+            assert header.pop("__metadata__")["format"] == "rnnkit-artifact"
+            end = max((v["data_offsets"][1] for v in header.values()), default=0)
+            assert len(data) == 8 + header_len + end  # nothing but the header and raw tensor bytes
         else:
             assert path.suffix == ".png"
 

@@ -17,12 +17,12 @@ from rnnkit.cli.main import main
 
 TESTS = Path(__file__).parent
 TRAIN = ["--epochs", "2", "--hidden-size", "6", "--embedding-dim", "4", "--seq-len", "5", "--eval-every", "3",
-         "--checkpoint-every", "2", "--embedding-dropout", "0.2", "--seed", "5", "--quiet"]
+         "--checkpoint-every", "2", "--embedding-dropout", "0.2", "--seed", "5", "--quiet", "--use-fused", "false"]
 
 
 @pytest.fixture(autouse=True)
-def _toy():
-    toy.register()
+def _toy(monkeypatch):
+    toy.register(monkeypatch)
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_snake_and_kebab_flags_and_config_precedence(tmp_path, csv, capsys):
     cfg = tmp_path / "c.toml"
     cfg.write_text('task = "toy"\n[model]\nhidden_size = 5\ncell = "gru"\n[train]\nepochs = 1\n[data]\nseq_len = 4\n')
     rc, _, err = _cli(capsys, "train", "--config", cfg, "--data", csv, "--out", tmp_path / "r", "--hidden_size", "7",
-                      "--quiet")
+                      "--quiet", "--use_fused", "false")
     assert rc == 0, err
     meta = json.loads((tmp_path / "r" / "artifact.json").read_text())
     assert meta["model"]["hidden_size"] == 7 and meta["model"]["cell"] == "gru"  # flag > file > default
@@ -156,7 +156,3 @@ def test_bad_artifacts_one_line_exit_2(tmp_path, csv, capsys):
     assert _bad(capsys, tmp_path, "train", "toy", "--data", csv, "--out", run) == (
         f"--out {run}: already holds an artifact; use `rnnkit resume {run}`, another --out, or --overwrite")
 
-
-def test_version_and_module_entry():
-    p = subprocess.run([sys.executable, "-m", "rnnkit", "--version"], capture_output=True, text=True)
-    assert p.stdout.strip() == f"rnnkit {rnnkit.__version__}"

@@ -81,14 +81,13 @@ def field_types(cls) -> dict[str, Any]:
 
 
 def field_choices(cls, name: str) -> Optional[tuple]:
+    """Allowed values of a str field: its metadata["choices"], else KNOWN_CHOICES; None if free."""
     for f in dataclasses.fields(cls):
         if f.name == name:
-            return f.metadata.get("choices") or KNOWN_CHOICES.get(name) if _is_str(f.type, cls, name) else None
+            if _base_type(field_types(cls)[name])[0] is not str:
+                return None
+            return f.metadata.get("choices") or KNOWN_CHOICES.get(name)
     return None
-
-
-def _is_str(_annotation, cls, name) -> bool:
-    return _base_type(field_types(cls)[name])[0] is str
 
 
 def _base_type(tp) -> tuple[type, bool]:
