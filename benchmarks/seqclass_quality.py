@@ -31,7 +31,17 @@ import rnnkit  # noqa: F401  (flush-denormal setting before any torch op)
 from rnnkit.data.sequences import read_mnist
 from rnnkit.models import ModelConfig
 from rnnkit.tasks.seqclass import SeqclassConfig, SequenceClassifier, split_validation
+from rnnkit.training.callbacks import Callback
 from rnnkit.training.config import TrainConfig, from_dict, load_config_file
+
+
+class _PrintEval(Callback):
+    def __init__(self, name):
+        self.name, self.t0 = name, time.monotonic()
+
+    def on_eval_end(self, trainer, metrics):
+        print(f"{self.name} epoch {trainer.state.epoch} val {metrics['accuracy']:.4f} "
+              f"t={time.monotonic() - self.t0:.0f}s", flush=True)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,7 +108,7 @@ def run_preset(path: Path, budget: float | None = None, epochs: int | None = Non
                              from_dict(ModelConfig, d.get("model", {}), str(path)),
                              from_dict(TrainConfig, train, str(path)))
     t0 = time.monotonic()
-    clf.fit(data=d.get("dataset", "mnist"))
+    clf.fit(data=d.get("dataset", "mnist"), callbacks=[_PrintEval(path.stem)])
     seconds = time.monotonic() - t0
     test = clf._report(clf.prepared.test)
     return {"val_accuracy": clf.metrics["accuracy"], "test_accuracy": test["accuracy"], "test_loss": test["loss"],
@@ -136,9 +146,10 @@ def main() -> None:
     p.add_argument("--runs", default="baseline,preset,rnn")
     p.add_argument("--preset", default=str(ROOT / "configs/mnist-rows.json"))
     p.add_argument("--preset-epochs", type=int, default=None, help="override the preset's epochs (cosine length)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (1 is steadier on a busy machine)")
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     out = {"budget_s": args.budget, "torch": torch.__version__}
     for run in args.runs.split(","):
         if run == "baseline":
@@ -149,6 +160,7 @@ def main() -> None:
             out["mnist-pixels-timing"] = time_preset_steps(ROOT / "configs/mnist-pixels.json")
         elif run == "rnn":
             out["mnist-rows-rnn"] = run_preset(ROOT / "configs/mnist-rows-rnn.json")
+        out["threads"] = args.threads
         print(json.dumps(out, indent=1), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))

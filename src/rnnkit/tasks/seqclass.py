@@ -342,7 +342,8 @@ class SequenceClassifier:
         return self._require()[1]["kind"] == "mnist"
 
     # -- training ----------------------------------------------------------------------------
-    def fit(self, x=None, y=None, lengths=None, data: Optional[str] = None, out: Optional[str] = None) -> "SequenceClassifier":
+    def fit(self, x=None, y=None, lengths=None, data: Optional[str] = None, out: Optional[str] = None,
+            callbacks: Sequence = ()) -> "SequenceClassifier":
         """Train with the shared Trainer on arrays ``x`` (N, T, F), labels ``y`` (N,) [, lengths (N,)],
         or on a dataset/file ``data``; the validation split follows ``config.val_size``, and the
         best-validation weights are kept. ``out`` (a directory) also writes the artifact."""
@@ -361,7 +362,7 @@ class SequenceClassifier:
         self.model = SequenceModel(model_config)
         meta = {"task": TASK.name, "model": model_config.to_dict(), "task_config": asdict(self.config),
                 "task_state": self.task_state, "data": prepared.data_info}
-        self.history = Trainer(self.train_config or TrainConfig()).fit(
+        self.history = Trainer(self.train_config or TrainConfig(), callbacks).fit(
             self.model, prepared.train, TASK.loss, validation_fn(prepared), run_dir=out, meta=meta)
         self.model.eval()
         if prepared.val is not None:
