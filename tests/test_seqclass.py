@@ -336,3 +336,20 @@ def test_cli_train_predict_image_and_evaluate(tmp_path, capsys):
     assert np.array(metrics["confusion"]).sum() == 10 and 0 <= metrics["accuracy"] <= 1
     assert (run / "confusion_test.png").read_bytes()[:4] == b"\x89PNG"
     assert (run / "errors_test.png").exists() and metrics["errors_shown"] <= 4
+
+
+@pytest.mark.parametrize("name", ["mnist-rows-rnn", "mnist-rows", "mnist-pixels"])
+def test_presets_are_valid_configs(name):
+    from pathlib import Path
+
+    from rnnkit.training.config import TrainConfig, from_dict, load_config_file
+
+    path = Path(__file__).resolve().parent.parent / "configs" / f"{name}.json"
+    d = load_config_file(path)
+    assert d["task"] == "seqclass" and d["dataset"] == "mnist"
+    data = from_dict(sc.SeqclassConfig, d["data"], str(path))
+    model = from_dict(ModelConfig, d["model"], str(path))
+    train = from_dict(TrainConfig, d["train"], str(path))
+    assert data.val_size == 5000 and train.monitor == "accuracy"
+    if name == "mnist-rows-rnn":  # the tutorials' model
+        assert (model.cell, model.hidden_size, data.batch_size, train.optimizer, train.lr, train.epochs) == ("rnn", 32, 64, "adam", 1e-3, 10)
