@@ -72,13 +72,15 @@ def run_training(shape_names, peers, repeats: int, warmup: int, log=print) -> di
     try:
         for name in shape_names:
             shape = shapes.SHAPES[name]
-            run = {}
+            run, models = {}, {}
             for p in peers:
                 if not _applies(p, shape):
                     continue
                 where = shapes.PEERS[p][0]
                 if where == "main":
-                    run[p] = timing.Trainee(shape, shapes.build_peer(p, shape)).step
+                    trainee = timing.Trainee(shape, shapes.build_peer(p, shape))
+                    run[p] = trainee.step
+                    models[p] = trainee.model.rnn
                 elif where == "worker-keras" and not keras_peer.available():
                     samples[(p, name)] = timing.Samples([shapes.KERAS_REFERENCE_MS[name] / 1e3], reference=True)
                 else:
@@ -93,6 +95,8 @@ def run_training(shape_names, peers, repeats: int, warmup: int, log=print) -> di
             for r in range(repeats):
                 for p in order[r % len(order):] + order[: r % len(order)]:
                     samples.setdefault((p, name), timing.Samples()).times.append(run[p]())
+            for p, rnn in models.items():
+                samples[(p, name)].path = getattr(rnn, "last_path", None)
             log(f"{name}: " + ", ".join(f"{p} {samples[(p, name)].median_ms:.1f}" for p in order))
     finally:
         for w in workers.values():

@@ -46,6 +46,10 @@ def training_tables(shape_names, peers, samples, ratio_base="torch.nn+ftz") -> s
                              else f"{r.median_ms:.1f} ({lo:.1f}–{hi:.1f})")
         rows.append(f"| {p} | " + " | ".join(cells) + " |")
     out = ["Median ms per training step (interquartile range).", "", head + "\n".join(rows), ""]
+    paths = [f"| {p} | " + " | ".join((samples.get((p, s)) and samples[(p, s)].path) or "–" for s in shape_names) + " |"
+             for p in peers if any(samples.get((p, s)) and samples[(p, s)].path for s in shape_names)]
+    if paths:
+        out += ["Path each rnnkit layer took (`layer.last_path`).", "", head.rstrip("\n"), *paths, ""]
     for base in (ratio_base, "torch.nn"):
         out += [f"Ratio to {base} (median / median; < 1 is faster).", "", head.rstrip("\n")]
         for p in peers:

@@ -35,6 +35,7 @@ class Samples:
 
     times: list = field(default_factory=list)
     reference: bool = False  # True: a number quoted from cpu-facts.md, not measured here
+    path: str = None  # rnnkit peers: the path the layer took ("fused" | "bptt" | "reference")
 
     @property
     def median_ms(self) -> float:
