@@ -37,7 +37,8 @@ class Worker:
 
     def __init__(self, kind: str):
         env = dict(os.environ, RNNKIT_FLUSH_DENORMAL="0", PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.worker", kind], cwd=ROOT, env=env,
+        python = keras_peer.python() if kind == "keras" else sys.executable
+        self.proc = subprocess.Popen([python, "-m", "benchmarks.worker", kind], cwd=ROOT, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.ftz = None
 

@@ -9,12 +9,26 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 import time
 
 
+KERAS_PYTHON_ENV = "RNNKIT_KERAS_PYTHON"
+
+
+def python() -> str:
+    """The interpreter of the Keras peer: ``$RNNKIT_KERAS_PYTHON`` (a separate virtualenv with
+    tensorflow-cpu, keras and torch, so Keras never enters rnnkit's own environment), else this one."""
+    return os.environ.get(KERAS_PYTHON_ENV) or sys.executable
+
+
 def available() -> bool:
-    """Keras 3 and TensorFlow both importable (checked without importing them)."""
-    return all(importlib.util.find_spec(m) is not None for m in ("keras", "tensorflow"))
+    """Keras 3 and TensorFlow both importable by ``python()`` (checked without importing them here)."""
+    if python() == sys.executable:
+        return all(importlib.util.find_spec(m) is not None for m in ("keras", "tensorflow"))
+    probe = "import importlib.util as u, sys; sys.exit(0 if u.find_spec('keras') and u.find_spec('tensorflow') else 1)"
+    return subprocess.run([python(), "-c", probe], capture_output=True).returncode == 0
 
 
 def _model(shape):
