@@ -84,11 +84,14 @@ def test_scaler_is_fitted_on_the_training_part_only():
 
 def test_scaler_round_trip_and_constant_channel():
     x = np.array([[1.0, 3.0], [3.0, 3.0]])
-    for kind in ("standard", "minmax", "none"):
+    for kind in ("standard", "minmax", "log", "none"):
         s = Scaler(kind).fit(x)
         np.testing.assert_allclose(s.inverse_transform(s.transform(x)), x)
         assert Scaler.from_dict(s.to_dict()).to_dict() == s.to_dict()
     np.testing.assert_allclose(Scaler("minmax").fit(x).transform(x), [[0, 0], [1, 0]])
+    np.testing.assert_allclose(Scaler("log").fit(x).transform([[np.sqrt(3), 3.0]]), [[0, 0]], atol=1e-12)
+    with pytest.raises(UserError, match="scaler 'log' needs positive values, found 0"):
+        Scaler("log").fit([[1.0], [0.0]])
 
 
 def test_windows_have_no_look_ahead():

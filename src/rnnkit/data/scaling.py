@@ -4,6 +4,8 @@ Values are arrays ``(T, C)`` (or anything whose last axis is the C channels).
 
 * ``standard``: ``z = (x - mean) / std`` with the population std (ddof=0, as scikit-learn);
 * ``minmax``:   ``z = (x - min) / (max - min)``;
+* ``log``:      ``z = (ln x - mean(ln x)) / std(ln x)`` for positive series with multiplicative
+  growth and seasonality (airline passengers); values <= 0 are a UserError;
 * ``none``:     the identity (metrics "on scaled data" are then in original units).
 
 A channel that is constant on the training part gets scale 1, so transforms never divide by 0.
@@ -15,7 +17,7 @@ import numpy as np
 
 from rnnkit.errors import UserError
 
-SCALERS = ("standard", "minmax", "none")
+SCALERS = ("standard", "minmax", "log", "none")
 
 
 class Scaler:
@@ -30,8 +32,8 @@ class Scaler:
 
     def fit(self, values) -> "Scaler":
         """Fit on training values ``(T, C)``; returns self."""
-        x = np.asarray(values, dtype=np.float64).reshape(-1, np.shape(values)[-1])
-        if self.kind == "standard":
+        x = self._pre(np.asarray(values, dtype=np.float64).reshape(-1, np.shape(values)[-1]))
+        if self.kind in ("standard", "log"):
             shift, scale = x.mean(0), x.std(0)
         elif self.kind == "minmax":
             shift, scale = x.min(0), x.max(0) - x.min(0)
@@ -44,13 +46,21 @@ class Scaler:
         if self.shift is None:
             raise RuntimeError("Scaler.transform before fit")
 
+    def _pre(self, x: np.ndarray) -> np.ndarray:
+        if self.kind != "log":
+            return x
+        if (x <= 0).any():
+            raise UserError(f"scaler 'log' needs positive values, found {x[x <= 0][0]:g}")
+        return np.log(x)
+
     def transform(self, values) -> np.ndarray:
         self._check()
-        return (np.asarray(values, dtype=np.float64) - self.shift) / self.scale
+        return (self._pre(np.asarray(values, dtype=np.float64)) - self.shift) / self.scale
 
     def inverse_transform(self, values) -> np.ndarray:
         self._check()
-        return np.asarray(values, dtype=np.float64) * self.scale + self.shift
+        x = np.asarray(values, dtype=np.float64) * self.scale + self.shift
+        return np.exp(x) if self.kind == "log" else x
 
     def select(self, channels) -> "Scaler":
         """The scaler of a subset of channels (e.g. the targets among target + covariates)."""
