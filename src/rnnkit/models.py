@@ -42,6 +42,7 @@ class ModelConfig:
     nonlinearity: str = "tanh"  # rnn cell only
     reset_after: bool = True  # gru cell only
     forget_bias: Optional[float] = None  # lstm cell only; None keeps torch's init
+    init: str = "torch"  # torch (uniform, as torch.nn) | keras (glorot input, orthogonal recurrent, zero bias)
     head: str = "per_step"  # per_step | last | mean | max (pooled over valid steps)
     head_dropout: float = 0.0  # dropout on the recurrent features before the head
     output_size: int = 1  # classes C, vocabulary V, or values per step
@@ -88,7 +89,7 @@ class SequenceModel(nn.Module):
             c.cell, rnn_input, c.hidden_size, c.num_layers, bidirectional=c.bidirectional, dropout=c.dropout,
             recurrent_dropout=c.recurrent_dropout, layer_norm=c.layer_norm, merge_mode=c.merge_mode,
             use_fused=_fused_flag(c.use_fused), nonlinearity=c.nonlinearity, reset_after=c.reset_after,
-            forget_bias=c.forget_bias,
+            forget_bias=c.forget_bias, init=c.init,
         )
         self.head = nn.Linear(self.rnn.output_size, c.output_size)
 

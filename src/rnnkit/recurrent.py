@@ -37,6 +37,7 @@ from rnnkit import bptt, cells, fused
 
 MERGE_MODES = ("concat", "sum", "mean", "mul")
 CELL_NAMES = ("rnn", "lstm", "gru")
+INITS = ("torch", "keras")
 
 
 def merge_directions(y: Tensor, mode: str) -> Tensor:
@@ -99,6 +100,9 @@ class Recurrent(nn.Module):
         nonlinearity: ``"tanh"`` or ``"relu"`` (RNN only).
         reset_after: GRU form (see :class:`rnnkit.cells.GRUCell`).
         forget_bias: LSTM forget-gate bias at initialisation (None keeps torch's init).
+        init: ``"torch"`` (every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H)), as torch.nn) or
+            ``"keras"`` (Glorot-uniform ``W_ih``, orthogonal ``W_hh`` per gate, zero biases, as
+            Keras's recurrent layers start; trains plain Elman RNNs markedly better).
 
     ``forward(x, state=None, lengths=None) -> (outputs, state)``: x (B, T, F); lengths (B,) ints
     in [1, T] or None; outputs (B, T, D*H) with zeros at padded positions; state (L*D, B, H)
@@ -121,6 +125,7 @@ class Recurrent(nn.Module):
         nonlinearity: str = "tanh",
         reset_after: bool = True,
         forget_bias: Optional[float] = None,
+        init: str = "torch",
     ):
         super().__init__()
         if cell not in CELL_NAMES:
@@ -143,6 +148,9 @@ class Recurrent(nn.Module):
         self.force_path: Optional[str] = None  # "fused" | "bptt" | "reference" pins the path (tests, benchmarks)
         self.last_path: Optional[str] = None  # the path the last forward took
         self.nonlinearity, self.reset_after, self.forget_bias = nonlinearity, reset_after, forget_bias
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; expected one of {', '.join(INITS)}")
+        self.init = init
         self.num_directions = 2 if bidirectional else 1
         self.num_gates = cells.CELLS[cell].num_gates
         self.state_size = cells.CELLS[cell].state_size
@@ -179,13 +187,21 @@ class Recurrent(nn.Module):
                     self.register_parameter("ln_c_bias" + s, nn.Parameter(torch.zeros(H)))
 
     def reset_parameters(self) -> None:
-        """torch.nn's init (U(-1/sqrt(H), 1/sqrt(H))) for weights and biases; LN gains 1."""
+        """Initialise per ``self.init`` (see the class docstring); LN gains 1, LN biases 0."""
         bound = 1.0 / self.hidden_size**0.5
         for name, p in self.named_parameters():
             if name.startswith("ln_"):
                 nn.init.zeros_(p) if name.startswith("ln_c_bias") else nn.init.ones_(p)
-            else:
+            elif self.init == "torch":
                 nn.init.uniform_(p, -bound, bound)
+            elif name.startswith("bias_"):
+                nn.init.zeros_(p)
+            elif name.startswith("weight_ih"):
+                nn.init.xavier_uniform_(p)
+            else:  # weight_hh: orthogonal per gate block (G*H, H) -> G blocks of (H, H)
+                with torch.no_grad():
+                    for block in p.view(self.num_gates, self.hidden_size, self.hidden_size):
+                        nn.init.orthogonal_(block)
         if self.cell == "lstm" and self.bias and self.forget_bias is not None:
             for _, _, s in self._suffixes():
                 cells.init_forget_bias(getattr(self, "bias_ih" + s), getattr(self, "bias_hh" + s), self.forget_bias)
