@@ -14,6 +14,27 @@ from rnnkit.cells import GRUCell, LSTMCell, RNNCell  # noqa: E402
 from rnnkit.recurrent import GRU, LSTM, RNN, Recurrent  # noqa: E402
 
 
+# Imported on first use (``rnnkit.TextGenerator``), so ``import rnnkit`` stays light.
+_LAZY = {
+    "ModelConfig": "rnnkit.models",
+    "SequenceModel": "rnnkit.models",
+    "TrainConfig": "rnnkit.training.config",
+    "Trainer": "rnnkit.training.trainer",
+    "TextGenerator": "rnnkit.tasks.textgen",
+    "Forecaster": "rnnkit.tasks.forecast",
+    "TextClassifier": "rnnkit.tasks.textclass",
+    "SequenceClassifier": "rnnkit.tasks.seqclass",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'rnnkit' has no attribute {name!r}")
+
+
 def load(path):
     """The job's ready-to-use object saved in a run directory (TextGenerator, Forecaster, ...)."""
     from rnnkit.artifacts import load as _load
@@ -31,4 +52,5 @@ __all__ = [
     "LSTM",
     "GRU",
     "load",
+    *_LAZY,
 ]
