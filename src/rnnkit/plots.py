@@ -20,7 +20,7 @@ def curves_png(history: dict, monitor: str = "loss") -> bytes:
     fig, axes = plt.subplots(1, 2 if extra else 1, figsize=(10 if extra else 6, 4), squeeze=False)
     ax = axes[0][0]
     if train:
-        ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], ".-" if len(train) < 20 else "-", label="train loss")
     val = [e for e in evals if "loss" in e]
     if val:
         ax.plot([e["step"] for e in val], [e["loss"] for e in val], "o-", label="val loss")
