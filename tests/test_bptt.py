@@ -80,6 +80,32 @@ def test_bptt_without_bias_and_gradcheck(cfg):
         torch.zeros(2, 2, 4, dtype=torch.float64) for _ in range(layer.state_size)))[0], (x,))
 
 
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)])
+@pytest.mark.parametrize("recurrent_dropout", [0.0, 0.3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_layer_norm_lstm_equals_reference(layers, bidirectional, recurrent_dropout, bias):
+    layer = _layer(dict(cell="lstm"), layer_norm=True, num_layers=layers, bidirectional=bidirectional,
+                   recurrent_dropout=recurrent_dropout, bias=bias)
+    with torch.no_grad():  # gains and LN(c) affine away from their 1/0 init, so their gradients matter
+        for name, p in layer.named_parameters():
+            if name.startswith("ln_"):
+                p.copy_(torch.empty_like(p).uniform_(0.5, 1.5) if "bias" not in name else 0.3 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 6, 3, generator=g, dtype=torch.float64)
+    D = 2 if bidirectional else 1
+    state = tuple(0.5 * torch.randn(layers * D, 3, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    y_ref, s_ref, g_ref = _run(layer, "reference", x, state)
+    y, s, grads = _run(layer, "bptt", x, state)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    for a, b in zip(s, s_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert grads.keys() == g_ref.keys()
+    for name in g_ref:
+        torch.testing.assert_close(grads[name], g_ref[name], rtol=1e-9, atol=1e-11, msg=name)
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(lambda inp: bptt.bptt_forward(layer.eval(), inp, state)[0], (x,))
+
+
 def test_unused_final_state_and_unused_outputs():
     """Gradients arrive as None for unused Function outputs (LSTM c_T, or the outputs)."""
     layer = _layer(dict(cell="lstm"))
@@ -101,5 +127,6 @@ def test_predicate_truth_table():
     x = torch.randn(2, 5, 3)
     assert bptt.bptt_unsupported_reason(Recurrent("gru", 3, 4), x) is None
     assert "lengths" in bptt.bptt_unsupported_reason(Recurrent("gru", 3, 4), x, torch.tensor([5, 3]))
-    assert "layer_norm" in bptt.bptt_unsupported_reason(Recurrent("lstm", 3, 4, layer_norm=True), x)
+    assert bptt.bptt_unsupported_reason(Recurrent("lstm", 3, 4, layer_norm=True), x) is None
+    assert "layer_norm" in bptt.bptt_unsupported_reason(Recurrent("gru", 3, 4, layer_norm=True), x)
     assert "dtype" in bptt.bptt_unsupported_reason(Recurrent("rnn", 3, 4), x.half())

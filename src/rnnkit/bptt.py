@@ -25,7 +25,12 @@ variational recurrent-dropout mask ``m`` (D, B, H) on ``h_{t-1}`` where it enter
 recurrent projection. Values and gradients equal the reference loop (tests/test_bptt.py).
 
 Not handled here (the predicate ``bptt_unsupported_reason`` says so and the layer falls back
-to the fused kernel or the reference loop): variable ``lengths``, ``layer_norm``.
+to the fused kernel or the reference loop): variable ``lengths``, ``layer_norm`` for RNN/GRU.
+``layer_norm`` for LSTM is here (``LSTMNormFunction``); measured single-thread CPU time vs
+torch.nn+ftz (``python -m benchmarks.micro --peers "torch.nn+ftz,rnnkit layer_norm"``): S4
+1.39x (reference loop 1.61x), S5 2.79x (reference loop 2.51x): on S5 the per-step work is so
+small that the ~10 extra small ops per step of the two layer norms (ATen's layer norm costs
+~100 us on a (64, 4, 128) step) dominate; issue 8's 1.3x is not met for layer norm.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 _DTYPES = (torch.float32, torch.float64)
+LN_EPS = 1e-5  # as rnnkit.cells.gate_norm and the LSTM's LN(c)
 
 
 def bptt_unsupported_reason(layer, x: Tensor, lengths: Optional[Tensor] = None) -> Optional[str]:
@@ -48,8 +54,8 @@ def bptt_unsupported_reason(layer, x: Tensor, lengths: Optional[Tensor] = None) 
         return f"cell {layer.cell!r} has no explicit-BPTT implementation"
     if lengths is not None:
         return "variable lengths are left to the fused kernel or the reference loop"
-    if layer.layer_norm:
-        return "layer_norm=True is not in the explicit-BPTT path"
+    if layer.layer_norm and layer.cell != "lstm":
+        return f"layer_norm=True is in the explicit-BPTT path for LSTM only, not {layer.cell!r}"
     if x.dtype not in _DTYPES:
         return f"dtype {x.dtype} is not supported by the explicit-BPTT path (float32/float64 only)"
     return None
@@ -115,6 +121,13 @@ def _outputs_in_forward_time(hs: Tensor) -> Tensor:
     return torch.cat([forward, backward.flip(0)], -1)
 
 
+def _gate_norm(z: Tensor, gain: Tensor, num_gates: int) -> Tensor:
+    """``rnnkit.cells.gate_norm`` with a gain per direction: z (D, T, B, G*H), gain (D, G*H)."""
+    D, T, B, GH = z.shape
+    hat = F.layer_norm(z.view(D, T, B, num_gates, GH // num_gates), (GH // num_gates,), eps=LN_EPS)
+    return hat.view(D, T, B, GH) * gain[:, None, None]
+
+
 def _project(xs: Tensor, w_ih: Tensor, bias: Optional[Tensor]) -> Tensor:
     """``xs W_ih^T + bias`` for all steps: xs (D, T, B, F), w_ih (D, G, F), bias (D, G) -> (D, T, B, G)."""
     D, T, B, F_ = xs.shape
@@ -131,7 +144,14 @@ def _run(layer, xs, ws, first, mask):
         ws = [_lstm_reordered(w, H) for w in ws]
         w_ih, w_hh = _stack([w.weight_ih for w in ws]), _stack([w.weight_hh for w in ws])
         bias = _stack([_sum_biases(w) for w in ws])
-        hs, h_last, c_last = LSTMFunction.apply(xs, w_ih, bias, first[0], first[1], w_hh, mask)
+        if layer.layer_norm:
+            xp = _project(xs, w_ih, None)  # (D, T, B, 4H); its layer norm is not recurrent: autograd
+            xp = _gate_norm(xp, _stack([w.ln_ih for w in ws]), 4)
+            xp = xp if bias is None else xp + bias[:, None, None]
+            norm = [_stack([getattr(w, n) for w in ws]) for n in ("ln_hh", "ln_c_weight", "ln_c_bias")]
+            hs, h_last, c_last = LSTMNormFunction.apply(xp, first[0], first[1], w_hh, *norm, mask)
+        else:
+            hs, h_last, c_last = LSTMFunction.apply(xs, w_ih, bias, first[0], first[1], w_hh, mask)
         return hs, (h_last, c_last)
     w_ih, w_hh = _stack([w.weight_ih for w in ws]), _stack([w.weight_hh for w in ws])
     if layer.cell == "gru" and layer.reset_after:  # b_hn sits inside r * (W_hn h + b_hn): kept apart
@@ -365,7 +385,9 @@ def _lstm_reordered(w, H: int):
         return None if p is None else torch.cat([p[3 * H :], p[: 3 * H]])
 
     return SimpleNamespace(weight_ih=reorder(w.weight_ih), weight_hh=reorder(w.weight_hh),
-                           bias_ih=reorder(w.bias_ih), bias_hh=reorder(w.bias_hh))
+                           bias_ih=reorder(w.bias_ih), bias_hh=reorder(w.bias_hh),
+                           ln_ih=reorder(w.ln_ih), ln_hh=reorder(w.ln_hh), ln_c_weight=w.ln_c_weight,
+                           ln_c_bias=w.ln_c_bias)
 
 
 _CHUNK = 32  # steps whose backward factors are computed together (cache-sized scratch, no big temporaries)
@@ -503,3 +525,116 @@ def _recurrent_grad(out: Tensor, da: Tensor, w: Tensor, mask, grad, tmp: Tensor)
         return torch.bmm(da, w, out=out) if grad is None else torch.baddbmm(grad, da, w, out=out)
     torch.bmm(da, w, out=tmp)
     return torch.mul(tmp, mask, out=out) if grad is None else torch.addcmul(grad, tmp, mask, out=out)
+
+
+# -- LSTM with layer normalisation --------------------------------------------------------------
+class LSTMNormFunction(torch.autograd.Function):
+    """LSTM with layer norm (Ba et al., 2016), gates in the order (o, i, f, g)::
+
+        a_t   = xp_t + LN_gate(hm_t W_hh^T) * g_hh        LN over each gate's H units, no bias
+        c_t   = f c_{t-1} + i g
+        h_t   = o tanh(LN(c_t) * w_c + b_c)
+
+    xp (D, T, B, 4H) = LN_gate(x W_ih^T) * g_ih + b_ih + b_hh (not recurrent: computed by autograd
+    outside); h0, c0 (D, B, H); w_hh (D, 4H, H); g_hh (D, 4H); w_c, b_c (D, H); mask (D, B, H) | None.
+    Returns hs (D, T, B, H), h_T and c_T (D, B, H).
+
+    The per-step layer norms use ATen's ``native_layer_norm`` (which returns the mean and
+    1/std it used) and their exact gradient ``native_layer_norm_backward``; the gains' gradients
+    are sums over all steps after the loop, with the normalised values recomputed in chunks.
+    """
+
+    @staticmethod
+    def forward(ctx, xp, h0, c0, w_hh, g_hh, w_c, b_c, mask):
+        D, T, B, G = xp.shape
+        H = G // 4
+        ctx.set_materialize_grads(False)
+        wt = w_hh.transpose(1, 2).contiguous()  # (D, H, 4H)
+        gates, hp = torch.empty_like(xp, memory_format=torch.contiguous_format), xp.new_empty(D, T, B, G)
+        hs, cs = xp.new_empty(D, T + 1, B, H), xp.new_empty(D, T + 1, B, H)
+        hs[:, 0], cs[:, 0] = h0, c0
+        tc = xp.new_empty(D, T, B, H)  # tanh(LN(c_t) w_c + b_c)
+        hm = hs[:, :-1] if mask is None else xp.new_empty(D, T, B, H)
+        stats_h, stats_c = [], []  # (mean, rstd) per step: (D, B, 4, 1) and (D, B, 1)
+        gv = gates.view(D, T, B, 4, H)
+        full, sig, gg = gates.unbind(1), gates[..., : 3 * H].unbind(1), gates[..., 3 * H :].unbind(1)
+        o, i, f = (gv[:, :, :, k].unbind(1) for k in range(3))
+        xp_l, hp_l = xp.unbind(1), hp.unbind(1)
+        h_l, c_l, tc_l, hm_l = hs.unbind(1), cs.unbind(1), tc.unbind(1), hm.unbind(1)
+        gain, wc, bc = g_hh.unsqueeze(1), w_c.unsqueeze(1), b_c.unsqueeze(1)  # (D, 1, X)
+        for t in range(T):
+            if mask is not None:
+                torch.mul(h_l[t], mask, out=hm_l[t])
+            torch.bmm(hm_l[t], wt, out=hp_l[t])
+            hat, mean, rstd = torch.native_layer_norm(hp_l[t].view(D, B, 4, H), (H,), None, None, LN_EPS)
+            stats_h.append((mean, rstd))
+            torch.addcmul(xp_l[t], hat.view(D, B, G), gain, out=full[t])
+            sig[t].sigmoid_()
+            gg[t].tanh_()
+            c = torch.mul(f[t], c_l[t], out=c_l[t + 1]).addcmul_(i[t], gg[t])
+            c_hat, mean, rstd = torch.native_layer_norm(c, (H,), None, None, LN_EPS)
+            stats_c.append((mean, rstd))
+            torch.addcmul(bc, c_hat, wc, out=tc_l[t]).tanh_()
+            torch.mul(o[t], tc_l[t], out=h_l[t + 1])
+        ctx.save_for_backward(w_hh, g_hh, w_c)
+        ctx.gates, ctx.hp, ctx.cs, ctx.tc, ctx.hm, ctx.mask = gates, hp, cs, tc, hm, mask
+        ctx.stats_h, ctx.stats_c = stats_h, stats_c
+        return hs[:, 1:], hs[:, -1].clone(), cs[:, -1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_hs, grad_h, grad_c):
+        w_hh, g_hh, w_c = ctx.saved_tensors
+        gates, hp, cs, tc, hm, mask = ctx.gates, ctx.hp, ctx.cs, ctx.tc, ctx.hm, ctx.mask
+        D, T, B, G = gates.shape
+        H = G // 4
+        dh = gates.new_zeros(D, B, H) if grad_h is None else grad_h.clone()
+        if grad_hs is not None:
+            dh = dh + grad_hs[:, T - 1]
+        dc = gates.new_zeros(D, B, H) if grad_c is None else grad_c.clone()
+        gv = gates.view(D, T, B, 4, H)
+        da = torch.empty_like(gates)  # dL/d(pre-activations) = dL/dxp, returned
+        dav = da.view(D, T, B, 4, H)
+        da_full, da_o, da_ifg = da.unbind(1), dav[:, :, :, 0].unbind(1), dav[:, :, :, 1:].unbind(1)
+        dhp = _workspace(gates)  # dL/d(hm W_hh^T) before its layer norm, for dW_hh only
+        dhp_l = dhp.unbind(1)
+        dtc = torch.empty_like(tc)  # dL/d(LN(c_t) w_c + b_c), kept for the gradients of w_c, b_c
+        dtc_l, hp_l, c_l = dtc.unbind(1), hp.unbind(1), cs.unbind(1)
+        grads = None if grad_hs is None else grad_hs.unbind(1)
+        f = gv[:, :, :, 2].unbind(1)
+        scratch = gates.new_empty(D, min(T, _CHUNK), B, 5, H)
+        gain, wc = g_hh.unsqueeze(1), w_c.unsqueeze(1)
+        tmp, dhat = gates.new_empty(D, B, H), gates.new_empty(D, B, G)
+        for t1 in range(T, 0, -_CHUNK):
+            t0 = max(0, t1 - _CHUNK)
+            fo, fifg, to_c = _lstm_factors(gv[:, t0:t1], tc[:, t0:t1], cs[:, t0:t1], scratch[:, : t1 - t0])
+            for t in range(t1 - 1, t0 - 1, -1):
+                j = t - t0
+                torch.mul(dh, to_c[j], out=dtc_l[t])
+                mean, rstd = ctx.stats_c[t]
+                dc.add_(_ln_backward(torch.mul(dtc_l[t], wc, out=tmp), c_l[t + 1], mean, rstd))  # dL/dc_t
+                torch.mul(dh, fo[j], out=da_o[t])
+                torch.mul(dc.unsqueeze(2), fifg[j], out=da_ifg[t])
+                dc.mul_(f[t])
+                mean, rstd = ctx.stats_h[t]
+                torch.mul(da_full[t], gain, out=dhat)
+                dhp_l[t].copy_(_ln_backward(dhat.view(D, B, 4, H), hp_l[t].view(D, B, 4, H), mean, rstd).view(D, B, G))
+                grad = grads[t - 1] if grads is not None and t > 0 else None
+                _recurrent_grad(dh, dhp_l[t], w_hh, mask, grad, tmp)
+        # gains: sums over steps of the incoming gradient times the normalised value
+        mean_h, rstd_h = (torch.stack(z, 1) for z in zip(*ctx.stats_h))  # (D, T, B, 4, 1)
+        mean_c, rstd_c = (torch.stack(z, 1) for z in zip(*ctx.stats_c))  # (D, T, B, 1)
+        dg_hh, dw_c = gates.new_zeros(D, 4, H), gates.new_zeros(D, H)
+        for t0 in range(0, T, _CHUNK):
+            s = slice(t0, t0 + _CHUNK)
+            hat = (hp[:, s].unflatten(-1, (4, H)) - mean_h[:, s]).mul_(rstd_h[:, s])
+            dg_hh += (dav[:, s] * hat).sum((1, 2))
+            c_hat = (cs[:, 1:][:, s] - mean_c[:, s]).mul_(rstd_c[:, s])
+            dw_c += (dtc[:, s] * c_hat).sum((1, 2))
+        return da, dh, dc, _weight_grad(dhp, hm), dg_hh.view(D, G), dw_c, dtc.sum((1, 2)), None
+
+
+def _ln_backward(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor) -> Tensor:
+    """Exact gradient of ``(x - mean) * rstd`` (layer norm over the last dim, no affine) w.r.t. x."""
+    H = x.shape[-1]
+    return torch.ops.aten.native_layer_norm_backward(grad, x, (H,), mean, rstd, None, None, [True, False, False])[0]
