@@ -33,7 +33,7 @@ def test_json_file_and_types(tmp_path):
     ({"hidden_size": 1.5}, "c [model]: hidden_size: expected an integer, got 1.5"),
     ({"hidden_size": True}, "c [model]: hidden_size: expected an integer, got True"),
     ({"bidirectional": "maybe"}, "c [model]: bidirectional: expected true or false, got 'maybe'"),
-    ({"cell": "lstmm"}, "c [model]: cell: expected one of rnn, lstm, gru, got 'lstmm'"),
+    ({"cell": "lstmm"}, "c [model]: cell: expected one of rnn, lstm, gru, mingru, minlstm, got 'lstmm'"),
     ({"hiden_size": 3}, "c [model]: unknown key 'hiden_size'; did you mean 'hidden_size'?"),
     ({"zzz": 3}, "c [model]: unknown key 'zzz'"),
 ])

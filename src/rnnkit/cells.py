@@ -226,4 +226,75 @@ def gru_step(xp, state, weight_hh, bias_hh, h_mask=None, norm=None, reset_after=
     return ((1 - z) * n + z * h,)
 
 
-CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
+def min_g(x: Tensor) -> Tensor:
+    """Feng et al. (2024)'s positive activation ``g(x) = x + 0.5`` for x >= 0, ``sigmoid(x)`` below."""
+    return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
+
+
+def log_min_g(x: Tensor) -> Tensor:
+    """``log g(x)``, computed stably: ``log(x + 0.5)`` for x >= 0, ``-softplus(-x)`` below."""
+    return torch.where(x >= 0, torch.log(F.relu(x) + 0.5), -F.softplus(-x))
+
+
+class _MinCell(_Cell):
+    """Cells without recurrent weights (Feng et al., 2024, "Were RNNs All We Needed?").
+
+    Parameters: ``weight_ih`` (G*H, F) and ``bias_ih`` (G*H,) only; there is no ``weight_hh``
+    (the gates read x_t alone, which is what makes training a parallel scan over time, see
+    :mod:`rnnkit.scan`). State h (B, H).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
+        nn.Module.__init__(self)
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        self.weight_ih = nn.Parameter(torch.empty(self.num_gates * hidden_size, input_size))
+        self.bias_ih = nn.Parameter(torch.empty(self.num_gates * hidden_size)) if bias else None
+        self.weight_hh = self.bias_hh = None
+        self.reset_parameters()
+
+
+class MinGRUCell(_MinCell):
+    """minGRU cell, gate order z, h (G=2)::
+
+        z  = sigmoid(W_iz x + b_iz)          update gate
+        h~ = g(W_ih x + b_ih)                candidate, g(v) = v + 0.5 (v >= 0), sigmoid(v) (v < 0)
+        h' = (1 - z) * h + z * h~
+    """
+
+    num_gates = 2
+
+    def step(self, xp, state, weight_hh=None, bias_hh=None, h_mask=None, norm=None):
+        return mingru_step(xp, state)
+
+
+def mingru_step(xp, state, weight_hh=None, bias_hh=None, h_mask=None, norm=None) -> State:
+    """One minGRU step. xp: (B, 2H) = W_ih x_t + b_ih (z, h); state: (h,) with h (B, H)."""
+    k_z, k_h = xp.chunk(2, -1)
+    z = torch.sigmoid(k_z)
+    return (torch.lerp(state[0], min_g(k_h), z),)
+
+
+class MinLSTMCell(_MinCell):
+    """minLSTM cell, gate order f, i, h (G=3); no cell state, no output gate::
+
+        f  = sigmoid(W_if x + b_if),  i = sigmoid(W_ii x + b_ii)
+        f', i' = f / (f + i), i / (f + i)      normalised so that f' + i' = 1
+        h~ = g(W_ih x + b_ih)
+        h' = f' * h + i' * h~
+    """
+
+    num_gates = 3
+
+    def step(self, xp, state, weight_hh=None, bias_hh=None, h_mask=None, norm=None):
+        return minlstm_step(xp, state)
+
+
+def minlstm_step(xp, state, weight_hh=None, bias_hh=None, h_mask=None, norm=None) -> State:
+    """One minLSTM step. xp: (B, 3H) = W_ih x_t + b_ih (f, i, h); state: (h,) with h (B, H)."""
+    k_f, k_i, k_h = xp.chunk(3, -1)
+    f, i = torch.sigmoid(k_f), torch.sigmoid(k_i)
+    return ((f * state[0] + i * min_g(k_h)) / (f + i),)
+
+
+CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell, "mingru": MinGRUCell, "minlstm": MinLSTMCell}
+SCAN_CELLS = ("mingru", "minlstm")  # no recurrent weights: trained with the parallel scan of rnnkit.scan

@@ -24,6 +24,11 @@ Gate order along the ``G*H`` axis (``GATE_ORDER``)::
     lstm   4   i, f, g, o            i, f, c, o     (same order; Keras calls the candidate c)
     gru    3   r, z, n               z, r, h        (reset and update swapped)
 
+minGRU / minLSTM (``cell="mingru"`` / ``"minlstm"``, Feng et al., 2024) have no recurrent
+weights and no torch.nn or Keras counterpart: per layer/direction only ``weight_ih_l{k}{s}``
+(G*H, F_k) and ``bias_ih_l{k}{s}`` (G*H,), G = 2 with gates (z, h) for minGRU and G = 3 with
+gates (f, i, h) for minLSTM (h: the candidate, before ``g``); see :mod:`rnnkit.cells`.
+
 Keras stores ``kernel`` (F, G*H) and ``recurrent_kernel`` (H, G*H), the transposes of torch's
 matrices, and one bias:
 

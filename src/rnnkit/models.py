@@ -31,7 +31,7 @@ class ModelConfig:
     input_size: int = 1  # vocabulary size V (embedding) or features per step F
     embedding_dim: int = 64  # width after the encoder (ignored by identity)
     embedding_dropout: float = 0.0  # dropout on the encoder output (training only)
-    cell: str = "lstm"  # rnn | lstm | gru
+    cell: str = "lstm"  # rnn | lstm | gru | mingru | minlstm
     hidden_size: int = 128
     num_layers: int = 1
     bidirectional: bool = False

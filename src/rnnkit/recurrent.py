@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit import bptt, cells, fused
+from rnnkit import bptt, cells, fused, scan
 
 MERGE_MODES = ("concat", "sum", "mean", "mul")
-CELL_NAMES = ("rnn", "lstm", "gru")
+CELL_NAMES = ("rnn", "lstm", "gru", "mingru", "minlstm")
 INITS = ("torch", "keras")
 
 
@@ -80,7 +80,9 @@ class Recurrent(nn.Module):
     """A stack of recurrent layers running any cell; batch-first.
 
     Args:
-        cell: ``"rnn"``, ``"lstm"`` or ``"gru"``.
+        cell: ``"rnn"``, ``"lstm"``, ``"gru"``, ``"mingru"`` or ``"minlstm"`` (the last two have no
+            recurrent weights: parameters ``weight_ih_l{k}`` (G*H, F_k) and ``bias_ih_l{k}`` only,
+            G = 2 (z, h) or 3 (f, i, h); trained by the parallel scan of :mod:`rnnkit.scan`).
         input_size: F, features per step of ``x``.
         hidden_size: H, units per direction.
         num_layers: L, stacked layers; layer k > 0 reads the concatenated outputs of layer k-1.
@@ -137,6 +139,8 @@ class Recurrent(nn.Module):
         for name, p in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {p}")
+        if cell in cells.SCAN_CELLS and (layer_norm or recurrent_dropout > 0):
+            raise ValueError(f"{cell} has no recurrent weights: layer_norm and recurrent_dropout do not apply")
         if num_layers < 1 or hidden_size < 1 or input_size < 1:
             raise ValueError("input_size, hidden_size and num_layers must be positive")
         if cell == "rnn" and nonlinearity not in ("tanh", "relu"):
@@ -145,7 +149,7 @@ class Recurrent(nn.Module):
         self.num_layers, self.bias, self.bidirectional = num_layers, bias, bidirectional
         self.dropout, self.recurrent_dropout, self.layer_norm = dropout, recurrent_dropout, layer_norm
         self.merge_mode, self.use_fused = merge_mode, use_fused
-        self.force_path: Optional[str] = None  # "fused" | "bptt" | "reference" pins the path (tests, benchmarks)
+        self.force_path: Optional[str] = None  # "fused" | "bptt" | "scan" | "reference" pins the path (tests, benchmarks)
         self.last_path: Optional[str] = None  # the path the last forward took
         self.nonlinearity, self.reset_after, self.forget_bias = nonlinearity, reset_after, forget_bias
         if init not in INITS:
@@ -158,6 +162,8 @@ class Recurrent(nn.Module):
             self._step = functools.partial(cells.rnn_step, nonlinearity=nonlinearity)
         elif cell == "gru":
             self._step = functools.partial(cells.gru_step, reset_after=reset_after)
+        elif cell in cells.SCAN_CELLS:
+            self._step = cells.mingru_step if cell == "mingru" else cells.minlstm_step
         else:
             self._step = cells.lstm_step
         self._make_parameters()
@@ -175,10 +181,13 @@ class Recurrent(nn.Module):
         for k, _, s in self._suffixes():
             fan_in = self.input_size if k == 0 else H * self.num_directions
             self.register_parameter("weight_ih" + s, nn.Parameter(torch.empty(gh, fan_in)))
-            self.register_parameter("weight_hh" + s, nn.Parameter(torch.empty(gh, H)))
+            recurrent = self.cell not in cells.SCAN_CELLS
+            if recurrent:
+                self.register_parameter("weight_hh" + s, nn.Parameter(torch.empty(gh, H)))
             if self.bias:
                 self.register_parameter("bias_ih" + s, nn.Parameter(torch.empty(gh)))
-                self.register_parameter("bias_hh" + s, nn.Parameter(torch.empty(gh)))
+                if recurrent:
+                    self.register_parameter("bias_hh" + s, nn.Parameter(torch.empty(gh)))
             if self.layer_norm:
                 self.register_parameter("ln_ih" + s, nn.Parameter(torch.ones(gh)))
                 self.register_parameter("ln_hh" + s, nn.Parameter(torch.ones(gh)))
@@ -264,6 +273,8 @@ class Recurrent(nn.Module):
             y, parts = fused.fused_forward(self, x, parts, lengths)
         elif self.last_path == "bptt":
             y, parts = bptt.bptt_forward(self, x, parts)
+        elif self.last_path == "scan":
+            y, parts = self.reference_forward(x, parts, lengths, functools.partial(scan.scan_direction, cell=self.cell))
         else:
             y, parts = self.reference_forward(x, parts, lengths)
         if self.bidirectional:
@@ -271,7 +282,7 @@ class Recurrent(nn.Module):
         return y, self._public_state(parts)
 
     def choose_path(self, x: Tensor, lengths: Optional[Tensor]) -> str:
-        """``"fused"``, ``"bptt"`` or ``"reference"`` for this call (see the module docstring).
+        """``"fused"``, ``"bptt"``, ``"scan"`` or ``"reference"`` for this call (see the module docstring).
 
         ``use_fused=True`` requires the fused kernel; ``False`` never takes it (explicit BPTT
         when it applies, else the reference loop); ``"auto"`` takes the fastest that applies,
@@ -280,20 +291,27 @@ class Recurrent(nn.Module):
         """
         no_fused = fused.fused_unsupported_reason(self, x)
         no_bptt = bptt.bptt_unsupported_reason(self, x, lengths)
+        no_scan = None if self.cell in cells.SCAN_CELLS else f"cell {self.cell!r} is not a linear recurrence"
         if self.force_path is not None:
-            reason = {"fused": no_fused, "bptt": no_bptt, "reference": None}[self.force_path]
+            reason = {"fused": no_fused, "bptt": no_bptt, "scan": no_scan, "reference": None}[self.force_path]
             if reason is not None:
                 raise RuntimeError(f"force_path={self.force_path!r} cannot serve this call: {reason}")
             return self.force_path
         if self.use_fused is True and no_fused is not None:
             raise RuntimeError(f"use_fused=True but this configuration has no fused kernel: {no_fused}")
+        if no_scan is None:  # one step (sampling, streaming): the O(1) sequential form
+            return "scan" if x.shape[1] > 1 else "reference"
         fused_ok = self.use_fused is not False and no_fused is None
         if fused_ok and (self.use_fused is True or no_bptt is not None or bptt.FUSED_FIRST[self.cell]):
             return "fused"
         return "bptt" if no_bptt is None else "reference"
 
-    def reference_forward(self, x: Tensor, parts: tuple, lengths: Optional[Tensor]):
-        """The reference loop. parts: tuple of (L*D, B, H). Returns (B, T, D*H), parts."""
+    def reference_forward(self, x: Tensor, parts: tuple, lengths: Optional[Tensor], run_direction=None):
+        """The reference loop. parts: tuple of (L*D, B, H). Returns (B, T, D*H), parts.
+
+        ``run_direction`` replaces ``_run_direction`` (same contract; the scan path uses it).
+        """
+        run_direction = run_direction or self._run_direction
         finals = []  # one state tuple per layer/direction, torch order
         layer_input = x
         for k in range(self.num_layers):
@@ -302,7 +320,7 @@ class Recurrent(nn.Module):
                 i = k * self.num_directions + d
                 state = tuple(p[i] for p in parts)
                 inp = layer_input if d == 0 else reverse_padded(layer_input, lengths)
-                y, state = self._run_direction(inp, state, self.direction_parameters(k, d), lengths)
+                y, state = run_direction(inp, state, self.direction_parameters(k, d), lengths)
                 outputs.append(y if d == 0 else reverse_padded(y, lengths))
                 finals.append(state)
             layer_input = torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0]

@@ -26,7 +26,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
 # choices of fields whose dataclass lives elsewhere (ModelConfig) and states them in comments
 KNOWN_CHOICES = {
     "encoder": ("embedding", "linear", "identity"),
-    "cell": ("rnn", "lstm", "gru"),
+    "cell": ("rnn", "lstm", "gru", "mingru", "minlstm"),
     "merge_mode": ("concat", "sum", "mean", "mul"),
     "nonlinearity": ("tanh", "relu"),
     "head": ("per_step", "last", "mean", "max"),
