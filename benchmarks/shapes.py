@@ -132,18 +132,24 @@ def build_torch(shape: Shape) -> ShapeModel:
 def build_rnnkit(shape: Shape, **options) -> ShapeModel:
     """The shape with ``rnnkit.Recurrent(cell, ..., **options)``; shared weights copied in.
 
-    ``options`` may hold ``force_path`` ("fused" | "bptt" | "reference"), set as an attribute.
+    ``options`` may hold ``force_path`` ("fused" | "bptt" | "scan" | "reference"), set as an
+    attribute, and ``cell`` (replaces the shape's cell; the recurrent weights are then its own).
     """
     import rnnkit  # only here: the torch.nn-default worker must never import rnnkit
 
     force_path = options.pop("force_path", None)
-    rnn = rnnkit.Recurrent(shape.cell, shape.features, shape.hidden, shape.layers,
+    cell = options.pop("cell", shape.cell)
+    rnn = rnnkit.Recurrent(cell, shape.features, shape.hidden, shape.layers,
                            bidirectional=shape.bidirectional, **options)
     if force_path is not None:
         rnn.force_path = force_path
     model = ShapeModel(shape, rnn)
-    missing, unexpected = model.load_state_dict(reference_state(shape), strict=False)
-    assert not unexpected and all(".ln_" in k for k in missing), (missing, unexpected)
+    state = reference_state(shape)
+    if cell != shape.cell:  # another cell (minGRU/minLSTM): shared encoder and head, its own recurrent weights
+        state = {k: v for k, v in state.items() if not k.startswith("rnn.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all(".ln_" in k or k.startswith("rnn.") and cell != shape.cell for k in missing), (
+        missing, unexpected)
     return model
 
 
@@ -157,6 +163,10 @@ PEERS = {
     "rnnkit rec_dropout=0.25": ("main", {"recurrent_dropout": 0.25}, None),
     "rnnkit layer_norm": ("main", {"layer_norm": True}, None),
     "rnnkit GRU reset_after=False": ("main", {"reset_after": False}, ("S3",)),
+    # the same shape with the cell replaced by minGRU / minLSTM (Feng et al., 2024; same H, layers,
+    # directions): the ratio to torch.nn+ftz is issue 8's "minGRU >= 10x LSTM throughput" on S5
+    "rnnkit minGRU": ("main", {"cell": "mingru"}, None),
+    "rnnkit minLSTM": ("main", {"cell": "minlstm"}, None),
     "keras": ("worker-keras", None, None),
 }
 

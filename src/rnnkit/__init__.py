@@ -10,7 +10,7 @@ from rnnkit import runtime as _runtime
 
 _runtime.configure_from_env()
 
-from rnnkit.cells import GRUCell, LSTMCell, RNNCell  # noqa: E402
+from rnnkit.cells import GRUCell, LSTMCell, MinGRUCell, MinLSTMCell, RNNCell  # noqa: E402
 from rnnkit.recurrent import GRU, LSTM, RNN, Recurrent  # noqa: E402
 
 
@@ -47,6 +47,8 @@ __all__ = [
     "RNNCell",
     "LSTMCell",
     "GRUCell",
+    "MinGRUCell",
+    "MinLSTMCell",
     "Recurrent",
     "RNN",
     "LSTM",
