@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -30,6 +31,11 @@ from benchmarks import generation, keras_peer, report, shapes, timing
 from benchmarks.worker import denormals_flushed
 
 ROOT = Path(__file__).resolve().parent.parent
+# Peers live in up to three processes. After a step, a process's OpenMP/Eigen threads keep
+# spinning for a while (KMP_BLOCKTIME is 200 ms by default) and would steal the 2 cores from the
+# next peer; a pause before each timed step lets them go idle.
+SETTLE_SECONDS = 0.3
+MIN_SAMPLE_SECONDS = 0.1
 
 
 class Worker:
@@ -80,7 +86,7 @@ def run_training(shape_names, peers, repeats: int, warmup: int, log=print) -> di
                 where = shapes.PEERS[p][0]
                 if where == "main":
                     trainee = timing.Trainee(shape, shapes.build_peer(p, shape))
-                    run[p] = trainee.step
+                    run[p] = (lambda step: lambda n: [step() for _ in range(n)])(trainee.step)
                     models[p] = trainee.model.rnn
                 elif where == "worker-keras" and not keras_peer.available():
                     samples[(p, name)] = timing.Samples([shapes.KERAS_REFERENCE_MS[name] / 1e3], reference=True)
@@ -88,14 +94,17 @@ def run_training(shape_names, peers, repeats: int, warmup: int, log=print) -> di
                     kind = where.split("-")[1]
                     if kind not in workers:
                         workers[kind] = Worker(kind)
-                    run[p] = (lambda w: lambda: w.steps(name, 1)[0])(workers[kind])
+                    run[p] = (lambda w: lambda n: w.steps(name, n))(workers[kind])
             order = list(run)
-            for p in order:
-                for _ in range(warmup):
-                    run[p]()
+            fastest = min(min(run[p](max(1, warmup))) for p in order)
+            # Short steps (S1, S2: a few ms) are noisy one at a time: one sample is then the mean
+            # of enough consecutive steps to last about MIN_SAMPLE_SECONDS.
+            per_sample = max(1, min(50, round(MIN_SAMPLE_SECONDS / max(fastest, 1e-4))))
             for r in range(repeats):
                 for p in order[r % len(order):] + order[: r % len(order)]:
-                    samples.setdefault((p, name), timing.Samples()).times.append(run[p]())
+                    time.sleep(SETTLE_SECONDS)
+                    times = run[p](per_sample)
+                    samples.setdefault((p, name), timing.Samples()).times.append(sum(times) / len(times))
             for p, rnn in models.items():
                 samples[(p, name)].path = getattr(rnn, "last_path", None)
             log(f"{name}: " + ", ".join(f"{p} {samples[(p, name)].median_ms:.1f}" for p in order))
@@ -112,7 +121,7 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="3 repeats, 1 warm-up, 300 generated chars (< 2 min)")
     ap.add_argument("--shapes", default=",".join(shapes.SHAPES), help="comma list, e.g. S3,S5")
     ap.add_argument("--peers", default=",".join(shapes.PEERS), help="comma list of peer names (see shapes.PEERS)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed steps per peer (default 9; quick 3)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed samples per peer (default 15; quick 3)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps per peer first (default 2; quick 1)")
     ap.add_argument("--suites", default="training,generation", help="training and/or generation")
     ap.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"), help="file to update ('' = do not write)")
@@ -122,7 +131,7 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     command = "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
-    repeats = args.repeats or (3 if args.quick else 9)
+    repeats = args.repeats or (3 if args.quick else 15)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     shape_names = [s.strip() for s in args.shapes.split(",") if s.strip()]
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]

@@ -65,6 +65,18 @@ def _recurrent_projection(h: Tensor, weight_hh: Tensor, bias_hh: Optional[Tensor
     return hp if bias_hh is None else hp + bias_hh
 
 
+def _preactivation(xp: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Optional[Tensor], h_mask, norm, num_gates):
+    """``xp + W_hh (h * mask) + b_hh`` (recurrent part layer-normalised if ``norm``): (B, G*H).
+
+    Without layer norm this is one ``addmm`` (the add fused into the matmul), which matters in
+    the reference loop: T steps of Python, so every op per step counts.
+    """
+    if norm is not None:
+        return xp + _recurrent_projection(h, weight_hh, bias_hh, h_mask, norm, num_gates)
+    out = torch.addmm(xp, h if h_mask is None else h * h_mask, weight_hh.t())
+    return out if bias_hh is None else out + bias_hh
+
+
 class _Cell(nn.Module):
     """Parameters and the public one-step ``forward`` shared by every cell."""
 
@@ -129,7 +141,7 @@ class RNNCell(_Cell):
 
 def rnn_step(xp, state, weight_hh, bias_hh, h_mask=None, norm=None, nonlinearity="tanh") -> State:
     """One Elman step. xp: (B, H) = W_ih x_t + b_ih; state: (h,) with h (B, H)."""
-    pre = xp + _recurrent_projection(state[0], weight_hh, bias_hh, h_mask, norm, 1)
+    pre = _preactivation(xp, state[0], weight_hh, bias_hh, h_mask, norm, 1)
     return (torch.tanh(pre) if nonlinearity == "tanh" else torch.relu(pre),)
 
 
@@ -166,7 +178,7 @@ class LSTMCell(_Cell):
 def lstm_step(xp, state, weight_hh, bias_hh, h_mask=None, norm=None) -> State:
     """One LSTM step. xp: (B, 4H) = W_ih x_t + b_ih; state: (h, c), each (B, H)."""
     h, c = state
-    gates = xp + _recurrent_projection(h, weight_hh, bias_hh, h_mask, norm, 4)
+    gates = _preactivation(xp, h, weight_hh, bias_hh, h_mask, norm, 4)
     i, f, g, o = gates.chunk(4, 1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     c_out = c if norm is None else F.layer_norm(c, c.shape[-1:], norm.c_gain, norm.c_bias, eps=1e-5)

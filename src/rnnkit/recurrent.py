@@ -343,14 +343,17 @@ class Recurrent(nn.Module):
         xp = F.linear(x, w.weight_ih)  # (B, T, G*H)
         if w.ln_ih is not None:
             xp = cells.gate_norm(xp, w.ln_ih, self.num_gates)
+        bias_hh = w.bias_hh
         if w.bias_ih is not None:
             xp = xp + w.bias_ih
+            if self.cell in ("rnn", "lstm"):  # b_hh is purely additive there: add it once, not T times
+                xp, bias_hh = xp + bias_hh, None
         norm = None if w.ln_hh is None else cells.StepNorm(w.ln_hh, w.ln_c_weight, w.ln_c_bias)
         h_mask = self.recurrent_dropout_mask(B, x)
         valid = None if lengths is None else (torch.arange(T) < lengths.unsqueeze(1)).to(x.device)  # (B, T)
         outputs = []
         for t, xp_t in enumerate(xp.unbind(1)):  # unbind, not xp[:, t]: see cpu-facts (backward cost)
-            new = self._step(xp_t, state, w.weight_hh, w.bias_hh, h_mask, norm)
+            new = self._step(xp_t, state, w.weight_hh, bias_hh, h_mask, norm)
             if valid is not None:
                 keep = valid[:, t].unsqueeze(1)  # (B, 1)
                 new = tuple(torch.where(keep, n, o) for n, o in zip(new, state))
