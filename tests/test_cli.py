@@ -125,7 +125,7 @@ def test_bad_inputs_one_line_exit_2(tmp_path, csv, capsys):
     assert train(tmp_path / "nan.csv") == f"{tmp_path / 'nan.csv'} line 4 column 'value': expected a finite number, got 'nan'"
     assert train(csv, "--hidden-size", "abc") == "--hidden-size: expected an integer, got 'abc'"
     assert train(csv, "--lr", "fast") == "--lr: expected a number, got 'fast'"
-    assert train(csv, "--cell", "lstmm") == "--cell: expected one of rnn, lstm, gru, got 'lstmm'"
+    assert train(csv, "--cell", "lstmm") == "--cell: expected one of rnn, lstm, gru, mingru, minlstm, got 'lstmm'"
     assert train(csv, "--max-steps", "x") == "--max-steps: expected an integer or none, got 'x'"
     assert train(csv, "--hiden-size", "3") == "unknown option --hiden-size; did you mean --hidden-size?"
     assert _bad(capsys, tmp_path, "train", "toyy", "--data", csv, "--out", tmp_path / "out") == (
