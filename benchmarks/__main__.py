@@ -131,6 +131,8 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     command = "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
+    if os.environ.get(keras_peer.KERAS_PYTHON_ENV):
+        command = f"{keras_peer.KERAS_PYTHON_ENV}={os.environ[keras_peer.KERAS_PYTHON_ENV]} {command}"
     repeats = args.repeats or (3 if args.quick else 15)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     shape_names = [s.strip() for s in args.shapes.split(",") if s.strip()]
