@@ -15,6 +15,9 @@ import sys
 import time
 
 
+MAX_EVAL_ITEMS = 6  # metrics on one progress line; per-class ones would make it unreadable
+
+
 class Callback:
     def on_step_end(self, trainer, logs: dict) -> None:
         pass
@@ -110,7 +113,9 @@ class ProgressBar(Callback):
             self.stream.flush()
 
     def on_eval_end(self, trainer, metrics):
-        items = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+        shown = list(metrics.items())[:MAX_EVAL_ITEMS]  # tasks list their headline metrics first
+        more = f" (+{len(metrics) - len(shown)} more in history.json)" if len(metrics) > len(shown) else ""
+        items = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown) + more
         self.stream.write(("\n" if self.live else "") + f"eval step {trainer.state.step}: {items}\n")
         self.stream.flush()
 
