@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
+LIMIT_HELP = {
+    "max_batch": "requests run together in one forward pass",
+    "max_wait_ms": "how long a request waits for others to batch with",
+    "max_queue": "queued requests before 503",
+    "max_items": "inputs per request",
+    "max_length": "steps/characters per input",
+    "max_generate": "tokens per /generate",
+    "max_body": "request body bytes",
+}
+
 
 def add_parser(sub):
     from rnnkit.serve import Limits
@@ -11,20 +23,10 @@ def add_parser(sub):
     p.add_argument("dir", help="run directory (artifact)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
-    p.add_argument("--max-batch", "--max_batch", type=int, default=d.max_batch,
-                   help=f"requests run together in one forward pass (default: {d.max_batch})")
-    p.add_argument("--max-wait-ms", "--max_wait_ms", type=float, default=d.max_wait_ms,
-                   help=f"how long a request waits for others to batch with (default: {d.max_wait_ms})")
-    p.add_argument("--max-queue", "--max_queue", type=int, default=d.max_queue,
-                   help=f"queued requests before 503 (default: {d.max_queue})")
-    p.add_argument("--max-items", "--max_items", type=int, default=d.max_items,
-                   help=f"inputs per request (default: {d.max_items})")
-    p.add_argument("--max-length", "--max_length", type=int, default=d.max_length,
-                   help=f"steps/characters per input (default: {d.max_length})")
-    p.add_argument("--max-generate", "--max_generate", type=int, default=d.max_generate,
-                   help=f"tokens per /generate (default: {d.max_generate})")
-    p.add_argument("--max-body", "--max_body", type=int, default=d.max_body,
-                   help=f"request body bytes (default: {d.max_body})")
+    for f in fields(Limits):  # one flag per limit, typed and defaulted by the dataclass
+        default = getattr(d, f.name)
+        p.add_argument("--" + f.name.replace("_", "-"), "--" + f.name, dest=f.name, type=type(default),
+                       default=default, help=f"{LIMIT_HELP[f.name]} (default: {default})")
     p.set_defaults(func=run)
     return p
 
@@ -32,8 +34,6 @@ def add_parser(sub):
 def run(args) -> int:
     from rnnkit.serve import Limits, serve
 
-    limits = Limits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-                    max_items=args.max_items, max_length=args.max_length, max_generate=args.max_generate,
-                    max_body=args.max_body)
+    limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
     serve(args.dir, host=args.host, port=args.port, limits=limits)
     return 0
