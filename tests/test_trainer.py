@@ -277,3 +277,40 @@ def test_same_seed_same_weights_and_optimizers():
         for k, v in a.state_dict().items():
             assert torch.equal(v, b.state_dict()[k])
         assert not torch.equal(a.state_dict()["head.weight"], init.state_dict()["head.weight"]), opt
+
+
+@pytest.mark.parametrize("cell,use_fused,path", [("lstm", "auto", "fused"), ("gru", "auto", "bptt"),
+                                                 ("lstm", "false", "bptt")])
+def test_bf16_precision_trains_close_to_fp32_with_fp32_weights_and_state(cell, use_fused, path):
+    """precision=bf16 autocasts forward and loss; weights, carried state and outputs stay fp32."""
+    src = toy.StreamSource(_values(), 4, 5)
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        model = _model(cell=cell, use_fused=use_fused, embedding_dropout=0.0, head_dropout=0.0)
+        seen = []
+        orig = model.rnn.forward
+
+        def spy(*a, **k):
+            y, state = orig(*a, **k)
+            seen.append((model.rnn.last_path, y.dtype, (state[0] if isinstance(state, tuple) else state).dtype))
+            return y, state
+        model.rnn.forward = spy
+        hist = Trainer(TrainConfig(epochs=1, max_steps=6, lr=1e-2, precision=precision, log_every=1)).fit(model, src, _loss)
+        runs[precision] = [r["loss"] for r in hist.train]
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        assert set(seen) == {(path, torch.float32, torch.float32)}
+    assert len(runs["bf16"]) == 6
+    # the non-fused paths run fp32 inside autocast; only the embedding/head matmuls round to bf16
+    assert runs["bf16"] == pytest.approx(runs["fp32"], rel=3e-2)
+
+
+def test_non_fused_paths_ignore_autocast_exactly():
+    """Under autocast the loops keep fp32: the same numbers as without autocast."""
+    torch.manual_seed(0)
+    layer = rnnkit_gru = __import__("rnnkit").GRU(3, 5, num_layers=2, bidirectional=True, layer_norm=True)
+    x = torch.randn(2, 7, 3)
+    y0, h0 = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y1, h1 = rnnkit_gru(x)
+    assert layer.last_path == "reference" and y1.dtype == torch.float32
+    assert torch.equal(y0, y1) and torch.equal(h0, h1)

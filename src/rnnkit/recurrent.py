@@ -267,16 +267,26 @@ class Recurrent(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"x must have shape (B, T, {self.input_size}), got {tuple(x.shape)}")
         lengths = check_lengths(lengths, x.shape[0], x.shape[1])
+        # Under torch.autocast only the fused kernel runs in lower precision (its matmuls); the
+        # loops keep full precision, where c_t = f*c + i*g accumulated in bf16 would drift.
+        autocast, dtype = torch.is_autocast_enabled(x.device.type), self.weight_ih_l0.dtype
+        if autocast:
+            x = x.to(dtype)
         parts = self._initial_state(state, x)
+        if autocast:
+            parts = tuple(p.to(dtype) for p in parts)
         self.last_path = self.choose_path(x, lengths)
-        if self.last_path == "fused":
-            y, parts = fused.fused_forward(self, x, parts, lengths)
-        elif self.last_path == "bptt":
-            y, parts = bptt.bptt_forward(self, x, parts)
-        elif self.last_path == "scan":
-            y, parts = self.reference_forward(x, parts, lengths, functools.partial(scan.scan_direction, cell=self.cell))
-        else:
-            y, parts = self.reference_forward(x, parts, lengths)
+        with torch.autocast(x.device.type, enabled=autocast and self.last_path == "fused"):
+            if self.last_path == "fused":
+                y, parts = fused.fused_forward(self, x, parts, lengths)
+            elif self.last_path == "bptt":
+                y, parts = bptt.bptt_forward(self, x, parts)
+            elif self.last_path == "scan":
+                y, parts = self.reference_forward(x, parts, lengths, functools.partial(scan.scan_direction, cell=self.cell))
+            else:
+                y, parts = self.reference_forward(x, parts, lengths)
+        if autocast:  # callers (and carried TBPTT state) see the parameters' dtype, not bf16
+            y, parts = y.to(dtype), tuple(p.to(dtype) for p in parts)
         if self.bidirectional:
             y = merge_directions(y, self.merge_mode)
         return y, self._public_state(parts)

@@ -216,8 +216,9 @@ class Trainer:
         cfg, s = self.config, self.state
         t = time.perf_counter()
         batch, share = self.dist.shard(batch.to(self._device))  # this rank's rows (all of them alone)
-        outputs, state = model(batch.inputs, carry if batch.carries_state else None, batch.lengths)
-        loss = loss_fn(outputs, batch)
+        with torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            outputs, state = model(batch.inputs, carry if batch.carries_state else None, batch.lengths)
+            loss = loss_fn(outputs.float(), batch)
         value = self.dist.reduce_loss(loss.detach(), share)  # the global batch's mean
         self._check_loss(value, "loss")
         opt.zero_grad(set_to_none=True)
