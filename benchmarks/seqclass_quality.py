@@ -7,7 +7,10 @@ images held out with split seed 0; both select their best-validation weights, te
   batch 128, inputs x/255, trained for ``--budget`` seconds, evaluated on validation each epoch;
 - ``preset``: ``configs/mnist-rows.json`` through the library (SequenceClassifier -> Trainer),
   with its ``time_budget`` set to ``--budget`` (and ``epochs`` to ``--preset-epochs`` if given);
-- ``rnn``: ``configs/mnist-rows-rnn.json`` (SimpleRNN(32), the tutorials' model), as configured;
+- ``rnn``: ``configs/mnist-rows-rnn.json`` (SimpleRNN(32), the tutorials' model), as configured,
+  once per seed in ``--rnn-seeds``;
+- ``rnn-baseline``: the tutorials' PyTorch model written in torch.nn: ``nn.RNN(28, 32)``, last step
+  -> ``Linear(32, 10)``, Adam 1e-3, batch 64, 10 epochs, x/255, best-validation weights, per seed;
 - ``pixels-timing``: median seconds per training step of ``configs/mnist-pixels.json`` (T=784).
 
 Usage (long: take the shared CPU lock)::
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -47,10 +51,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Baseline(nn.Module):
-    def __init__(self):
+    def __init__(self, cell=nn.LSTM, hidden=128):
         super().__init__()
-        self.lstm = nn.LSTM(28, 128, batch_first=True)
-        self.fc = nn.Linear(128, 10)
+        self.lstm = cell(28, hidden, batch_first=True)
+        self.fc = nn.Linear(hidden, 10)
 
     def forward(self, x):  # x: (B, 28, 28)
         y, _ = self.lstm(x)
@@ -65,7 +69,8 @@ def _accuracy(model, x, y, batch=1000) -> float:
     return hits / len(y)
 
 
-def run_baseline(budget: float, seed: int = 0) -> dict:
+def run_baseline(budget: float, seed: int = 0, cell=nn.LSTM, hidden: int = 128, batch: int = 128,
+                 epochs: int | None = None) -> dict:
     mnist = read_mnist(os.environ.get("RNNKIT_DATA", "/work/shared/data") + "/mnist")
     images, labels = mnist["train"]
     tr, va = split_validation(len(labels), 5000, 0)
@@ -73,15 +78,16 @@ def run_baseline(budget: float, seed: int = 0) -> dict:
     xtr, ytr, xva, yva = to_t(images[tr]), torch.from_numpy(labels[tr]), to_t(images[va]), torch.from_numpy(labels[va])
     xte, yte = to_t(mnist["test"][0]), torch.from_numpy(mnist["test"][1])
     torch.manual_seed(seed)
-    model = Baseline()
+    model = Baseline(cell, hidden)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
+    max_epochs, tag = epochs, cell.__name__
     best, best_state, epochs, t0 = -1.0, None, 0, time.monotonic()
-    while time.monotonic() - t0 < budget:
+    while time.monotonic() - t0 < budget and (max_epochs is None or epochs < max_epochs):
         order = torch.randperm(len(ytr))
-        for i in range(0, len(order), 128):
+        for i in range(0, len(order), batch):
             if time.monotonic() - t0 >= budget:
                 break
-            idx = order[i : i + 128]
+            idx = order[i : i + batch]
             loss = nn.functional.cross_entropy(model(xtr[idx]), ytr[idx])
             opt.zero_grad()
             loss.backward()
@@ -91,15 +97,17 @@ def run_baseline(budget: float, seed: int = 0) -> dict:
         acc = _accuracy(model, xva, yva)
         if acc > best:
             best, best_state = acc, {k: v.clone() for k, v in model.state_dict().items()}
-        print(f"baseline epoch {epochs} val {acc:.4f} t={time.monotonic() - t0:.0f}s", flush=True)
+        print(f"baseline {tag} epoch {epochs} val {acc:.4f} t={time.monotonic() - t0:.0f}s", flush=True)
     model.load_state_dict(best_state)
     return {"val_accuracy": best, "test_accuracy": _accuracy(model, xte, yte), "epochs": epochs,
             "train_seconds": round(time.monotonic() - t0, 1)}
 
 
-def run_preset(path: Path, budget: float | None = None, epochs: int | None = None) -> dict:
+def run_preset(path: Path, budget: float | None = None, epochs: int | None = None, seed: int | None = None) -> dict:
     d = load_config_file(path)
     train = dict(d.get("train", {}))
+    if seed is not None:
+        train["seed"] = seed
     if budget is not None:
         train["time_budget"] = budget
     if epochs is not None:
@@ -140,12 +148,20 @@ def time_preset_steps(path: Path, steps: int = 10) -> dict:
             "estimated_epoch_minutes": round(per_step * len(prep.train) / 60, 1)}
 
 
+def _per_seed(seeds: str, run) -> dict:
+    """{seed: result} plus the mean and minimum test accuracy over the seeds."""
+    runs = {int(s): run(int(s)) for s in seeds.split(",")}
+    accs = [r["test_accuracy"] for r in runs.values()]
+    return {"seeds": runs, "mean_test_accuracy": round(float(np.mean(accs)), 4), "min_test_accuracy": min(accs)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget", type=float, default=600.0, help="training seconds for baseline and preset")
     p.add_argument("--runs", default="baseline,preset,rnn")
     p.add_argument("--preset", default=str(ROOT / "configs/mnist-rows.json"))
     p.add_argument("--preset-epochs", type=int, default=None, help="override the preset's epochs (cosine length)")
+    p.add_argument("--rnn-seeds", default="0", help="seeds for the rnn and rnn-baseline runs, e.g. 0,1,2")
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 is steadier on a busy machine)")
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args()
@@ -159,7 +175,11 @@ def main() -> None:
         elif run == "pixels-timing":
             out["mnist-pixels-timing"] = time_preset_steps(ROOT / "configs/mnist-pixels.json")
         elif run == "rnn":
-            out["mnist-rows-rnn"] = run_preset(ROOT / "configs/mnist-rows-rnn.json")
+            out["mnist-rows-rnn"] = _per_seed(args.rnn_seeds, lambda seed: run_preset(
+                ROOT / "configs/mnist-rows-rnn.json", seed=seed))
+        elif run == "rnn-baseline":
+            out["baseline_rnn32"] = _per_seed(args.rnn_seeds, lambda seed: run_baseline(
+                math.inf, seed, cell=nn.RNN, hidden=32, batch=64, epochs=10))
         out["threads"] = args.threads
         print(json.dumps(out, indent=1), flush=True)
     if args.json:

@@ -128,25 +128,57 @@ def run_handwritten(data, args) -> dict:
             "train_s": round(seconds, 1), "s_per_epoch": round(seconds / epochs, 1), "epochs_run": epochs, "train_size": len(x)}
 
 
+_KERAS_BIGRU = r"""
+import json, sys, time
+import numpy as np
+import os
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import keras
+from keras import layers
+d = np.load(sys.argv[1])
+epochs = int(sys.argv[2])
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((200,), dtype="int32"), layers.Embedding(10000, 128),
+                          layers.Bidirectional(layers.GRU(64, dropout=0.2, recurrent_dropout=0.2)),
+                          layers.Dense(1, activation="sigmoid")])
+model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
+times = []
+for _ in range(epochs):
+    t = time.perf_counter()
+    model.fit(d["X"], d["Y"], batch_size=32, epochs=1, verbose=0)
+    times.append(time.perf_counter() - t)
+acc = float(np.mean((model.predict(d["TX"], batch_size=256, verbose=0)[:, 0] > 0.5) == d["TY"]))
+print(json.dumps({"epoch_s": [round(x, 1) for x in times], "test_accuracy": round(acc, 4),
+                  "keras": keras.__version__}))
+"""
+
+
 def run_keras(data, args) -> dict:
-    import importlib.util
+    """The tutorial BiGRU in Keras 3 (TensorFlow), in the Keras interpreter (``RNNKIT_KERAS_PYTHON``,
+    see benchmarks/keras_peer.py) on the same tokenised arrays; seconds per epoch and test accuracy."""
+    import subprocess
+    import tempfile
 
-    if not all(importlib.util.find_spec(m) for m in ("keras", "tensorflow")):
-        return {"model": "keras BiGRU", "unavailable": "keras/tensorflow are not installed in this environment"}
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    import keras
-    from keras import layers
+    sys.path.insert(0, str(ROOT))  # run as a script: make the benchmarks package importable
+    from benchmarks import keras_peer
 
-    (x, y), _ = data
+    if not keras_peer.available():
+        return {"model": "keras BiGRU", "unavailable": f"keras/tensorflow are not importable by {keras_peer.python()}"}
+    (x, y), (tx, ty) = data
     vocab = Vocabulary.build([tokenize(t) for t in x], 10000)
-    X, Y = _tutorial_tensors(x, vocab).numpy(), np.array([int(v == "pos") for v in y])
-    model = keras.Sequential([keras.Input((200,), dtype="int32"), layers.Embedding(10000, 128),
-                              layers.Bidirectional(layers.GRU(64, dropout=0.2, recurrent_dropout=0.2)),
-                              layers.Dense(1, activation="sigmoid")])
-    model.compile("adam", "binary_crossentropy", metrics=["accuracy"])
-    start = time.perf_counter()
-    model.fit(X, Y, batch_size=32, epochs=1, verbose=0)
-    return {"model": "keras BiGRU", "s_per_epoch": round(time.perf_counter() - start, 1), "train_size": len(x)}
+    arrays = {"X": _tutorial_tensors(x, vocab).numpy().astype(np.int32), "Y": np.array([int(v == "pos") for v in y]),
+              "TX": _tutorial_tensors(tx, vocab).numpy().astype(np.int32), "TY": np.array([int(v == "pos") for v in ty])}
+    epochs = args.epochs or 2
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "imdb.npz"
+        np.savez(path, **arrays)
+        run = subprocess.run([keras_peer.python(), "-c", _KERAS_BIGRU, str(path), str(epochs)],
+                             capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    if run.returncode != 0:
+        return {"model": "keras BiGRU", "failed": run.stderr.strip().splitlines()[-1:]}
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    return {"model": f"keras {out['keras']} BiGRU", "test_accuracy": out["test_accuracy"], "epoch_s": out["epoch_s"],
+            "s_per_epoch": round(float(np.mean(out["epoch_s"])), 1), "epochs_run": epochs, "train_size": len(x)}
 
 
 def main(argv=None) -> int:
