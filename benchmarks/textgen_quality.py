@@ -78,7 +78,7 @@ def run_baseline(text: str, budget: float, seed: int = 0) -> dict:
             **val_metrics(model, val_ids)}
 
 
-def run_preset(config_path: str, data: str, budget: float) -> dict:
+def run_preset(config_path: str, data: str, budget: float, keep: str | None = None) -> dict:
     cfg = load_config_file(config_path)
     from rnnkit.tasks import get_task
 
@@ -87,7 +87,7 @@ def run_preset(config_path: str, data: str, budget: float) -> dict:
     train = from_dict(TrainConfig, {**cfg.get("train", {}), "time_budget": budget}, config_path)
     task_config = from_dict(task.Config, cfg.get("data", {}), config_path)
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "run"
+        out = Path(keep) if keep else Path(tmp) / "run"
         t0 = time.monotonic()
         history = train_task("textgen", data, out, model, train, task_config, progress=False)
         train_s = time.monotonic() - t0
@@ -97,7 +97,7 @@ def run_preset(config_path: str, data: str, budget: float) -> dict:
         _, val_ids = split_text(vocab.encode(text), task_config.val_fraction)
         steps = history.train[-1]["step"] if history.train else None
         return {"name": f"rnnkit preset {config_path}", "steps": steps, "train_s": round(train_s, 1),
-                "stop_reason": history.stop_reason, **val_metrics(art.build_model(), val_ids)}
+                "stop_reason": history.stop_reason, "val_curve": [(r["step"], round(r["loss"], 4)) for r in history.eval], **val_metrics(art.build_model(), val_ids)}
 
 
 def main() -> None:
@@ -108,11 +108,12 @@ def main() -> None:
     p.add_argument("--config", default="configs/shakespeare.json")
     p.add_argument("--runs", default="baseline,preset", help="comma-separated: baseline, preset")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--keep", help="keep the preset's run directory here (default: a temporary one)")
     args = p.parse_args()
     text = Path(args.data).read_text(encoding="utf-8")
     results = []
     for run in args.runs.split(","):
-        r = run_baseline(text, args.time_budget) if run == "baseline" else run_preset(args.config, args.data, args.time_budget)
+        r = run_baseline(text, args.time_budget) if run == "baseline" else run_preset(args.config, args.data, args.time_budget, args.keep)
         results.append(r)
         print(f"{r['name']}: {r['nats_per_char']:.4f} nats/char, {r['bits_per_char']:.4f} bits/char "
               f"({r['steps']} steps, {r['train_s']} s)", flush=True)

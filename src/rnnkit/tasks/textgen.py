@@ -270,8 +270,8 @@ def generate(model: SequenceModel, prime_ids: Tensor, length: int, temperature: 
         logits, state = model(prime_ids.view(1, -1))  # (1, P, V)
         logits = logits[:, -1].expand(B, -1)  # (B, V)
         state = step.split_state(_expand_state(state, B))
-        out = torch.empty(length, B, dtype=torch.int64)
-        noise = None
+        out = []
+        noise, plain = None, top_k is None and top_p is None
         for i in range(length):
             if temperature == 0:
                 tokens = logits.argmax(-1)
@@ -280,12 +280,17 @@ def generate(model: SequenceModel, prime_ids: Tensor, length: int, temperature: 
                     n = min(_NOISE_BLOCK, length - i)
                     e = torch.empty(n, B, logits.shape[-1]).exponential_(generator=generator)
                     noise = e.clamp_min_(1e-30).log_().neg_()  # (n, B, V), finite
-                z = filter_logits(logits / temperature, top_k, top_p)
-                tokens = (z + noise[i % _NOISE_BLOCK]).argmax(-1)  # -inf stays -inf: never drawn
-            out[i] = tokens
+                    if plain:  # argmax(z/T + g) = argmax(z + T*g): one op per step instead of two
+                        noise.mul_(temperature)
+                if plain:
+                    tokens = (logits + noise[i % _NOISE_BLOCK]).argmax(-1)
+                else:
+                    z = filter_logits(logits / temperature, top_k, top_p)
+                    tokens = (z + noise[i % _NOISE_BLOCK]).argmax(-1)  # -inf stays -inf: never drawn
+            out.append(tokens)
             if i + 1 < length:
                 logits, state = step(tokens, state)
-    return out.t()  # (B, length)
+    return torch.stack(out, 1) if out else torch.empty(B, 0, dtype=torch.int64)  # (B, length)
 
 
 # -- façade ----------------------------------------------------------------------------------
