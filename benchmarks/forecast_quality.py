@@ -114,6 +114,7 @@ JOBS = {
     "sines-handwritten-10": lambda a: [handwritten(10, a.epochs or 100)],
     "sines-next": lambda a: [preset("sines-next")],
     "sines-10": lambda a: [preset("sines-10")],
+    "sines-tutorial": lambda a: [preset("sines-tutorial")],
     "airline": lambda a: [preset("airline")],
     "sunspots": lambda a: [preset("sunspots")],
     "etth1": lambda a: [preset("etth1", {"horizon": a.horizon}, {"epochs": a.epochs} if a.epochs else {})],
@@ -125,10 +126,11 @@ def main(argv=None) -> int:
     parser.add_argument("jobs", nargs="+", choices=sorted(JOBS))
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--horizon", type=int, default=96)
+    # 1 by default: on shared cores an oversubscribed 2-thread pool ran the same LSTM step 10-100x
+    # slower (480-6000 ms vs 28-47 ms with 8+ busy processes); use 2 on a quiet machine
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args(argv)
-    # one thread: the 2 cores are shared, and an oversubscribed 2-thread pool ran the same LSTM
-    # step 10-100x slower (480-6000 ms vs 28-47 ms measured with 8+ busy processes)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # torch imports torch._dynamo here once (30 s when busy)
     for job in args.jobs:
         for row in JOBS[job](args):

@@ -156,6 +156,17 @@ def test_sampling_follows_the_distribution():
     torch.testing.assert_close(counts, torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64), atol=0.03, rtol=0)
 
 
+@pytest.mark.parametrize("filtered", [False, True])
+def test_temperature_sharpens_the_distribution(filtered):
+    """T = 0.5 draws from p^2 / sum(p^2), with and without the top-k filter (two code paths)."""
+    probs = torch.tensor([0.5, 0.3, 0.2, 0, 0, 0, 0, 0]) + 1e-9
+    gen = _fixed_distribution_generator(probs.log().tolist())
+    out = "".join(gen.sample("a", 500, temperature=0.5, seed=2, num_samples=8, top_k=3 if filtered else None))
+    counts = torch.tensor([out.count(c) for c in "abc"], dtype=torch.float64) / len(out)
+    expected = torch.tensor([0.25, 0.09, 0.04], dtype=torch.float64) / 0.38
+    torch.testing.assert_close(counts, expected, atol=0.03, rtol=0)
+
+
 def test_unknown_prime_characters_are_a_user_error():
     gen = _generator()
     with pytest.raises(UserError, match=r"prime has 2 char\(s\) not in the model's vocabulary: 'Q', 'X'$"):
