@@ -43,6 +43,18 @@ def _run(layer, path, x, state, seed=7):
     return y.detach(), [p.detach() for p in parts], grads
 
 
+def _assert_bptt_equals_reference(layer, x, state):
+    """Outputs, final states and every parameter gradient of the two paths agree (float64)."""
+    y_ref, s_ref, g_ref = _run(layer, "reference", x, state)
+    y, s, grads = _run(layer, "bptt", x, state)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    for a, b in zip(s, s_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert grads.keys() == g_ref.keys()
+    for name in g_ref:
+        torch.testing.assert_close(grads[name], g_ref[name], rtol=1e-9, atol=1e-11, msg=name)
+
+
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(str(v) for v in c.values()))
 @pytest.mark.parametrize("layers,bidirectional", [(1, False), (1, True), (2, True), (2, False)])
 @pytest.mark.parametrize("recurrent_dropout", [0.0, 0.3])
@@ -53,14 +65,7 @@ def test_bptt_equals_reference(cfg, layers, bidirectional, recurrent_dropout):
     x = torch.randn(2, 5, 3, generator=g, dtype=torch.float64)
     state = tuple(0.5 * torch.randn(layers * (2 if bidirectional else 1), 2, 4, generator=g, dtype=torch.float64)
                   for _ in range(layer.state_size))
-    y_ref, s_ref, g_ref = _run(layer, "reference", x, state)
-    y, s, grads = _run(layer, "bptt", x, state)
-    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
-    for a, b in zip(s, s_ref):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    assert grads.keys() == g_ref.keys()
-    for name in g_ref:
-        torch.testing.assert_close(grads[name], g_ref[name], rtol=1e-9, atol=1e-11, msg=name)
+    _assert_bptt_equals_reference(layer, x, state)
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(str(v) for v in c.values()))
@@ -94,14 +99,7 @@ def test_layer_norm_lstm_equals_reference(layers, bidirectional, recurrent_dropo
     x = torch.randn(3, 6, 3, generator=g, dtype=torch.float64)
     D = 2 if bidirectional else 1
     state = tuple(0.5 * torch.randn(layers * D, 3, 4, generator=g, dtype=torch.float64) for _ in range(2))
-    y_ref, s_ref, g_ref = _run(layer, "reference", x, state)
-    y, s, grads = _run(layer, "bptt", x, state)
-    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
-    for a, b in zip(s, s_ref):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    assert grads.keys() == g_ref.keys()
-    for name in g_ref:
-        torch.testing.assert_close(grads[name], g_ref[name], rtol=1e-9, atol=1e-11, msg=name)
+    _assert_bptt_equals_reference(layer, x, state)
     x.requires_grad_()
     assert torch.autograd.gradcheck(lambda inp: bptt.bptt_forward(layer.eval(), inp, state)[0], (x,))
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import rnnkit_toytask as toy
+from rnnkit import GRU
 from rnnkit.artifacts import read_artifact, read_tensors
 from rnnkit.data.batching import Batch
 from rnnkit.models import ModelConfig, SequenceModel
@@ -307,10 +308,10 @@ def test_bf16_precision_trains_close_to_fp32_with_fp32_weights_and_state(cell, u
 def test_non_fused_paths_ignore_autocast_exactly():
     """Under autocast the loops keep fp32: the same numbers as without autocast."""
     torch.manual_seed(0)
-    layer = rnnkit_gru = __import__("rnnkit").GRU(3, 5, num_layers=2, bidirectional=True, layer_norm=True)
+    layer = GRU(3, 5, num_layers=2, bidirectional=True, layer_norm=True)
     x = torch.randn(2, 7, 3)
     y0, h0 = layer(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y1, h1 = rnnkit_gru(x)
+        y1, h1 = layer(x)
     assert layer.last_path == "reference" and y1.dtype == torch.float32
     assert torch.equal(y0, y1) and torch.equal(h0, h1)
