@@ -175,7 +175,7 @@ def run_keras(data, args) -> dict:
         run = subprocess.run([keras_peer.python(), "-c", _KERAS_BIGRU, str(path), str(epochs)],
                              capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     if run.returncode != 0:
-        return {"model": "keras BiGRU", "failed": run.stderr.strip().splitlines()[-1:]}
+        return {"model": "keras BiGRU", "failed": f"exit status {run.returncode}", "stderr_tail": run.stderr.strip().splitlines()[-3:]}
     out = json.loads(run.stdout.strip().splitlines()[-1])
     return {"model": f"keras {out['keras']} BiGRU", "test_accuracy": out["test_accuracy"], "epoch_s": out["epoch_s"],
             "s_per_epoch": round(float(np.mean(out["epoch_s"])), 1), "epochs_run": epochs, "train_size": len(x)}

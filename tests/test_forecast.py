@@ -119,6 +119,25 @@ def test_dense_targets_are_the_future_of_each_step():
     np.testing.assert_array_equal(d[0, :, :, 0].numpy(), np.arange(8)[:, None] + 1 + np.arange(3))
 
 
+def test_burn_in_drops_the_first_steps_from_the_training_loss_only():
+    cfg = ForecastConfig(lookback=10, horizon=3, burn_in=4)
+    spec = model_spec(cfg, 1, 1)
+    torch.manual_seed(0)
+    model = ForecastModel(spec, TASK.model_config({"spec": spec}, cfg, ModelConfig(encoder="identity", hidden_size=8)))
+    batch = Batch(torch.randn(5, 10, 1), torch.randn(5, 3, 1))
+    model.eval()
+    full, _ = model(batch.inputs)  # (B, L, K, C): every step in eval
+    model.train()
+    trained, _ = model(batch.inputs)
+    assert full.shape == (5, 10, 3, 1) and trained.shape == (5, 6, 3, 1)
+    torch.testing.assert_close(trained, full[:, 4:])
+    expected = ((full[:, 4:] - dense_targets(batch, 3, 1)[:, 4:]) ** 2).mean()
+    torch.testing.assert_close(TASK.loss(trained, batch), expected)
+    torch.testing.assert_close(model.forecast(batch.inputs), full[:, -1])  # prediction unchanged
+    with pytest.raises(ValueError, match="burn_in"):
+        ForecastConfig(lookback=10, burn_in=10)
+
+
 @pytest.mark.parametrize("window_norm", ["none", "last"])
 def test_model_output_at_step_t_ignores_later_inputs(window_norm):
     """A per-step forecast that saw a later input (a leak) would change when it changes."""

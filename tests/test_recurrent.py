@@ -280,6 +280,41 @@ def test_recurrent_dropout_one_mask_per_layer_direction(cell, monkeypatch):
     assert masks and all(m is None for m in masks)
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("path", ["fused", "bptt", "reference"])
+def test_weight_dropout_equals_a_layer_with_masked_recurrent_weights(cell, path):
+    """Training forward == plain layer whose W_hh are the masked copies drawn from the same seed;
+    eval forward == the undropped layer. Gradients reach the parameters through the mask."""
+    torch.manual_seed(10)
+    p = 0.4
+    module = Recurrent(cell, 3, 8, 2, bidirectional=True, weight_dropout=p)
+    module.force_path = path
+    plain = Recurrent(cell, 3, 8, 2, bidirectional=True)
+    plain.load_state_dict(module.state_dict())
+    plain.force_path = path
+    x = torch.randn(4, 5, 3)
+    torch.manual_seed(11)
+    y, _ = module(x)
+    torch.manual_seed(11)
+    names = [n for n, _ in module.named_parameters() if n.startswith("weight_hh")]
+    masked = {n: torch.nn.functional.dropout(getattr(module, n).detach(), p) for n in names}
+    for n in names:
+        kept = torch.isclose(masked[n], getattr(module, n).detach() / (1 - p))
+        assert ((masked[n] == 0) | kept).all() and 0 < kept.float().mean() < 1
+    with torch.no_grad():
+        for n in names:
+            getattr(plain, n).copy_(masked[n])
+        expected, _ = plain(x)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-6)
+    y.sum().backward()
+    grad = module.weight_hh_l1_reverse.grad
+    assert grad is not None and (grad[masked["weight_hh_l1_reverse"] == 0] == 0).all()
+    module.eval()
+    plain.load_state_dict(module.state_dict())
+    torch.testing.assert_close(module(x)[0], plain(x)[0], rtol=0, atol=0)
+    assert module._dropped_hh is None
+
+
 # -- layer norm --------------------------------------------------------------------------------
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_layer_norm_adds_exactly_documented_parameters(cell):

@@ -114,7 +114,7 @@ def test_bad_files_give_one_line_errors(tmp_path, name, content, message):
 # ------------------------------------------------------------------------------ model
 
 
-@pytest.mark.parametrize("head", ["mean", "max", "last"])
+@pytest.mark.parametrize("head", ["mean", "max", "last", "concat"])
 @pytest.mark.parametrize("use_fused", ["auto", "false"])
 @pytest.mark.parametrize("bigrams", [0, 50])
 def test_packed_batch_equals_each_text_alone(head, use_fused, bigrams):

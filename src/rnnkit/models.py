@@ -5,7 +5,8 @@ artifact, so a model is rebuilt from ``artifact.json`` alone.
 
 Shapes: inputs (B, T) token ids for ``encoder="embedding"`` (or (B, T, K): K ids per step whose
 vectors are summed, e.g. a word and its hashed bigram), (B, T, F) floats otherwise;
-outputs (B, T, O) for ``head="per_step"``, (B, O) for ``last``, ``mean`` and ``max``.
+outputs (B, T, O) for ``head="per_step"``, (B, O) for ``last``, ``mean``, ``max`` and ``concat``
+(``[last; max; mean]``, the concat pooling of ULMFiT, Howard & Ruder 2018).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 from rnnkit.recurrent import Recurrent, merge_directions
 
 ENCODERS = ("embedding", "linear", "identity")
-HEADS = ("per_step", "last", "mean", "max")
+HEADS = ("per_step", "last", "mean", "max", "concat")
 
 
 @dataclass
@@ -38,12 +39,13 @@ class ModelConfig:
     merge_mode: str = "concat"  # how the last layer's directions merge: concat | sum | mean | mul
     dropout: float = 0.0  # between recurrent layers
     recurrent_dropout: float = 0.0  # variational, inside the recurrence
+    weight_dropout: float = 0.0  # DropConnect on W_hh, one mask per forward call (keeps the fused kernel)
     layer_norm: bool = False
     nonlinearity: str = "tanh"  # rnn cell only
     reset_after: bool = True  # gru cell only
     forget_bias: Optional[float] = None  # lstm cell only; None keeps torch's init
     init: str = "torch"  # torch (uniform, as torch.nn) | keras (glorot input, orthogonal recurrent, zero bias)
-    head: str = "per_step"  # per_step | last | mean | max (pooled over valid steps)
+    head: str = "per_step"  # per_step | last | mean | max | concat (pooled over valid steps)
     head_dropout: float = 0.0  # dropout on the recurrent features before the head
     output_size: int = 1  # classes C, vocabulary V, or values per step
     use_fused: str = "auto"  # auto | true | false (see rnnkit.fused)
@@ -87,14 +89,15 @@ class SequenceModel(nn.Module):
             rnn_input = c.input_size
         self.rnn = Recurrent(
             c.cell, rnn_input, c.hidden_size, c.num_layers, bidirectional=c.bidirectional, dropout=c.dropout,
-            recurrent_dropout=c.recurrent_dropout, layer_norm=c.layer_norm, merge_mode=c.merge_mode,
+            recurrent_dropout=c.recurrent_dropout, weight_dropout=c.weight_dropout, layer_norm=c.layer_norm, merge_mode=c.merge_mode,
             use_fused=_fused_flag(c.use_fused), nonlinearity=c.nonlinearity, reset_after=c.reset_after,
             forget_bias=c.forget_bias, init=c.init,
         )
-        self.head = nn.Linear(self.rnn.output_size, c.output_size)
+        pooled = 3 if c.head == "concat" else 1  # [last; max; mean]
+        self.head = nn.Linear(pooled * self.rnn.output_size, c.output_size)
 
     def features(self, inputs: Tensor, state=None, lengths=None):
-        """Recurrent features before the head: (B, T, D*H) for per_step, (B, D*H) pooled."""
+        """Recurrent features before the head: (B, T, D*H) for per_step, (B, D*H) pooled, (B, 3*D*H) concat."""
         c = self.config
         x = self.encoder(inputs)  # (B, T, E), or (B, T, K, E) for K ids per step
         if x.dim() == 4:
@@ -103,6 +106,9 @@ class SequenceModel(nn.Module):
         y, state = self.rnn(x, state, lengths)  # (B, T, D*H)
         if c.head == "per_step":
             return y, state
+        if c.head == "concat":
+            pooled = [pool(y, state, how, lengths, self.rnn) for how in ("last", "max", "mean")]
+            return torch.cat(pooled, dim=-1), state
         return pool(y, state, c.head, lengths, self.rnn), state
 
     def forward(self, inputs: Tensor, state=None, lengths=None):

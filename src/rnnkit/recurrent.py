@@ -92,6 +92,11 @@ class Recurrent(nn.Module):
         recurrent_dropout: variational dropout on ``h_{t-1}`` inside the recurrence: one mask
             per sequence and layer/direction, constant over time (Gal & Ghahramani, 2016);
             training only.
+        weight_dropout: DropConnect on the recurrent matrices ``W_hh`` (Wan et al., 2013; the
+            "weight drop" of AWD-LSTM, Merity et al., 2018): one mask per ``forward`` call on
+            each ``weight_hh_l{k}``, elements kept with probability 1-p and scaled by 1/(1-p),
+            shared by every step and sequence of the call; training only. It changes only
+            the weights a path reads, so the fused kernel (and bf16) still serves.
         layer_norm: layer normalisation of the input and recurrent projections per gate (and of
             ``c_t`` for LSTM); adds parameters ``ln_ih_l{k}``, ``ln_hh_l{k}`` (and
             ``ln_c_weight_l{k}``, ``ln_c_bias_l{k}``).
@@ -121,6 +126,7 @@ class Recurrent(nn.Module):
         bidirectional: bool = False,
         dropout: float = 0.0,
         recurrent_dropout: float = 0.0,
+        weight_dropout: float = 0.0,
         layer_norm: bool = False,
         merge_mode: str = "concat",
         use_fused: Union[str, bool] = "auto",
@@ -136,11 +142,11 @@ class Recurrent(nn.Module):
             raise ValueError(f"unknown merge_mode {merge_mode!r}; expected one of {', '.join(MERGE_MODES)}")
         if use_fused not in ("auto", True, False):
             raise ValueError(f"use_fused must be 'auto', True or False, got {use_fused!r}")
-        for name, p in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
+        for name, p in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout), ("weight_dropout", weight_dropout)):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {p}")
-        if cell in cells.SCAN_CELLS and (layer_norm or recurrent_dropout > 0):
-            raise ValueError(f"{cell} has no recurrent weights: layer_norm and recurrent_dropout do not apply")
+        if cell in cells.SCAN_CELLS and (layer_norm or recurrent_dropout > 0 or weight_dropout > 0):
+            raise ValueError(f"{cell} has no recurrent weights: layer_norm, recurrent_dropout and weight_dropout do not apply")
         if num_layers < 1 or hidden_size < 1 or input_size < 1:
             raise ValueError("input_size, hidden_size and num_layers must be positive")
         if cell == "rnn" and nonlinearity not in ("tanh", "relu"):
@@ -148,6 +154,8 @@ class Recurrent(nn.Module):
         self.cell, self.input_size, self.hidden_size = cell, input_size, hidden_size
         self.num_layers, self.bias, self.bidirectional = num_layers, bias, bidirectional
         self.dropout, self.recurrent_dropout, self.layer_norm = dropout, recurrent_dropout, layer_norm
+        self.weight_dropout = weight_dropout
+        self._dropped_hh: Optional[dict] = None  # suffix -> W_hh with DropConnect, inside one training forward
         self.merge_mode, self.use_fused = merge_mode, use_fused
         self.force_path: Optional[str] = None  # "fused" | "bptt" | "scan" | "reference" pins the path (tests, benchmarks)
         self.last_path: Optional[str] = None  # the path the last forward took
@@ -220,14 +228,21 @@ class Recurrent(nn.Module):
         s = f"_l{layer}" + ("_reverse" if direction == 1 else "")
         get = lambda name: getattr(self, name + s, None)  # noqa: E731
         return SimpleNamespace(
-            weight_ih=get("weight_ih"), weight_hh=get("weight_hh"), bias_ih=get("bias_ih"), bias_hh=get("bias_hh"),
+            weight_ih=get("weight_ih"), weight_hh=self._recurrent_weight(s), bias_ih=get("bias_ih"), bias_hh=get("bias_hh"),
             ln_ih=get("ln_ih"), ln_hh=get("ln_hh"), ln_c_weight=get("ln_c_weight"), ln_c_bias=get("ln_c_bias"),
         )
 
     def flat_weights(self) -> list:
         """[w_ih, w_hh, (b_ih, b_hh)] per layer/direction, in torch's ``_flat_weights`` order."""
         names = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if self.bias else ())
-        return [getattr(self, n + s) for _, _, s in self._suffixes() for n in names]
+        return [self._recurrent_weight(s) if n == "weight_hh" else getattr(self, n + s)
+                for _, _, s in self._suffixes() for n in names]
+
+    def _recurrent_weight(self, suffix: str) -> Optional[Tensor]:
+        """``weight_hh{suffix}``, or its DropConnect version while a training forward runs."""
+        if self._dropped_hh is not None:
+            return self._dropped_hh[suffix]
+        return getattr(self, "weight_hh" + suffix, None)
 
     @property
     def output_size(self) -> int:
@@ -236,7 +251,7 @@ class Recurrent(nn.Module):
 
     def extra_repr(self) -> str:
         opts = [f"{self.cell}", f"{self.input_size}, {self.hidden_size}", f"num_layers={self.num_layers}"]
-        for name, default in (("bidirectional", False), ("dropout", 0.0), ("recurrent_dropout", 0.0),
+        for name, default in (("bidirectional", False), ("dropout", 0.0), ("recurrent_dropout", 0.0), ("weight_dropout", 0.0),
                               ("layer_norm", False), ("merge_mode", "concat"), ("bias", True)):
             if getattr(self, name) != default:
                 opts.append(f"{name}={getattr(self, name)!r}")
@@ -276,20 +291,29 @@ class Recurrent(nn.Module):
         if autocast:
             parts = tuple(p.to(dtype) for p in parts)
         self.last_path = self.choose_path(x, lengths)
-        with torch.autocast(x.device.type, enabled=autocast and self.last_path == "fused"):
-            if self.last_path == "fused":
-                y, parts = fused.fused_forward(self, x, parts, lengths)
-            elif self.last_path == "bptt":
-                y, parts = bptt.bptt_forward(self, x, parts)
-            elif self.last_path == "scan":
-                y, parts = self.reference_forward(x, parts, lengths, functools.partial(scan.scan_direction, cell=self.cell))
-            else:
-                y, parts = self.reference_forward(x, parts, lengths)
+        if self.training and self.weight_dropout > 0:  # one mask per call, drawn before any path runs
+            self._dropped_hh = {s: F.dropout(getattr(self, "weight_hh" + s), self.weight_dropout)
+                                for _, _, s in self._suffixes()}
+        try:
+            with torch.autocast(x.device.type, enabled=autocast and self.last_path == "fused"):
+                y, parts = self._run_path(x, parts, lengths)
+        finally:
+            self._dropped_hh = None
         if autocast:  # callers (and carried TBPTT state) see the parameters' dtype, not bf16
             y, parts = y.to(dtype), tuple(p.to(dtype) for p in parts)
         if self.bidirectional:
             y = merge_directions(y, self.merge_mode)
         return y, self._public_state(parts)
+
+    def _run_path(self, x: Tensor, parts: tuple, lengths: Optional[Tensor]):
+        """Run ``self.last_path``: (B, T, D*H) outputs (directions concatenated) and state parts."""
+        if self.last_path == "fused":
+            return fused.fused_forward(self, x, parts, lengths)
+        if self.last_path == "bptt":
+            return bptt.bptt_forward(self, x, parts)
+        if self.last_path == "scan":
+            return self.reference_forward(x, parts, lengths, functools.partial(scan.scan_direction, cell=self.cell))
+        return self.reference_forward(x, parts, lengths)
 
     def choose_path(self, x: Tensor, lengths: Optional[Tensor]) -> str:
         """``"fused"``, ``"bptt"``, ``"scan"`` or ``"reference"`` for this call (see the module docstring).

@@ -66,6 +66,7 @@ class ForecastConfig:
     architecture: str = "rnn"  # rnn | segrnn
     decoding: str = "direct"  # direct (K outputs at once) | autoregressive (K=1 fed back)
     dense_targets: bool = True  # rnn: train the K-ahead forecast at every input step, not only the last
+    burn_in: int = 0  # dense targets: the first N input steps only warm the state (no loss on their forecasts)
     channel_independent: bool = False  # each channel its own univariate series, shared weights
     segment_length: int = 48  # segrnn: W steps per segment
     window_norm: str = "none"  # rnn: "last" forecasts relative to the last seen value (causal; segrnn always does)
@@ -77,6 +78,8 @@ class ForecastConfig:
         _choice("architecture", self.architecture, ("rnn", "segrnn"))
         _choice("decoding", self.decoding, ("direct", "autoregressive"))
         _choice("window_norm", self.window_norm, ("none", "last"))
+        if not 0 <= self.burn_in < self.lookback:
+            raise ValueError(f"burn_in must be in [0, lookback={self.lookback}), got {self.burn_in}")
         if self.lookback < 1 or self.horizon < 1:
             raise UserError(f"lookback and horizon must be >= 1, got {self.lookback} and {self.horizon}")
 
@@ -214,6 +217,7 @@ def model_spec(config: ForecastConfig, channels: int, inputs: int) -> dict:
             "channels": channels, "inputs": inputs, "decoding": config.decoding,
             "step_horizon": 1 if auto else config.horizon,
             "dense_targets": bool(config.dense_targets or auto),
+            "burn_in": config.burn_in if (config.dense_targets or auto) and config.architecture == "rnn" else 0,
             "channel_independent": bool(config.channel_independent), "segment_length": config.segment_length,
             "window_norm": config.window_norm}
 
@@ -222,7 +226,8 @@ class ForecastModel(nn.Module):
     """The trained network plus its decoding rule.
 
     ``forward(x (B, L, F)) -> (outputs, None)`` is what the loss sees: (B, L, K', C) per-step
-    forecasts when dense, else (B, K', C) (K' = K, or 1 when autoregressive).
+    forecasts when dense (in training, (B, L - burn_in, K', C): the last steps only), else
+    (B, K', C) (K' = K, or 1 when autoregressive).
     ``forecast(x (B, L, F), K) -> (B, K, C)`` is the prediction.
     """
 
@@ -267,6 +272,8 @@ class ForecastModel(nn.Module):
         y = self._unflat(out, x.shape[0])  # (B, [L,] K', C)
         if self.spec.get("window_norm") == "last":
             y = y + (seen.unsqueeze(2) if dense else seen[:, -1:])
+        if dense and self.training and self.spec.get("burn_in", 0):
+            y = y[:, self.spec["burn_in"] :]  # burn-in steps only warm the state
         return y, state
 
     @torch.no_grad()
@@ -317,9 +324,10 @@ def dense_targets(batch: Batch, step_horizon: int, channels: int) -> Tensor:
 
 
 def forecast_loss(outputs: Tensor, batch: Batch) -> Tensor:
-    """Mean squared error; dense outputs (B, L, K', C) against :func:`dense_targets`."""
+    """Mean squared error; dense outputs (B, L', K', C) against the last L' steps of
+    :func:`dense_targets` (L' = L - burn_in in training)."""
     if outputs.dim() == 4:
-        target = dense_targets(batch, outputs.shape[2], outputs.shape[3])
+        target = dense_targets(batch, outputs.shape[2], outputs.shape[3])[:, -outputs.shape[1] :]
     else:
         target = batch.targets[:, : outputs.shape[1]]
     return torch.mean((outputs - target) ** 2)

@@ -29,7 +29,7 @@ KNOWN_CHOICES = {
     "cell": ("rnn", "lstm", "gru", "mingru", "minlstm"),
     "merge_mode": ("concat", "sum", "mean", "mul"),
     "nonlinearity": ("tanh", "relu"),
-    "head": ("per_step", "last", "mean", "max"),
+    "head": ("per_step", "last", "mean", "max", "concat"),
     "use_fused": ("auto", "true", "false"),
 }
 
