@@ -82,14 +82,14 @@ def handwritten(horizon: int, epochs: int = 100, seed: int = 0, budget: float = 
             "val_mse": best, "test_mse": float(err.mean()), "test_mse_last": float(err[:, -1].mean())}
 
 
-def preset(name: str, data_overrides=(), train_overrides=()) -> dict:
+def preset(name: str, data_overrides=(), train_overrides=(), run_name: str = "") -> dict:
     f, dataset = forecaster_from_preset(name, data_overrides, train_overrides)
-    out = Path("/tmp/rnnkit-runs") / name
+    out = Path("/tmp/rnnkit-runs") / (run_name or name)
     t0 = time.perf_counter()
     f.fit(dataset, out=out)
     seconds = time.perf_counter() - t0
     report = f.evaluate("test")
-    row = {"model": f"configs/{name}.json", "dataset": dataset, "train_s": round(seconds, 1),
+    row = {"model": f"configs/{name}.json", "dataset": dataset, "horizon": f.config.horizon, "train_s": round(seconds, 1),
            "stop": f.history.stop_reason, "best_step": (f.history.best or {}).get("step"),
            "val_mse": f.metrics.get("val", {}).get("mse")}
     for k, v in report.items():
@@ -117,7 +117,7 @@ JOBS = {
     "sines-tutorial": lambda a: [preset("sines-tutorial")],
     "airline": lambda a: [preset("airline")],
     "sunspots": lambda a: [preset("sunspots")],
-    "etth1": lambda a: [preset("etth1", {"horizon": a.horizon}, {"epochs": a.epochs} if a.epochs else {})],
+    "etth1": lambda a: [preset("etth1", {"horizon": a.horizon}, {"epochs": a.epochs} if a.epochs else {}, f"etth1-{a.horizon}")],
 }
 
 

@@ -38,3 +38,18 @@ def test_torch_init_is_uniform_within_bound():
 def test_unknown_init_is_refused():
     with pytest.raises(ValueError, match="unknown init 'xavier'"):
         rnnkit.RNN(3, 4, init="xavier")
+
+
+def test_keras_init_of_the_whole_model():
+    from rnnkit.models import ModelConfig, SequenceModel
+
+    torch.manual_seed(0)
+    model = SequenceModel(ModelConfig(encoder="embedding", input_size=500, embedding_dim=16, cell="gru",
+                                      hidden_size=8, head="last", output_size=3, init="keras"))
+    emb = model.encoder.weight
+    assert emb.abs().max() <= 0.05 and emb.abs().max() > 0.045  # U(-0.05, 0.05)
+    bound = (6.0 / (8 + 3)) ** 0.5
+    assert model.head.weight.abs().max() <= bound and torch.count_nonzero(model.head.bias) == 0
+    default = SequenceModel(ModelConfig(encoder="embedding", input_size=500, embedding_dim=16, cell="gru",
+                                        hidden_size=8, head="last", output_size=3))
+    assert default.encoder.weight.std() > 0.9  # torch's N(0, 1)

@@ -54,12 +54,12 @@ class KillAt(Callback):
             raise Kill()
 
 
-@pytest.mark.parametrize("source_cls", [toy.StreamSource, toy.ShuffledSource])
-def test_resume_after_kill_is_bit_identical(tmp_path, source_cls):
+@pytest.mark.parametrize("source_cls,ema", [(toy.StreamSource, 0.0), (toy.ShuffledSource, 0.0), (toy.ShuffledSource, 0.9)])
+def test_resume_after_kill_is_bit_identical(tmp_path, source_cls, ema):
     values = _values()
     train, val = source_cls(values[:128], 4, 5), toy.StreamSource(values[128:], 1, 8)
     cfg = TrainConfig(seed=3, epochs=3, eval_every=4, checkpoint_every=3, lr=1e-2, schedule="cosine",
-                      warmup_steps=2, log_every=2, patience=5)
+                      warmup_steps=2, log_every=2, patience=5, ema=ema)
     meta = {"task": "toy", "model": _model().config.to_dict()}
     total = 3 * len(train)
     kill = random.Random(total).randrange(4, total - 1)  # a "random" step, fixed for reproducibility
@@ -74,7 +74,8 @@ def test_resume_after_kill_is_bit_identical(tmp_path, source_cls):
     resumed = Trainer(cfg).fit(resumed_model, train, _loss, _evaluate(val), run_dir=tmp_path / "cut",
                                meta=meta, resume=True)
 
-    for name in ("model.safetensors", "checkpoint/model.safetensors", "checkpoint/optimizer.safetensors"):
+    names = ["model.safetensors", "checkpoint/model.safetensors", "checkpoint/optimizer.safetensors"]
+    for name in names + (["checkpoint/average.safetensors"] if ema else []):
         a, b = read_tensors(tmp_path / "ref" / name, name), read_tensors(tmp_path / "cut" / name, name)
         assert a.keys() == b.keys()
         for k in a:
@@ -83,6 +84,33 @@ def test_resume_after_kill_is_bit_identical(tmp_path, source_cls):
         assert torch.equal(v, resumed_model.state_dict()[k])
     assert ref.eval == resumed.eval and ref.best == resumed.best
     assert [r["loss"] for r in ref.train] == [r["loss"] for r in resumed.train]
+
+
+class WeightSnapshots(Callback):
+    def __init__(self, model):
+        self.model, self.after_step = model, []
+
+    def on_step_end(self, trainer, logs):
+        self.after_step.append({k: v.detach().clone() for k, v in self.model.named_parameters()})
+
+
+def test_ema_weights_follow_the_formula_and_are_what_evaluation_sees(tmp_path):
+    values = _values()
+    train, val = toy.ShuffledSource(values[:128], 4, 5), toy.StreamSource(values[128:], 1, 8)
+    decay, model = 0.8, _model()
+    seen = []
+    evaluate = lambda m: seen.append({k: v.clone() for k, v in m.named_parameters()}) or _evaluate(val)(m)  # noqa: E731
+    snaps = WeightSnapshots(model)
+    Trainer(TrainConfig(epochs=1, lr=1e-2, ema=decay, log_every=0), [snaps]).fit(model, train, _loss, evaluate)
+    average = {k: v.detach().clone() for k, v in _model().named_parameters()}  # the same initial weights
+    for t, w in enumerate(snaps.after_step):
+        d = min(decay, (1 + t) / (10 + t))
+        average = {k: d * average[k] + (1 - d) * w[k] for k in average}
+    assert len(snaps.after_step) == len(train) and len(seen) == 1  # one evaluation, at the epoch end
+    for k, v in model.named_parameters():
+        torch.testing.assert_close(seen[0][k], average[k], rtol=1e-5, atol=1e-6)  # evaluated: the average
+        torch.testing.assert_close(v.detach(), average[k], rtol=1e-5, atol=1e-6)  # returned: the average
+        assert not torch.allclose(average[k], snaps.after_step[-1][k])  # ... which is not the last weights
 
 
 class Recorder(torch.nn.Module):

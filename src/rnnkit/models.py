@@ -44,7 +44,8 @@ class ModelConfig:
     nonlinearity: str = "tanh"  # rnn cell only
     reset_after: bool = True  # gru cell only
     forget_bias: Optional[float] = None  # lstm cell only; None keeps torch's init
-    init: str = "torch"  # torch (uniform, as torch.nn) | keras (glorot input, orthogonal recurrent, zero bias)
+    init: str = "torch"  # torch (as torch.nn: N(0, 1) embedding) | keras (as Keras layers: U(+-0.05) embedding,
+    # glorot-uniform input and head weights, orthogonal recurrent, zero biases)
     head: str = "per_step"  # per_step | last | mean | max | concat (pooled over valid steps)
     head_dropout: float = 0.0  # dropout on the recurrent features before the head
     output_size: int = 1  # classes C, vocabulary V, or values per step
@@ -95,6 +96,19 @@ class SequenceModel(nn.Module):
         )
         pooled = 3 if c.head == "concat" else 1  # [last; max; mean]
         self.head = nn.Linear(pooled * self.rnn.output_size, c.output_size)
+        if c.init == "keras":
+            self._keras_init()
+
+    def _keras_init(self) -> None:
+        """Keras's defaults: Embedding U(-0.05, 0.05); Dense glorot-uniform kernel, zero bias.
+        (The recurrent layer initialises itself.) A N(0, 1) embedding under Adam at 1e-3 moves
+        slowly relative to its own scale; the small Keras start learns faster on text."""
+        with torch.no_grad():
+            if isinstance(self.encoder, nn.Embedding):
+                self.encoder.weight.uniform_(-0.05, 0.05)
+            for linear in (m for m in (self.encoder, self.head) if isinstance(m, nn.Linear)):
+                nn.init.xavier_uniform_(linear.weight)
+                nn.init.zeros_(linear.bias)
 
     def features(self, inputs: Tensor, state=None, lengths=None):
         """Recurrent features before the head: (B, T, D*H) for per_step, (B, D*H) pooled, (B, 3*D*H) concat."""

@@ -70,9 +70,14 @@ class TrainConfig:
     # bf16: forward and loss under torch.autocast(bfloat16); weights, optimizer and evaluation stay fp32.
     # Pays off where matmuls dominate and the CPU has AMX/AVX512-BF16 (the fused LSTM: ~1.9x here).
     precision: str = _choices("fp32", "bf16")
+    # ema > 0: exponential moving average of the weights, a_t = d a_{t-1} + (1-d) w_t with
+    # d = min(ema, (1+t)/(10+t)); evaluation, the best weights and the artifact use the average.
+    ema: float = 0.0
 
     def __post_init__(self):
         check_choices(self)
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
 
 
 # ----------------------------------------------------------------------------- typing

@@ -8,7 +8,8 @@ One step: forward -> loss -> (stop if the loss is NaN/inf or exploding) -> backw
 ``clip_grad_norm_`` -> learning rate from the schedule -> optimizer step -> callbacks.
 Stream batches (``Batch.carries_state``) get the previous batch's final state, detached
 (truncated BPTT: values flow across the chunk boundary, gradients stop there); other batches
-start from zeros. A checkpoint restores the model, optimizer, RNG states, carried state, data
+start from zeros. With ``ema`` the loop keeps an exponential moving average of the weights
+(:class:`WeightAverage`); evaluation, the best weights and the artifact use it. A checkpoint restores the model, optimizer, RNG states, carried state, data
 cursor, best weights, history and callback states, so ``fit(..., resume=True)`` reaches the same
 weights as a run that was never interrupted (bit-identical on CPU).
 """
@@ -21,6 +22,7 @@ import json
 import math
 import random
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -74,6 +76,47 @@ class LoopState:
     window_steps: int = 0
     window_tokens: int = 0
     window_time: float = 0.0
+
+
+class WeightAverage:
+    """Exponential moving average of a model's parameters (Polyak averaging).
+
+    ``a_t = d_t a_{t-1} + (1 - d_t) w_t`` after optimizer step t (0-based), with
+    ``d_t = min(decay, (1 + t) / (10 + t))`` so the first steps are not averaged with the
+    random initialisation for long. Buffers are not averaged.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.params = list(model.parameters())
+        self.shadow = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - d)
+
+    @contextmanager
+    def applied(self):
+        """Inside the block the model holds the averaged weights; its own come back after."""
+        saved = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            torch._foreach_copy_(self.params, self.shadow)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(self.params, saved)
+
+    def tensors(self) -> dict:
+        return {str(i): t for i, t in enumerate(self.shadow)}
+
+    def load(self, tensors: dict) -> None:
+        if len(tensors) != len(self.shadow):
+            raise ValueError(f"{len(tensors)} averaged tensors for {len(self.shadow)} parameters")
+        with torch.no_grad():
+            for i, t in enumerate(self.shadow):
+                t.copy_(tensors[str(i)])
 
 
 def make_optimizer(cfg: TrainConfig, params: Iterable) -> torch.optim.Optimizer:
@@ -168,6 +211,7 @@ class Trainer:
         model.to(self._device).train()
         net = self.dist.wrap(model)
         opt = make_optimizer(cfg, model.parameters())
+        self.average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
         self.total_steps = self._total(len(train))
         self._fresh = not resume  # the first save of a new run replaces an old directory wholesale
         carry, best = None, None
@@ -230,6 +274,8 @@ class Trainer:
         for group in opt.param_groups:
             group["lr"] = lr
         opt.step()
+        if self.average is not None:
+            self.average.update(s.step)
         s.step += 1
         s.cursor += 1
         if s.first_loss is None:
@@ -277,9 +323,10 @@ class Trainer:
         if evaluate_fn is None or s.last_eval_step == s.step:
             return best
         model.eval()
-        with torch.no_grad(), torch.random.fork_rng(devices=[] if self._device.type == "cpu" else None):
+        with self._averaged(), torch.no_grad(), torch.random.fork_rng(devices=[] if self._device.type == "cpu" else None):
             metrics = self.dist.on_rank0(  # rank 0 evaluates, every rank gets its metrics
                 lambda: {k: float(v) if isinstance(v, (int, float)) else v for k, v in evaluate_fn(model).items()})
+            weights = {k: v.detach().clone() for k, v in model.state_dict().items()}  # the evaluated ones
         model.train()
         if cfg.monitor not in metrics:
             raise UserError(f"monitor: {cfg.monitor!r} is not a validation metric; expected one of: "
@@ -292,10 +339,19 @@ class Trainer:
         if better and math.isfinite(value):
             s.best_value, s.best_step = value, s.step
             self.history.best = record
-            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best = weights
         for cb in self.callbacks:
             cb.on_eval_end(self, metrics)
         return best
+
+    def _averaged(self):
+        """A context holding the averaged weights in the model (a no-op without ``ema``)."""
+        return self.average.applied() if self.average is not None else nullcontext()
+
+    def _selected_weights(self, model) -> dict:
+        """Without a best evaluation: the averaged weights with ``ema``, else the current ones."""
+        with self._averaged():
+            return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def _checkpoint_due(self, epoch_end: bool = False) -> bool:
         s, cfg = self.state, self.config
@@ -314,7 +370,7 @@ class Trainer:
         if not self.dist.is_writer:
             self._fresh = False
             return
-        weights = best if best is not None else model.state_dict()
+        weights = best if best is not None else self._selected_weights(model)
         ckpt = self._checkpoint_files(model, opt, carry)
         meta = {**self._meta, "train": dataclasses.asdict(self.config), "status": status, "step": s.step,
                 "epoch": s.epoch, "stop_reason": self._stop_reason, "metrics": self._metrics()}
@@ -355,6 +411,7 @@ class Trainer:
             "rng.safetensors": artifacts.tensors_bytes(rng),
             "carry.safetensors": artifacts.tensors_bytes(_flatten_state(carry)),
             "trainer_state.json": artifacts.json_bytes(trainer_state),
+            **({"average.safetensors": artifacts.tensors_bytes(self.average.tensors())} if self.average else {}),
         }
 
     def _restore(self, model, opt):
@@ -379,6 +436,8 @@ class Trainer:
             np.random.set_state((name, rng["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
             random.setstate(_py_rng_from_json(ts["python_rng"]))
             carry = _unflatten_state(artifacts.read_tensors(ck / "carry.safetensors", "carried state"), self._device)
+            if self.average is not None:
+                self.average.load(artifacts.read_tensors(ck / "average.safetensors", "averaged weights"))
             carry = self.dist.shard_state(carry)  # this rank's streams of the global state
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{ck}: damaged checkpoint ({exc.__class__.__name__}: {exc})") from None
@@ -398,6 +457,8 @@ class Trainer:
         self.history.stop_reason = self._stop_reason
         if self.run_dir is not None and (steps_here or not (self.run_dir / artifacts.ARTIFACT_JSON).exists()):
             self._save(model, opt, carry, best, status="complete")
+        if best is None and self.average is not None:
+            best = self._selected_weights(model)
         if best is not None:
             model.load_state_dict(best)
         for cb in self.callbacks:
