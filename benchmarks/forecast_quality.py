@@ -89,7 +89,7 @@ def preset(name: str, data_overrides=(), train_overrides=(), run_name: str = "")
     f.fit(dataset, out=out)
     seconds = time.perf_counter() - t0
     report = f.evaluate("test")
-    row = {"model": f"configs/{name}.json", "dataset": dataset, "horizon": f.config.horizon, "train_s": round(seconds, 1),
+    row = {"preset": f"configs/{name}.json", "dataset": dataset, "horizon": f.config.horizon, "train_s": round(seconds, 1),
            "stop": f.history.stop_reason, "best_step": (f.history.best or {}).get("step"),
            "val_mse": f.metrics.get("val", {}).get("mse")}
     for k, v in report.items():
