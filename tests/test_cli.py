@@ -127,6 +127,8 @@ def test_bad_inputs_one_line_exit_2(tmp_path, csv, capsys):
     assert train(csv, "--lr", "fast") == "--lr: expected a number, got 'fast'"
     assert train(csv, "--cell", "lstmm") == "--cell: expected one of rnn, lstm, gru, mingru, minlstm, got 'lstmm'"
     assert train(csv, "--max-steps", "x") == "--max-steps: expected an integer or none, got 'x'"
+    assert train(csv, "--weight-dropout", "1.0") == "--weight-dropout: weight_dropout must be in [0, 1), got 1.0"
+    assert train(csv, "--ema", "1.5") == "--ema: ema must be in [0, 1), got 1.5"
     assert train(csv, "--hiden-size", "3") == "unknown option --hiden-size; did you mean --hidden-size?"
     assert _bad(capsys, tmp_path, "train", "toyy", "--data", csv, "--out", tmp_path / "out") == (
         "unknown task 'toyy'; expected one of: textgen, forecast, textclass, seqclass, toy")
