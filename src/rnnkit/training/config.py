@@ -19,17 +19,19 @@ from pathlib import Path
 from typing import Any, Optional
 
 from rnnkit.errors import UserError
+from rnnkit.models import ENCODERS, HEADS
+from rnnkit.recurrent import CELL_NAMES, MERGE_MODES
 from rnnkit.training.schedules import SCHEDULES
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
 
-# choices of fields whose dataclass lives elsewhere (ModelConfig) and states them in comments
+# choices of ModelConfig fields, taken from the modules that define them
 KNOWN_CHOICES = {
-    "encoder": ("embedding", "linear", "identity"),
-    "cell": ("rnn", "lstm", "gru", "mingru", "minlstm"),
-    "merge_mode": ("concat", "sum", "mean", "mul"),
+    "encoder": ENCODERS,
+    "cell": CELL_NAMES,
+    "merge_mode": MERGE_MODES,
     "nonlinearity": ("tanh", "relu"),
-    "head": ("per_step", "last", "mean", "max", "concat"),
+    "head": HEADS,
     "use_fused": ("auto", "true", "false"),
 }
 

@@ -9,9 +9,10 @@ One step: forward -> loss -> (stop if the loss is NaN/inf or exploding) -> backw
 Stream batches (``Batch.carries_state``) get the previous batch's final state, detached
 (truncated BPTT: values flow across the chunk boundary, gradients stop there); other batches
 start from zeros. With ``ema`` the loop keeps an exponential moving average of the weights
-(:class:`WeightAverage`); evaluation, the best weights and the artifact use it. A checkpoint restores the model, optimizer, RNG states, carried state, data
-cursor, best weights, history and callback states, so ``fit(..., resume=True)`` reaches the same
-weights as a run that was never interrupted (bit-identical on CPU).
+(:class:`WeightAverage`); evaluation, the best weights and the artifact use it. A checkpoint
+restores the model, optimizer, RNG states, carried state, data cursor, averaged weights, best
+weights, history and callback states, so ``fit(..., resume=True)`` reaches the same weights as a
+run that was never interrupted (bit-identical on CPU).
 """
 
 from __future__ import annotations
