@@ -138,6 +138,18 @@ def test_burn_in_drops_the_first_steps_from_the_training_loss_only():
         ForecastConfig(lookback=10, burn_in=10)
 
 
+def test_mae_training_loss_is_the_mean_absolute_error():
+    batch = Batch(torch.randn(4, 6, 2), torch.randn(4, 3, 2))
+    out = torch.randn(4, 3, 2)
+    mae = TASK.loss_fn(ForecastConfig(loss="mae"))
+    torch.testing.assert_close(mae(out, batch), (out - batch.targets).abs().mean())
+    torch.testing.assert_close(TASK.loss_fn(ForecastConfig())(out, batch), ((out - batch.targets) ** 2).mean())
+    dense = torch.randn(4, 6, 3, 2)  # (B, L, K, C)
+    torch.testing.assert_close(mae(dense, batch), (dense - dense_targets(batch, 3, 2)).abs().mean())
+    with pytest.raises(UserError, match="loss: expected one of mse, mae, got 'l3'"):
+        ForecastConfig(loss="l3")
+
+
 @pytest.mark.parametrize("window_norm", ["none", "last"])
 def test_model_output_at_step_t_ignores_later_inputs(window_norm):
     """A per-step forecast that saw a later input (a leak) would change when it changes."""

@@ -68,10 +68,17 @@ def test_parameters_and_cell_module():
         Recurrent("mingru", 3, 4, recurrent_dropout=0.1)
 
 
+@pytest.fixture(params=["log", "sequential"])
+def method(request, monkeypatch):
+    """Each scan test runs both ways of evaluating the recurrence."""
+    monkeypatch.setattr(scan, "METHOD", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)])
 @pytest.mark.parametrize("with_lengths", [False, True])
-def test_scan_equals_sequential(cell, layers, bidirectional, with_lengths):
+def test_scan_equals_sequential(cell, layers, bidirectional, with_lengths, method):
     layer = _layer(cell, num_layers=layers, bidirectional=bidirectional)
     g = torch.Generator().manual_seed(3)
     x = 2 * torch.randn(3, 7, 3, generator=g, dtype=torch.float64)
@@ -88,7 +95,7 @@ def test_scan_equals_sequential(cell, layers, bidirectional, with_lengths):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_default_paths_and_gradcheck(cell):
+def test_default_paths_and_gradcheck(cell, method):
     layer = _layer(cell, bidirectional=True)
     x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
     layer(x)
@@ -102,7 +109,7 @@ def test_default_paths_and_gradcheck(cell):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_state_carry_across_chunks_equals_one_run(cell):
+def test_state_carry_across_chunks_equals_one_run(cell, method):
     layer = _layer(cell, num_layers=2)
     x = torch.randn(2, 12, 3, dtype=torch.float64)
     with torch.no_grad():
@@ -115,7 +122,7 @@ def test_state_carry_across_chunks_equals_one_run(cell):
     torch.testing.assert_close(state, h_all, rtol=1e-10, atol=1e-12)
 
 
-def test_long_sequence_float32_finite():
+def test_long_sequence_float32_finite(method):
     """T=784 in float32: the scan stays finite and matches the sequential form."""
     torch.manual_seed(0)
     layer = Recurrent("mingru", 1, 8)
@@ -138,3 +145,26 @@ def test_predicates_and_model_config():
         layer(x)
     assert ModelConfig(cell="mingru").cell == "mingru"
     assert scan.log_coefficients("mingru", torch.zeros(1, 1, 8))[0].shape == (1, 1, 4)
+    assert scan.scan_method(torch.device("cpu")) == "sequential"  # METHOD "auto"
+    assert scan.scan_method(torch.device("cuda")) == "log"
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_direct_coefficients_are_the_log_coefficients(cell):
+    xp = 4 * torch.randn(3, 5, (2 if cell == "mingru" else 3) * 4, dtype=torch.float64)
+    a, b = scan.coefficients(cell, xp)
+    log_a, log_b = scan.log_coefficients(cell, xp)
+    torch.testing.assert_close(a.log(), log_a)
+    torch.testing.assert_close(b.log(), log_b)
+
+
+def test_sequential_scan_gradcheck_by_hand():
+    """h_t = a_t h_{t-1} + b_t: two hand-computed steps, then gradcheck of the Function."""
+    a = torch.tensor([[[0.5]], [[0.25]]], dtype=torch.float64)
+    b = torch.tensor([[[1.0]], [[2.0]]], dtype=torch.float64)
+    h = scan.SequentialScan.apply(a, b, torch.tensor([[4.0]], dtype=torch.float64))
+    assert h.flatten().tolist() == [0.5 * 4 + 1, 0.25 * 3 + 2]
+    g = torch.Generator().manual_seed(0)
+    args = [torch.rand(6, 2, 3, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    args.append(torch.randn(2, 3, generator=g, dtype=torch.float64, requires_grad=True))
+    assert torch.autograd.gradcheck(scan.SequentialScan.apply, tuple(args))

@@ -48,6 +48,7 @@ class ModelConfig:
     # glorot-uniform input and head weights, orthogonal recurrent, zero biases)
     head: str = "per_step"  # per_step | last | mean | max | concat (pooled over valid steps)
     head_dropout: float = 0.0  # dropout on the recurrent features before the head
+    bag: bool = False  # pooled heads: also read the mean input vector over valid steps (fastText's bag of n-grams)
     output_size: int = 1  # classes C, vocabulary V, or values per step
     use_fused: str = "auto"  # auto | true | false (see rnnkit.fused)
 
@@ -56,6 +57,8 @@ class ModelConfig:
             raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.bag and self.head == "per_step":
+            raise ValueError("bag needs a pooled head (last, mean, max or concat), not per_step")
         for name in ("embedding_dropout", "dropout", "recurrent_dropout", "weight_dropout", "head_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -98,7 +101,7 @@ class SequenceModel(nn.Module):
             forget_bias=c.forget_bias, init=c.init,
         )
         pooled = 3 if c.head == "concat" else 1  # [last; max; mean]
-        self.head = nn.Linear(pooled * self.rnn.output_size, c.output_size)
+        self.head = nn.Linear(pooled * self.rnn.output_size + (rnn_input if c.bag else 0), c.output_size)
         if c.init == "keras":
             self._keras_init()
 
@@ -114,7 +117,8 @@ class SequenceModel(nn.Module):
                 nn.init.zeros_(linear.bias)
 
     def features(self, inputs: Tensor, state=None, lengths=None):
-        """Recurrent features before the head: (B, T, D*H) for per_step, (B, D*H) pooled, (B, 3*D*H) concat."""
+        """Recurrent features before the head: (B, T, D*H) for per_step, (B, D*H) pooled, (B, 3*D*H) concat;
+        with ``bag``, the mean input vector over valid steps (B, E) is appended."""
         c = self.config
         x = self.encoder(inputs)  # (B, T, E), or (B, T, K, E) for K ids per step
         if x.dim() == 4:
@@ -123,10 +127,11 @@ class SequenceModel(nn.Module):
         y, state = self.rnn(x, state, lengths)  # (B, T, D*H)
         if c.head == "per_step":
             return y, state
-        if c.head == "concat":
-            pooled = [pool(y, state, how, lengths, self.rnn) for how in ("last", "max", "mean")]
-            return torch.cat(pooled, dim=-1), state
-        return pool(y, state, c.head, lengths, self.rnn), state
+        hows = ("last", "max", "mean") if c.head == "concat" else (c.head,)
+        pooled = [pool(y, state, how, lengths, self.rnn) for how in hows]
+        if c.bag:
+            pooled.append(pool(x, None, "mean", lengths, self.rnn))
+        return (torch.cat(pooled, dim=-1) if len(pooled) > 1 else pooled[0]), state
 
     def forward(self, inputs: Tensor, state=None, lengths=None):
         feats, state = self.features(inputs, state, lengths)

@@ -20,12 +20,16 @@ Variable lengths: a padded step gets ``log a = 0`` and ``log b = -inf`` (h is ca
 so the last column holds each sequence's state at its last valid step; padded outputs are 0.
 The sequential form (the cells' ``step``) is the reference path; they agree (tests/test_mingru.py).
 
-Cost on CPU (measured, 1 thread, S5: B=64, T=784, H=128, ``python -m benchmarks.micro --shapes S5
---peers "torch.nn+ftz,rnnkit minGRU,rnnkit minLSTM"``): minGRU 4.0x and minLSTM 4.4x the step
-time of torch.nn.LSTM+ftz, i.e. slower, not faster: ``logcumsumexp`` (35%) and ``exp`` (23%)
-over (B, T, H) dominate. The log space buys a numerically safe *parallel* scan (GPU, long T);
-on CPU a sequential direct-space loop ``h_t = a_t h_{t-1} + b_t`` (one ``addcmul`` per step
-forward and one per step backward, in an autograd Function) should be far cheaper: not done yet.
+Two ways to evaluate the recurrence, same numbers (tests/test_mingru.py):
+
+- ``"log"``: the log-space scan above, parallel over time (a cumsum and a logcumsumexp over
+  (B, T, H)); the form for GPUs and the paper's.
+- ``"sequential"``: ``h_t = a_t h_{t-1} + b_t`` in direct space, one ``addcmul`` per step
+  forward and one per step backward (:class:`SequentialScan`), with a and b computed for all
+  steps at once. On CPU this is several times cheaper: ``logcumsumexp`` and ``exp`` over
+  (B, T, H) cost more than the 2T tiny fused multiply-adds (see BENCHMARKS.md).
+
+``METHOD = "auto"`` takes ``"sequential"`` on CPU and ``"log"`` elsewhere.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnkit.cells import log_min_g
+from rnnkit.cells import log_min_g, min_g
 
 
 def log_coefficients(cell: str, xp: Tensor) -> tuple:
@@ -50,12 +54,23 @@ def log_coefficients(cell: str, xp: Tensor) -> tuple:
     return -F.softplus(diff), -F.softplus(-diff) + log_min_g(k_h)  # log f', log i' + log g
 
 
+METHOD = "auto"  # "auto" | "log" | "sequential"
+
+
+def scan_method(device: torch.device) -> str:
+    if METHOD not in ("auto", "log", "sequential"):
+        raise ValueError(f"scan.METHOD: expected auto, log or sequential, got {METHOD!r}")
+    return ("sequential" if device.type == "cpu" else "log") if METHOD == "auto" else METHOD
+
+
 def scan_direction(x: Tensor, state: tuple, w: SimpleNamespace, lengths: Optional[Tensor], cell: str):
-    """One direction of one layer by the log-space scan; same contract as ``Recurrent._run_direction``.
+    """One direction of one layer by a scan; same contract as ``Recurrent._run_direction``.
 
     x: (B, T, F) in this direction's time order; state: (h0,) with h0 (B, H).
     Returns outputs (B, T, H) (0 at padded steps) and the final state (h_last,).
     """
+    if scan_method(x.device) == "sequential":
+        return _sequential_direction(x, state, w, lengths, cell)
     B, T, _ = x.shape
     xp = F.linear(x, w.weight_ih, w.bias_ih)  # (B, T, G*H)
     log_a, log_b = log_coefficients(cell, xp)
@@ -68,3 +83,122 @@ def scan_direction(x: Tensor, state: tuple, w: SimpleNamespace, lengths: Optiona
     h = torch.exp(a_star + torch.logcumsumexp(log_b - a_star, 1)) + torch.exp(a_star) * state[0].unsqueeze(1)
     last = h[:, -1]
     return (h if valid is None else h * valid), (last,)
+
+
+def coefficients(cell: str, xp: Tensor) -> tuple:
+    """``(a, b)`` of ``h_t = a_t h_{t-1} + b_t`` in direct space: xp (..., G*H) -> 2 x (..., H).
+
+    The same quantities as :func:`log_coefficients`: ``a = sigmoid(-k_z) = 1 - z`` for minGRU;
+    for minLSTM ``f' = f / (f + i) = sigmoid(-(log i - log f))``, ``i' = 1 - f'``.
+    """
+    if cell == "mingru":
+        k_z, k_h = xp.chunk(2, -1)
+        z = torch.sigmoid(k_z)
+        return torch.sigmoid(-k_z), z * min_g(k_h)
+    k_f, k_i, k_h = xp.chunk(3, -1)
+    diff = F.softplus(-k_f) - F.softplus(-k_i)  # log i - log f
+    return torch.sigmoid(-diff), torch.sigmoid(diff) * min_g(k_h)
+
+
+class SequentialScan(torch.autograd.Function):
+    """``h_t = a_t * h_{t-1} + b_t`` for t = 1..T, time-major: a, b (T, B, H), h0 (B, H) -> h (T, B, H).
+
+    Backward, with d_t = dL/dh_t in total (from the output at t and through h_{t+1})::
+
+        d_T = g_T,   d_t = g_t + a_{t+1} d_{t+1},   dL/db_t = d_t,   dL/da_t = d_t h_{t-1},   dL/dh0 = a_1 d_1
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+        h = _recur(a, b, h0)
+        ctx.save_for_backward(a, h, h0)
+        return h
+
+    @staticmethod
+    def backward(ctx, grad_h: Tensor):
+        a, h, h0 = ctx.saved_tensors
+        d = _recur_back(a, grad_h)
+        grad_a = torch.empty_like(a)
+        torch.mul(d[1:], h[:-1], out=grad_a[1:])
+        torch.mul(d[0], h0, out=grad_a[0])
+        return grad_a, d, a[0] * d[0]
+
+
+def _recur(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+    """h_t = a_t h_{t-1} + b_t, a and b (T, B, H) contiguous -> h (T, B, H). Views made once (unbind)."""
+    h = torch.empty_like(b)
+    prev = h0
+    for a_t, b_t, h_t in zip(a.unbind(0), b.unbind(0), h.unbind(0)):
+        prev = torch.addcmul(b_t, a_t, prev, out=h_t)
+    return h
+
+
+def _recur_back(a: Tensor, grad_h: Tensor) -> Tensor:
+    """d_t = g_t + a_{t+1} d_{t+1} (backward over time): the total gradient of every h_t."""
+    d = grad_h.clone(memory_format=torch.contiguous_format)
+    ds, as_ = d.unbind(0), a.unbind(0)
+    for t in range(len(ds) - 1, 0, -1):
+        ds[t - 1].addcmul_(as_[t], ds[t])
+    return d
+
+
+class MinGRUScan(torch.autograd.Function):
+    """A whole minGRU direction, time-major, gates and scan in one Function (fewer passes over memory).
+
+    k_z, k_h (T, B, H) contiguous (the two halves of W_ih x + b_ih); h0 (B, H); valid (T, B, 1)
+    bool or None -> h (T, B, H)::
+
+        z = sigmoid(k_z),  g = g(k_h),  h_t = (1 - z_t) h_{t-1} + z_t g_t     (z = 0 at padded steps)
+
+    Backward with d_t the total gradient of h_t (:func:`_recur_back`)::
+
+        dk_z = d (g - h_{t-1}) z (1 - z),    dk_h = d z g'(k_h),    dh0 = (1 - z_1) d_1
+    """
+
+    @staticmethod
+    def forward(ctx, k_z: Tensor, k_h: Tensor, h0: Tensor, valid: Optional[Tensor]) -> Tensor:
+        z = torch.sigmoid(k_z)
+        if valid is not None:
+            z.masked_fill_(~valid, 0.0)  # a = 1, b = 0: h carried unchanged
+        s = torch.sigmoid(k_h)
+        positive = k_h >= 0
+        g = torch.where(positive, k_h + 0.5, s)
+        g_prime = torch.where(positive, 1.0, s * (1 - s))
+        a = torch.sub(1.0, z)
+        h = _recur(a, z * g, h0)
+        ctx.save_for_backward(z, a, g, g_prime, h, h0)
+        return h
+
+    @staticmethod
+    def backward(ctx, grad_h: Tensor):
+        z, a, g, g_prime, h, h0 = ctx.saved_tensors
+        d = _recur_back(a, grad_h)
+        gz = torch.empty_like(z)
+        torch.sub(g[1:], h[:-1], out=gz[1:])  # g - h_{t-1}
+        torch.sub(g[0], h0, out=gz[0])
+        gz.mul_(d).mul_(z).mul_(a)  # z (1 - z) = sigmoid'; 0 at padded steps (z = 0 there)
+        gh = torch.mul(g_prime, z).mul_(d)
+        return gz, gh, a[0] * d[0], None
+
+
+def _sequential_direction(x: Tensor, state: tuple, w: SimpleNamespace, lengths: Optional[Tensor], cell: str):
+    """:func:`scan_direction` by :class:`SequentialScan`, computed time-major (T, B, .) throughout."""
+    B, T, _ = x.shape
+    x = x.transpose(0, 1).contiguous()  # (T, B, F)
+    valid = None
+    if lengths is not None:
+        valid = (torch.arange(T).unsqueeze(1) < lengths).to(x.device).unsqueeze(-1)  # (T, B, 1)
+    if cell == "mingru":  # each gate's projection on its own, so that both are contiguous
+        W, bias = w.weight_ih.chunk(2), (None, None) if w.bias_ih is None else w.bias_ih.chunk(2)
+        k_z, k_h = F.linear(x, W[0], bias[0]), F.linear(x, W[1], bias[1])  # (T, B, H) each
+        h = MinGRUScan.apply(k_z, k_h, state[0].contiguous(), valid)  # (T, B, H)
+    else:
+        xp = F.linear(x, w.weight_ih, w.bias_ih)  # (T, B, G*H)
+        a, b = coefficients(cell, xp)
+        if valid is not None:
+            a, b = a.masked_fill(~valid, 1.0), b.masked_fill(~valid, 0.0)  # padded steps carry h unchanged
+        h = SequentialScan.apply(a.contiguous(), b.contiguous(), state[0].contiguous())  # (T, B, H)
+    last = h[-1]
+    if valid is not None:
+        h = h * valid
+    return h.transpose(0, 1), (last,)

@@ -87,6 +87,10 @@ class Task:
     def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
         raise NotImplementedError
 
+    def loss_fn(self, config: Any):
+        """The training loss for this task config: ``loss`` unless the config chooses another."""
+        return self.loss
+
     def evaluate(self, model, batches: Iterable[Batch]) -> dict:
         raise NotImplementedError
 

@@ -29,6 +29,7 @@ Façade: :class:`Forecaster` — ``fit(series)``, ``predict(n)``, ``historical_f
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
@@ -66,6 +67,7 @@ class ForecastConfig:
     architecture: str = "rnn"  # rnn | segrnn
     decoding: str = "direct"  # direct (K outputs at once) | autoregressive (K=1 fed back)
     dense_targets: bool = True  # rnn: train the K-ahead forecast at every input step, not only the last
+    loss: str = "mse"  # training loss: mse | mae (SegRNN's choice; validation still selects on MSE)
     burn_in: int = 0  # dense targets: the first N input steps only warm the state (no loss on their forecasts)
     channel_independent: bool = False  # each channel its own univariate series, shared weights
     segment_length: int = 48  # segrnn: W steps per segment
@@ -78,6 +80,7 @@ class ForecastConfig:
         _choice("architecture", self.architecture, ("rnn", "segrnn"))
         _choice("decoding", self.decoding, ("direct", "autoregressive"))
         _choice("window_norm", self.window_norm, ("none", "last"))
+        _choice("loss", self.loss, ("mse", "mae"))
         if not 0 <= self.burn_in < self.lookback:
             raise ValueError(f"burn_in must be in [0, lookback={self.lookback}), got {self.burn_in}")
         if self.lookback < 1 or self.horizon < 1:
@@ -323,14 +326,16 @@ def dense_targets(batch: Batch, step_horizon: int, channels: int) -> Tensor:
     return full[:, 1:].unfold(1, step_horizon, 1)[:, :L].transpose(-1, -2)  # (B, L, K', C)
 
 
-def forecast_loss(outputs: Tensor, batch: Batch) -> Tensor:
-    """Mean squared error; dense outputs (B, L', K', C) against the last L' steps of
-    :func:`dense_targets` (L' = L - burn_in in training)."""
+def forecast_loss(outputs: Tensor, batch: Batch, kind: str = "mse") -> Tensor:
+    """Mean squared (``kind="mse"``) or absolute (``"mae"``) error; outputs (B, K', C), or dense
+    outputs (B, L', K', C) against the last L' steps of :func:`dense_targets` (L' = L - burn_in
+    in training)."""
     if outputs.dim() == 4:
         target = dense_targets(batch, outputs.shape[2], outputs.shape[3])[:, -outputs.shape[1] :]
     else:
         target = batch.targets[:, : outputs.shape[1]]
-    return torch.mean((outputs - target) ** 2)
+    error = outputs - target
+    return torch.mean(error.abs() if kind == "mae" else error**2)
 
 
 def predict_windows(model: ForecastModel, X, horizon: Optional[int] = None, batch_size: int = 4096) -> np.ndarray:
@@ -407,6 +412,9 @@ class ForecastTask(Task):
 
     def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
         return forecast_loss(outputs, batch)
+
+    def loss_fn(self, config: ForecastConfig):
+        return self.loss if config.loss == "mse" else functools.partial(forecast_loss, kind=config.loss)
 
     def evaluate(self, model: ForecastModel, batches) -> dict:
         """Forecast metrics on scaled data over a full pass: loss = mse (all K steps, C channels)."""
@@ -488,7 +496,7 @@ class Forecaster:
                 "task_state": self.task_state, "data": info}
         val = prepared.val
         evaluate = (lambda m: TASK.evaluate(m, val)) if val is not None else None
-        self.history = Trainer(train).fit(self.model, prepared.train, TASK.loss, evaluate, run_dir=out, meta=meta)
+        self.history = Trainer(train).fit(self.model, prepared.train, TASK.loss_fn(self.config), evaluate, run_dir=out, meta=meta)
         self.model.eval()
         self.metrics = {p: TASK.evaluate(self.model, src) for p, src in (("val", prepared.val), ("test", prepared.test))
                         if src is not None}

@@ -61,7 +61,7 @@ def train_task(task_name: str, data: str, out, model: Optional[ModelConfig] = No
     meta = {"task": task.name, "model": dataclasses.asdict(mc), "task_config": dataclasses.asdict(task_config),
             "task_state": prep.task_state, "data": {"source": str(data), **(prep.data_info or {})}}
     trainer = Trainer(train, _callbacks(train, progress))
-    return trainer.fit(net, prep.train, task.loss, _evaluate_fn(task, prep.val, train), run_dir=out, meta=meta)
+    return trainer.fit(net, prep.train, task.loss_fn(task_config), _evaluate_fn(task, prep.val, train), run_dir=out, meta=meta)
 
 
 RESUME_OVERRIDES = ("epochs", "max_steps", "time_budget")
@@ -100,7 +100,7 @@ def resume_run(run_dir, overrides: Optional[dict] = None, progress: bool = True)
     net = task.build_model(art.model_config, art.task_state)
     meta = {k: art.meta[k] for k in ("task", "model", "task_config", "task_state", "data") if k in art.meta}
     trainer = Trainer(train, _callbacks(train, progress))
-    return trainer.fit(net, prep.train, task.loss, _evaluate_fn(task, prep.val, train), run_dir=run_dir,
+    return trainer.fit(net, prep.train, task.loss_fn(task_config), _evaluate_fn(task, prep.val, train), run_dir=run_dir,
                        meta=meta, resume=True)
 
 
