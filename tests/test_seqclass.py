@@ -304,6 +304,26 @@ def test_fit_predict_evaluate_multiclass(tmp_path):
     assert again.label_names == sorted(["lo", "mid", "hi"])
 
 
+def test_python_fit_and_cli_train_give_the_same_model_for_a_seed(tmp_path):
+    from rnnkit.training.config import TrainConfig
+    from rnnkit.training.runner import train_task
+    from safetensors.torch import load_file
+
+    x, y, lengths = _toy_set(60)
+    np.savez(tmp_path / "toy.npz", x=x, y=y)
+    config, model = sc.SeqclassConfig(batch_size=16, val_size=0.2), ModelConfig(cell="gru", hidden_size=8, head="max")
+    train = TrainConfig(epochs=1, lr=0.01, seed=5, log_every=0)
+    torch.manual_seed(123)  # the global RNG's state must not matter
+    clf = sc.SequenceClassifier(config, model, train).fit(data=str(tmp_path / "toy.npz"), out=str(tmp_path / "py"))
+    torch.manual_seed(456)
+    train_task("seqclass", str(tmp_path / "toy.npz"), tmp_path / "cli", model, train, config, progress=False)
+    ours, theirs = load_file(tmp_path / "py" / "model.safetensors"), load_file(tmp_path / "cli" / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        torch.testing.assert_close(ours[k], theirs[k], rtol=0, atol=0)
+    assert clf.history.best["step"] > 0
+
+
 def test_real_mnist_reader(data_dir):
     from tests.conftest import need_file
 

@@ -348,10 +348,11 @@ class SequenceClassifier:
         or on a dataset/file ``data``; the validation split follows ``config.val_size``, and the
         best-validation weights are kept. ``out`` (a directory) also writes the artifact."""
         from rnnkit.training.config import TrainConfig
-        from rnnkit.training.trainer import Trainer
+        from rnnkit.training.trainer import Trainer, _seed
 
+        train = self.train_config or TrainConfig()
         if data is not None:
-            prepared = TASK.prepare(self.config, data)
+            prepared = TASK.prepare(self.config, data, train.seed)
         else:
             if x is None or y is None:
                 raise UserError("fit needs sequences x and labels y, or data=<dataset or file>")
@@ -359,10 +360,11 @@ class SequenceClassifier:
             prepared = prepare_sequences(seqs, None, self.config, {"name": "arrays"})
         self.task_state = prepared.task_state
         model_config = TASK.model_config(prepared.task_state, self.config, self.model_options)
+        _seed(train.seed)  # as `rnnkit train` does: the same seed gives the same model from Python and the CLI
         self.model = SequenceModel(model_config)
         meta = {"task": TASK.name, "model": model_config.to_dict(), "task_config": asdict(self.config),
                 "task_state": self.task_state, "data": prepared.data_info}
-        self.history = Trainer(self.train_config or TrainConfig(), callbacks).fit(
+        self.history = Trainer(train, callbacks).fit(
             self.model, prepared.train, TASK.loss, validation_fn(prepared), run_dir=out, meta=meta)
         self.model.eval()
         if prepared.val is not None:
