@@ -27,7 +27,9 @@ Two ways to evaluate the recurrence, same numbers (tests/test_mingru.py):
 - ``"sequential"``: ``h_t = a_t h_{t-1} + b_t`` in direct space, one ``addcmul`` per step
   forward and one per step backward (:class:`SequentialScan`), with a and b computed for all
   steps at once. On CPU this is several times cheaper: ``logcumsumexp`` and ``exp`` over
-  (B, T, H) cost more than the 2T tiny fused multiply-adds (see BENCHMARKS.md).
+  (B, T, H) cost more than the 2T tiny fused multiply-adds. Measured on S5 (B=64, T=784,
+  H=128, 2 threads, ``python -m benchmarks``): a minGRU training step took 1010 ms with the
+  log-space scan and 102 ms with this one (``torch.nn.LSTM`` with flush-to-zero: 215 ms).
 
 ``METHOD = "auto"`` takes ``"sequential"`` on CPU and ``"log"`` elsewhere.
 """
