@@ -1,4 +1,4 @@
-"""Parallel training path of minGRU / minLSTM: a log-space scan over time.
+"""Training path of minGRU / minLSTM: a scan over time (log-space and parallel, or sequential on CPU).
 
 Both cells (see :class:`rnnkit.cells.MinGRUCell`, :class:`rnnkit.cells.MinLSTMCell`) are a
 linear recurrence whose coefficients depend on x alone::
