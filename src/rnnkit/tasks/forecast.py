@@ -414,7 +414,7 @@ class ForecastTask(Task):
         return forecast_loss(outputs, batch)
 
     def loss_fn(self, config: ForecastConfig):
-        return self.loss if config.loss == "mse" else functools.partial(forecast_loss, kind=config.loss)
+        return functools.partial(forecast_loss, kind=config.loss)
 
     def evaluate(self, model: ForecastModel, batches) -> dict:
         """Forecast metrics on scaled data over a full pass: loss = mse (all K steps, C channels)."""

@@ -348,7 +348,8 @@ class SequenceClassifier:
         or on a dataset/file ``data``; the validation split follows ``config.val_size``, and the
         best-validation weights are kept. ``out`` (a directory) also writes the artifact."""
         from rnnkit.training.config import TrainConfig
-        from rnnkit.training.trainer import Trainer, _seed
+        from rnnkit.runtime import seed_everything
+        from rnnkit.training.trainer import Trainer
 
         train = self.train_config or TrainConfig()
         if data is not None:
@@ -360,7 +361,7 @@ class SequenceClassifier:
             prepared = prepare_sequences(seqs, None, self.config, {"name": "arrays"})
         self.task_state = prepared.task_state
         model_config = TASK.model_config(prepared.task_state, self.config, self.model_options)
-        _seed(train.seed)  # as `rnnkit train` does: the same seed gives the same model from Python and the CLI
+        seed_everything(train.seed)  # as `rnnkit train` does: the same seed gives the same model from Python and the CLI
         self.model = SequenceModel(model_config)
         meta = {"task": TASK.name, "model": model_config.to_dict(), "task_config": asdict(self.config),
                 "task_state": self.task_state, "data": prepared.data_info}

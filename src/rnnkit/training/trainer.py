@@ -33,6 +33,7 @@ import torch
 
 from rnnkit import artifacts
 from rnnkit.errors import UserError
+from rnnkit.runtime import seed_everything
 from rnnkit.training import distributed
 from rnnkit.training.callbacks import Callback, EarlyStopping
 from rnnkit.training.config import TrainConfig
@@ -220,7 +221,7 @@ class Trainer:
             carry, best = self._restore(model, opt)
         else:
             self.state, self.history = LoopState(), History()
-            _seed(cfg.seed)
+            seed_everything(cfg.seed)
         s, steps_here = self.state, 0
         while not self._stop_reason:
             if s.epoch >= cfg.epochs:
@@ -466,12 +467,6 @@ class Trainer:
             cb.on_fit_end(self, self.history)
         _ = s
         return self.history
-
-
-def _seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _py_rng_to_json(state) -> list:
