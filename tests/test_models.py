@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from rnnkit.errors import UserError
 from rnnkit.models import ModelConfig, SequenceModel
 
 
@@ -37,5 +38,5 @@ def test_bag_appends_the_mean_input_vector_over_valid_steps():
             y, _ = model.rnn(vectors.unsqueeze(0))
             expected = torch.cat([y[0].amax(0), vectors.mean(0)])
             torch.testing.assert_close(feats[b], expected, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="bag needs a pooled head"):
-        ModelConfig(head="per_step", bag=True)
+    with pytest.raises(UserError, match="bag needs a pooled head"):
+        SequenceModel(ModelConfig(head="per_step", bag=True))

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnkit.errors import UserError
 from rnnkit.recurrent import Recurrent, merge_directions
 
 ENCODERS = ("embedding", "linear", "identity")
@@ -57,8 +58,6 @@ class ModelConfig:
             raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
-        if self.bag and self.head == "per_step":
-            raise ValueError("bag needs a pooled head (last, mean, max or concat), not per_step")
         for name in ("embedding_dropout", "dropout", "recurrent_dropout", "weight_dropout", "head_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -100,6 +99,9 @@ class SequenceModel(nn.Module):
             use_fused=_fused_flag(c.use_fused), nonlinearity=c.nonlinearity, reset_after=c.reset_after,
             forget_bias=c.forget_bias, init=c.init,
         )
+        if c.bag and c.head == "per_step":  # checked here: classification tasks turn per_step into last
+            raise UserError("bag needs a pooled head (last, mean, max or concat), not per_step "
+                            "(text generation and forecasting predict every step)")
         pooled = 3 if c.head == "concat" else 1  # [last; max; mean]
         self.head = nn.Linear(pooled * self.rnn.output_size + (rnn_input if c.bag else 0), c.output_size)
         if c.init == "keras":
