@@ -488,12 +488,13 @@ def _lstm_factors(gv: Tensor, tc: Tensor, c_prev: Tensor, scratch: Tensor):
     """
     o, i, f, g = gv.unbind(3)
     fo, fi, ff, fg, to_c = scratch.unbind(3)
-    one_minus = torch.rsub(gv[:, :, :, :3], 1)  # (D, n, B, 3, H): 1-o, 1-i, 1-f
-    torch.mul(o, one_minus[:, :, :, 0], out=fo).mul_(tc)
-    torch.mul(i, one_minus[:, :, :, 1], out=fi).mul_(g)
-    torch.mul(f, one_minus[:, :, :, 2], out=ff).mul_(c_prev)
-    torch.mul(g, g, out=fg).neg_().add_(1).mul_(i)
-    torch.mul(tc, tc, out=to_c).neg_().add_(1).mul_(o)
+    # s(1-s) as s - s*s and 1-u^2 as 1 - u*u, written straight into the scratch slots: 10 passes
+    # instead of 14 and no fresh (D, n, B, 3, H) temporary for 1 - s.
+    torch.addcmul(o, o, o, value=-1, out=fo).mul_(tc)
+    torch.addcmul(i, i, i, value=-1, out=fi).mul_(g)
+    torch.addcmul(f, f, f, value=-1, out=ff).mul_(c_prev)
+    torch.addcmul(i, i, torch.mul(g, g, out=fg), value=-1, out=fg)  # i (1 - g^2)
+    torch.addcmul(o, o, torch.mul(tc, tc, out=to_c), value=-1, out=to_c)  # o (1 - tanh^2 c)
     return fo.unbind(1), scratch[:, :, :, 1:4].unbind(1), to_c.unbind(1)
 
 
