@@ -249,12 +249,34 @@ def test_imdb_named_dataset(data_dir):
         assert len(texts) == 25000 and labels.count("pos") == 12500 and labels.count("neg") == 12500
 
 
-def test_prepare_then_build_model_loads_word_vectors_once(tmp_path):
+def test_new_model_starts_from_word_vectors_and_loading_does_not_read_them(tmp_path):
     (tmp_path / "g.txt").write_text("good 1 2 3 4\n")
     (tmp_path / "d.csv").write_text("text,label\ngood film,pos\nbad film,neg\nso good,pos\n")
     config = tc.Config(word_vectors=str(tmp_path / "g.txt"), val_fraction=0)
     prep = tc.TASK.prepare(config, str(tmp_path / "d.csv"), 0)
     mc = tc.TASK.model_config(prep.task_state, config, ModelConfig(embedding_dim=4, hidden_size=3))
     row = prep.task_state["vocab"]["words"].index("good")
-    assert tc.TASK.build_model(mc, prep.task_state).encoder.weight[row].tolist() == [1, 2, 3, 4]
-    assert tc.TASK.build_model(mc, prep.task_state).encoder.weight[row].tolist() != [1, 2, 3, 4]  # consumed
+    assert tc.TASK.new_model(mc, prep.task_state, config, seed=0).encoder.weight[row].tolist() == [1, 2, 3, 4]
+    (tmp_path / "g.txt").unlink()  # an artifact is rebuilt by build_model alone: the file is not needed
+    assert tc.TASK.build_model(mc, prep.task_state).encoder.weight[row].tolist() != [1, 2, 3, 4]
+
+
+def test_python_fit_and_cli_train_give_the_same_model_for_a_seed(tmp_path):
+    from safetensors.torch import load_file
+
+    from rnnkit.training.config import TrainConfig
+    from rnnkit.training.runner import train_task
+
+    (tmp_path / "g.txt").write_text("good 1 2 3 4\n")
+    rows = ["good film,pos", "bad film,neg", "so good,pos", "awful,neg"] * 6
+    (tmp_path / "d.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    config = tc.Config(word_vectors=str(tmp_path / "g.txt"), val_fraction=0.25, batch_size=4)
+    model, train = ModelConfig(embedding_dim=4, hidden_size=3), TrainConfig(epochs=1, lr=0.01, seed=5, log_every=0)
+    torch.manual_seed(123)  # the global RNG's state must not matter
+    tc.TextClassifier(config, model, train).fit(data=str(tmp_path / "d.csv"), out=tmp_path / "py")
+    torch.manual_seed(456)
+    train_task("textclass", str(tmp_path / "d.csv"), tmp_path / "cli", model, train, config, progress=False)
+    ours, theirs = load_file(tmp_path / "py" / "model.safetensors"), load_file(tmp_path / "cli" / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        torch.testing.assert_close(ours[k], theirs[k], rtol=0, atol=0)

@@ -19,6 +19,9 @@ subclass of :class:`Task` and registers an instance in :data:`TASKS` (see ``task
    ``.task_state``, ``.metrics``, ``.data``, ``.state_dict()`` (checked weights) and
    ``.build_model()`` (``Task.build_model`` -- by default a ``SequenceModel`` -- with them, eval mode).
 
+A new network for training comes from ``Task.new_model`` (seed, ``build_model``, then the
+optional ``init_model`` hook for start values such as pretrained word vectors).
+
 Optional CLI hooks (defaults do nothing / refuse the verb):
 
 6. ``add_arguments(verb, parser)``: add the options of ``rnnkit sample|predict|evaluate DIR``
@@ -105,6 +108,22 @@ class Task:
         from rnnkit.models import SequenceModel
 
         return SequenceModel(model_config)
+
+    def init_model(self, model, task_state: dict, config: Any) -> None:
+        """Task-specific start values for a new network (e.g. pretrained word vectors); none by default."""
+
+    def new_model(self, model_config: ModelConfig, task_state: dict, config: Any, seed: int):
+        """A freshly initialised network to train: all generators seeded, ``build_model``, ``init_model``.
+
+        ``rnnkit train`` and every facade's ``fit`` call this, so the same seed gives the same
+        starting weights from the CLI and from Python.
+        """
+        from rnnkit.runtime import seed_everything
+
+        seed_everything(seed)
+        model = self.build_model(model_config, task_state)
+        self.init_model(model, task_state, config)
+        return model
 
     # -- optional CLI hooks (see the module docstring, items 6-7) -------------------------------
     def add_arguments(self, verb: str, parser) -> None:

@@ -490,8 +490,7 @@ class Forecaster:
         self.task_state, self.data_info = prepared.task_state, info
         model_config = TASK.model_config(self.task_state, self.config, self.model_options)
         train = self.train_config or TrainConfig()
-        torch.manual_seed(train.seed)
-        self.model = ForecastModel(self.task_state["spec"], model_config)
+        self.model = TASK.new_model(model_config, self.task_state, self.config, train.seed)
         meta = {"task": TASK.name, "model": asdict(model_config), "task_config": asdict(self.config),
                 "task_state": self.task_state, "data": info}
         val = prepared.val

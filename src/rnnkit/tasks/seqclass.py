@@ -14,7 +14,6 @@ per-class ``precision_<c>``, ``recall_<c>``, ``f1_<c>``, ``macro_f1`` and the co
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
@@ -348,7 +347,6 @@ class SequenceClassifier:
         or on a dataset/file ``data``; the validation split follows ``config.val_size``, and the
         best-validation weights are kept. ``out`` (a directory) also writes the artifact."""
         from rnnkit.training.config import TrainConfig
-        from rnnkit.runtime import seed_everything
         from rnnkit.training.trainer import Trainer
 
         train = self.train_config or TrainConfig()
@@ -361,8 +359,7 @@ class SequenceClassifier:
             prepared = prepare_sequences(seqs, None, self.config, {"name": "arrays"})
         self.task_state = prepared.task_state
         model_config = TASK.model_config(prepared.task_state, self.config, self.model_options)
-        seed_everything(train.seed)  # as `rnnkit train` does: the same seed gives the same model from Python and the CLI
-        self.model = SequenceModel(model_config)
+        self.model = TASK.new_model(model_config, self.task_state, self.config, train.seed)  # as `rnnkit train`
         meta = {"task": TASK.name, "model": model_config.to_dict(), "task_config": asdict(self.config),
                 "task_state": self.task_state, "data": prepared.data_info}
         self.history = Trainer(train, callbacks).fit(

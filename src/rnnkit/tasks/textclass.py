@@ -279,26 +279,12 @@ class TextClassTask(Task):
         info = {"name": str(data)}
         if str(data) == "imdb":
             info["sha256"] = {"train": IMDB_SHA256["train"], "test": IMDB_SHA256["test"]}
-        prepared = prepare_texts(config, *splits["train"], seed=seed, test=splits.get("test"), info=info)
-        if config.word_vectors:
-            self._pending_vectors = (prepared.task_state, config)
-        return prepared
+        return prepare_texts(config, *splits["train"], seed=seed, test=splits.get("test"), info=info)
 
     def model_config(self, task_state: dict, config: Config, model: ModelConfig) -> ModelConfig:
         enc = Encoder(task_state)
         head = "last" if model.head == "per_step" else model.head
         return replace(model, encoder="embedding", input_size=enc.input_size, head=head, output_size=len(task_state["labels"]))
-
-    def build_model(self, model_config: ModelConfig, task_state: dict) -> SequenceModel:
-        """A SequenceModel; right after ``prepare`` with ``word_vectors`` set, its embedding rows of
-        the words found in the file start from those vectors."""
-        model = SequenceModel(model_config)
-        pending, self._pending_vectors = self._pending_vectors, None
-        if pending is not None and pending[0] is task_state:
-            self.init_model(model, task_state, pending[1])
-        return model
-
-    _pending_vectors = None  # (task_state, config) from the last prepare() with word_vectors
 
     def init_model(self, model: SequenceModel, task_state: dict, config: Config) -> int:
         """Copy pretrained word vectors (``config.word_vectors``) into the embedding; returns words found."""
@@ -469,10 +455,7 @@ class TextClassifier:
                                      info={"name": "texts"})
         self.task_state = prepared.task_state
         model_config = TASK.model_config(prepared.task_state, self.config, self.model_options)
-        torch.manual_seed(train_config.seed)
-        self.model = SequenceModel(model_config)
-        TASK._pending_vectors = None
-        TASK.init_model(self.model, self.task_state, self.config)
+        self.model = TASK.new_model(model_config, self.task_state, self.config, train_config.seed)
         meta = {"task": TASK.name, "model": model_config.to_dict(), "task_config": asdict(self.config),
                 "task_state": self.task_state, "data": prepared.data_info}
         evaluate_fn = (lambda m: TASK.evaluate(m, prepared.val.epoch(0, 0))) if prepared.val is not None else None

@@ -337,8 +337,7 @@ class TextGenerator:
         self.vocab = CharVocab.from_dict(prepared.task_state["vocab"])
         model_config = TASK.model_config(prepared.task_state, self.config, self.model_options)
         train = self.train_config or TrainConfig()
-        torch.manual_seed(train.seed)
-        self.model = SequenceModel(model_config)
+        self.model = TASK.new_model(model_config, prepared.task_state, self.config, train.seed)
         meta = {"task": TASK.name, "model": asdict(model_config), "task_config": asdict(self.config),
                 "task_state": prepared.task_state, "data": {"name": "<text>", "chars": len(text)}}
         val = prepared.val

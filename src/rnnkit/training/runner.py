@@ -17,7 +17,6 @@ from rnnkit import artifacts
 from rnnkit.data.sources import resolve, sha256_file
 from rnnkit.errors import UserError
 from rnnkit.models import ModelConfig
-from rnnkit.runtime import seed_everything
 from rnnkit.tasks import get_task
 from rnnkit.training import distributed
 from rnnkit.training.callbacks import CurvesPlot, ProgressBar
@@ -57,8 +56,7 @@ def train_task(task_name: str, data: str, out, model: Optional[ModelConfig] = No
     check_out_dir(out, overwrite)
     prep = task.prepare(task_config, data, train.seed)
     mc = task.model_config(prep.task_state, task_config, model)
-    seed_everything(train.seed)
-    net = task.build_model(mc, prep.task_state)
+    net = task.new_model(mc, prep.task_state, task_config, train.seed)
     meta = {"task": task.name, "model": dataclasses.asdict(mc), "task_config": dataclasses.asdict(task_config),
             "task_state": prep.task_state, "data": {"source": str(data), **(prep.data_info or {})}}
     trainer = Trainer(train, _callbacks(train, progress))
