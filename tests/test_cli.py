@@ -129,6 +129,13 @@ def test_bad_inputs_one_line_exit_2(tmp_path, csv, capsys):
     assert train(csv, "--max-steps", "x") == "--max-steps: expected an integer or none, got 'x'"
     assert train(csv, "--weight-dropout", "1.0") == "--weight-dropout: weight_dropout must be in [0, 1), got 1.0"
     assert train(csv, "--ema", "1.5") == "--ema: ema must be in [0, 1), got 1.5"
+    # numbers of the right type but out of range: one line, not a traceback or an untrained model
+    assert train(csv, "--epochs", "0") == "--epochs: epochs must be positive, got 0"
+    assert train(csv, "--max-steps", "0") == "--max-steps: max_steps must be positive, got 0"
+    assert train(csv, "--lr", "-1") == "--lr: lr must not be negative, got -1.0"
+    assert train(csv, "--beta2", "1") == "--beta2: beta2 must be in [0, 1), got 1.0"
+    assert train(csv, "--hidden-size", "0") == "--hidden-size: hidden_size must be at least 1, got 0"
+    assert train(csv, "--num-layers", "0") == "--num-layers: num_layers must be at least 1, got 0"
     assert train(csv, "--hiden-size", "3") == "unknown option --hiden-size; did you mean --hidden-size?"
     assert _bad(capsys, tmp_path, "train", "toyy", "--data", csv, "--out", tmp_path / "out") == (
         "unknown task 'toyy'; expected one of: textgen, forecast, textclass, seqclass, toy")

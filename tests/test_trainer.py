@@ -290,9 +290,9 @@ def test_monitor_max_selects_highest():
 
 def test_time_budget_stops_cleanly(tmp_path):
     src = toy.StreamSource(_values(), 4, 5)
-    hist = Trainer(TrainConfig(epochs=100, time_budget=0.0)).fit(_model(), src, _loss, run_dir=tmp_path / "r",
-                                                                  meta={"task": "toy", "model": {}})
-    assert hist.stop_reason == "time budget of 0 s reached at step 0"
+    hist = Trainer(TrainConfig(epochs=100, time_budget=1e-9)).fit(_model(), src, _loss, run_dir=tmp_path / "r",
+                                                                   meta={"task": "toy", "model": {}})
+    assert hist.stop_reason == "time budget of 1e-09 s reached at step 0"
 
 
 def test_same_seed_same_weights_and_optimizers():

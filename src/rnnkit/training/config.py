@@ -80,6 +80,18 @@ class TrainConfig:
         check_choices(self)
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        positive = {"epochs": self.epochs, "max_steps": self.max_steps, "time_budget": self.time_budget,
+                    "clip_grad_norm": self.clip_grad_norm, "step_size": self.step_size, "gamma": self.gamma}
+        for name, value in positive.items():  # a run that cannot take one step is a mistake, not an empty model
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        for name in ("lr", "weight_decay", "momentum", "warmup_steps", "min_lr", "eval_every", "eval_batches",
+                     "checkpoint_every", "patience", "explode_factor", "log_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
 
 
 # ----------------------------------------------------------------------------- typing
