@@ -165,3 +165,20 @@ def test_bad_artifacts_one_line_exit_2(tmp_path, csv, capsys):
     assert _bad(capsys, tmp_path, "train", "toy", "--data", csv, "--out", run) == (
         f"--out {run}: already holds an artifact; use `rnnkit resume {run}`, another --out, or --overwrite")
 
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["forecast", "--horizon", "0"], "--horizon: horizon must be at least 1, got 0"),
+    (["forecast", "--lookback", "0"], "--lookback: lookback must be at least 1, got 0"),
+    (["forecast", "--batch-size", "0"], "--batch-size: batch_size must be at least 1, got 0"),
+    (["forecast", "--val", "-1"], "--val: val must not be negative, got -1.0"),
+    (["seqclass", "--batch-size", "0"], "--batch-size: batch_size must be at least 1, got 0"),
+    (["seqclass", "--val-size", "-1"], "--val-size: val_size must not be negative, got -1.0"),
+    (["textclass", "--ngram-buckets", "-1"], "ngram_buckets must not be negative, got -1"),
+])
+def test_out_of_range_task_options_are_one_line_errors(tmp_path, capsys, argv, message):
+    """Checked when the options are read, before any data: no traceback (these gave ZeroDivisionError,
+    a reshape error and an OverflowError), nothing written."""
+    task, *flags = argv
+    assert _bad(capsys, tmp_path, "train", task, "--data", tmp_path / "unread.csv", "--out", tmp_path / "out",
+                "--quiet", *flags) == message

@@ -81,10 +81,14 @@ class ForecastConfig:
         _choice("decoding", self.decoding, ("direct", "autoregressive"))
         _choice("window_norm", self.window_norm, ("none", "last"))
         _choice("loss", self.loss, ("mse", "mae"))
+        for name in ("lookback", "horizon", "batch_size", "segment_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("val", "test", "rows", "period"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if not 0 <= self.burn_in < self.lookback:
             raise ValueError(f"burn_in must be in [0, lookback={self.lookback}), got {self.burn_in}")
-        if self.lookback < 1 or self.horizon < 1:
-            raise UserError(f"lookback and horizon must be >= 1, got {self.lookback} and {self.horizon}")
 
 
 def _choice(name: str, value: str, valid: tuple) -> None:

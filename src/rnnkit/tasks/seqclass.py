@@ -50,6 +50,14 @@ class SeqclassConfig:
     augment_shift: int = 0  # MNIST only: random translation by up to N pixels of training images
     encoder: str = field(default="identity", metadata={"choices": ("identity", "linear")})
 
+    def __post_init__(self):
+        for name in ("features", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("val_size", "augment_shift"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+
 
 Config = SeqclassConfig
 

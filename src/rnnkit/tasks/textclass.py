@@ -60,6 +60,8 @@ class Config:
         for name in ("max_length", "batch_size", "min_freq"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.ngram_buckets < 0:
+            raise UserError(f"ngram_buckets must not be negative, got {self.ngram_buckets}")
 
 
 # ----------------------------------------------------------------------------------------- data
