@@ -151,6 +151,9 @@ def test_bad_artifacts_one_line_exit_2(tmp_path, csv, capsys):
     assert _cli(capsys, "train", "toy", "--data", csv, "--out", run, *TRAIN)[0] == 0
     assert _bad(capsys, tmp_path, "sample", run) == "task 'toy' has no 'sample' command"
     assert _bad(capsys, tmp_path, "evaluate", tmp_path / "nope") == f"{tmp_path / 'nope'}: no such artifact directory"
+    # with a task option the artifact would have defined: still the missing directory, not "unknown option"
+    assert _bad(capsys, tmp_path, "predict", tmp_path / "nope", "--horizon", "3") == (
+        f"{tmp_path / 'nope'}: no such artifact directory")
     meta = json.loads((run / "artifact.json").read_text())
     (run / "artifact.json").write_text(json.dumps({**meta, "format_version": 2}))
     assert _bad(capsys, tmp_path, "evaluate", run) == (

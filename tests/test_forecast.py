@@ -29,6 +29,16 @@ def test_csv_reads_time_and_columns(tmp_path):
     np.testing.assert_array_equal(s.values, [[1, 10], [2.5, 20]])
 
 
+def test_csv_of_one_column_is_the_series_indexed_by_row(tmp_path):
+    s = read_csv(_csv(tmp_path, "value\n3\n1.5\n4\n"))
+    assert s.columns == ["value"] and list(s.time) == ["0", "1", "2"]
+    np.testing.assert_array_equal(s.values[:, 0], [3, 1.5, 4])
+    only_time = _csv(tmp_path, "date\n2020\n", "d.csv")
+    with pytest.raises(UserError) as e:
+        read_csv(only_time, time_column="date")
+    assert str(e.value) == f"{only_time}: no value columns besides the time column 'date'"
+
+
 def test_csv_missing_value_message(tmp_path):
     path = _csv(tmp_path, "date,a\n2020-01,1\n2020-02,\n2020-03,3\n")
     with pytest.raises(UserError) as e:
@@ -279,3 +289,7 @@ def test_cli_train_predict_evaluate_backtest(tmp_path, capsys):
     bad.write_text("t,y\n0,1\n1,x\n")
     assert main(["predict", str(run), "--data", str(bad)]) == 2
     assert capsys.readouterr().err.strip().endswith(f"{bad} line 3, column 'y': expected a number, found 'x'")
+    assert main(["predict", str(run), "--horizon", "0"]) == 2  # 0 is not "the trained horizon"
+    assert capsys.readouterr().err.strip() == "rnnkit: error: --horizon must be >= 1, got 0"
+    assert main(["evaluate", str(run), "--split", "test", "--backtest", "--stride", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "rnnkit: error: stride must be >= 1, got 0"

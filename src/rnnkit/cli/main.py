@@ -92,6 +92,10 @@ def run(argv: list[str]) -> int:
     parser = build_parser(peek_task(argv))
     args, extras = parser.parse_known_args(argv)
     if extras:
+        if args.command in VERBS_WITH_DIR and getattr(args, "dir", None):
+            from rnnkit.artifacts import read_meta
+
+            read_meta(args.dir)  # task options are unknown because the artifact is missing or damaged: say so
         sub = parser._subparsers._group_actions[0].choices.get(args.command) if args.command else parser
         raise unknown_option_error(extras, sub or parser)
     if not getattr(args, "func", None):

@@ -87,6 +87,8 @@ def read_csv(path, time_column: Optional[str] = None, columns: Optional[Sequence
              fill: str = "error") -> Series:
     """Read a CSV with a header row: one time column (default: the first) and numeric columns.
 
+    A file of a single column has no time column: its values are the series, indexed by row.
+
     ``columns`` picks the numeric columns (default: all but the time column). Missing cells
     ("", NA, NaN, null, ?) are a UserError naming file/line/column unless ``fill`` is
     ffill | interpolate | zero; non-numeric text is always an error.
@@ -101,20 +103,25 @@ def read_csv(path, time_column: Optional[str] = None, columns: Optional[Sequence
     if not rows:
         raise UserError(f"{path}: empty file, expected a header row")
     header = [h.strip() for h in rows[0]]
-    time_column = time_column or header[0]
-    if time_column not in header:
+    if not time_column and len(header) == 1:  # a bare column of values: time is the row number
+        time_column = None
+    elif (time_column or header[0]) not in header:
         raise UserError(f"{path}: no time column {time_column!r}; columns are: {', '.join(header)}")
+    else:
+        time_column = time_column or header[0]
     columns = list(columns) if columns else [h for h in header if h != time_column]
+    if not columns:
+        raise UserError(f"{path}: no value columns besides the time column {time_column!r}")
     for c in columns:
         if c not in header:
             raise UserError(f"{path}: no column {c!r}; columns are: {', '.join(header)}")
-    ti, idx = header.index(time_column), [header.index(c) for c in columns]
+    ti, idx = header.index(time_column) if time_column else None, [header.index(c) for c in columns]
     times, values = [], np.empty((len(rows) - 1, len(columns)))
     for r, row in enumerate(rows[1:]):
         line = r + 2  # 1-based, after the header
         if len(row) != len(header):
             raise UserError(f"{path} line {line}: expected {len(header)} columns, found {len(row)}")
-        times.append(row[ti])
+        times.append(row[ti] if ti is not None else str(r))
         for j, (c, k) in enumerate(zip(columns, idx)):
             values[r, j] = _parse_cell(row[k], path, line, c, fill)
     if len(times) == 0:

@@ -534,7 +534,10 @@ class Forecaster:
         Returns (origins (N,), forecasts (N, horizon, C)) on the original scale.
         """
         model = self._require_model()
-        L, K = self.task_state["lookback"], horizon or self.task_state["horizon"]
+        L, K = self.task_state["lookback"], self.task_state["horizon"] if horizon is None else horizon
+        for name, value in (("horizon", K), ("stride", stride)):
+            if value < 1:
+                raise UserError(f"{name} must be >= 1, got {value}")
         if start < L:
             raise UserError(f"start={start} leaves fewer than lookback={L} steps of history")
         z = self.scaler.transform(series.values)
@@ -581,7 +584,7 @@ class Forecaster:
             raise UserError("backtest needs a chronological series: pass --data CSV (sines has no timeline)")
         C, K = len(self.task_state["columns"]), self.task_state["horizon"]
         start = borders[1] if len(series) == borders[2] else max(self.task_state["lookback"], int(len(series) * 0.8))
-        origins, pred = self.historical_forecasts(series, start, K, stride or K)
+        origins, pred = self.historical_forecasts(series, start, K, K if stride is None else stride)
         truth = series.values[origins[:, None] + np.arange(K), :C]  # (N, K, C)
         report = fm.original_metrics(pred, truth, float(np.mean(self.task_state["mase_scale"])))
         ts = self._target_scaler()
@@ -662,7 +665,7 @@ def _cli_predict(f: Forecaster, args) -> int:
     import sys
 
     series = load_series(args.data, f.config)[0] if args.data else None
-    K = args.horizon or f.task_state["horizon"]
+    K = f.task_state["horizon"] if args.horizon is None else args.horizon
     if K < 1:
         raise UserError(f"--horizon must be >= 1, got {K}")
     pred = f.predict(K, series)  # (K, C)
