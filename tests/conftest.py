@@ -33,3 +33,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def assert_same_weights(run_a: Path, run_b: Path) -> None:
+    """The two run directories' model.safetensors hold bit-identical tensors under the same names."""
+    import torch
+    from safetensors.torch import load_file
+
+    ours, theirs = load_file(Path(run_a) / "model.safetensors"), load_file(Path(run_b) / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        torch.testing.assert_close(ours[k], theirs[k], rtol=0, atol=0)

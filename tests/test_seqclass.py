@@ -305,9 +305,10 @@ def test_fit_predict_evaluate_multiclass(tmp_path):
 
 
 def test_python_fit_and_cli_train_give_the_same_model_for_a_seed(tmp_path):
+    from conftest import assert_same_weights
+
     from rnnkit.training.config import TrainConfig
     from rnnkit.training.runner import train_task
-    from safetensors.torch import load_file
 
     x, y, lengths = _toy_set(60)
     np.savez(tmp_path / "toy.npz", x=x, y=y)
@@ -317,10 +318,7 @@ def test_python_fit_and_cli_train_give_the_same_model_for_a_seed(tmp_path):
     clf = sc.SequenceClassifier(config, model, train).fit(data=str(tmp_path / "toy.npz"), out=str(tmp_path / "py"))
     torch.manual_seed(456)
     train_task("seqclass", str(tmp_path / "toy.npz"), tmp_path / "cli", model, train, config, progress=False)
-    ours, theirs = load_file(tmp_path / "py" / "model.safetensors"), load_file(tmp_path / "cli" / "model.safetensors")
-    assert ours.keys() == theirs.keys()
-    for k in ours:
-        torch.testing.assert_close(ours[k], theirs[k], rtol=0, atol=0)
+    assert_same_weights(tmp_path / "py", tmp_path / "cli")
     assert clf.history.best["step"] > 0
 
 

@@ -262,7 +262,7 @@ def test_new_model_starts_from_word_vectors_and_loading_does_not_read_them(tmp_p
 
 
 def test_python_fit_and_cli_train_give_the_same_model_for_a_seed(tmp_path):
-    from safetensors.torch import load_file
+    from conftest import assert_same_weights
 
     from rnnkit.training.config import TrainConfig
     from rnnkit.training.runner import train_task
@@ -276,7 +276,4 @@ def test_python_fit_and_cli_train_give_the_same_model_for_a_seed(tmp_path):
     tc.TextClassifier(config, model, train).fit(data=str(tmp_path / "d.csv"), out=tmp_path / "py")
     torch.manual_seed(456)
     train_task("textclass", str(tmp_path / "d.csv"), tmp_path / "cli", model, train, config, progress=False)
-    ours, theirs = load_file(tmp_path / "py" / "model.safetensors"), load_file(tmp_path / "cli" / "model.safetensors")
-    assert ours.keys() == theirs.keys()
-    for k in ours:
-        torch.testing.assert_close(ours[k], theirs[k], rtol=0, atol=0)
+    assert_same_weights(tmp_path / "py", tmp_path / "cli")
