@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.errors import UserError
+from rnnkit.errors import UserError, check_at_least
 from rnnkit.recurrent import Recurrent, merge_directions
 
 ENCODERS = ("embedding", "linear", "identity")
@@ -61,9 +61,7 @@ class ModelConfig:
         for name in ("embedding_dropout", "dropout", "recurrent_dropout", "weight_dropout", "head_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        for name in ("input_size", "embedding_dim", "hidden_size", "num_layers", "output_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_at_least(self, 1, ("input_size", "embedding_dim", "hidden_size", "num_layers", "output_size"))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -103,12 +103,10 @@ def read_csv(path, time_column: Optional[str] = None, columns: Optional[Sequence
     if not rows:
         raise UserError(f"{path}: empty file, expected a header row")
     header = [h.strip() for h in rows[0]]
-    if not time_column and len(header) == 1:  # a bare column of values: time is the row number
-        time_column = None
-    elif (time_column or header[0]) not in header:
+    if not time_column:  # the first column, unless it is the only one (then time is the row number)
+        time_column = header[0] if len(header) > 1 else None
+    if time_column is not None and time_column not in header:
         raise UserError(f"{path}: no time column {time_column!r}; columns are: {', '.join(header)}")
-    else:
-        time_column = time_column or header[0]
     columns = list(columns) if columns else [h for h in header if h != time_column]
     if not columns:
         raise UserError(f"{path}: no value columns besides the time column {time_column!r}")

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from rnnkit.data.batching import Batch
 from rnnkit.data.scaling import Scaler
 from rnnkit.data.series import Series, generate_sines, make_windows, read_csv, split_points
-from rnnkit.errors import UserError
+from rnnkit.errors import UserError, check_at_least
 from rnnkit.models import ModelConfig, SequenceModel
 from rnnkit.tasks import forecast_models as fm
 from rnnkit.tasks.base import PreparedData, Task
@@ -81,12 +81,8 @@ class ForecastConfig:
         _choice("decoding", self.decoding, ("direct", "autoregressive"))
         _choice("window_norm", self.window_norm, ("none", "last"))
         _choice("loss", self.loss, ("mse", "mae"))
-        for name in ("lookback", "horizon", "batch_size", "segment_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("val", "test", "rows", "period"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        check_at_least(self, 1, ("lookback", "horizon", "batch_size", "segment_length"))
+        check_at_least(self, 0, ("val", "test", "rows", "period"))
         if not 0 <= self.burn_in < self.lookback:
             raise ValueError(f"burn_in must be in [0, lookback={self.lookback}), got {self.burn_in}")
 

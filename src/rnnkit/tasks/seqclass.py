@@ -25,7 +25,7 @@ from torch import Tensor
 
 from rnnkit.data import sequences as seqdata
 from rnnkit.data.batching import Batch
-from rnnkit.errors import UserError
+from rnnkit.errors import UserError, check_at_least
 from rnnkit.models import ModelConfig, SequenceModel
 from rnnkit.tasks.base import PreparedData, Task
 
@@ -51,12 +51,8 @@ class SeqclassConfig:
     encoder: str = field(default="identity", metadata={"choices": ("identity", "linear")})
 
     def __post_init__(self):
-        for name in ("features", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("val_size", "augment_shift"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        check_at_least(self, 1, ("features", "batch_size", "eval_batch_size"))
+        check_at_least(self, 0, ("val_size", "augment_shift"))
 
 
 Config = SeqclassConfig

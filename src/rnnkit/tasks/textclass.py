@@ -25,7 +25,7 @@ from torch import Tensor
 from rnnkit.data.batching import Batch, BucketedBatches, pad_sequences
 from rnnkit.data.labelled import read_aclimdb, read_labelled
 from rnnkit.data.tokenize import TRUNCATE_MODES, Vocabulary, bigram_ids, read_word_vectors, tokenize, truncate
-from rnnkit.errors import UserError
+from rnnkit.errors import UserError, check_at_least
 from rnnkit.models import ModelConfig, SequenceModel
 from rnnkit.tasks.base import PreparedData, Task
 
@@ -57,11 +57,8 @@ class Config:
             raise UserError(f"truncate must be one of {', '.join(TRUNCATE_MODES)}, got {self.truncate!r}")
         if not 0 <= self.val_fraction < 1:
             raise UserError(f"val_fraction must lie in [0, 1), got {self.val_fraction}")
-        for name in ("max_length", "batch_size", "min_freq"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.ngram_buckets < 0:
-            raise UserError(f"ngram_buckets must not be negative, got {self.ngram_buckets}")
+        check_at_least(self, 1, ("max_length", "batch_size", "min_freq"), UserError)
+        check_at_least(self, 0, ("ngram_buckets",), UserError)
 
 
 # ----------------------------------------------------------------------------------------- data

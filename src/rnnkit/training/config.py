@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from rnnkit.errors import UserError
+from rnnkit.errors import UserError, check_at_least
 from rnnkit.models import ENCODERS, HEADS
 from rnnkit.recurrent import CELL_NAMES, MERGE_MODES
 from rnnkit.training.schedules import SCHEDULES
@@ -88,10 +88,8 @@ class TrainConfig:
         for name, value in positive.items():  # a run that cannot take one step is a mistake, not an empty model
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
-        for name in ("lr", "weight_decay", "momentum", "warmup_steps", "min_lr", "eval_every", "eval_batches",
-                     "checkpoint_every", "patience", "explode_factor", "log_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        check_at_least(self, 0, ("lr", "weight_decay", "momentum", "warmup_steps", "min_lr", "eval_every", "eval_batches",
+                                 "checkpoint_every", "patience", "explode_factor", "log_every"))
 
 
 # ----------------------------------------------------------------------------- typing
