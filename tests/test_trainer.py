@@ -295,6 +295,34 @@ def test_time_budget_stops_cleanly(tmp_path):
     assert hist.stop_reason == "time budget of 1e-09 s reached at step 0"
 
 
+class OneSecondSteps(Trainer):
+    """A trainer whose clock says every optimizer step took exactly one second."""
+
+    @property
+    def elapsed(self):
+        return float(self.state.step)
+
+
+@pytest.mark.parametrize("fit", [True, False])
+def test_schedule_to_budget_ends_the_cosine_when_the_budget_ends(fit):
+    seen = []
+
+    class LR(Callback):
+        def on_step_end(self, trainer, logs):
+            seen.append(logs["lr"])
+
+    src = toy.StreamSource(_values(), 4, 5)
+    planned = 100 * len(src)
+    cfg = TrainConfig(epochs=100, lr=0.1, min_lr=0.001, schedule="cosine", warmup_steps=2, time_budget=30,
+                      schedule_to_budget=fit)
+    hist = OneSecondSteps(cfg, [LR()]).fit(_model(), src, _loss)
+    assert hist.stop_reason == "time budget of 30 s reached at step 30" and len(seen) == 30
+    timed = 10  # steps measured before the schedule is refitted to the budget
+    expect = [learning_rate(s, 0.1, "cosine", 2, 30 if fit and s >= timed else planned, 0.001) for s in range(30)]
+    assert seen == pytest.approx(expect)
+    assert (seen[-1] < 0.002) == fit  # the decay reached its floor only when fitted to the budget
+
+
 def test_same_seed_same_weights_and_optimizers():
     src = toy.ShuffledSource(_values(), 4, 5)
     for opt in ("adamw", "adam", "sgd", "rmsprop"):

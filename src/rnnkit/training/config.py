@@ -48,6 +48,9 @@ class TrainConfig:
     epochs: int = 10  # passes over the training batches (the run stops at whichever limit comes first)
     max_steps: Optional[int] = None  # optimizer steps (None: epochs decide)
     time_budget: Optional[float] = None  # seconds of training before a clean stop (None: no limit)
+    # with time_budget: shorten the schedule (epochs/max_steps) to the steps that fit in the budget,
+    # re-estimated from the measured seconds per step, so a cosine decay ends when the budget does
+    schedule_to_budget: bool = False
     optimizer: str = _choices(*OPTIMIZERS)
     lr: float = 2e-3
     weight_decay: float = 0.0  # decoupled for adamw, L2 for the others

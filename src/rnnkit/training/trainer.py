@@ -40,6 +40,9 @@ from rnnkit.training.config import TrainConfig
 from rnnkit.training.schedules import learning_rate
 
 
+BUDGET_FIT_AFTER = 10  # steps timed before schedule_to_budget trusts its seconds-per-step estimate
+
+
 class TrainingDiverged(UserError):
     """The loss became NaN/inf or exploded; the last good checkpoint is kept."""
 
@@ -214,7 +217,7 @@ class Trainer:
         net = self.dist.wrap(model)
         opt = make_optimizer(cfg, model.parameters())
         self.average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
-        self.total_steps = self._total(len(train))
+        self.total_steps = self._planned_steps = self._total(len(train))
         self._fresh = not resume  # the first save of a new run replaces an old directory wholesale
         carry, best = None, None
         if resume:
@@ -236,6 +239,7 @@ class Trainer:
                     break
                 carry = self._step(net, opt, batch, carry, loss_fn)
                 steps_here += 1
+                self._fit_schedule_to_budget(steps_here)
                 if cfg.eval_every and s.step % cfg.eval_every == 0:
                     best = self._evaluate(model, evaluate_fn, best)
                 if self._checkpoint_due() and not self._stop_reason:
@@ -257,6 +261,17 @@ class Trainer:
     def _total(self, per_epoch: int) -> int:
         total = self.config.epochs * per_epoch
         return min(total, self.config.max_steps) if self.config.max_steps is not None else total
+
+    def _fit_schedule_to_budget(self, steps_here: int) -> None:
+        """With ``schedule_to_budget``: total_steps = the steps this call's time budget still has
+        room for at the seconds per step measured so far (never more than planned). The lr is
+        then a function of the step and that estimate, so a resumed call refits to its budget."""
+        cfg = self.config
+        if not cfg.schedule_to_budget or cfg.time_budget is None or steps_here < BUDGET_FIT_AFTER:
+            return
+        elapsed = self.elapsed
+        fits = self.state.step + int(max(0.0, cfg.time_budget - elapsed) * steps_here / elapsed)
+        self.total_steps = max(self.state.step + 1, min(self._planned_steps, fits))
 
     def _step(self, model, opt, batch, carry, loss_fn):
         cfg, s = self.config, self.state
