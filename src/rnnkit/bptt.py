@@ -134,17 +134,10 @@ def _project(xs: Tensor, w_ih: Tensor, bias: Optional[Tensor], out: Optional[Ten
     With ``out`` (D, T, B, G), contiguous within each direction: written there.
     """
     D, T, B, F_ = xs.shape
-    flat = xs.reshape(D, T * B, F_)
-    wt = w_ih.transpose(1, 2)
-    if out is None:
-        res = torch.bmm(flat, wt) if bias is None else torch.baddbmm(bias.unsqueeze(1), flat, wt)
-        return res.view(D, T, B, -1)
-    res = out.view(D, T * B, -1)
-    if bias is None:
-        torch.bmm(flat, wt, out=res)
-    else:
-        torch.baddbmm(bias.unsqueeze(1), flat, wt, out=res)
-    return out
+    flat, wt = xs.reshape(D, T * B, F_), w_ih.transpose(1, 2)
+    res = None if out is None else out.view(D, T * B, -1)  # out=None: a new tensor, autograd-tracked
+    res = torch.bmm(flat, wt, out=res) if bias is None else torch.baddbmm(bias.unsqueeze(1), flat, wt, out=res)
+    return res.view(D, T, B, -1)
 
 
 def _run(layer, xs, ws, first, mask):
