@@ -117,8 +117,13 @@ JOBS = {
     "sines-tutorial": lambda a: [preset("sines-tutorial")],
     "airline": lambda a: [preset("airline")],
     "sunspots": lambda a: [preset("sunspots")],
-    "etth1": lambda a: [preset("etth1", {"horizon": a.horizon}, {"epochs": a.epochs} if a.epochs else {}, f"etth1-{a.horizon}")],
+    "etth1": lambda a: [preset("etth1", {"horizon": a.horizon}, _train_overrides(a), f"etth1-{a.horizon}")],
 }
+
+
+def _train_overrides(a) -> dict:
+    """The preset's training settings that the command line replaces (--epochs, --lr)."""
+    return {k: v for k, v in (("epochs", a.epochs), ("lr", a.lr)) if v is not None}
 
 
 def main(argv=None) -> int:
@@ -126,6 +131,7 @@ def main(argv=None) -> int:
     parser.add_argument("jobs", nargs="+", choices=sorted(JOBS))
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--horizon", type=int, default=96)
+    parser.add_argument("--lr", type=float, default=None, help="etth1: replaces the preset's learning rate")
     # 1 by default: on shared cores an oversubscribed 2-thread pool ran the same LSTM step 10-100x
     # slower (480-6000 ms vs 28-47 ms with 8+ busy processes); use 2 on a quiet machine
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
