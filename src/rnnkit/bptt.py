@@ -443,7 +443,10 @@ class LSTMFunction(torch.autograd.Function):
             full[t].sigmoid_()  # o, i, f; and sigmoid(2 a_g) in the g block
             torch.addcmul(minus_one, gg[t], two, out=gg[t])  # g = tanh(a_g) = 2 sigmoid(2 a_g) - 1
             c = torch.mul(f[t], c_l[t], out=c_l[t + 1]).addcmul_(i[t], gg[t])
-            torch.mul(o[t], torch.tanh(c, out=tc_l[t]), out=h_l[t + 1])
+            # tanh(c) = 2 sigmoid(2c) - 1: ATen's CPU tanh enters an OpenMP parallel region at any
+            # size (even 512 elements), sigmoid/mul/addcmul of a (B, H) slice run inline
+            tct = torch.mul(c, two, out=tc_l[t]).sigmoid_()
+            torch.mul(o[t], torch.addcmul(minus_one, tct, two, out=tct), out=h_l[t + 1])
         ctx.save_for_backward(xs, w_ih, w_hh)
         ctx.gates, ctx.cs, ctx.tc, ctx.hm, ctx.mask = gates, cs, tc, hm, mask
         ctx.has_bias = bias is not None
