@@ -289,6 +289,8 @@ def test_cli_train_predict_evaluate_backtest(tmp_path, capsys):
     bad.write_text("t,y\n0,1\n1,x\n")
     assert main(["predict", str(run), "--data", str(bad)]) == 2
     assert capsys.readouterr().err.strip().endswith(f"{bad} line 3, column 'y': expected a number, found 'x'")
+    assert main(["predict", str(run), "--data", "sines"]) == 2  # many short series: nothing to continue
+    assert "--data sines: the generator makes many short series" in capsys.readouterr().err
     assert main(["predict", str(run), "--horizon", "0"]) == 2  # 0 is not "the trained horizon"
     assert capsys.readouterr().err.strip() == "rnnkit: error: --horizon must be >= 1, got 0"
     assert main(["evaluate", str(run), "--split", "test", "--backtest", "--stride", "0"]) == 2

@@ -660,6 +660,9 @@ def _cli_predict(f: Forecaster, args) -> int:
     import csv
     import sys
 
+    if args.data == "sines":
+        raise UserError("--data sines: the generator makes many short series, not one to continue; "
+                        "leave out --data to forecast after the window stored in the model, or pass a CSV")
     series = load_series(args.data, f.config)[0] if args.data else None
     K = f.task_state["horizon"] if args.horizon is None else args.horizon
     if K < 1:
