@@ -10,6 +10,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+LOG_SCALE_RATIO = 20.0
+
+
+def wants_log_scale(values) -> bool:
+    """True when positive values span more than LOG_SCALE_RATIO: a regression loss that falls
+    from 0.07 to 0.001 is a flat line near zero on a linear axis after the first steps."""
+    values = [v for v in values if v == v]  # drop NaN
+    return bool(values) and min(values) > 0 and max(values) / min(values) > LOG_SCALE_RATIO
+
+
 def curves_png(history: dict, monitor: str = "loss") -> bytes:
     """Training curves as PNG bytes: train/val loss vs step, and the monitored val metric.
 
@@ -25,7 +35,11 @@ def curves_png(history: dict, monitor: str = "loss") -> bytes:
     if val:
         ax.plot([e["step"] for e in val], [e["loss"] for e in val], "o-", label="val loss")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    losses = [r["loss"] for r in train] + [e["loss"] for e in val]
+    log = wants_log_scale(losses)
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel("loss (log scale)" if log else "loss")
     ax.grid(alpha=0.3)
     if train or val:
         ax.legend()
