@@ -660,7 +660,7 @@ def _cli_predict(f: Forecaster, args) -> int:
     import csv
     import sys
 
-    if args.data == "sines":
+    if args.data == SINES:
         raise UserError("--data sines: the generator makes many short series, not one to continue; "
                         "leave out --data to forecast after the window stored in the model, or pass a CSV")
     series = load_series(args.data, f.config)[0] if args.data else None
