@@ -192,6 +192,52 @@ def test_channel_independent_models_keep_channels_apart():
         assert not torch.allclose(y1[..., 1], y2[..., 1])
 
 
+@pytest.mark.parametrize("arch", ["rnn", "segrnn"])
+def test_ensemble_trains_members_apart_and_forecasts_their_mean(arch):
+    cfg = ForecastConfig(lookback=12, horizon=4, architecture=arch, segment_length=4, channel_independent=True,
+                         dense_targets=False, ensemble=3)
+    spec = model_spec(cfg, 2, 2)
+    torch.manual_seed(0)
+    mc = TASK.model_config({"spec": spec}, cfg, ModelConfig(encoder="identity", cell="gru", hidden_size=8))
+    model = ForecastModel(spec, mc)
+    assert len(model.nets) == 3 and not hasattr(model, "net")
+    first = [p for p in model.nets[0].parameters() if p.dim() > 1][0]
+    second = [p for p in model.nets[1].parameters() if p.dim() > 1][0]
+    assert not torch.equal(first, second)  # each member has its own initialisation
+    batch = Batch(torch.randn(5, 12, 2), torch.randn(5, 4, 2))
+    singles = []
+    for net in model.nets:  # each member on its own, as a one-network model with its weights
+        one = ForecastModel({**spec, "ensemble": 1}, mc)
+        one.net.load_state_dict(net.state_dict())
+        singles.append(one.eval().forecast(batch.inputs))
+    torch.testing.assert_close(model.eval().forecast(batch.inputs), torch.stack(singles).mean(0))
+    model.train()
+    for m in model.modules():  # no dropout here, so training outputs equal evaluation outputs
+        assert not isinstance(m, torch.nn.Dropout) or m.p == 0
+    out, _ = model(batch.inputs)  # (M*B, K, C)
+    assert out.shape == (15, 4, 2)
+    torch.testing.assert_close(out.view(3, 5, 4, 2), torch.stack(singles))
+    member_losses = torch.stack([((y - batch.targets) ** 2).mean() for y in singles])
+    torch.testing.assert_close(TASK.loss(out, batch), member_losses.mean())
+    TASK.loss(out, batch).backward()  # member m's gradient comes from member m's error only
+    x0 = batch.inputs
+    for m, net in enumerate(model.nets):
+        ref = ForecastModel({**spec, "ensemble": 1}, mc).train()
+        ref.net.load_state_dict(net.state_dict())
+        (((ref(x0)[0] - batch.targets) ** 2).mean() / 3).backward()
+        for p, q in zip(net.parameters(), ref.net.parameters()):
+            torch.testing.assert_close(p.grad, q.grad)
+
+
+def test_ensemble_rejects_autoregressive_members_and_counts_below_one():
+    cfg = ForecastConfig(lookback=8, decoding="autoregressive", ensemble=2)
+    spec = model_spec(cfg, 1, 1)
+    with pytest.raises(UserError, match="ensemble needs direct decoding"):
+        ForecastModel(spec, TASK.model_config({"spec": spec}, cfg, ModelConfig(encoder="identity", hidden_size=8)))
+    with pytest.raises((UserError, ValueError), match="ensemble"):
+        ForecastConfig(ensemble=0)
+
+
 # ----------------------------------------------------------------------------- baselines, metrics
 
 
@@ -264,6 +310,20 @@ def test_forecaster_fit_save_load_predict(tmp_path):
     assert list(origins) == [100, 105, 110] and fc.shape == (3, 6, 1)
     np.testing.assert_allclose(fc[-1], g.predict(6, Series(vals[:110])))
     assert g.attach(str(csv)).backtest()["origins"] == 4
+
+
+def test_ensemble_artifact_round_trip(tmp_path):
+    from rnnkit import artifacts
+    from rnnkit.training.config import TrainConfig
+
+    vals = np.sin(np.arange(90) / 3.0)
+    f = Forecaster(ForecastConfig(lookback=12, horizon=3, batch_size=16, ensemble=2),
+                   ModelConfig(encoder="identity", cell="gru", hidden_size=6),
+                   TrainConfig(epochs=1, lr=1e-2, optimizer="adam", log_every=0))
+    f.fit(Series(vals), out=tmp_path / "run")
+    g = artifacts.load(tmp_path / "run")
+    assert len(g.model.nets) == 2
+    np.testing.assert_allclose(g.predict(3, Series(vals)), f.predict(3, Series(vals)))
 
 
 def test_cli_train_predict_evaluate_backtest(tmp_path, capsys):

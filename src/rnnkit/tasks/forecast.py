@@ -73,6 +73,7 @@ class ForecastConfig:
     segment_length: int = 48  # segrnn: W steps per segment
     window_norm: str = "none"  # rnn: "last" forecasts relative to the last seen value (causal; segrnn always does)
     period: int = 0  # seasonal naive period (0: detected on the training part)
+    ensemble: int = 1  # M independently initialised networks trained side by side; forecasts averaged
     sines_series: str = "7000,2000,1000"  # sines: train,val,test series counts
     data_seed: int = 42  # sines generator seed
 
@@ -81,7 +82,7 @@ class ForecastConfig:
         _choice("decoding", self.decoding, ("direct", "autoregressive"))
         _choice("window_norm", self.window_norm, ("none", "last"))
         _choice("loss", self.loss, ("mse", "mae"))
-        check_at_least(self, 1, ("lookback", "horizon", "batch_size", "segment_length"))
+        check_at_least(self, 1, ("lookback", "horizon", "batch_size", "segment_length", "ensemble"))
         check_at_least(self, 0, ("val", "test", "rows", "period"))
         if not 0 <= self.burn_in < self.lookback:
             raise ValueError(f"burn_in must be in [0, lookback={self.lookback}), got {self.burn_in}")
@@ -222,27 +223,42 @@ def model_spec(config: ForecastConfig, channels: int, inputs: int) -> dict:
             "dense_targets": bool(config.dense_targets or auto),
             "burn_in": config.burn_in if (config.dense_targets or auto) and config.architecture == "rnn" else 0,
             "channel_independent": bool(config.channel_independent), "segment_length": config.segment_length,
-            "window_norm": config.window_norm}
+            "window_norm": config.window_norm, "ensemble": config.ensemble}
 
 
 class ForecastModel(nn.Module):
-    """The trained network plus its decoding rule.
+    """The trained network(s) plus the decoding rule.
 
     ``forward(x (B, L, F)) -> (outputs, None)`` is what the loss sees: (B, L, K', C) per-step
     forecasts when dense (in training, (B, L - burn_in, K', C): the last steps only), else
     (B, K', C) (K' = K, or 1 when autoregressive).
     ``forecast(x (B, L, F), K) -> (B, K, C)`` is the prediction.
+
+    ``spec["ensemble"] = M > 1``: M networks with their own initialisation (``nets``). In
+    training ``forward`` returns their outputs stacked on the batch axis, (M*B, ...), so each
+    member is scored against the targets on its own (independent training: the mean of the
+    member losses; Adam then sees each member's own gradient); in evaluation it returns their
+    mean. A single network lives in ``net``, as in artifacts written before ensembles existed.
     """
 
     def __init__(self, spec: dict, model_config: ModelConfig):
         super().__init__()
         self.spec, self.model_config = spec, model_config
+        members = spec.get("ensemble", 1)
+        if members == 1:
+            self.net = self._build(spec, model_config)
+        else:
+            if spec["decoding"] == "autoregressive" and spec["architecture"] == "rnn":
+                raise UserError("an ensemble needs direct decoding (autoregressive members carry their own state)")
+            self.nets = nn.ModuleList(self._build(spec, model_config) for _ in range(members))
+
+    @staticmethod
+    def _build(spec: dict, model_config: ModelConfig) -> nn.Module:
         if spec["architecture"] == "segrnn":
-            self.net = fm.SegRNN(fm.SegRNNConfig(
+            return fm.SegRNN(fm.SegRNNConfig(
                 spec["lookback"], spec["horizon"], spec["channels"], spec["segment_length"],
                 model_config.hidden_size, model_config.cell, model_config.head_dropout))
-        else:
-            self.net = SequenceModel(model_config)
+        return SequenceModel(model_config)
 
     def _flat(self, x: Tensor) -> Tensor:
         """(B, L, C) -> (B*C, L, 1) when channel-independent."""
@@ -261,15 +277,23 @@ class ForecastModel(nn.Module):
         return y.view(*y.shape[:-1], Kp, C)
 
     def forward(self, x: Tensor, state=None, lengths=None):
+        if not hasattr(self, "nets"):
+            return self._forward_one(self.net, x, state)
+        outs = [self._forward_one(net, x)[0] for net in self.nets]  # M x (B, ...)
+        if self.training:
+            return torch.cat(outs, dim=0), None  # (M*B, ...): each member against the targets
+        return torch.stack(outs).mean(0), None
+
+    def _forward_one(self, net: nn.Module, x: Tensor, state=None):
         if self.spec["architecture"] == "segrnn":
-            return self.net(x)
+            return net(x)
         C, dense = self.spec["channels"], self.spec["dense_targets"]
         seen = x[..., :C]  # (B, L, C)
         if self.spec.get("window_norm") == "last":
             # inputs relative to the window's first value, outputs relative to the value seen at
             # each step: both causal, so step t's forecast never depends on steps after t
             x = torch.cat([seen - seen[:, :1], x[..., C:]], dim=-1)
-        out, state = self.net(self._flat(x), state)  # (B', L, K'*C')
+        out, state = net(self._flat(x), state)  # (B', L, K'*C')
         if not dense:
             out = out[:, -1]  # (B', K'*C')
         y = self._unflat(out, x.shape[0])  # (B, [L,] K', C)
@@ -329,11 +353,14 @@ def dense_targets(batch: Batch, step_horizon: int, channels: int) -> Tensor:
 def forecast_loss(outputs: Tensor, batch: Batch, kind: str = "mse") -> Tensor:
     """Mean squared (``kind="mse"``) or absolute (``"mae"``) error; outputs (B, K', C), or dense
     outputs (B, L', K', C) against the last L' steps of :func:`dense_targets` (L' = L - burn_in
-    in training)."""
+    in training). An ensemble's training outputs (M*B, ...) are each scored against the same
+    targets: the mean of the M member losses."""
     if outputs.dim() == 4:
         target = dense_targets(batch, outputs.shape[2], outputs.shape[3])[:, -outputs.shape[1] :]
     else:
         target = batch.targets[:, : outputs.shape[1]]
+    if outputs.shape[0] != target.shape[0]:  # an ensemble in training: (M*B, ...), members stacked
+        target = target.repeat(outputs.shape[0] // target.shape[0], *[1] * (target.dim() - 1))
     error = outputs - target
     return torch.mean(error.abs() if kind == "mae" else error**2)
 
