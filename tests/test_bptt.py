@@ -97,6 +97,16 @@ def test_bptt_without_bias_and_gradcheck(cfg):
         torch.zeros(2, 2, 4, dtype=torch.float64) for _ in range(layer.state_size)))[0], (x,))
 
 
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_bptt_equals_reference_over_several_chunks(cfg):
+    """T = 2.5 chunks: the forward's projection and the backward's factors work chunk by chunk."""
+    layer = _layer(cfg, bidirectional=True, recurrent_dropout=0.2)
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, int(2.5 * bptt._CHUNK), 3, generator=g, dtype=torch.float64)
+    state = tuple(0.5 * torch.randn(2, 2, 4, generator=g, dtype=torch.float64) for _ in range(layer.state_size))
+    _assert_bptt_equals_reference(layer, x, state)
+
+
 @pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)])
 @pytest.mark.parametrize("recurrent_dropout", [0.0, 0.3])
 @pytest.mark.parametrize("bias", [True, False])
