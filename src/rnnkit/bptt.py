@@ -478,10 +478,11 @@ class LSTMFunction(torch.autograd.Function):
         tmp = gates.new_empty(D, B, H)
         for t1 in range(T, 0, -_CHUNK):
             t0 = max(0, t1 - _CHUNK)
-            fo, fifg, to_c = _lstm_factors(gv[:, t0:t1], tc[:, t0:t1], cs[:, t0:t1], scratch[:, : t1 - t0], scaled=True)
+            fo, fifg, to_c, k = _lstm_factors(gv[:, t0:t1], tc[:, t0:t1], cs[:, t0:t1], scratch[:, : t1 - t0],
+                                              scaled=True)
             for t in range(t1 - 1, t0 - 1, -1):
                 j = t - t0
-                dc.addcmul_(dh, to_c[j])  # dL/dc_t
+                dc.addcmul_(dh, to_c[j], value=k)  # dL/dc_t
                 torch.mul(dh, fo[j], out=da_o[t])
                 torch.mul(dc.unsqueeze(2), fifg[j], out=da_ifg[t])
                 dc.mul_(f[t])  # dL/dc_{t-1}, through c_t = f c_{t-1} + ...
@@ -529,27 +530,35 @@ def _lstm_weight_grads(da: Tensor, xs: Tensor, hm: Tensor, need_ih: bool, need_b
 def _lstm_factors(gv: Tensor, tc: Tensor, c_prev: Tensor, scratch: Tensor, scaled: bool = False):
     """The gradient factors of n steps that do not depend on dL/dh, as per-step lists of views.
 
-    gv (D, n, B, 4, H) activations o, i, f, g; tc = tanh(c_t), c_prev = c_{t-1} (D, n, B, H);
-    ``scaled=True``: tc = sigmoid(-2 c_t) and c_prev = -2 c_{t-1} instead (LSTMFunction's
-    forward). scratch (D, n, B, 5, H) receives [o'tanh(c), i'g, f'c_{t-1}, g'i, o(1-tanh^2 c)]
-    where a' is the activation derivative (s(1-s) for the sigmoid gates, 1-g^2 for g). Returns
-    lists over the n steps of: the o factor (D, B, H); the i, f, g factors (D, B, 3, H); the
-    dh -> dc factor (D, B, H).
+    gv (D, n, B, 4, H) activations o, i, f, g; tc = tanh(c_t), c_prev = c_{t-1} (D, n, B, H).
+    scratch (D, n, B, 5, H) receives [o'tanh(c), i'g, f'c_{t-1}, g'i, o(1-tanh^2 c) / k] where
+    a' is the activation derivative (s(1-s) for the sigmoid gates, 1-g^2 for g). Returns lists
+    over the n steps of: the o factor (D, B, H); the i, f, g factors (D, B, 3, H); the dh -> dc
+    factor (D, B, H), to be used times k; and k.
+
+    ``scaled=True`` (LSTMFunction's forward): tc holds u = sigmoid(-2 c_t) and c_prev holds
+    -2 c_{t-1}. With tanh(c) = 1 - 2u and 1 - tanh^2(c) = 4u(1 - u) the factors take as many
+    passes as from tanh(c) itself (k = 4).
     """
     o, i, f, g = gv.unbind(3)
     fo, fi, ff, fg, to_c = scratch.unbind(3)
-    if scaled:
-        tc = torch.mul(tc, -2.0, out=to_c).add_(1.0)  # tanh(c_t) = 1 - 2 sigmoid(-2 c_t), in to_c for now
     # s(1-s) as s - s*s and 1-u^2 as 1 - u*u, written straight into the scratch slots: 10 passes
     # instead of 14 and no fresh (D, n, B, 3, H) temporary for 1 - s.
-    torch.addcmul(o, o, o, value=-1, out=fo).mul_(tc)
+    torch.addcmul(o, o, o, value=-1, out=fo)
     torch.addcmul(i, i, i, value=-1, out=fi).mul_(g)
-    torch.addcmul(f, f, f, value=-1, out=ff).mul_(c_prev)
-    if scaled:
-        ff.mul_(-0.5)
+    torch.addcmul(f, f, f, value=-1, out=ff)
     torch.addcmul(i, i, torch.mul(g, g, out=fg), value=-1, out=fg)  # i (1 - g^2)
-    torch.addcmul(o, o, torch.mul(tc, tc, out=to_c), value=-1, out=to_c)  # o (1 - tanh^2 c)
-    return fo.unbind(1), scratch[:, :, :, 1:4].unbind(1), to_c.unbind(1)
+    if scaled:
+        fo.addcmul_(fo, tc, value=-2)  # o'(1 - 2u)
+        torch.addcmul(ff.new_zeros(()), ff, c_prev, value=-0.5, out=ff)  # f' c_{t-1}
+        torch.addcmul(tc, tc, tc, value=-1, out=to_c).mul_(o)  # o u (1 - u) = o (1 - tanh^2 c) / 4
+        k = 4.0
+    else:
+        fo.mul_(tc)
+        ff.mul_(c_prev)
+        torch.addcmul(o, o, torch.mul(tc, tc, out=to_c), value=-1, out=to_c)  # o (1 - tanh^2 c)
+        k = 1.0
+    return fo.unbind(1), scratch[:, :, :, 1:4].unbind(1), to_c.unbind(1), k
 
 
 _WORKSPACES = threading.local()
@@ -662,7 +671,7 @@ class LSTMNormFunction(torch.autograd.Function):
         tmp, dhat = gates.new_empty(D, B, H), gates.new_empty(D, B, G)
         for t1 in range(T, 0, -_CHUNK):
             t0 = max(0, t1 - _CHUNK)
-            fo, fifg, to_c = _lstm_factors(gv[:, t0:t1], tc[:, t0:t1], cs[:, t0:t1], scratch[:, : t1 - t0])
+            fo, fifg, to_c, _ = _lstm_factors(gv[:, t0:t1], tc[:, t0:t1], cs[:, t0:t1], scratch[:, : t1 - t0])
             for t in range(t1 - 1, t0 - 1, -1):
                 j = t - t0
                 torch.mul(dh, to_c[j], out=dtc_l[t])
