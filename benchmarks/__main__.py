@@ -4,7 +4,7 @@ Two suites, each written as its own section of BENCHMARKS.md:
 
 * ``training``: ms per training step (forward + backward + Adam) on the five shapes of
   cpu-facts.md (``benchmarks.shapes``) for every peer of ``shapes.PEERS``. Peers run
-  interleaved (one step each per round, starting peer rotated) after a warm-up, in this
+  interleaved (one sample each per round, in a shuffled order) after a warm-up, in this
   process, except torch.nn default (a worker process without rnnkit and with flush-to-zero
   off, as a user script runs) and Keras (a worker process; when Keras is not importable the
   table shows cpu-facts.md's numbers marked † "reference, not re-measured").
@@ -20,6 +20,7 @@ import rnnkit  # noqa: F401  (first: turns flush-to-zero on before torch starts 
 import argparse
 import json
 import os
+import random
 import subprocess
 import time
 import sys
@@ -100,8 +101,11 @@ def run_training(shape_names, peers, repeats: int, warmup: int, log=print) -> di
             # Short steps (S1, S2: a few ms) are noisy one at a time: one sample is then the mean
             # of enough consecutive steps to last about MIN_SAMPLE_SECONDS.
             per_sample = max(1, min(50, round(MIN_SAMPLE_SECONDS / max(fastest, 1e-4))))
+            shuffler = random.Random(f"{name}-rounds")
             for r in range(repeats):
-                for p in order[r % len(order):] + order[: r % len(order)]:
+                # A fresh order every round: in a rotated fixed order each peer would always run
+                # right after the same neighbour (a worker process waking up, warm or cold caches).
+                for p in shuffler.sample(order, len(order)):
                     time.sleep(SETTLE_SECONDS)
                     times = run[p](per_sample)
                     samples.setdefault((p, name), timing.Samples()).times.append(sum(times) / len(times))
@@ -150,7 +154,7 @@ def main(argv=None) -> None:
         legend = ("\n† Keras is not importable here: its column repeats cpu-facts.md (TF 2.21 / Keras 3.15, same "
                   "machine class), reference, not re-measured.\n" if any(s.reference for s in samples.values()) else "")
         shape_lines = "\n".join(f"- {s}: {shapes.SHAPES[s].title}" for s in shape_names)
-        body = (f"{shape_lines}\n\nPeers interleaved, {warmup} warm-up + {repeats} timed steps each. "
+        body = (f"{shape_lines}\n\nPeers interleaved (a shuffled order every round), {warmup} warm-up + {repeats} timed steps each. "
                 f"torch.nn = default torch in a worker process without flush-to-zero; every other torch peer "
                 f"runs in this process with flush-to-zero (rnnkit sets it on import).\n\n{body}{legend}")
         print(body, flush=True)
