@@ -312,8 +312,9 @@ def test_forecaster_fit_save_load_predict(tmp_path):
     assert g.attach(str(csv)).backtest()["origins"] == 4
 
 
-def test_ensemble_artifact_round_trip(tmp_path):
+def test_ensemble_artifact_round_trip(tmp_path, capsys):
     from rnnkit import artifacts
+    from rnnkit.cli.main import main
     from rnnkit.training.config import TrainConfig
 
     vals = np.sin(np.arange(90) / 3.0)
@@ -324,6 +325,8 @@ def test_ensemble_artifact_round_trip(tmp_path):
     g = artifacts.load(tmp_path / "run")
     assert len(g.model.nets) == 2
     np.testing.assert_allclose(g.predict(3, Series(vals)), f.predict(3, Series(vals)))
+    assert main(["info", str(tmp_path / "run")]) == 0
+    assert "parameters in an ensemble of 2" in capsys.readouterr().out
 
 
 def test_cli_train_predict_evaluate_backtest(tmp_path, capsys):

@@ -82,6 +82,8 @@ class StatefulGraph(nn.Module):
 
 def _state_layer(model: nn.Module, task: str) -> Optional[Recurrent]:
     """The Recurrent whose state is the graph's state (None: the graph keeps no state)."""
+    if hasattr(model, "nets"):  # a forecast ensemble: its forward returns the members' mean, no state
+        return None
     net = getattr(model, "net", model)  # ForecastModel wraps a SequenceModel or a SegRNN
     return None if type(net).__name__ == "SegRNN" else net.rnn
 
