@@ -444,7 +444,7 @@ class LSTMFunction(torch.autograd.Function):
             full[t].sigmoid_()  # o, i, f; and sigmoid(2 a_g) in the g block
             torch.addcmul(minus_one, gg[t], two, out=gg[t])  # g = tanh(a_g) = 2 sigmoid(2 a_g) - 1
             # The loop keeps -2 c_t instead of c_t: then tanh(c_t) = 1 - 2 sigmoid(-2 c_t) gives
-            # h_t = o (1 - 2 u_t) in one addcmul, three small ops a step instead of five. (ATen's
+            # h_t = o (1 - 2 u_t) in one addcmul; c_t to h_t take four small ops instead of six. (ATen's
             # CPU tanh enters an OpenMP parallel region at any size, even 512 elements, while
             # sigmoid/mul/addcmul of a (B, H) slice run inline.)
             c = torch.mul(f[t], c_l[t], out=c_l[t + 1]).addcmul_(i[t], gg[t], value=-2)  # -2 c_t
