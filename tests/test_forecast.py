@@ -329,6 +329,36 @@ def test_ensemble_artifact_round_trip(tmp_path, capsys):
     assert "parameters in an ensemble of 2" in capsys.readouterr().out
 
 
+def test_future_times_continue_regular_iso_dates_only():
+    from rnnkit.data.series import future_times
+
+    assert future_times(["1949-11", "1949-12"], 2) == ["1950-01", "1950-02"]
+    assert future_times(["1949-01-01", "1949-02-01", "1949-03-01"], 2) == ["1949-04-01", "1949-05-01"]  # calendar months
+    assert future_times(["2016-07-01 22:00:00", "2016-07-01 23:00:00"], 2) == ["2016-07-02 00:00:00",
+                                                                               "2016-07-02 01:00:00"]
+    assert future_times(["1981-01-01", "1981-01-02", "1981-01-04"], 2) is None  # irregular spacing
+    assert future_times(["0", "1", "2"], 2) is None  # row numbers are not dates
+    assert future_times(["1990", "1991"], 2) is None  # nor are bare years
+    assert future_times(["mon", "tue"], 2) is None
+
+
+def test_cli_predict_writes_dates_after_a_dated_series(tmp_path):
+    from rnnkit.cli.main import main
+
+    csv = tmp_path / "m.csv"
+    months = [f"{1950 + i // 12}-{i % 12 + 1:02d}" for i in range(60)]
+    csv.write_text("month,y\n" + "".join(f"{m},{np.sin(i / 2):.4f}\n" for i, m in enumerate(months)))
+    run = tmp_path / "run"
+    assert main(["train", "forecast", "--data", str(csv), "--out", str(run), "--lookback", "12", "--horizon", "3",
+                 "--hidden-size", "4", "--cell", "gru", "--encoder", "identity", "--epochs", "1", "--quiet"]) == 0
+    out = tmp_path / "f.csv"
+    assert main(["predict", str(run), "--horizon", "4", "--out", str(out), "--plot", str(tmp_path / "f.png")]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "step,time,y" and [ln.split(",")[1] for ln in lines[1:]] == ["1955-01", "1955-02", "1955-03",
+                                                                                    "1955-04"]
+    assert (tmp_path / "f.png").stat().st_size > 0
+
+
 def test_cli_train_predict_evaluate_backtest(tmp_path, capsys):
     import json
 

@@ -67,6 +67,46 @@ class Series:
         return self.columns.index(name)
 
 
+def parse_times(labels: Sequence) -> Optional[np.ndarray]:
+    """ISO date/time labels ("1949-01", "1981-01-02", "2016-07-01 00:00:00") as datetime64, or
+    None when any label is not one (row numbers, free text)."""
+    labels = [str(x) for x in labels]
+    if not labels or not all("-" in x[1:] for x in labels):  # "1949" alone would parse as a year
+        return None
+    try:
+        return np.array(labels, dtype="datetime64")
+    except ValueError:
+        return None
+
+
+def future_times(labels: Sequence, steps: int) -> Optional[list]:
+    """The ``steps`` time labels after ``labels``, when these are ISO dates with one regular
+    spacing; else None.
+
+    The spacing is counted in calendar years or months when every label falls on the start
+    of one ("1949-01-01", "1949-02-01" continue with "1949-03-01"), else as a fixed duration
+    (days, hours, ...). The labels come back in the input's style (a space between date and
+    time when the input had one).
+    """
+    t = parse_times(labels)
+    if t is None or len(t) < 2:
+        return None
+    grid = t
+    for unit in ("Y", "M"):
+        coarse = t.astype(f"datetime64[{unit}]")
+        if (coarse.astype(t.dtype) == t).all():
+            grid = coarse
+            break
+    gaps = np.diff(grid)
+    if gaps[-1] <= np.timedelta64(0) or not (gaps == gaps[-1]).all():
+        return None
+    future = (grid[-1] + gaps[-1] * np.arange(1, steps + 1)).astype(t.dtype)
+    text = [str(x) for x in np.datetime_as_string(future)]
+    if " " in str(labels[-1]):
+        text = [x.replace("T", " ") for x in text]
+    return text
+
+
 def split_points(n: int, val: float, test: float) -> tuple[int, int]:
     """Chronological borders (train_end, val_end) for T=n steps.
 

@@ -40,7 +40,8 @@ from torch import Tensor, nn
 
 from rnnkit.data.batching import Batch
 from rnnkit.data.scaling import Scaler
-from rnnkit.data.series import Series, generate_sines, make_windows, read_csv, split_points
+from rnnkit.data.series import (Series, future_times, generate_sines, make_windows, parse_times, read_csv,
+                                split_points)
 from rnnkit.errors import UserError, check_at_least
 from rnnkit.models import ModelConfig, SequenceModel
 from rnnkit.tasks import forecast_models as fm
@@ -658,8 +659,11 @@ def _config_from(d) -> ForecastConfig:
 
 
 def plot_forecast(path, history: np.ndarray, forecast: np.ndarray, truth: Optional[np.ndarray] = None,
-                  columns=(), origin: Optional[int] = None) -> None:
-    """PNG: history (T_h, C) then forecast (K, C) (and the truth (K, C)) per target channel."""
+                  columns=(), origin: Optional[int] = None, times: Optional[tuple] = None) -> None:
+    """PNG: history (T_h, C) then forecast (K, C) (and the truth (K, C)) per target channel.
+
+    The x axis counts steps (the forecast starts at ``origin``, default T_h), or shows dates
+    when ``times`` = (T_h, K) datetime64 arrays for the history and the forecast."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -669,14 +673,22 @@ def plot_forecast(path, history: np.ndarray, forecast: np.ndarray, truth: Option
     C = forecast.shape[1]
     t0 = len(history) if origin is None else origin
     fig, axes = plt.subplots(C, 1, figsize=(9, 2.6 * C), squeeze=False)
+    th, tf = np.arange(t0 - len(history), t0), np.arange(t0, t0 + len(forecast))
+    if times is not None:
+        th, tf = times
     for j, ax in enumerate(axes[:, 0]):
-        ax.plot(np.arange(t0 - len(history), t0), history[:, j], color="0.3", lw=1, label="history")
-        tf = np.arange(t0, t0 + len(forecast))
+        ax.plot(th, history[:, j], color="0.3", lw=1, label="history")
         if truth is not None:
             ax.plot(tf, np.atleast_2d(truth)[:, j], color="tab:green", lw=1.2, label="truth")
         ax.plot(tf, forecast[:, j], color="tab:red", lw=1.5, label="forecast")
         ax.set_title(columns[j] if j < len(columns) else f"channel {j}", fontsize=9)
         ax.legend(fontsize=7, loc="upper left")
+        if times is not None:  # date ticks that do not collide ("Feb", "05", ... with the year once)
+            import matplotlib.dates as mdates
+
+            locator = mdates.AutoDateLocator()
+            ax.xaxis.set_major_locator(locator)
+            ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -696,19 +708,24 @@ def _cli_predict(f: Forecaster, args) -> int:
         raise UserError(f"--horizon must be >= 1, got {K}")
     pred = f.predict(K, series)  # (K, C)
     columns = f.task_state["columns"]
+    C, L = len(columns), f.task_state["lookback"]
+    if series is not None:
+        hist, hist_time = series.values[-3 * L :, :C], series.time[-3 * L :]
+    else:
+        hist, hist_time = np.asarray(f.task_state["history"]["values"])[:, :C], f.task_state["history"]["time"]
+    times = future_times(hist_time, K)  # None unless the time column holds regular ISO dates
     out = open(args.out, "w", newline="") if args.out else sys.stdout
     try:
         w = csv.writer(out)
-        w.writerow(["step"] + columns)
+        w.writerow(["step"] + (["time"] if times else []) + columns)
         for k, row in enumerate(pred, start=1):
-            w.writerow([k] + [f"{v:.6g}" for v in row])
+            w.writerow([k] + ([times[k - 1]] if times else []) + [f"{v:.6g}" for v in row])
     finally:
         if args.out:
             out.close()
     if args.plot:
-        C, L = len(columns), f.task_state["lookback"]
-        hist = series.values[-3 * L :, :C] if series is not None else np.asarray(f.task_state["history"]["values"])[:, :C]
-        plot_forecast(args.plot, hist, pred, None, columns)
+        plot_forecast(args.plot, hist, pred, None, columns,
+                      times=(parse_times(hist_time), parse_times(times)) if times else None)
     if args.out:
         print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
     return 0
