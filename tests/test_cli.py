@@ -185,3 +185,10 @@ def test_out_of_range_task_options_are_one_line_errors(tmp_path, capsys, argv, m
     task, *flags = argv
     assert _bad(capsys, tmp_path, "train", task, "--data", tmp_path / "unread.csv", "--out", tmp_path / "out",
                 "--quiet", *flags) == message
+
+
+def test_verb_help_without_a_run_lists_each_tasks_options(capsys):
+    for verb, line in (("predict", "forecast: --data --horizon --out --plot"), ("sample", "textgen: --prime --length")):
+        with pytest.raises(SystemExit) as exit_:
+            main([verb, "--help"])
+        assert exit_.value.code == 0 and line in capsys.readouterr().out

@@ -8,12 +8,37 @@ HELP = {"sample": "generate from a text model", "predict": "predict with a train
 
 
 def add_parser(sub, verb: str, task=None):
-    p = sub.add_parser(verb, help=HELP[verb])
-    p.add_argument("dir")
+    import argparse
+
+    p = sub.add_parser(verb, help=HELP[verb], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", help="a run directory (its task decides the options)")
     if task is not None:
         task.add_arguments(verb, p)
+    else:  # built only when help is printed: it imports every task module
+        def format_help(parser=p):
+            parser.epilog = _options_by_task(verb)
+            return type(parser).format_help(parser)
+
+        p.format_help = format_help
     p.set_defaults(func=run, verb=verb, task_obj=task)
     return p
+
+
+def _options_by_task(verb: str) -> str:
+    """Help text without a DIR: which options each task takes for ``verb``."""
+    import argparse
+
+    from rnnkit.tasks import TASK_MODULES, get_task
+
+    lines = []
+    for name in TASK_MODULES:
+        probe = argparse.ArgumentParser(add_help=False)
+        get_task(name).add_arguments(verb, probe)
+        flags = [a.option_strings[0] for a in probe._actions if a.option_strings]
+        if flags:
+            lines.append(f"  {name}: {' '.join(flags)}")
+    return (f"task options (`rnnkit {verb} DIR --help` describes those of DIR's task):\n" + "\n".join(lines)
+            if lines else None)
 
 
 def run(args):
