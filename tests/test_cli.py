@@ -188,7 +188,8 @@ def test_out_of_range_task_options_are_one_line_errors(tmp_path, capsys, argv, m
 
 
 def test_verb_help_without_a_run_lists_each_tasks_options(capsys):
-    for verb, line in (("predict", "forecast: --data --horizon --out --plot"), ("sample", "textgen: --prime --length")):
+    for verb, line in (("predict", "forecast: --data --horizon --out --plot"), ("sample", "textgen: --prime --length"),
+                       ("evaluate", "forecast: --backtest --stride")):
         with pytest.raises(SystemExit) as exit_:
             main([verb, "--help"])
         assert exit_.value.code == 0 and line in capsys.readouterr().out

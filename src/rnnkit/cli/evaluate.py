@@ -7,13 +7,20 @@ import math
 
 
 def add_parser(sub, task=None):
-    p = sub.add_parser("evaluate", help="metrics of a run's selected weights on the val or test split")
-    p.add_argument("dir")
+    import argparse
+
+    from rnnkit.cli.verbs import list_task_options_in_help
+
+    p = sub.add_parser("evaluate", help="metrics of a run's selected weights on the val or test split",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", help="a run directory (its task may add options)")
     p.add_argument("--data", help="evaluate on this data instead of the training source")
     p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     if task is not None:
         task.add_arguments("evaluate", p)
+    else:
+        list_task_options_in_help(p, "evaluate")
     p.set_defaults(func=run, task_obj=task)
     return p
 

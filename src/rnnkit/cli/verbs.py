@@ -14,14 +14,20 @@ def add_parser(sub, verb: str, task=None):
     p.add_argument("dir", help="a run directory (its task decides the options)")
     if task is not None:
         task.add_arguments(verb, p)
-    else:  # built only when help is printed: it imports every task module
-        def format_help(parser=p):
-            parser.epilog = _options_by_task(verb)
-            return type(parser).format_help(parser)
-
-        p.format_help = format_help
+    else:
+        list_task_options_in_help(p, verb)
     p.set_defaults(func=run, verb=verb, task_obj=task)
     return p
+
+
+def list_task_options_in_help(parser, verb: str) -> None:
+    """Without a run directory the task is unknown: ``--help`` then lists each task's options
+    for ``verb`` (built only when help is printed, since it imports every task module)."""
+    def format_help():
+        parser.epilog = _options_by_task(verb)
+        return type(parser).format_help(parser)
+
+    parser.format_help = format_help
 
 
 def _options_by_task(verb: str) -> str:
