@@ -342,21 +342,26 @@ def test_future_times_continue_regular_iso_dates_only():
     assert future_times(["mon", "tue"], 2) is None
 
 
-def test_cli_predict_writes_dates_after_a_dated_series(tmp_path):
+def _train_and_predict_cli(tmp_path, csv, horizon: int) -> list:
+    """A tiny GRU forecaster trained on ``csv`` from the CLI, then ``predict --out --plot``: the CSV lines."""
     from rnnkit.cli.main import main
 
-    csv = tmp_path / "m.csv"
-    months = [f"{1950 + i // 12}-{i % 12 + 1:02d}" for i in range(60)]
-    csv.write_text("month,y\n" + "".join(f"{m},{np.sin(i / 2):.4f}\n" for i, m in enumerate(months)))
     run = tmp_path / "run"
     assert main(["train", "forecast", "--data", str(csv), "--out", str(run), "--lookback", "12", "--horizon", "3",
                  "--hidden-size", "4", "--cell", "gru", "--encoder", "identity", "--epochs", "1", "--quiet"]) == 0
     out = tmp_path / "f.csv"
-    assert main(["predict", str(run), "--horizon", "4", "--out", str(out), "--plot", str(tmp_path / "f.png")]) == 0
-    lines = out.read_text().splitlines()
+    assert main(["predict", str(run), "--horizon", str(horizon), "--out", str(out), "--plot", str(tmp_path / "f.png")]) == 0
+    assert (tmp_path / "f.png").stat().st_size > 0
+    return out.read_text().splitlines()
+
+
+def test_cli_predict_writes_dates_after_a_dated_series(tmp_path):
+    csv = tmp_path / "m.csv"
+    months = [f"{1950 + i // 12}-{i % 12 + 1:02d}" for i in range(60)]
+    csv.write_text("month,y\n" + "".join(f"{m},{np.sin(i / 2):.4f}\n" for i, m in enumerate(months)))
+    lines = _train_and_predict_cli(tmp_path, csv, 4)
     assert lines[0] == "step,time,y" and [ln.split(",")[1] for ln in lines[1:]] == ["1955-01", "1955-02", "1955-03",
                                                                                     "1955-04"]
-    assert (tmp_path / "f.png").stat().st_size > 0
 
 
 def test_cli_train_predict_evaluate_backtest(tmp_path, capsys):
@@ -367,14 +372,10 @@ def test_cli_train_predict_evaluate_backtest(tmp_path, capsys):
     csv = tmp_path / "s.csv"
     t = np.arange(90)
     csv.write_text("t,y\n" + "".join(f"{i},{np.sin(i / 3):.4f}\n" for i in t))
-    run = tmp_path / "run"
-    assert main(["train", "forecast", "--data", str(csv), "--out", str(run), "--lookback", "12", "--horizon", "3",
-                 "--hidden-size", "4", "--cell", "gru", "--encoder", "identity", "--epochs", "1", "--quiet"]) == 0
-    out = tmp_path / "f.csv"
-    assert main(["predict", str(run), "--horizon", "5", "--out", str(out), "--plot", str(tmp_path / "f.png")]) == 0
-    lines = out.read_text().splitlines()
-    assert lines[0] == "step,y" and len(lines) == 6 and (tmp_path / "f.png").stat().st_size > 0
+    lines = _train_and_predict_cli(tmp_path, csv, 5)
+    assert lines[0] == "step,y" and len(lines) == 6
     capsys.readouterr()
+    run = tmp_path / "run"
     assert main(["evaluate", str(run), "--split", "test", "--backtest", "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["backtest_origins"] == 6 and "seasonal_naive_orig_mae" in metrics
