@@ -44,6 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from rnnkit import native
+
 _DTYPES = (torch.float32, torch.float64)
 LN_EPS = 1e-5  # as rnnkit.cells.gate_norm and the LSTM's LN(c)
 
@@ -435,10 +437,19 @@ class LSTMFunction(torch.autograd.Function):
         o, i, f = (gv[:, :, :, k].unbind(1) for k in range(3))
         h_l, c_l, tc_l, hm_l = hs.unbind(1), cs.unbind(1), tc.unbind(1), hm.unbind(1)
         minus_one, two = xs.new_tensor(-1.0), xs.new_tensor(2.0)
+        if mask is not None:
+            mask = mask.contiguous()
+            torch.mul(h_l[0], mask, out=hm_l[0])
+        kernels = _native_lstm(xs)
+        native_step = None if kernels is None else kernels.bind_forward(gates, cs, tc, hs, mask, hm)
         for t in range(T):
             if t % _CHUNK == 0:  # the input projection of the next steps, while their gates are in cache
                 _project(xs[:, t : t + _CHUNK], w_ih2, bias2, out=gates[:, t : t + _CHUNK])
-            if mask is not None:
+            if native_step is not None:  # the element-wise rest of the step in one native call
+                full[t].baddbmm_(hm_l[t], wt)
+                native_step(t)
+                continue
+            if mask is not None and t > 0:
                 torch.mul(h_l[t], mask, out=hm_l[t])
             full[t].baddbmm_(hm_l[t], wt)
             full[t].sigmoid_()  # o, i, f; and sigmoid(2 a_g) in the g block
@@ -462,32 +473,41 @@ class LSTMFunction(torch.autograd.Function):
         gates, cs, tc, hm, mask = ctx.gates, ctx.cs, ctx.tc, ctx.hm, ctx.mask
         D, T, B, G = gates.shape
         H = G // 4
+        contiguous = torch.contiguous_format
         dh = hs_zero = gates.new_zeros(D, B, H)
         if grad_h is not None:
-            dh = grad_h.clone()
+            dh = grad_h.clone(memory_format=contiguous)
         if grad_hs is not None:
             dh = dh + grad_hs[:, T - 1]
-        dc = hs_zero.clone() if grad_c is None else grad_c.clone()
+        dc = hs_zero.clone() if grad_c is None else grad_c.clone(memory_format=contiguous)
         gv = gates.view(D, T, B, 4, H)
         da = _workspace(gates)  # (D, T, B, 4H): dL/d(pre-activations), o, i, f, g
         dav = da.view(D, T, B, 4, H)
         da_full, da_o, da_ifg = da.unbind(1), dav[:, :, :, 0].unbind(1), dav[:, :, :, 1:].unbind(1)
         grads = None if grad_hs is None else grad_hs.unbind(1)
-        f = gv[:, :, :, 2].unbind(1)
-        scratch = gates.new_empty(D, min(T, _CHUNK), B, 5, H)
         tmp = gates.new_empty(D, B, H)
-        for t1 in range(T, 0, -_CHUNK):
-            t0 = max(0, t1 - _CHUNK)
-            fo, fifg, to_c, k = _lstm_factors(gv[:, t0:t1], tc[:, t0:t1], cs[:, t0:t1], scratch[:, : t1 - t0],
-                                              scaled=True)
-            for t in range(t1 - 1, t0 - 1, -1):
-                j = t - t0
-                dc.addcmul_(dh, to_c[j], value=k)  # dL/dc_t
-                torch.mul(dh, fo[j], out=da_o[t])
-                torch.mul(dc.unsqueeze(2), fifg[j], out=da_ifg[t])
-                dc.mul_(f[t])  # dL/dc_{t-1}, through c_t = f c_{t-1} + ...
+        kernels = _native_lstm(gates)
+        if kernels is not None:  # each step's element-wise part in one native call
+            step = kernels.bind_backward(gates, tc, cs, dh, dc, da)
+            for t in range(T - 1, -1, -1):
+                step(t)
                 grad = grads[t - 1] if grads is not None and t > 0 else None
                 _recurrent_grad(dh, da_full[t], w_hh, mask, grad, tmp)  # dL/dh_{t-1}
+        else:
+            f = gv[:, :, :, 2].unbind(1)
+            scratch = gates.new_empty(D, min(T, _CHUNK), B, 5, H)
+            for t1 in range(T, 0, -_CHUNK):
+                t0 = max(0, t1 - _CHUNK)
+                fo, fifg, to_c, k = _lstm_factors(gv[:, t0:t1], tc[:, t0:t1], cs[:, t0:t1], scratch[:, : t1 - t0],
+                                                  scaled=True)
+                for t in range(t1 - 1, t0 - 1, -1):
+                    j = t - t0
+                    dc.addcmul_(dh, to_c[j], value=k)  # dL/dc_t
+                    torch.mul(dh, fo[j], out=da_o[t])
+                    torch.mul(dc.unsqueeze(2), fifg[j], out=da_ifg[t])
+                    dc.mul_(f[t])  # dL/dc_{t-1}, through c_t = f c_{t-1} + ...
+                    grad = grads[t - 1] if grads is not None and t > 0 else None
+                    _recurrent_grad(dh, da_full[t], w_hh, mask, grad, tmp)  # dL/dh_{t-1}
         need = ctx.needs_input_grad
         dxs = torch.bmm(da.view(D, T * B, G), w_ih).view(xs.shape) if need[0] else None
         dw_ih, dw_hh, db = _lstm_weight_grads(da, xs, hm, need[1], ctx.has_bias and need[2])
@@ -559,6 +579,54 @@ def _lstm_factors(gv: Tensor, tc: Tensor, c_prev: Tensor, scratch: Tensor, scale
         torch.addcmul(o, o, torch.mul(tc, tc, out=to_c), value=-1, out=to_c)  # o (1 - tanh^2 c)
         k = 1.0
     return fo.unbind(1), scratch[:, :, :, 1:4].unbind(1), to_c.unbind(1), k
+
+
+class _NativeLSTM:
+    """The native step kernels (rnnkit/native.c) bound to the buffers of one LSTMFunction call.
+
+    Buffers, all contiguous: gates and da (D, T, B, 4H); cs and hs (D, T+1, B, H); tc and hm
+    (D, T, B, H); mask, dh, dc (D, B, H). ``bind_*`` returns ``step(t)``, which passes each
+    buffer's address at step t (its start plus t steps) and its direction stride.
+    """
+
+    def __init__(self, forward, backward):
+        self._forward, self._backward = forward, backward
+
+    @staticmethod
+    def _steps(x: Tensor):
+        """(address of step 0, bytes per step, elements per direction) of a (D, T, B, X) buffer."""
+        assert x.is_contiguous()
+        return x.data_ptr(), x.stride(1) * x.element_size(), x.stride(0)
+
+    def bind_forward(self, gates, cs, tc, hs, mask, hm):
+        D, T, B, G = gates.shape
+        (g0, gb, gd), (c0, cb, cd), (u0, ub, ud), (h0, hb, hd) = map(self._steps, (gates, cs, tc, hs))
+        m_ptr, (hm0, hmb, hmd) = (None, (0, 0, 0)) if mask is None else (mask.data_ptr(), self._steps(hm))
+        kernel, H = self._forward, G // 4
+
+        def step(t: int) -> None:
+            next_hm = hm0 + (t + 1) * hmb if m_ptr is not None and t + 1 < T else None
+            kernel(D, B, H, g0 + t * gb, gd, c0 + t * cb, c0 + (t + 1) * cb, cd, u0 + t * ub, ud,
+                   h0 + (t + 1) * hb, hd, m_ptr, next_hm, hmd)
+        return step
+
+    def bind_backward(self, gates, tc, cs, dh, dc, da):
+        D, T, B, G = gates.shape
+        assert dh.is_contiguous() and dc.is_contiguous()
+        (g0, gb, gd), (u0, ub, ud), (c0, cb, cd), (a0, ab, ad) = map(self._steps, (gates, tc, cs, da))
+        kernel, H, dh_ptr, dc_ptr = self._backward, G // 4, dh.data_ptr(), dc.data_ptr()
+
+        def step(t: int) -> None:
+            kernel(D, B, H, g0 + t * gb, gd, u0 + t * ub, ud, c0 + t * cb, cd, dh_ptr, dc_ptr, a0 + t * ab, ad)
+        return step
+
+
+def _native_lstm(like: Tensor) -> Optional[_NativeLSTM]:
+    """The native LSTM step kernels for ``like``'s dtype on CPU, or None (the torch loop runs)."""
+    if like.device.type != "cpu":
+        return None
+    kernels = native.lstm_kernels(like.dtype)
+    return None if kernels is None else _NativeLSTM(*kernels)
 
 
 _WORKSPACES = threading.local()

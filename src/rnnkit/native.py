@@ -1,0 +1,155 @@
+"""Native kernels: ``native.c`` compiled with the system C compiler on first use, loaded with ctypes.
+
+What they do and why: see ``native.c`` (the element-wise part of one LSTM step, forward and
+backward, as one call instead of ~6 torch calls). The explicit-BPTT LSTM loop in
+:mod:`rnnkit.bptt` uses them when :func:`unavailable_reason` returns None, and its own torch
+loop otherwise; both give the same numbers (tests/test_native.py).
+
+The shared library is built once per source, compiler and CPU into the cache directory
+(``$RNNKIT_CACHE``, else ``$XDG_CACHE_HOME/rnnkit``, else ``~/.cache/rnnkit``), written to a
+temporary name and renamed, so concurrent first uses do not see a half-written file.
+``-march=native`` is used where the compiler accepts it: the cache key includes the CPU's
+feature flags, so a shared home directory on another CPU builds its own copy.
+
+Turn the kernels off with the environment variable ``RNNKIT_NATIVE=0``; choose the compiler
+with ``CC`` (default ``cc``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+NATIVE_ENV = "RNNKIT_NATIVE"
+CACHE_ENV = "RNNKIT_CACHE"
+SOURCE = Path(__file__).with_name("native.c")
+ABI = 1  # rnnkit_native_abi() of the source this module expects
+_FLAGS = ["-O3", "-fopenmp-simd", "-fPIC", "-shared"]
+
+_lock = threading.Lock()
+_state: dict = {}  # "lib": the loaded library | None, "reason": why not (str) | None
+
+
+def cache_dir() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rnnkit"
+
+
+def _cpu_flags() -> str:
+    """The CPU feature line on Linux (part of the cache key, because of ``-march=native``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _compile(cc: str, out: Path) -> Optional[str]:
+    """Build the library at ``out`` (atomically); returns None or the compiler's complaint."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=out.stem + ".", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        errors = ""
+        for extra in (["-march=native"], []):  # some compilers (or CPUs) refuse -march=native
+            cmd = [cc, *_FLAGS, *extra, str(SOURCE), "-o", tmp, "-lm"]
+            run = subprocess.run(cmd, capture_output=True, text=True)
+            if run.returncode == 0:
+                os.replace(tmp, out)
+                return None
+            errors = (run.stderr or run.stdout).strip()
+        return errors.splitlines()[0] if errors else f"{cc} exited with an error"
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
+    if os.environ.get(NATIVE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None, f"turned off by {NATIVE_ENV}=0"
+    cc = os.environ.get("CC", "cc")
+    cc_path = shutil.which(cc)
+    if cc_path is None:
+        return None, f"no C compiler found (CC={cc!r}); the torch loop runs instead"
+    try:
+        version = subprocess.run([cc_path, "--version"], capture_output=True, text=True).stdout
+    except OSError as err:
+        return None, f"C compiler {cc_path} cannot run: {err}"
+    key = hashlib.sha256(b"\0".join(s.encode() for s in (
+        SOURCE.read_text(), cc_path, version, " ".join(_FLAGS), platform.machine(), _cpu_flags()))).hexdigest()[:16]
+    path = cache_dir() / f"native-{key}{'.dll' if os.name == 'nt' else '.so'}"
+    if not path.exists():
+        try:
+            problem = _compile(cc_path, path)
+        except OSError as err:
+            problem = str(err)
+        if problem is not None:
+            return None, f"compiling {SOURCE.name} with {cc_path} failed: {problem}"
+    lib = ctypes.CDLL(str(path))
+    if lib.rnnkit_native_abi() != ABI:
+        return None, f"{path} is from another version of native.c"
+    _declare(lib)
+    return lib, None
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    P, I = ctypes.c_void_p, ctypes.c_int64
+    for suffix in ("f32", "f64"):
+        fwd = getattr(lib, f"rnnkit_lstm_forward_{suffix}")
+        fwd.argtypes = [I, I, I, P, I, P, P, I, P, I, P, I, P, P, I]
+        fwd.restype = None
+        bwd = getattr(lib, f"rnnkit_lstm_backward_{suffix}")
+        bwd.argtypes = [I, I, I, P, I, P, I, P, I, P, P, P, I]
+        bwd.restype = None
+
+
+def library() -> Optional[ctypes.CDLL]:
+    """The loaded kernels, or None (see :func:`unavailable_reason`). Built on the first call.
+
+    A failed build warns once, naming the reason, and rnnkit goes on with the torch loop.
+    """
+    with _lock:
+        if "lib" not in _state:
+            _state["lib"], _state["reason"] = _load()
+            reason = _state["reason"]
+            if reason is not None and not reason.startswith("turned off"):
+                warnings.warn(f"rnnkit: native kernels unavailable, {reason} "
+                              f"(set {NATIVE_ENV}=0 to silence)", RuntimeWarning, stacklevel=3)
+        return _state["lib"]
+
+
+def unavailable_reason() -> Optional[str]:
+    """None when the native kernels are loaded (building them if needed); otherwise why not."""
+    library()
+    return _state["reason"]
+
+
+def reset() -> None:
+    """Forget the loaded state so the next call looks at the environment again (tests)."""
+    with _lock:
+        _state.clear()
+
+
+def lstm_kernels(dtype: torch.dtype):
+    """(forward, backward) step kernels for ``dtype``, or None when unavailable or not float32/64."""
+    lib = library()
+    suffix = {torch.float32: "f32", torch.float64: "f64"}.get(dtype)
+    if lib is None or suffix is None:
+        return None
+    return getattr(lib, f"rnnkit_lstm_forward_{suffix}"), getattr(lib, f"rnnkit_lstm_backward_{suffix}")

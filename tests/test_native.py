@@ -1,0 +1,120 @@
+"""The native LSTM step kernels (rnnkit/native.c): equal to the torch loop, built once, optional."""
+
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from rnnkit import Recurrent, bptt, native
+
+needs_compiler = pytest.mark.skipif(
+    native.unavailable_reason() is not None, reason=f"native kernels unavailable: {native.unavailable_reason()}")
+
+
+def _run(layer, x, state, use_native, monkeypatch):
+    """Outputs, final states and all gradients of the explicit-BPTT path, native kernels on or off."""
+    with monkeypatch.context() as m:
+        if not use_native:
+            m.setattr(bptt, "_native_lstm", lambda like: None)
+        else:
+            assert bptt._native_lstm(x) is not None
+        layer.zero_grad()
+        x = x.clone().requires_grad_()
+        state = tuple(s.clone().requires_grad_() for s in state)
+        torch.manual_seed(3)  # the same recurrent-dropout masks on both runs
+        y, parts = bptt.bptt_forward(layer, x, state)
+        g = torch.Generator().manual_seed(1)
+        loss = (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum()
+        for p in parts:
+            loss = loss + (p * torch.randn(p.shape, generator=g, dtype=p.dtype)).sum()
+        loss.backward()
+    grads = [p.grad.clone() for p in layer.parameters()] + [x.grad] + [s.grad for s in state]
+    return [y.detach(), *[p.detach() for p in parts]], grads
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("recurrent_dropout", [0.0, 0.4])
+def test_native_steps_equal_the_torch_loop(dtype, tol, recurrent_dropout, monkeypatch):
+    torch.manual_seed(0)
+    layer = Recurrent("lstm", 3, 6, num_layers=2, bidirectional=True, recurrent_dropout=recurrent_dropout).to(dtype)
+    layer.train()
+    x = torch.randn(5, 80, 3, dtype=dtype) * 2  # 80 steps: 2.5 blocks of the torch loop's factors
+    state = tuple(torch.randn(4, 5, 6, dtype=dtype) for _ in range(2))
+    values_native, grads_native = _run(layer, x, state, True, monkeypatch)
+    values_torch, grads_torch = _run(layer, x, state, False, monkeypatch)
+    for a, b in zip(values_native + grads_native, values_torch + grads_torch):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+@needs_compiler
+def test_saturated_gates_match_torch_sigmoid():
+    """Pre-activations of +-100 saturate to 0 and 1 (no NaN, no overflow), as torch.sigmoid does."""
+    B, H = 2, 16
+    a = torch.full((1, 1, B, 4 * H), 100.0)
+    a[..., 1::2] = -100.0
+    cs, hs = torch.zeros(1, 2, B, H), torch.zeros(1, 2, B, H)
+    tc = torch.empty(1, 1, B, H)
+    expected = torch.sigmoid(a.clone())
+    step = bptt._NativeLSTM(*native.lstm_kernels(torch.float32)).bind_forward(a, cs, tc, hs, None, hs[:, :-1])
+    step(0)
+    expected[..., 3 * H :] = 2 * expected[..., 3 * H :] - 1  # g = 2 sigmoid(2a) - 1
+    torch.testing.assert_close(a, expected, rtol=0, atol=1e-30)
+    assert torch.isfinite(hs).all() and torch.isfinite(cs).all()
+
+
+def test_turned_off_by_the_environment(monkeypatch):
+    monkeypatch.setenv(native.NATIVE_ENV, "0")
+    native.reset()
+    try:
+        assert native.lstm_kernels(torch.float32) is None
+        assert "RNNKIT_NATIVE=0" in native.unavailable_reason()
+        torch.manual_seed(0)
+        layer = Recurrent("lstm", 2, 3, use_fused=False)
+        y, _ = layer(torch.randn(2, 5, 2))  # the torch loop serves
+        assert y.shape == (2, 5, 3)
+    finally:
+        native.reset()
+
+
+def test_no_compiler_warns_once_and_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", "rnnkit-no-such-compiler")
+    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
+    native.reset()
+    try:
+        with pytest.warns(RuntimeWarning, match="no C compiler found"):
+            assert native.library() is None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert native.lstm_kernels(torch.float64) is None  # no second warning
+    finally:
+        native.reset()
+
+
+@pytest.mark.skipif(shutil.which("false") is None, reason="no 'false' program to stand in for a broken compiler")
+def test_failed_build_names_the_compiler(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", "false")
+    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
+    native.reset()
+    try:
+        with pytest.warns(RuntimeWarning, match="compiling native.c with .*false failed"):
+            assert native.library() is None
+        assert list(tmp_path.iterdir()) == []  # no half-written library left behind
+    finally:
+        native.reset()
+
+
+@needs_compiler
+def test_built_once_into_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
+    native.reset()
+    try:
+        assert native.library() is not None
+        (built,) = tmp_path.glob("native-*")
+        stamp = built.stat().st_mtime_ns
+        native.reset()
+        assert native.library() is not None
+        assert [p.name for p in tmp_path.iterdir()] == [built.name] and built.stat().st_mtime_ns == stamp
+    finally:
+        native.reset()
