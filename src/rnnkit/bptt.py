@@ -474,10 +474,11 @@ class LSTMFunction(torch.autograd.Function):
         D, T, B, G = gates.shape
         H = G // 4
         contiguous = torch.contiguous_format
+        kernels = _native_lstm(gates)
         dh = hs_zero = gates.new_zeros(D, B, H)
         if grad_h is not None:
             dh = grad_h.clone(memory_format=contiguous)
-        if grad_hs is not None:
+        if grad_hs is not None and kernels is None:  # (the native step adds each step's output gradient)
             dh = dh + grad_hs[:, T - 1]
         dc = hs_zero.clone() if grad_c is None else grad_c.clone(memory_format=contiguous)
         gv = gates.view(D, T, B, 4, H)
@@ -486,13 +487,13 @@ class LSTMFunction(torch.autograd.Function):
         da_full, da_o, da_ifg = da.unbind(1), dav[:, :, :, 0].unbind(1), dav[:, :, :, 1:].unbind(1)
         grads = None if grad_hs is None else grad_hs.unbind(1)
         tmp = gates.new_empty(D, B, H)
-        kernels = _native_lstm(gates)
-        if kernels is not None:  # each step's element-wise part in one native call
-            step = kernels.bind_backward(gates, tc, cs, dh, dc, da)
+        if kernels is not None:  # each step: one native call, then dL/dh_{t-1} = (da_t W_hh) * mask + ...
+            rec = dh.contiguous()  # for the last step: the final state's gradient, not masked
+            step = kernels.bind_backward(gates, tc, cs, rec, mask, grad_hs, dc, da)
             for t in range(T - 1, -1, -1):
-                step(t)
-                grad = grads[t - 1] if grads is not None and t > 0 else None
-                _recurrent_grad(dh, da_full[t], w_hh, mask, grad, tmp)  # dL/dh_{t-1}
+                step(t, t == T - 1)
+                torch.bmm(da_full[t], w_hh, out=rec)
+            dh = rec if mask is None else rec.mul_(mask)  # dL/dh0
         else:
             f = gv[:, :, :, 2].unbind(1)
             scratch = gates.new_empty(D, min(T, _CHUNK), B, 5, H)
@@ -610,14 +611,20 @@ class _NativeLSTM:
                    h0 + (t + 1) * hb, hd, m_ptr, next_hm, hmd)
         return step
 
-    def bind_backward(self, gates, tc, cs, dh, dc, da):
+    def bind_backward(self, gates, tc, cs, rec, mask, grad_hs, dc, da):
         D, T, B, G = gates.shape
-        assert dh.is_contiguous() and dc.is_contiguous()
+        assert rec.is_contiguous() and dc.is_contiguous() and (mask is None or mask.is_contiguous())
         (g0, gb, gd), (u0, ub, ud), (c0, cb, cd), (a0, ab, ad) = map(self._steps, (gates, tc, cs, da))
-        kernel, H, dh_ptr, dc_ptr = self._backward, G // 4, dh.data_ptr(), dc.data_ptr()
+        if grad_hs is not None:
+            grad_hs = grad_hs.contiguous()
+        (r0, rb, rd) = (None, 0, 0) if grad_hs is None else self._steps(grad_hs)
+        kernel, H, rec_ptr, dc_ptr = self._backward, G // 4, rec.data_ptr(), dc.data_ptr()
+        mask_ptr = None if mask is None else mask.data_ptr()
 
-        def step(t: int) -> None:
-            kernel(D, B, H, g0 + t * gb, gd, u0 + t * ub, ud, c0 + t * cb, cd, dh_ptr, dc_ptr, a0 + t * ab, ad)
+        def step(t: int, last: bool) -> None:
+            kernel(D, B, H, g0 + t * gb, gd, u0 + t * ub, ud, c0 + t * cb, cd, rec_ptr, None if last else mask_ptr,
+                   None if r0 is None else r0 + t * rb, rd, dc_ptr, a0 + t * ab, ad)
+        step.keep = grad_hs  # the contiguous copy must live as long as the pointers into it
         return step
 
 

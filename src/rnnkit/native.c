@@ -1,4 +1,5 @@
-/* rnnkit's native kernels: the element-wise part of one LSTM step, forward and backward.
+/* rnnkit's native kernels: the element-wise part of one LSTM step, forward and backward; and the
+ * whole minGRU recurrence over time, forward and backward.
  *
  * Why: in the explicit-BPTT loop (rnnkit/bptt.py) the recurrent matmul of a step is one torch
  * call, but the gate arithmetic around it was ~6 torch calls forward and ~5 backward, each a
@@ -71,22 +72,27 @@ static inline double sigmoid_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
             }                                                                                       \
     }
 
-/* Backward, one step: from dh = dL/dh_t (all paths) and dc = dL/dc_t (from step t+1 only),
- * writes da = dL/d(pre-activations) (o, i, f, g; g w.r.t. the undoubled pre-activation) and
- * replaces dc with dL/dc_{t-1}. dh and dc are contiguous (D, B, H). */
+/* Backward, one step. dL/dh_t = rec * mask + grad, where rec = dL/da_{t+1} W_hh (D, B, H)
+ * contiguous, mask (D, B, H) or NULL (no mask; also for the last step, where rec holds the
+ * final state's gradient), grad = dL/dh_t from the output at t or NULL (direction stride
+ * grad_d). dc = dL/dc_t from step t+1 (D, B, H) contiguous, replaced by dL/dc_{t-1}. Writes
+ * da = dL/d(pre-activations) (o, i, f, g; g w.r.t. the undoubled pre-activation). */
 #define LSTM_BACKWARD(NAME, T)                                                                      \
     void NAME(int64_t D, int64_t B, int64_t H, const T *gates, int64_t gates_d, const T *u,         \
-              int64_t u_d, const T *m_prev, int64_t m_d, const T *dh, T *dc, T *da, int64_t da_d) { \
+              int64_t u_d, const T *m_prev, int64_t m_d, const T *rec, const T *mask,               \
+              const T *grad, int64_t grad_d, T *dc, T *da, int64_t da_d) {                          \
         for (int64_t d = 0; d < D; d++)                                                             \
             for (int64_t b = 0; b < B; b++) {                                                       \
                 const T *a = gates + d * gates_d + b * 4 * H;                                       \
                 const T *ub = u + d * u_d + b * H, *mp = m_prev + d * m_d + b * H;                  \
-                const T *dhb = dh + (d * B + b) * H;                                                \
+                const T *rb = rec + (d * B + b) * H;                                                \
+                const T *mk = mask ? mask + (d * B + b) * H : NULL;                                 \
+                const T *gb = grad ? grad + d * grad_d + b * H : NULL;                              \
                 T *dcb = dc + (d * B + b) * H, *dab = da + d * da_d + b * 4 * H;                    \
                 _Pragma("omp simd")                                                                 \
                 for (int64_t k = 0; k < H; k++) {                                                   \
                     T o = a[k], i = a[H + k], f = a[2 * H + k], g = a[3 * H + k], uk = ub[k];       \
-                    T dhk = dhb[k];                                                                 \
+                    T dhk = (mk ? rb[k] * mk[k] : rb[k]) + (gb ? gb[k] : 0);                        \
                     T dck = dcb[k] + 4 * dhk * o * uk * (1 - uk); /* + dh o (1 - tanh^2 c_t) */     \
                     dab[k] = dhk * o * (1 - o) * (1 - 2 * uk);                                      \
                     dab[H + k] = dck * i * (1 - i) * g;                                             \
@@ -97,9 +103,63 @@ static inline double sigmoid_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
             }                                                                                       \
     }
 
+/* minGRU over a whole sequence, time-major (see MinGRUScan in scan.py): k_z, k_h, h (T, B, H)
+ * contiguous, h0 (B, H), valid (T, B) bytes or NULL (a padded step carries h unchanged):
+ *   z = sigmoid(k_z), g = k_h + 1/2 if k_h >= 0 else sigmoid(k_h), h_t = (1 - z) h_{t-1} + z g. */
+#define MINGRU_FORWARD(NAME, T, SIGMOID)                                                            \
+    void NAME(int64_t steps, int64_t B, int64_t H, const T *kz, const T *kh, const T *h0,           \
+              const uint8_t *valid, T *h) {                                                         \
+        const T *prev = h0;                                                                         \
+        for (int64_t t = 0; t < steps; t++, prev = h, h += B * H, kz += B * H, kh += B * H)        \
+            for (int64_t b = 0; b < B; b++) {                                                       \
+                T on = (!valid || valid[t * B + b]) ? 1 : 0;                                        \
+                const T *zb = kz + b * H, *kb = kh + b * H, *pb = prev + b * H;                     \
+                T *hb = h + b * H;                                                                  \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t k = 0; k < H; k++) {                                                   \
+                    T z = on * SIGMOID(zb[k]), x = kb[k];                                           \
+                    T g = x >= 0 ? x + (T)0.5 : SIGMOID(x);                                         \
+                    hb[k] = pb[k] + z * (g - pb[k]);                                                \
+                }                                                                                   \
+            }                                                                                       \
+    }
+
+/* Its backward, t = T-1 .. 0, with d_t = dL/dh_t in total = grad_h[t] + (1 - z_{t+1}) d_{t+1}:
+ *   dk_z = d (g - h_{t-1}) z (1 - z),  dk_h = d z g',  dh0 = (1 - z_0) d_0.
+ * carry (B, H) holds dL/dh_{T-1} from the final state on entry and dL/dh0 on return; grad_h
+ * advances grad_step elements a step (0: the same row every step, e.g. a row of zeros). */
+#define MINGRU_BACKWARD(NAME, T, SIGMOID)                                                           \
+    void NAME(int64_t steps, int64_t B, int64_t H, const T *kz, const T *kh, const T *h0,           \
+              const uint8_t *valid, const T *h, const T *grad_h, int64_t grad_step, T *dkz, T *dkh,  \
+              T *carry) {                                                                           \
+        for (int64_t t = steps - 1; t >= 0; t--) {                                                  \
+            int64_t at = t * B * H;                                                                 \
+            const T *prev = t > 0 ? h + at - B * H : h0;                                            \
+            for (int64_t b = 0; b < B; b++) {                                                       \
+                int64_t o = at + b * H;                                                             \
+                T on = (!valid || valid[t * B + b]) ? 1 : 0;                                        \
+                const T *pb = prev + b * H, *gb = grad_h + t * grad_step + b * H;                   \
+                T *cb = carry + b * H;                                                              \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t k = 0; k < H; k++) {                                                   \
+                    T z = on * SIGMOID(kz[o + k]), x = kh[o + k], s = SIGMOID(x);                   \
+                    T g = x >= 0 ? x + (T)0.5 : s, dg = x >= 0 ? (T)1 : s * (1 - s);                \
+                    T d = gb[k] + cb[k];                                                            \
+                    dkz[o + k] = d * (g - pb[k]) * z * (1 - z);                                     \
+                    dkh[o + k] = d * z * dg;                                                        \
+                    cb[k] = (1 - z) * d;                                                            \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+    }
+
 LSTM_FORWARD(rnnkit_lstm_forward_f32, float, sigmoid_f32)
 LSTM_FORWARD(rnnkit_lstm_forward_f64, double, sigmoid_f64)
 LSTM_BACKWARD(rnnkit_lstm_backward_f32, float)
 LSTM_BACKWARD(rnnkit_lstm_backward_f64, double)
+MINGRU_FORWARD(rnnkit_mingru_forward_f32, float, sigmoid_f32)
+MINGRU_FORWARD(rnnkit_mingru_forward_f64, double, sigmoid_f64)
+MINGRU_BACKWARD(rnnkit_mingru_backward_f32, float, sigmoid_f32)
+MINGRU_BACKWARD(rnnkit_mingru_backward_f64, double, sigmoid_f64)
 
-int rnnkit_native_abi(void) { return 1; }
+int rnnkit_native_abi(void) { return 3; }

@@ -1,9 +1,10 @@
 """Native kernels: ``native.c`` compiled with the system C compiler on first use, loaded with ctypes.
 
 What they do and why: see ``native.c`` (the element-wise part of one LSTM step, forward and
-backward, as one call instead of ~6 torch calls). The explicit-BPTT LSTM loop in
-:mod:`rnnkit.bptt` uses them when :func:`unavailable_reason` returns None, and its own torch
-loop otherwise; both give the same numbers (tests/test_native.py).
+backward, as one call instead of ~6 torch calls; the whole minGRU recurrence in one pass over
+memory instead of ~10). The explicit-BPTT LSTM loop in :mod:`rnnkit.bptt` and the minGRU scan
+in :mod:`rnnkit.scan` use them when :func:`unavailable_reason` returns None, and their torch
+code otherwise; both give the same numbers (tests/test_native.py).
 
 The shared library is built once per source, compiler and CPU into the cache directory
 (``$RNNKIT_CACHE``, else ``$XDG_CACHE_HOME/rnnkit``, else ``~/.cache/rnnkit``), written to a
@@ -34,7 +35,7 @@ import torch
 NATIVE_ENV = "RNNKIT_NATIVE"
 CACHE_ENV = "RNNKIT_CACHE"
 SOURCE = Path(__file__).with_name("native.c")
-ABI = 1  # rnnkit_native_abi() of the source this module expects
+ABI = 3  # rnnkit_native_abi() of the source this module expects
 _FLAGS = ["-O3", "-fopenmp-simd", "-fPIC", "-shared"]
 
 _lock = threading.Lock()
@@ -115,8 +116,10 @@ def _declare(lib: ctypes.CDLL) -> None:
         fwd.argtypes = [I, I, I, P, I, P, P, I, P, I, P, I, P, P, I]
         fwd.restype = None
         bwd = getattr(lib, f"rnnkit_lstm_backward_{suffix}")
-        bwd.argtypes = [I, I, I, P, I, P, I, P, I, P, P, P, I]
+        bwd.argtypes = [I, I, I, P, I, P, I, P, I, P, P, P, I, P, P, I]
         bwd.restype = None
+        getattr(lib, f"rnnkit_mingru_forward_{suffix}").argtypes = [I, I, I, P, P, P, P, P]
+        getattr(lib, f"rnnkit_mingru_backward_{suffix}").argtypes = [I, I, I, P, P, P, P, P, P, I, P, P, P]
 
 
 def library() -> Optional[ctypes.CDLL]:
@@ -146,10 +149,16 @@ def reset() -> None:
         _state.clear()
 
 
-def lstm_kernels(dtype: torch.dtype):
-    """(forward, backward) step kernels for ``dtype``, or None when unavailable or not float32/64."""
+def kernels(name: str, dtype: torch.dtype):
+    """(forward, backward) kernels of ``name`` ("lstm" step, "mingru" sequence) for ``dtype``,
+    or None when the library is unavailable or the dtype is not float32/float64."""
     lib = library()
     suffix = {torch.float32: "f32", torch.float64: "f64"}.get(dtype)
     if lib is None or suffix is None:
         return None
-    return getattr(lib, f"rnnkit_lstm_forward_{suffix}"), getattr(lib, f"rnnkit_lstm_backward_{suffix}")
+    return getattr(lib, f"rnnkit_{name}_forward_{suffix}"), getattr(lib, f"rnnkit_{name}_backward_{suffix}")
+
+
+def lstm_kernels(dtype: torch.dtype):
+    """(forward, backward) LSTM step kernels for ``dtype``, or None (see :func:`kernels`)."""
+    return kernels("lstm", dtype)

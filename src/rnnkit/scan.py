@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rnnkit import native
 from rnnkit.cells import log_min_g, min_g
 
 
@@ -148,17 +149,32 @@ class MinGRUScan(torch.autograd.Function):
     """A whole minGRU direction, time-major, gates and scan in one Function (fewer passes over memory).
 
     k_z, k_h (T, B, H) contiguous (the two halves of W_ih x + b_ih); h0 (B, H); valid (T, B, 1)
-    bool or None -> h (T, B, H)::
+    bool or None -> h (T, B, H) and the final state h_T (B, H), a separate output so that a
+    model that reads only h_T sends no (T, B, H) gradient of zeros::
 
         z = sigmoid(k_z),  g = g(k_h),  h_t = (1 - z_t) h_{t-1} + z_t g_t     (z = 0 at padded steps)
 
     Backward with d_t the total gradient of h_t (:func:`_recur_back`)::
 
         dk_z = d (g - h_{t-1}) z (1 - z),    dk_h = d z g'(k_h),    dh0 = (1 - z_1) d_1
+
+    With the native kernels (rnnkit/native.c, CPU) each direction is one pass forward and one
+    backward, the gates recomputed there from k_z and k_h instead of saved.
     """
 
     @staticmethod
-    def forward(ctx, k_z: Tensor, k_h: Tensor, h0: Tensor, valid: Optional[Tensor]) -> Tensor:
+    def forward(ctx, k_z: Tensor, k_h: Tensor, h0: Tensor, valid: Optional[Tensor]):
+        ctx.set_materialize_grads(False)
+        kernels = _native_mingru(k_z)
+        ctx.native = kernels
+        if kernels is not None:  # gates and recurrence in one pass; backward recomputes the gates
+            k_z, k_h = k_z.contiguous(), k_h.contiguous()
+            h = torch.empty_like(k_z)
+            T, B, H = k_z.shape
+            valid = None if valid is None else valid.contiguous()
+            kernels[0](T, B, H, k_z.data_ptr(), k_h.data_ptr(), h0.data_ptr(), _address(valid), h.data_ptr())
+            ctx.save_for_backward(k_z, k_h, h, h0, valid)
+            return h, h[-1].clone()
         z = torch.sigmoid(k_z)
         if valid is not None:
             z.masked_fill_(~valid, 0.0)  # a = 1, b = 0: h carried unchanged
@@ -169,18 +185,42 @@ class MinGRUScan(torch.autograd.Function):
         a = torch.sub(1.0, z)
         h = _recur(a, z * g, h0)
         ctx.save_for_backward(z, a, g, g_prime, h, h0)
-        return h
+        return h, h[-1].clone()
 
     @staticmethod
-    def backward(ctx, grad_h: Tensor):
+    def backward(ctx, grad_h: Optional[Tensor], grad_last: Optional[Tensor]):
+        if ctx.native is not None:
+            k_z, k_h, h, h0, valid = ctx.saved_tensors
+            T, B, H = k_z.shape
+            carry = torch.zeros_like(h0) if grad_last is None else grad_last.clone(memory_format=torch.contiguous_format)
+            if grad_h is None:  # only h_T was used: a row of zeros serves every step
+                grad_h, grad_step = torch.zeros_like(h0), 0
+            else:
+                grad_h, grad_step = grad_h.contiguous(), B * H
+            dk_z, dk_h = torch.empty_like(k_z), torch.empty_like(k_h)
+            ctx.native[1](T, B, H, k_z.data_ptr(), k_h.data_ptr(), h0.data_ptr(), _address(valid), h.data_ptr(),
+                          grad_h.data_ptr(), grad_step, dk_z.data_ptr(), dk_h.data_ptr(), carry.data_ptr())
+            return dk_z, dk_h, carry, None
         z, a, g, g_prime, h, h0 = ctx.saved_tensors
-        d = _recur_back(a, grad_h)
+        total = torch.zeros_like(h) if grad_h is None else grad_h.clone(memory_format=torch.contiguous_format)
+        if grad_last is not None:
+            total[-1] += grad_last
+        d = _recur_back(a, total)
         gz = torch.empty_like(z)
         torch.sub(g[1:], h[:-1], out=gz[1:])  # g - h_{t-1}
         torch.sub(g[0], h0, out=gz[0])
         gz.mul_(d).mul_(z).mul_(a)  # z (1 - z) = sigmoid'; 0 at padded steps (z = 0 there)
         gh = torch.mul(g_prime, z).mul_(d)
         return gz, gh, a[0] * d[0], None
+
+
+def _native_mingru(like: Tensor):
+    """The native minGRU kernels (rnnkit/native.c) for ``like``'s dtype on CPU, or None."""
+    return native.kernels("mingru", like.dtype) if like.device.type == "cpu" else None
+
+
+def _address(x: Optional[Tensor]) -> Optional[int]:
+    return None if x is None else x.data_ptr()
 
 
 def _sequential_direction(x: Tensor, state: tuple, w: SimpleNamespace, lengths: Optional[Tensor], cell: str):
@@ -193,14 +233,14 @@ def _sequential_direction(x: Tensor, state: tuple, w: SimpleNamespace, lengths: 
     if cell == "mingru":  # each gate's projection on its own, so that both are contiguous
         W, bias = w.weight_ih.chunk(2), (None, None) if w.bias_ih is None else w.bias_ih.chunk(2)
         k_z, k_h = F.linear(x, W[0], bias[0]), F.linear(x, W[1], bias[1])  # (T, B, H) each
-        h = MinGRUScan.apply(k_z, k_h, state[0].contiguous(), valid)  # (T, B, H)
+        h, last = MinGRUScan.apply(k_z, k_h, state[0].contiguous(), valid)  # (T, B, H), (B, H)
     else:
         xp = F.linear(x, w.weight_ih, w.bias_ih)  # (T, B, G*H)
         a, b = coefficients(cell, xp)
         if valid is not None:
             a, b = a.masked_fill(~valid, 1.0), b.masked_fill(~valid, 0.0)  # padded steps carry h unchanged
         h = SequentialScan.apply(a.contiguous(), b.contiguous(), state[0].contiguous())  # (T, B, H)
-    last = h[-1]
+        last = h[-1]
     if valid is not None:
         h = h * valid
     return h.transpose(0, 1), (last,)
