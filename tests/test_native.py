@@ -1,4 +1,4 @@
-"""The native LSTM step kernels (rnnkit/native.c): equal to the torch loop, built once, optional."""
+"""The native kernels (rnnkit/native.c): equal to the torch code they replace, built once, optional."""
 
 import shutil
 import warnings
@@ -16,9 +16,9 @@ def _run(layer, x, state, use_native, monkeypatch):
     """Outputs, final states and all gradients of the explicit-BPTT path, native kernels on or off."""
     with monkeypatch.context() as m:
         if not use_native:
-            m.setattr(bptt, "_native_lstm", lambda like: None)
+            m.setattr(bptt, "_native", lambda cell, like: None)
         else:
-            assert bptt._native_lstm(x) is not None
+            assert bptt._native(layer.cell, x) is not None
         layer.zero_grad()
         x = x.clone().requires_grad_()
         state = tuple(s.clone().requires_grad_() for s in state)
@@ -34,14 +34,15 @@ def _run(layer, x, state, use_native, monkeypatch):
 
 
 @needs_compiler
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("recurrent_dropout", [0.0, 0.4])
-def test_native_steps_equal_the_torch_loop(dtype, tol, recurrent_dropout, monkeypatch):
+def test_native_steps_equal_the_torch_loop(cell, dtype, tol, recurrent_dropout, monkeypatch):
     torch.manual_seed(0)
-    layer = Recurrent("lstm", 3, 6, num_layers=2, bidirectional=True, recurrent_dropout=recurrent_dropout).to(dtype)
+    layer = Recurrent(cell, 3, 6, num_layers=2, bidirectional=True, recurrent_dropout=recurrent_dropout).to(dtype)
     layer.train()
     x = torch.randn(5, 80, 3, dtype=dtype) * 2  # 80 steps: 2.5 blocks of the torch loop's factors
-    state = tuple(torch.randn(4, 5, 6, dtype=dtype) for _ in range(2))
+    state = tuple(torch.randn(4, 5, 6, dtype=dtype) for _ in range(layer.state_size))
     values_native, grads_native = _run(layer, x, state, True, monkeypatch)
     values_torch, grads_torch = _run(layer, x, state, False, monkeypatch)
     for a, b in zip(values_native + grads_native, values_torch + grads_torch):
@@ -118,3 +119,37 @@ def test_built_once_into_the_cache(monkeypatch, tmp_path):
         assert [p.name for p in tmp_path.iterdir()] == [built.name] and built.stat().st_mtime_ns == stamp
     finally:
         native.reset()
+
+
+def _mingru_run(layer, x, lengths, use_outputs, use_native, monkeypatch):
+    from rnnkit import scan
+
+    with monkeypatch.context() as m:
+        if not use_native:
+            m.setattr(scan, "_native_mingru", lambda like: None)
+        layer.zero_grad()
+        x = x.clone().requires_grad_()
+        h0 = torch.randn(1, x.shape[0], layer.hidden_size, dtype=x.dtype, generator=torch.Generator().manual_seed(2))
+        h0.requires_grad_()
+        y, h = layer(x, h0, lengths=lengths)
+        g = torch.Generator().manual_seed(1)
+        loss = (h * torch.randn(h.shape, generator=g, dtype=h.dtype)).sum()
+        if use_outputs:
+            loss = loss + (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum()
+        loss.backward()
+    return [y.detach(), h.detach(), x.grad, h0.grad] + [p.grad for p in layer.parameters()]
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("use_outputs", [True, False], ids=["outputs-and-state", "final-state-only"])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_native_mingru_equals_the_torch_scan(dtype, tol, use_outputs, with_lengths, monkeypatch):
+    torch.manual_seed(0)
+    layer = Recurrent("mingru", 3, 5).to(dtype)
+    x = torch.randn(4, 9, 3, dtype=dtype) * 3  # both branches of g (k_h < 0 and >= 0)
+    lengths = torch.tensor([9, 4, 1, 7]) if with_lengths else None
+    native_run = _mingru_run(layer, x, lengths, use_outputs, True, monkeypatch)
+    torch_run = _mingru_run(layer, x, lengths, use_outputs, False, monkeypatch)
+    for a, b in zip(native_run, torch_run):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)

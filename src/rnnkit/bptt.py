@@ -267,18 +267,28 @@ class GRUFunction(torch.autograd.Function):
         gates = xp.new_empty(D, T, B, G)  # r, z, n after their activations
         hm = xp.new_empty(D, B, H)
         bias = None if b_hh is None else b_hh.unsqueeze(1)  # (D, 1, 3H)
+        kernels, native_step = _native("gru", xp), None
+        if kernels is not None:  # after each step's matmul, the rest of the step in one native call
+            mask = None if mask is None else mask.contiguous()
+            native_step = _NativeGRU(*kernels).bind_forward(xp, hp, gates, hs, mask, hm)
         for t in range(T):
-            hin = _masked(hs[:, t], mask, hm)
+            if native_step is not None and mask is not None and t > 0:
+                hin = hm  # h_{t-1} * mask, written by the native step
+            else:
+                hin = _masked(hs[:, t], mask, hm)
             if bias is None:
                 torch.bmm(hin, wt, out=hp[:, t])
             else:
                 torch.baddbmm(bias, hin, wt, out=hp[:, t])
+            if native_step is not None:
+                native_step(t)
+                continue
             g = gates[:, t]
             torch.add(xp[:, t, :, : 2 * H], hp[:, t, :, : 2 * H], out=g[..., : 2 * H]).sigmoid_()
             n = g[..., 2 * H :]
             torch.addcmul(xp[:, t, :, 2 * H :], g[..., :H], hp[:, t, :, 2 * H :], out=n).tanh_()
             torch.lerp(n, hs[:, t], g[..., H : 2 * H], out=hs[:, t + 1])  # n + z (h - n)
-        ctx.hs, ctx.hp, ctx.gates, ctx.mask = hs, hp, gates, mask
+        ctx.hs, ctx.hp, ctx.gates, ctx.mask, ctx.native = hs, hp, gates, mask, kernels
         ctx.save_for_backward(w_hh)
         ctx.has_bias = b_hh is not None
         return hs[:, 1:], hs[:, -1].clone()
@@ -290,6 +300,8 @@ class GRUFunction(torch.autograd.Function):
         hs, hp, gates, mask = ctx.hs, ctx.hp, ctx.gates, ctx.mask
         D, T, B, G = gates.shape
         H = G // 3
+        if ctx.native is not None:
+            return _gru_native_backward(ctx, w_hh, grad_hs, grad_h)
         r, z, n = gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H :]
         h_prev = hs[:, :-1]
         # dL/d(pre-activations) = dh_t * factor_t; the factors do not depend on dh, so all steps at once.
@@ -315,6 +327,29 @@ class GRUFunction(torch.autograd.Function):
         dw = _weight_grad(dhp, hm)
         db = dhp.sum((1, 2)) if ctx.has_bias else None
         return dxp, dh0, dw, db, None
+
+
+def _gru_native_backward(ctx, w_hh, grad_hs, grad_h):
+    """GRUFunction's backward with the native step (rnnkit/native.c); same results as the torch loop.
+
+    Per step t (last to first): one native call turns dL/dh_t = carry + rec * mask + grad_hs[t]
+    into dL/dxp_t, dL/dhp_t and carry = z_t dL/dh_t; then rec = dL/dhp_t W_hh (one bmm).
+    """
+    hs, gates, mask = ctx.hs, ctx.gates, ctx.mask
+    D, T, B, G = gates.shape
+    H = G // 3
+    carry = hs.new_zeros(D, B, H) if grad_h is None else grad_h.clone(memory_format=torch.contiguous_format)
+    rec = hs.new_empty(D, B, H)
+    dxp, dhp = torch.empty_like(gates), torch.empty_like(gates)
+    step = _NativeGRU(*ctx.native).bind_backward(gates, ctx.hp, hs, rec, mask, grad_hs, carry, dxp, dhp)
+    for t in range(T - 1, -1, -1):
+        step(t, t == T - 1)
+        torch.bmm(dhp[:, t], w_hh, out=rec)
+    dh0 = carry.add_(rec) if mask is None else carry.addcmul_(rec, mask)
+    h_prev = hs[:, :-1]
+    dw = _weight_grad(dhp, h_prev if mask is None else h_prev * mask[:, None])
+    db = dhp.sum((1, 2)) if ctx.has_bias else None
+    return dxp, dh0, dw, db, None
 
 
 # -- GRU, reset_after=False (textbook, Keras option) --------------------------------------------
@@ -593,16 +628,10 @@ class _NativeLSTM:
     def __init__(self, forward, backward):
         self._forward, self._backward = forward, backward
 
-    @staticmethod
-    def _steps(x: Tensor):
-        """(address of step 0, bytes per step, elements per direction) of a (D, T, B, X) buffer."""
-        assert x.is_contiguous()
-        return x.data_ptr(), x.stride(1) * x.element_size(), x.stride(0)
-
     def bind_forward(self, gates, cs, tc, hs, mask, hm):
         D, T, B, G = gates.shape
-        (g0, gb, gd), (c0, cb, cd), (u0, ub, ud), (h0, hb, hd) = map(self._steps, (gates, cs, tc, hs))
-        m_ptr, (hm0, hmb, hmd) = (None, (0, 0, 0)) if mask is None else (mask.data_ptr(), self._steps(hm))
+        (g0, gb, gd), (c0, cb, cd), (u0, ub, ud), (h0, hb, hd) = map(_steps, (gates, cs, tc, hs))
+        m_ptr, (hm0, hmb, hmd) = (None, (0, 0, 0)) if mask is None else (mask.data_ptr(), _steps(hm))
         kernel, H = self._forward, G // 4
 
         def step(t: int) -> None:
@@ -614,10 +643,10 @@ class _NativeLSTM:
     def bind_backward(self, gates, tc, cs, rec, mask, grad_hs, dc, da):
         D, T, B, G = gates.shape
         assert rec.is_contiguous() and dc.is_contiguous() and (mask is None or mask.is_contiguous())
-        (g0, gb, gd), (u0, ub, ud), (c0, cb, cd), (a0, ab, ad) = map(self._steps, (gates, tc, cs, da))
+        (g0, gb, gd), (u0, ub, ud), (c0, cb, cd), (a0, ab, ad) = map(_steps, (gates, tc, cs, da))
         if grad_hs is not None:
             grad_hs = grad_hs.contiguous()
-        (r0, rb, rd) = (None, 0, 0) if grad_hs is None else self._steps(grad_hs)
+        (r0, rb, rd) = (None, 0, 0) if grad_hs is None else _steps(grad_hs)
         kernel, H, rec_ptr, dc_ptr = self._backward, G // 4, rec.data_ptr(), dc.data_ptr()
         mask_ptr = None if mask is None else mask.data_ptr()
 
@@ -628,11 +657,59 @@ class _NativeLSTM:
         return step
 
 
+class _NativeGRU:
+    """The native GRU step kernels bound to the buffers of one GRUFunction call.
+
+    Buffers, all contiguous: xp, hp, gates, dxp, dhp (D, T, B, 3H); hs (D, T+1, B, H);
+    mask, hm, rec, carry (D, B, H).
+    """
+
+    def __init__(self, forward, backward):
+        self._forward, self._backward = forward, backward
+
+    def bind_forward(self, xp, hp, gates, hs, mask, hm):
+        D, T, B, G = gates.shape
+        (x0, xb, xd), (p0, pb, pd), (g0, gb, gd), (h0, hb, hd) = map(_steps, (xp, hp, gates, hs))
+        kernel, H = self._forward, G // 3
+        m_ptr, hm_ptr = (None, None) if mask is None else (mask.data_ptr(), hm.data_ptr())
+
+        def step(t: int) -> None:
+            kernel(D, B, H, x0 + t * xb, xd, p0 + t * pb, pd, g0 + t * gb, gd, h0 + t * hb, h0 + (t + 1) * hb, hd,
+                   m_ptr, hm_ptr)
+        return step
+
+    def bind_backward(self, gates, hp, hs, rec, mask, grad_hs, carry, dxp, dhp):
+        D, T, B, G = gates.shape
+        assert rec.is_contiguous() and carry.is_contiguous() and (mask is None or mask.is_contiguous())
+        (g0, gb, gd), (p0, pb, pd), (h0, hb, hd), (dx0, db_, dd) = map(_steps, (gates, hp, hs, dxp))
+        dp0 = _steps(dhp)[0]
+        if grad_hs is not None:
+            grad_hs = grad_hs.contiguous()
+        (r0, rb, rd) = (None, 0, 0) if grad_hs is None else _steps(grad_hs)
+        kernel, H, rec_ptr, carry_ptr = self._backward, G // 3, rec.data_ptr(), carry.data_ptr()
+        mask_ptr = None if mask is None else mask.data_ptr()
+
+        def step(t: int, last: bool) -> None:
+            kernel(D, B, H, g0 + t * gb, gd, p0 + t * pb, pd, h0 + t * hb, hd, None if last else rec_ptr, mask_ptr,
+                   None if r0 is None else r0 + t * rb, rd, carry_ptr, dx0 + t * db_, dp0 + t * db_, dd)
+        step.keep = grad_hs  # the contiguous copy must live as long as the pointers into it
+        return step
+
+
+def _steps(x: Tensor):
+    """(address of step 0, bytes per step, elements per direction) of a contiguous (D, T, B, X) buffer."""
+    assert x.is_contiguous()
+    return x.data_ptr(), x.stride(1) * x.element_size(), x.stride(0)
+
+
+def _native(cell: str, like: Tensor):
+    """The native (forward, backward) kernels of ``cell`` for ``like``'s dtype on CPU, or None."""
+    return native.kernels(cell, like.dtype) if like.device.type == "cpu" else None
+
+
 def _native_lstm(like: Tensor) -> Optional[_NativeLSTM]:
     """The native LSTM step kernels for ``like``'s dtype on CPU, or None (the torch loop runs)."""
-    if like.device.type != "cpu":
-        return None
-    kernels = native.lstm_kernels(like.dtype)
+    kernels = _native("lstm", like)
     return None if kernels is None else _NativeLSTM(*kernels)
 
 

@@ -1,5 +1,5 @@
-/* rnnkit's native kernels: the element-wise part of one LSTM step, forward and backward; and the
- * whole minGRU recurrence over time, forward and backward.
+/* rnnkit's native kernels: the element-wise part of one LSTM or GRU step, forward and backward;
+ * and the whole minGRU recurrence over time, forward and backward.
  *
  * Why: in the explicit-BPTT loop (rnnkit/bptt.py) the recurrent matmul of a step is one torch
  * call, but the gate arithmetic around it was ~6 torch calls forward and ~5 backward, each a
@@ -40,6 +40,8 @@ static inline float exp_f32(float x) {
 
 static inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
 static inline double sigmoid_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
+static inline float tanh_f32(float x) { return 2.0f * sigmoid_f32(2.0f * x) - 1.0f; }
+static inline double tanh_f64(double x) { return tanh(x); }
 
 /* Forward, one step. gates: pre-activations in, activations (o, i, f, g) out. m_prev = -2 c_{t-1};
  * writes m = -2 c_t, u = sigmoid(m), h = h_t, and hm = h_t * mask when hm is not NULL. */
@@ -153,13 +155,94 @@ static inline double sigmoid_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
         }                                                                                           \
     }
 
+/* GRU (reset_after=True, gate order r, z, n; see GRUFunction in bptt.py), forward, one step.
+ * xp = x W_ih^T + b_ih and hp = (h_{t-1} m) W_hh^T + b_hh (D, B, 3H) in; writes the activations
+ * r, z, n to gates, h_t = n + z (h_{t-1} - n) to h, and h_t * mask to hm (D, B, H) contiguous
+ * when mask is not NULL (the input of the next step's matmul):
+ *   r = sigmoid(xp_r + hp_r), z = sigmoid(xp_z + hp_z), n = tanh(xp_n + r hp_n). */
+#define GRU_FORWARD(NAME, T, SIGMOID, TANH)                                                         \
+    void NAME(int64_t D, int64_t B, int64_t H, const T *xp, int64_t xp_d, const T *hp,              \
+              int64_t hp_d, T *gates, int64_t gates_d, const T *h_prev, T *h, int64_t h_d,          \
+              const T *mask, T *hm) {                                                               \
+        for (int64_t d = 0; d < D; d++)                                                             \
+            for (int64_t b = 0; b < B; b++) {                                                       \
+                const T *x = xp + d * xp_d + b * 3 * H, *p = hp + d * hp_d + b * 3 * H;             \
+                const T *hb_prev = h_prev + d * h_d + b * H;                                        \
+                T *g = gates + d * gates_d + b * 3 * H, *hb = h + d * h_d + b * H;                  \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t k = 0; k < H; k++) {                                                   \
+                    T r = SIGMOID(x[k] + p[k]), z = SIGMOID(x[H + k] + p[H + k]);                   \
+                    T n = TANH(x[2 * H + k] + r * p[2 * H + k]);                                    \
+                    g[k] = r;                                                                       \
+                    g[H + k] = z;                                                                   \
+                    g[2 * H + k] = n;                                                               \
+                    hb[k] = n + z * (hb_prev[k] - n);                                               \
+                }                                                                                   \
+                if (mask) {                                                                         \
+                    const T *mk = mask + (d * B + b) * H;                                           \
+                    T *hmb = hm + (d * B + b) * H;                                                  \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++) hmb[k] = hb[k] * mk[k];                         \
+                }                                                                                   \
+            }                                                                                       \
+    }
+
+/* Its backward, one step. dL/dh_t = carry + rec * mask + grad, where carry = z_{t+1} dL/dh_{t+1}
+ * (the final state's gradient for the last step), rec = dL/dhp_{t+1} W_hh or NULL (last step),
+ * grad = dL/dh_t from the output at t or NULL; carry, rec, mask (D, B, H) contiguous. Writes
+ * dxp = dL/d(xp) and dhp = dL/d(hp) (D, B, 3H), and carry = z_t dL/dh_t. */
+#define GRU_BACKWARD(NAME, T)                                                                       \
+    void NAME(int64_t D, int64_t B, int64_t H, const T *gates, int64_t gates_d, const T *hp,        \
+              int64_t hp_d, const T *h_prev, int64_t h_d, const T *rec, const T *mask,              \
+              const T *grad, int64_t grad_d, T *carry, T *dxp, T *dhp, int64_t d_d) {               \
+        for (int64_t d = 0; d < D; d++)                                                             \
+            for (int64_t b = 0; b < B; b++) {                                                       \
+                const T *g = gates + d * gates_d + b * 3 * H, *p = hp + d * hp_d + b * 3 * H;       \
+                const T *hb_prev = h_prev + d * h_d + b * H;                                        \
+                int64_t row = (d * B + b) * H;                                                      \
+                const T *rb = rec ? rec + row : NULL, *mk = mask ? mask + row : NULL;               \
+                const T *gb = grad ? grad + d * grad_d + b * H : NULL;                              \
+                T *cb = carry + row, *dx = dxp + d * d_d + b * 3 * H, *dp = dhp + d * d_d + b * 3 * H; \
+                if (rb && mk) {                                                                     \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++) cb[k] += rb[k] * mk[k];                         \
+                } else if (rb) {                                                                    \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++) cb[k] += rb[k];                                 \
+                }                                                                                   \
+                if (gb) {                                                                           \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++) cb[k] += gb[k];                                 \
+                }                                                                                   \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t k = 0; k < H; k++) { /* cb[k] is dL/dh_t now */                        \
+                    T r = g[k], z = g[H + k], n = g[2 * H + k];                                     \
+                    T dh = cb[k];                                                                   \
+                    T dn = dh * (1 - z) * (1 - n * n);                                              \
+                    T dz = dh * (hb_prev[k] - n) * z * (1 - z);                                     \
+                    T dr = dn * p[2 * H + k] * r * (1 - r);                                         \
+                    dx[k] = dr;                                                                     \
+                    dx[H + k] = dz;                                                                 \
+                    dx[2 * H + k] = dn;                                                             \
+                    dp[k] = dr;                                                                     \
+                    dp[H + k] = dz;                                                                 \
+                    dp[2 * H + k] = dn * r;                                                         \
+                    cb[k] = dh * z;                                                                 \
+                }                                                                                   \
+            }                                                                                       \
+    }
+
 LSTM_FORWARD(rnnkit_lstm_forward_f32, float, sigmoid_f32)
 LSTM_FORWARD(rnnkit_lstm_forward_f64, double, sigmoid_f64)
 LSTM_BACKWARD(rnnkit_lstm_backward_f32, float)
 LSTM_BACKWARD(rnnkit_lstm_backward_f64, double)
+GRU_FORWARD(rnnkit_gru_forward_f32, float, sigmoid_f32, tanh_f32)
+GRU_FORWARD(rnnkit_gru_forward_f64, double, sigmoid_f64, tanh_f64)
+GRU_BACKWARD(rnnkit_gru_backward_f32, float)
+GRU_BACKWARD(rnnkit_gru_backward_f64, double)
 MINGRU_FORWARD(rnnkit_mingru_forward_f32, float, sigmoid_f32)
 MINGRU_FORWARD(rnnkit_mingru_forward_f64, double, sigmoid_f64)
 MINGRU_BACKWARD(rnnkit_mingru_backward_f32, float, sigmoid_f32)
 MINGRU_BACKWARD(rnnkit_mingru_backward_f64, double, sigmoid_f64)
 
-int rnnkit_native_abi(void) { return 3; }
+int rnnkit_native_abi(void) { return 4; }
