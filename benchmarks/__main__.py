@@ -149,8 +149,11 @@ def main(argv=None) -> None:
     out = Path(args.output) if args.output else None
     print(f"machine: {report.machine()}", flush=True)
     if "training" in suites:
+        peak = timing.matmul_peak_gflops()
         samples = run_training(shape_names, peers, repeats, warmup, log=lambda m: print(m, flush=True))
-        body = report.training_tables(shape_names, peers, samples)
+        peak = max(peak, timing.matmul_peak_gflops())  # the ceiling: the better of before and after
+        print(f"fp32 matmul peak: {peak:.0f} GFLOP/s", flush=True)
+        body = report.training_tables(shape_names, peers, samples, peak_gflops=peak)
         legend = ("\n† Keras is not importable here: its column repeats cpu-facts.md (TF 2.21 / Keras 3.15, same "
                   "machine class), reference, not re-measured.\n" if any(s.reference for s in samples.values()) else "")
         shape_lines = "\n".join(f"- {s}: {shapes.SHAPES[s].title}" for s in shape_names)

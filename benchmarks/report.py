@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import shapes
+
 
 def machine() -> str:
     """CPU model, logical cores, torch version and threads, Python version."""
@@ -28,8 +30,8 @@ def machine() -> str:
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}; load average at start {load}")
 
 
-def training_tables(shape_names, peers, samples, ratio_base="torch.nn+ftz") -> str:
-    """Median ms (IQR) per peer x shape, then ratios to ``ratio_base`` and to torch.nn."""
+def training_tables(shape_names, peers, samples, ratio_base="torch.nn+ftz", peak_gflops=None) -> str:
+    """Median ms (IQR) per peer x shape, the share of the matmul peak, then ratios to ``ratio_base`` and torch.nn."""
     head = "| peer | " + " | ".join(shape_names) + " |\n|---|" + "---:|" * len(shape_names) + "\n"
     rows = []
     for p in peers:
@@ -50,6 +52,21 @@ def training_tables(shape_names, peers, samples, ratio_base="torch.nn+ftz") -> s
              for p in peers if any(samples.get((p, s)) and samples[(p, s)].path for s in shape_names)]
     if paths:
         out += ["Path each rnnkit layer took (`layer.last_path`).", "", head.rstrip("\n"), *paths, ""]
+    if peak_gflops:
+        out += [f"Share of the fp32 matmul peak ({peak_gflops:.0f} GFLOP/s: the best 3072 x 3072 product, measured "
+                "in this run before and after the steps): the shape's matmul FLOPs per step (3 x the forward's; S4 33.4 GFLOP) "
+                "over the median step time. Peers with another cell (minGRU/minLSTM) do other work and are left out.",
+                "", head.rstrip("\n")]
+        for p in peers:
+            if "minGRU" in p or "minLSTM" in p:
+                continue
+            cells = []
+            for s in shape_names:
+                r = samples.get((p, s))
+                share = None if r is None else shapes.training_flops(shapes.SHAPES[s]) / (r.median_ms / 1e3) / 1e9 / peak_gflops
+                cells.append("–" if share is None else f"{100 * share:.0f}%")
+            out.append(f"| {p} | " + " | ".join(cells) + " |")
+        out.append("")
     for base in (ratio_base, "torch.nn"):
         out += [f"Ratio to {base} (median / median; < 1 is faster).", "", head.rstrip("\n")]
         for p in peers:

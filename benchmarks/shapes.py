@@ -57,6 +57,25 @@ SHAPES = {
 KERAS_REFERENCE_MS = {"S1": 2.50, "S2": 10.8, "S3": 59.8, "S4": 263.0, "S5": 249.0}
 
 
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+def training_flops(shape: Shape) -> float:
+    """Matmul FLOPs of one training step of the shape's standard model: 3 x the forward's.
+
+    Forward, per layer and direction: ``2 B T (F + H) G H`` (input and recurrent projections,
+    G gates); head ``2 B (T) D H outputs``. Backward is twice the forward (input and weight
+    gradients), the usual count; element-wise work is not counted. S4: 33.3 GFLOP.
+    """
+    B, T, H, D = shape.batch, shape.steps, shape.hidden, 2 if shape.bidirectional else 1
+    forward, width = 0.0, shape.features
+    for _ in range(shape.layers):
+        forward += D * 2 * B * T * (width + H) * GATES[shape.cell] * H
+        width = D * H
+    forward += 2 * B * (T if shape.head == "per_step" else 1) * width * shape.outputs
+    return 3 * forward
+
+
 def make_batch(shape: Shape, seed: int = 1) -> tuple[Tensor, Tensor]:
     """The fixed synthetic batch: inputs (B, T) tokens or (B, T, F) floats, and targets."""
     g = torch.Generator().manual_seed(seed)

@@ -49,3 +49,18 @@ class Samples:
             return t[0], t[-1]
         q = statistics.quantiles(t, n=4, method="inclusive")
         return q[0], q[2]
+
+
+def matmul_peak_gflops(n: int = 3072, repeats: int = 20) -> float:
+    """The machine's fp32 matmul ceiling in GFLOP/s: the best of ``repeats`` (n x n) @ (n x n)
+    products with torch's current thread count (cpu-facts.md: 343 with 2 threads here; single
+    products of 2048 and smaller varied by 2x on this machine, 3072 by ~5%)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty(n, n)
+    torch.mm(a, b, out=out)  # warm-up: threads, caches
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
