@@ -696,6 +696,58 @@ class _NativeGRU:
         return step
 
 
+class _NativeLSTMNorm:
+    """The native layer-normed LSTM step kernels bound to the buffers of one LSTMNormFunction call.
+
+    Buffers, all contiguous: xp, hp, gates, da, dhp (D, T, B, 4H); hs, cs (D, T+1, B, H); tc,
+    dtc, hm (D, T, B, H); stats = [mean_h, rstd_h (D, T, B, 4), mean_c, rstd_c (D, T, B)];
+    g_hh (D, 4H); w_c, b_c (D, H); mask, rec, dc (D, B, H).
+    """
+
+    def __init__(self, forward, backward):
+        self._forward, self._backward = forward, backward
+
+    def bind_forward(self, xp, hp, g_hh, w_c, b_c, gates, stats, cs, tc, hs, mask, hm):
+        D, T, B, G = gates.shape
+        (x0, xb, xd), (p0, pb, pd), (g0, gb, gd) = map(_steps, (xp, hp, gates))
+        (mh0, shb, shd), (rh0, _, _), (mc0, scb, scd), (rc0, _, _) = map(_steps, stats)
+        (c0, cb, cd), (u0, ub, ud), (h0, hb, hd) = map(_steps, (cs, tc, hs))
+        weights = [w.contiguous() for w in (g_hh, w_c, b_c)]
+        gain, wc, bc = (w.data_ptr() for w in weights)
+        m_ptr, (hm0, hmb, hmd) = (None, (0, 0, 0)) if mask is None else (mask.data_ptr(), _steps(hm))
+        kernel, H = self._forward, G // 4
+
+        def step(t: int) -> None:
+            next_hm = hm0 + (t + 1) * hmb if m_ptr is not None and t + 1 < T else None
+            kernel(D, B, H, LN_EPS, x0 + t * xb, xd, p0 + t * pb, pd, gain, wc, bc, g0 + t * gb, gd,
+                   mh0 + t * shb, rh0 + t * shb, shd, mc0 + t * scb, rc0 + t * scb, scd,
+                   c0 + t * cb, c0 + (t + 1) * cb, cd, u0 + t * ub, ud, h0 + (t + 1) * hb, hd, m_ptr, next_hm, hmd)
+        step.keep = weights  # contiguous copies must live as long as the pointers into them
+        return step
+
+    def bind_backward(self, gates, hp, stats, g_hh, w_c, cs, tc, rec, mask, grad_hs, dc, da, dhp, dtc):
+        D, T, B, G = gates.shape
+        assert rec.is_contiguous() and dc.is_contiguous() and (mask is None or mask.is_contiguous())
+        (g0, gb, gd), (p0, pb, pd), (a0, ab, ad), (dp0, _, _) = map(_steps, (gates, hp, da, dhp))
+        (mh0, shb, shd), (rh0, _, _), (mc0, scb, scd), (rc0, _, _) = map(_steps, stats)
+        (c0, cb, cd), (u0, ub, ud), (dt0, _, _) = map(_steps, (cs, tc, dtc))
+        weights = [w.contiguous() for w in (g_hh, w_c)]
+        gain, wc = (w.data_ptr() for w in weights)
+        if grad_hs is not None:
+            grad_hs = grad_hs.contiguous()
+        (r0, rb, rd) = (None, 0, 0) if grad_hs is None else _steps(grad_hs)
+        kernel, H, rec_ptr, dc_ptr = self._backward, G // 4, rec.data_ptr(), dc.data_ptr()
+        mask_ptr = None if mask is None else mask.data_ptr()
+
+        def step(t: int, last: bool) -> None:
+            kernel(D, B, H, g0 + t * gb, gd, p0 + t * pb, pd, mh0 + t * shb, rh0 + t * shb, shd, gain, wc,
+                   c0 + t * cb, c0 + (t + 1) * cb, cd, mc0 + t * scb, rc0 + t * scb, scd, u0 + t * ub, ud,
+                   rec_ptr, None if last else mask_ptr, None if r0 is None else r0 + t * rb, rd, dc_ptr,
+                   a0 + t * ab, dp0 + t * ab, ad, dt0 + t * ub)
+        step.keep = (weights, grad_hs)
+        return step
+
+
 def _steps(x: Tensor):
     """(address of step 0, bytes per step, elements per direction) of a contiguous (D, T, B, X) buffer."""
     assert x.is_contiguous()
@@ -778,6 +830,20 @@ class LSTMNormFunction(torch.autograd.Function):
         xp_l, hp_l = xp.unbind(1), hp.unbind(1)
         h_l, c_l, tc_l, hm_l = hs.unbind(1), cs.unbind(1), tc.unbind(1), hm.unbind(1)
         gain, wc, bc = g_hh.unsqueeze(1), w_c.unsqueeze(1), b_c.unsqueeze(1)  # (D, 1, X)
+        kernels = _native("lstm_ln", xp)
+        ctx.native = kernels
+        if kernels is not None:  # after each step's matmul, the rest of the step in one native call
+            xp, mask = xp.contiguous(), None if mask is None else mask.contiguous()
+            stats = [xp.new_empty(D, T, B, 4), xp.new_empty(D, T, B, 4), xp.new_empty(D, T, B), xp.new_empty(D, T, B)]
+            step = _NativeLSTMNorm(*kernels).bind_forward(xp, hp, g_hh, w_c, b_c, gates, stats, cs, tc, hs, mask, hm)
+            if mask is not None:
+                torch.mul(h_l[0], mask, out=hm_l[0])
+            for t in range(T):
+                torch.bmm(hm_l[t], wt, out=hp_l[t])
+                step(t)
+            ctx.save_for_backward(w_hh, g_hh, w_c)
+            ctx.gates, ctx.hp, ctx.cs, ctx.tc, ctx.hm, ctx.mask, ctx.stats = gates, hp, cs, tc, hm, mask, stats
+            return hs[:, 1:], hs[:, -1].clone(), cs[:, -1].clone()
         for t in range(T):
             if mask is not None:
                 torch.mul(h_l[t], mask, out=hm_l[t])
@@ -804,6 +870,8 @@ class LSTMNormFunction(torch.autograd.Function):
         gates, hp, cs, tc, hm, mask = ctx.gates, ctx.hp, ctx.cs, ctx.tc, ctx.hm, ctx.mask
         D, T, B, G = gates.shape
         H = G // 4
+        if ctx.native is not None:
+            return _lstm_norm_native_backward(ctx, w_hh, g_hh, w_c, grad_hs, grad_h, grad_c)
         dh = gates.new_zeros(D, B, H) if grad_h is None else grad_h.clone()
         if grad_hs is not None:
             dh = dh + grad_hs[:, T - 1]
@@ -837,17 +905,56 @@ class LSTMNormFunction(torch.autograd.Function):
                 dhp_l[t].copy_(_ln_backward(dhat.view(D, B, 4, H), hp_l[t].view(D, B, 4, H), mean, rstd).view(D, B, G))
                 grad = grads[t - 1] if grads is not None and t > 0 else None
                 _recurrent_grad(dh, dhp_l[t], w_hh, mask, grad, tmp)
-        # gains: sums over steps of the incoming gradient times the normalised value
         mean_h, rstd_h = (torch.stack(z, 1) for z in zip(*ctx.stats_h))  # (D, T, B, 4, 1)
         mean_c, rstd_c = (torch.stack(z, 1) for z in zip(*ctx.stats_c))  # (D, T, B, 1)
-        dg_hh, dw_c = gates.new_zeros(D, 4, H), gates.new_zeros(D, H)
-        for t0 in range(0, T, _CHUNK):
-            s = slice(t0, t0 + _CHUNK)
-            hat = (hp[:, s].unflatten(-1, (4, H)) - mean_h[:, s]).mul_(rstd_h[:, s])
-            dg_hh += (dav[:, s] * hat).sum((1, 2))
-            c_hat = (cs[:, 1:][:, s] - mean_c[:, s]).mul_(rstd_c[:, s])
-            dw_c += (dtc[:, s] * c_hat).sum((1, 2))
-        return da, dh, dc, _weight_grad(dhp, hm), dg_hh.view(D, G), dw_c, dtc.sum((1, 2)), None
+        dg_hh, dw_c = _norm_gain_grads(da, hp, cs, dtc, mean_h, rstd_h, mean_c, rstd_c)
+        return da, dh, dc, _weight_grad(dhp, hm), dg_hh, dw_c, dtc.sum((1, 2)), None
+
+
+def _norm_gain_grads(da, hp, cs, dtc, mean_h, rstd_h, mean_c, rstd_c):
+    """Gradients of the gate-norm gains g_hh (D, 4H) and of w_c (D, H): sums over all steps of the
+    incoming gradient times the normalised value, recomputed from the statistics in chunks.
+
+    da, hp (D, T, B, 4H); cs (D, T+1, B, H); dtc (D, T, B, H); mean_h, rstd_h (D, T, B, 4, 1);
+    mean_c, rstd_c (D, T, B, 1).
+    """
+    D, T, B, G = da.shape
+    H = G // 4
+    dav = da.view(D, T, B, 4, H)
+    dg_hh, dw_c = da.new_zeros(D, 4, H), da.new_zeros(D, H)
+    for t0 in range(0, T, _CHUNK):
+        s = slice(t0, t0 + _CHUNK)
+        hat = (hp[:, s].unflatten(-1, (4, H)) - mean_h[:, s]).mul_(rstd_h[:, s])
+        dg_hh += (dav[:, s] * hat).sum((1, 2))
+        c_hat = (cs[:, 1:][:, s] - mean_c[:, s]).mul_(rstd_c[:, s])
+        dw_c += (dtc[:, s] * c_hat).sum((1, 2))
+    return dg_hh.view(D, G), dw_c
+
+
+def _lstm_norm_native_backward(ctx, w_hh, g_hh, w_c, grad_hs, grad_h, grad_c):
+    """LSTMNormFunction's backward with the native step (rnnkit/native.c); same results as its loop.
+
+    Per step t (last to first): one native call turns rec (dL/dhp_{t+1} W_hh) into dL/dh_t and
+    writes dL/dxp_t, dL/dhp_t and dL/dc_{t-1}; then rec = dL/dhp_t W_hh (one bmm).
+    """
+    gates, hp, cs, tc, hm, mask = ctx.gates, ctx.hp, ctx.cs, ctx.tc, ctx.hm, ctx.mask
+    D, T, B, G = gates.shape
+    H = G // 4
+    contiguous = torch.contiguous_format
+    rec = gates.new_zeros(D, B, H) if grad_h is None else grad_h.clone(memory_format=contiguous)
+    dc = gates.new_zeros(D, B, H) if grad_c is None else grad_c.clone(memory_format=contiguous)
+    da, dtc = torch.empty_like(gates), torch.empty_like(tc)
+    dhp = _workspace(gates)
+    step = _NativeLSTMNorm(*ctx.native).bind_backward(gates, hp, ctx.stats, g_hh, w_c, cs, tc, rec, mask,
+                                                      grad_hs, dc, da, dhp, dtc)
+    for t in range(T - 1, -1, -1):
+        step(t, t == T - 1)
+        torch.bmm(dhp[:, t], w_hh, out=rec)
+    dh = rec if mask is None else rec.mul_(mask)
+    mean_h, rstd_h, mean_c, rstd_c = ctx.stats
+    dg_hh, dw_c = _norm_gain_grads(da, hp, cs, dtc, mean_h.unsqueeze(-1), rstd_h.unsqueeze(-1),
+                                   mean_c.unsqueeze(-1), rstd_c.unsqueeze(-1))
+    return da, dh, dc, _weight_grad(dhp, hm), dg_hh, dw_c, dtc.sum((1, 2)), None
 
 
 def _ln_backward(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor) -> Tensor:

@@ -1,5 +1,5 @@
-/* rnnkit's native kernels: the element-wise part of one LSTM or GRU step, forward and backward;
- * and the whole minGRU recurrence over time, forward and backward.
+/* rnnkit's native kernels: the element-wise part of one LSTM, layer-normed LSTM or GRU step,
+ * forward and backward; and the whole minGRU recurrence over time, forward and backward.
  *
  * Why: in the explicit-BPTT loop (rnnkit/bptt.py) the recurrent matmul of a step is one torch
  * call, but the gate arithmetic around it was ~6 torch calls forward and ~5 backward, each a
@@ -232,10 +232,148 @@ static inline double tanh_f64(double x) { return tanh(x); }
             }                                                                                       \
     }
 
+/* LSTM with layer norm (see LSTMNormFunction in bptt.py; gates o, i, f, g; LN over each gate's H
+ * units without bias, then a gain; LN(c) with weight w_c and bias b_c), forward, one step.
+ * hp = (h_{t-1} m) W_hh^T (D, B, 4H) in; xp = LN(x W_ih^T) g_ih + b (D, B, 4H) in:
+ *   a = xp + LN_gate(hp) * gain,  c_t = f c_{t-1} + i g,  tc = tanh(LN(c_t) w_c + b_c),  h_t = o tc.
+ * Writes the activations to gates, the statistics (mean, 1/std) of hp per gate (D, B, 4) and
+ * of c_t (D, B), c_t, tc, h_t, and h_t * mask to hm when hm is not NULL. gain (D, 4H), w_c and
+ * b_c (D, H), mask (D, B, H) contiguous. */
+#define LSTM_LN_FORWARD(NAME, T, SIGMOID, TANH, SQRT)                                               \
+    void NAME(int64_t D, int64_t B, int64_t H, T eps, const T *xp, int64_t xp_d, const T *hp,       \
+              int64_t hp_d, const T *gain, const T *w_c, const T *b_c, T *gates, int64_t gates_d,   \
+              T *mean_h, T *rstd_h, int64_t sh_d, T *mean_c, T *rstd_c, int64_t sc_d,               \
+              const T *c_prev, T *c, int64_t c_d, T *tc, int64_t tc_d, T *h, int64_t h_d,           \
+              const T *mask, T *hm, int64_t hm_d) {                                                 \
+        for (int64_t d = 0; d < D; d++)                                                             \
+            for (int64_t b = 0; b < B; b++) {                                                       \
+                const T *x = xp + d * xp_d + b * 4 * H, *p = hp + d * hp_d + b * 4 * H;             \
+                T *a = gates + d * gates_d + b * 4 * H;                                             \
+                for (int64_t q = 0; q < 4; q++) {                                                   \
+                    const T *pq = p + q * H, *gq = gain + d * 4 * H + q * H, *xq = x + q * H;       \
+                    T *aq = a + q * H, sum = 0, var = 0;                                            \
+                    _Pragma("omp simd reduction(+:sum)")                                            \
+                    for (int64_t k = 0; k < H; k++) sum += pq[k];                                   \
+                    T mean = sum / H;                                                               \
+                    _Pragma("omp simd reduction(+:var)")                                            \
+                    for (int64_t k = 0; k < H; k++) var += (pq[k] - mean) * (pq[k] - mean);         \
+                    T rstd = 1 / SQRT(var / H + eps);                                               \
+                    mean_h[d * sh_d + b * 4 + q] = mean;                                            \
+                    rstd_h[d * sh_d + b * 4 + q] = rstd;                                            \
+                    if (q < 3) {                                                                    \
+                        _Pragma("omp simd")                                                         \
+                        for (int64_t k = 0; k < H; k++)                                             \
+                            aq[k] = SIGMOID(xq[k] + (pq[k] - mean) * rstd * gq[k]);                 \
+                    } else {                                                                        \
+                        _Pragma("omp simd")                                                         \
+                        for (int64_t k = 0; k < H; k++)                                             \
+                            aq[k] = TANH(xq[k] + (pq[k] - mean) * rstd * gq[k]);                    \
+                    }                                                                               \
+                }                                                                                   \
+                const T *cp = c_prev + d * c_d + b * H, *wc = w_c + d * H, *bc = b_c + d * H;       \
+                T *cb = c + d * c_d + b * H, *tb = tc + d * tc_d + b * H, *hb = h + d * h_d + b * H; \
+                T sum = 0, var = 0;                                                                 \
+                _Pragma("omp simd reduction(+:sum)")                                                \
+                for (int64_t k = 0; k < H; k++) {                                                   \
+                    cb[k] = a[2 * H + k] * cp[k] + a[H + k] * a[3 * H + k];                         \
+                    sum += cb[k];                                                                   \
+                }                                                                                   \
+                T mean = sum / H;                                                                   \
+                _Pragma("omp simd reduction(+:var)")                                                \
+                for (int64_t k = 0; k < H; k++) var += (cb[k] - mean) * (cb[k] - mean);             \
+                T rstd = 1 / SQRT(var / H + eps);                                                   \
+                mean_c[d * sc_d + b] = mean;                                                        \
+                rstd_c[d * sc_d + b] = rstd;                                                        \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t k = 0; k < H; k++) {                                                   \
+                    tb[k] = TANH((cb[k] - mean) * rstd * wc[k] + bc[k]);                            \
+                    hb[k] = a[k] * tb[k];                                                           \
+                }                                                                                   \
+                if (hm) {                                                                           \
+                    const T *mk = mask + (d * B + b) * H;                                           \
+                    T *hmb = hm + d * hm_d + b * H;                                                 \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++) hmb[k] = hb[k] * mk[k];                         \
+                }                                                                                   \
+            }                                                                                       \
+    }
+
+/* Its backward, one step. On entry rec = dL/dhp_{t+1} W_hh (or, for the last step, the final
+ * state's gradient, with mask NULL), grad = dL/dh_t from the output at t or NULL; rec is
+ * overwritten with dL/dh_t = rec * mask + grad. dc = dL/dc_t from step t+1, replaced by
+ * dL/dc_{t-1}. Writes da = dL/d(pre-activations) (= dL/dxp), dhp = dL/dhp (through the gate
+ * layer norms, for dW_hh) and dtc = dL/d(LN(c_t) w_c + b_c) (for the gradients of w_c, b_c). */
+#define LSTM_LN_BACKWARD(NAME, T)                                                                   \
+    void NAME(int64_t D, int64_t B, int64_t H, const T *gates, int64_t gates_d, const T *hp,        \
+              int64_t hp_d, const T *mean_h, const T *rstd_h, int64_t sh_d, const T *gain,          \
+              const T *w_c, const T *c_prev, const T *c, int64_t c_d, const T *mean_c,              \
+              const T *rstd_c, int64_t sc_d, const T *tc, int64_t tc_d, T *rec, const T *mask,      \
+              const T *grad, int64_t grad_d, T *dc, T *da, T *dhp, int64_t da_d, T *dtc) {          \
+        for (int64_t d = 0; d < D; d++)                                                             \
+            for (int64_t b = 0; b < B; b++) {                                                       \
+                const T *a = gates + d * gates_d + b * 4 * H, *p = hp + d * hp_d + b * 4 * H;       \
+                const T *cp = c_prev + d * c_d + b * H, *cb = c + d * c_d + b * H;                  \
+                const T *tb = tc + d * tc_d + b * H, *wc = w_c + d * H;                             \
+                int64_t row = (d * B + b) * H;                                                      \
+                T *dh = rec + row, *dcb = dc + row, *dtb = dtc + d * tc_d + b * H;                  \
+                T *dab = da + d * da_d + b * 4 * H, *dpb = dhp + d * da_d + b * 4 * H;              \
+                if (mask) {                                                                         \
+                    const T *mk = mask + row;                                                       \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++) dh[k] *= mk[k];                                 \
+                }                                                                                   \
+                if (grad) {                                                                         \
+                    const T *gb = grad + d * grad_d + b * H;                                        \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++) dh[k] += gb[k];                                 \
+                }                                                                                   \
+                T mc = mean_c[d * sc_d + b], rc = rstd_c[d * sc_d + b], s1 = 0, s2 = 0;             \
+                _Pragma("omp simd reduction(+:s1, s2)")                                             \
+                for (int64_t k = 0; k < H; k++) {                                                   \
+                    T dt = dh[k] * a[k] * (1 - tb[k] * tb[k]);                                      \
+                    dtb[k] = dt;                                                                    \
+                    s1 += dt * wc[k];                                                               \
+                    s2 += dt * wc[k] * (cb[k] - mc) * rc;                                           \
+                }                                                                                   \
+                s1 /= H;                                                                            \
+                s2 /= H;                                                                            \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t k = 0; k < H; k++) {                                                   \
+                    T o = a[k], i = a[H + k], f = a[2 * H + k], g = a[3 * H + k];                   \
+                    T dck = dcb[k] + rc * (dtb[k] * wc[k] - s1 - (cb[k] - mc) * rc * s2);           \
+                    dab[k] = dh[k] * tb[k] * o * (1 - o);                                           \
+                    dab[H + k] = dck * g * i * (1 - i);                                             \
+                    dab[2 * H + k] = dck * cp[k] * f * (1 - f);                                     \
+                    dab[3 * H + k] = dck * i * (1 - g * g);                                         \
+                    dcb[k] = dck * f;                                                               \
+                }                                                                                   \
+                for (int64_t q = 0; q < 4; q++) {                                                   \
+                    const T *pq = p + q * H, *gq = gain + d * 4 * H + q * H, *daq = dab + q * H;    \
+                    T *dpq = dpb + q * H;                                                           \
+                    T m = mean_h[d * sh_d + b * 4 + q], r = rstd_h[d * sh_d + b * 4 + q];           \
+                    T u1 = 0, u2 = 0;                                                               \
+                    _Pragma("omp simd reduction(+:u1, u2)")                                         \
+                    for (int64_t k = 0; k < H; k++) {                                               \
+                        u1 += daq[k] * gq[k];                                                       \
+                        u2 += daq[k] * gq[k] * (pq[k] - m) * r;                                     \
+                    }                                                                               \
+                    u1 /= H;                                                                        \
+                    u2 /= H;                                                                        \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++)                                                 \
+                        dpq[k] = r * (daq[k] * gq[k] - u1 - (pq[k] - m) * r * u2);                  \
+                }                                                                                   \
+            }                                                                                       \
+    }
+
 LSTM_FORWARD(rnnkit_lstm_forward_f32, float, sigmoid_f32)
 LSTM_FORWARD(rnnkit_lstm_forward_f64, double, sigmoid_f64)
 LSTM_BACKWARD(rnnkit_lstm_backward_f32, float)
 LSTM_BACKWARD(rnnkit_lstm_backward_f64, double)
+LSTM_LN_FORWARD(rnnkit_lstm_ln_forward_f32, float, sigmoid_f32, tanh_f32, sqrtf)
+LSTM_LN_FORWARD(rnnkit_lstm_ln_forward_f64, double, sigmoid_f64, tanh_f64, sqrt)
+LSTM_LN_BACKWARD(rnnkit_lstm_ln_backward_f32, float)
+LSTM_LN_BACKWARD(rnnkit_lstm_ln_backward_f64, double)
 GRU_FORWARD(rnnkit_gru_forward_f32, float, sigmoid_f32, tanh_f32)
 GRU_FORWARD(rnnkit_gru_forward_f64, double, sigmoid_f64, tanh_f64)
 GRU_BACKWARD(rnnkit_gru_backward_f32, float)
@@ -245,4 +383,4 @@ MINGRU_FORWARD(rnnkit_mingru_forward_f64, double, sigmoid_f64)
 MINGRU_BACKWARD(rnnkit_mingru_backward_f32, float, sigmoid_f32)
 MINGRU_BACKWARD(rnnkit_mingru_backward_f64, double, sigmoid_f64)
 
-int rnnkit_native_abi(void) { return 4; }
+int rnnkit_native_abi(void) { return 5; }

@@ -35,7 +35,7 @@ import torch
 NATIVE_ENV = "RNNKIT_NATIVE"
 CACHE_ENV = "RNNKIT_CACHE"
 SOURCE = Path(__file__).with_name("native.c")
-ABI = 4  # rnnkit_native_abi() of the source this module expects
+ABI = 5  # rnnkit_native_abi() of the source this module expects
 _FLAGS = ["-O3", "-fopenmp-simd", "-fPIC", "-shared"]
 
 _lock = threading.Lock()
@@ -118,6 +118,11 @@ def _declare(lib: ctypes.CDLL) -> None:
         bwd = getattr(lib, f"rnnkit_lstm_backward_{suffix}")
         bwd.argtypes = [I, I, I, P, I, P, I, P, I, P, P, P, I, P, P, I]
         bwd.restype = None
+        real = ctypes.c_float if suffix == "f32" else ctypes.c_double
+        getattr(lib, f"rnnkit_lstm_ln_forward_{suffix}").argtypes = [
+            I, I, I, real, P, I, P, I, P, P, P, P, I, P, P, I, P, P, I, P, P, I, P, I, P, I, P, P, I]
+        getattr(lib, f"rnnkit_lstm_ln_backward_{suffix}").argtypes = [
+            I, I, I, P, I, P, I, P, P, I, P, P, P, P, I, P, P, I, P, I, P, P, P, I, P, P, P, I, P]
         getattr(lib, f"rnnkit_gru_forward_{suffix}").argtypes = [I, I, I, P, I, P, I, P, I, P, P, I, P, P]
         getattr(lib, f"rnnkit_gru_backward_{suffix}").argtypes = [I, I, I, P, I, P, I, P, I, P, P, P, I, P, P, P, I]
         getattr(lib, f"rnnkit_mingru_forward_{suffix}").argtypes = [I, I, I, P, P, P, P, P]
@@ -152,7 +157,7 @@ def reset() -> None:
 
 
 def kernels(name: str, dtype: torch.dtype):
-    """(forward, backward) kernels of ``name`` ("lstm" or "gru" step, "mingru" sequence) for ``dtype``,
+    """(forward, backward) kernels of ``name`` ("lstm", "lstm_ln" or "gru" step, "mingru" sequence) for ``dtype``,
     or None when the library is unavailable or the dtype is not float32/float64."""
     lib = library()
     suffix = {torch.float32: "f32", torch.float64: "f64"}.get(dtype)
