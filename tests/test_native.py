@@ -134,7 +134,7 @@ def _mingru_run(layer, x, lengths, use_outputs, use_native, monkeypatch):
 
     with monkeypatch.context() as m:
         if not use_native:
-            m.setattr(scan, "_native_mingru", lambda like: None)
+            m.setattr(scan, "_native_mingru", lambda like, name="mingru": None)
         layer.zero_grad()
         x = x.clone().requires_grad_()
         h0 = torch.randn(1, x.shape[0], layer.hidden_size, dtype=x.dtype, generator=torch.Generator().manual_seed(2))
@@ -152,11 +152,15 @@ def _mingru_run(layer, x, lengths, use_outputs, use_native, monkeypatch):
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("use_outputs", [True, False], ids=["outputs-and-state", "final-state-only"])
 @pytest.mark.parametrize("with_lengths", [False, True])
-def test_native_mingru_equals_the_torch_scan(dtype, tol, use_outputs, with_lengths, monkeypatch):
+@pytest.mark.parametrize("batch,features", [(4, 3), (20, 1), (20, 24)], ids=["narrow", "narrow-2-threads", "wide"])
+def test_native_mingru_equals_the_torch_scan(dtype, tol, use_outputs, with_lengths, batch, features, monkeypatch):
+    """Narrow inputs (<= scan.NARROW_INPUT features) project inside the native loops; 20 rows
+    are split over two threads."""
     torch.manual_seed(0)
-    layer = Recurrent("mingru", 3, 5).to(dtype)
-    x = torch.randn(4, 9, 3, dtype=dtype) * 3  # both branches of g (k_h < 0 and >= 0)
-    lengths = torch.tensor([9, 4, 1, 7]) if with_lengths else None
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    layer = Recurrent("mingru", features, 5).to(dtype)
+    x = torch.randn(batch, 9, features, dtype=dtype) * 3  # both branches of g (k_h < 0 and >= 0)
+    lengths = torch.randint(1, 10, (batch,), generator=torch.Generator().manual_seed(4)) if with_lengths else None
     native_run = _mingru_run(layer, x, lengths, use_outputs, True, monkeypatch)
     torch_run = _mingru_run(layer, x, lengths, use_outputs, False, monkeypatch)
     for a, b in zip(native_run, torch_run):

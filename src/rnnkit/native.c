@@ -106,14 +106,15 @@ static inline double tanh_f64(double x) { return tanh(x); }
     }
 
 /* minGRU over a whole sequence, time-major (see MinGRUScan in scan.py): k_z, k_h, h (T, B, H)
- * contiguous, h0 (B, H), valid (T, B) bytes or NULL (a padded step carries h unchanged):
+ * contiguous, h0 (B, H), valid (T, B) bytes or NULL (a padded step carries h unchanged). The rows
+ * are independent: each call does rows [b0, b1), so that threads can share a sequence.
  *   z = sigmoid(k_z), g = k_h + 1/2 if k_h >= 0 else sigmoid(k_h), h_t = (1 - z) h_{t-1} + z g. */
 #define MINGRU_FORWARD(NAME, T, SIGMOID)                                                            \
     void NAME(int64_t steps, int64_t B, int64_t H, const T *kz, const T *kh, const T *h0,           \
-              const uint8_t *valid, T *h) {                                                         \
+              const uint8_t *valid, T *h, int64_t b0, int64_t b1) {                                 \
         const T *prev = h0;                                                                         \
         for (int64_t t = 0; t < steps; t++, prev = h, h += B * H, kz += B * H, kh += B * H)        \
-            for (int64_t b = 0; b < B; b++) {                                                       \
+            for (int64_t b = b0; b < b1; b++) {                                                     \
                 T on = (!valid || valid[t * B + b]) ? 1 : 0;                                        \
                 const T *zb = kz + b * H, *kb = kh + b * H, *pb = prev + b * H;                     \
                 T *hb = h + b * H;                                                                  \
@@ -133,11 +134,11 @@ static inline double tanh_f64(double x) { return tanh(x); }
 #define MINGRU_BACKWARD(NAME, T, SIGMOID)                                                           \
     void NAME(int64_t steps, int64_t B, int64_t H, const T *kz, const T *kh, const T *h0,           \
               const uint8_t *valid, const T *h, const T *grad_h, int64_t grad_step, T *dkz, T *dkh,  \
-              T *carry) {                                                                           \
+              T *carry, int64_t b0, int64_t b1) {                                                   \
         for (int64_t t = steps - 1; t >= 0; t--) {                                                  \
             int64_t at = t * B * H;                                                                 \
             const T *prev = t > 0 ? h + at - B * H : h0;                                            \
-            for (int64_t b = 0; b < B; b++) {                                                       \
+            for (int64_t b = b0; b < b1; b++) {                                                     \
                 int64_t o = at + b * H;                                                             \
                 T on = (!valid || valid[t * B + b]) ? 1 : 0;                                        \
                 const T *pb = prev + b * H, *gb = grad_h + t * grad_step + b * H;                   \
@@ -366,6 +367,84 @@ static inline double tanh_f64(double x) { return tanh(x); }
             }                                                                                       \
     }
 
+/* minGRU with a narrow input (F features, e.g. 1 for pixel MNIST or a univariate series): the
+ * input projection k = x W_ih^T + b_ih is computed inside the loops instead of being written to
+ * and read back from two (T, B, H) tensors. x (T, B, F); wt = W_ih^T (F, 2H) (the k_z columns,
+ * then k_h); bias (2H) or NULL; scratch (4H). Same recurrence as MINGRU_FORWARD. */
+#define MINGRU_X_FORWARD(NAME, T, SIGMOID)                                                          \
+    void NAME(int64_t steps, int64_t B, int64_t H, int64_t F, const T *x, const T *wt,              \
+              const T *bias, const T *h0, const uint8_t *valid, T *h, T *scratch, int64_t b0,       \
+              int64_t b1) {                                                                         \
+        const T *prev = h0;                                                                         \
+        for (int64_t t = 0; t < steps; t++, prev = h, h += B * H)                                   \
+            for (int64_t b = b0; b < b1; b++) {                                                     \
+                const T *xb = x + (t * B + b) * F, *pb = prev + b * H;                              \
+                T on = (!valid || valid[t * B + b]) ? 1 : 0, *hb = h + b * H, *k = scratch;         \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t j = 0; j < 2 * H; j++) k[j] = bias ? bias[j] : 0;                      \
+                for (int64_t f = 0; f < F; f++) {                                                   \
+                    const T *w = wt + f * 2 * H, xf = xb[f];                                        \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t j = 0; j < 2 * H; j++) k[j] += w[j] * xf;                          \
+                }                                                                                   \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t j = 0; j < H; j++) {                                                   \
+                    T z = on * SIGMOID(k[j]), kh = k[H + j];                                        \
+                    T g = kh >= 0 ? kh + (T)0.5 : SIGMOID(kh);                                      \
+                    hb[j] = pb[j] + z * (g - pb[j]);                                                \
+                }                                                                                   \
+            }                                                                                       \
+    }
+
+/* Its backward: as MINGRU_BACKWARD, and then, from dk = (dk_z, dk_h) of each (t, b), the input
+ * projection's gradients: dwt (F, 2H) += x dk and dbias (2H) += dk, accumulated in double;
+ * dx (T, B, F) = dk W_ih when dx is not NULL. scratch (4H). */
+#define MINGRU_X_BACKWARD(NAME, T, SIGMOID)                                                         \
+    void NAME(int64_t steps, int64_t B, int64_t H, int64_t F, const T *x, const T *wt,              \
+              const T *bias, const T *h0, const uint8_t *valid, const T *h, const T *grad_h,        \
+              int64_t grad_step, T *carry, double *dwt, double *dbias, T *dx, T *scratch,           \
+              int64_t b0, int64_t b1) {                                                             \
+        for (int64_t t = steps - 1; t >= 0; t--) {                                                  \
+            const T *prev = t > 0 ? h + (t - 1) * B * H : h0;                                       \
+            for (int64_t b = b0; b < b1; b++) {                                                     \
+                const T *xb = x + (t * B + b) * F, *pb = prev + b * H;                              \
+                const T *gb = grad_h + t * grad_step + b * H;                                       \
+                T on = (!valid || valid[t * B + b]) ? 1 : 0, *cb = carry + b * H;                   \
+                T *k = scratch, *dk = scratch + 2 * H;                                              \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t j = 0; j < 2 * H; j++) k[j] = bias ? bias[j] : 0;                      \
+                for (int64_t f = 0; f < F; f++) {                                                   \
+                    const T *w = wt + f * 2 * H, xf = xb[f];                                        \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t j = 0; j < 2 * H; j++) k[j] += w[j] * xf;                          \
+                }                                                                                   \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t j = 0; j < H; j++) {                                                   \
+                    T z = on * SIGMOID(k[j]), kh = k[H + j], s = SIGMOID(kh);                       \
+                    T g = kh >= 0 ? kh + (T)0.5 : s, dg = kh >= 0 ? (T)1 : s * (1 - s);             \
+                    T d = gb[j] + cb[j];                                                            \
+                    dk[j] = d * (g - pb[j]) * z * (1 - z);                                          \
+                    dk[H + j] = d * z * dg;                                                         \
+                    cb[j] = (1 - z) * d;                                                            \
+                }                                                                                   \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t j = 0; j < 2 * H; j++) dbias[j] += dk[j];                              \
+                for (int64_t f = 0; f < F; f++) {                                                   \
+                    const T *w = wt + f * 2 * H, xf = xb[f];                                        \
+                    double *dw = dwt + f * 2 * H;                                                   \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t j = 0; j < 2 * H; j++) dw[j] += (double)(dk[j] * xf);              \
+                    if (dx) {                                                                       \
+                        T acc = 0;                                                                  \
+                        _Pragma("omp simd reduction(+:acc)")                                        \
+                        for (int64_t j = 0; j < 2 * H; j++) acc += dk[j] * w[j];                    \
+                        dx[(t * B + b) * F + f] = acc;                                              \
+                    }                                                                               \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+    }
+
 LSTM_FORWARD(rnnkit_lstm_forward_f32, float, sigmoid_f32)
 LSTM_FORWARD(rnnkit_lstm_forward_f64, double, sigmoid_f64)
 LSTM_BACKWARD(rnnkit_lstm_backward_f32, float)
@@ -382,5 +461,9 @@ MINGRU_FORWARD(rnnkit_mingru_forward_f32, float, sigmoid_f32)
 MINGRU_FORWARD(rnnkit_mingru_forward_f64, double, sigmoid_f64)
 MINGRU_BACKWARD(rnnkit_mingru_backward_f32, float, sigmoid_f32)
 MINGRU_BACKWARD(rnnkit_mingru_backward_f64, double, sigmoid_f64)
+MINGRU_X_FORWARD(rnnkit_mingru_x_forward_f32, float, sigmoid_f32)
+MINGRU_X_FORWARD(rnnkit_mingru_x_forward_f64, double, sigmoid_f64)
+MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f32, float, sigmoid_f32)
+MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f64, double, sigmoid_f64)
 
-int rnnkit_native_abi(void) { return 5; }
+int rnnkit_native_abi(void) { return 7; }

@@ -36,12 +36,14 @@ Two ways to evaluate the recurrence, same numbers (tests/test_mingru.py):
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from rnnkit import native
 from rnnkit.cells import log_min_g, min_g
@@ -172,7 +174,8 @@ class MinGRUScan(torch.autograd.Function):
             h = torch.empty_like(k_z)
             T, B, H = k_z.shape
             valid = None if valid is None else valid.contiguous()
-            kernels[0](T, B, H, k_z.data_ptr(), k_h.data_ptr(), h0.data_ptr(), _address(valid), h.data_ptr())
+            args = (T, B, H, k_z.data_ptr(), k_h.data_ptr(), h0.data_ptr(), _address(valid), h.data_ptr())
+            native.run_parallel([functools.partial(kernels[0], *args, b0, b1) for b0, b1 in native.row_ranges(B)])
             ctx.save_for_backward(k_z, k_h, h, h0, valid)
             return h, h[-1].clone()
         z = torch.sigmoid(k_z)
@@ -198,8 +201,9 @@ class MinGRUScan(torch.autograd.Function):
             else:
                 grad_h, grad_step = grad_h.contiguous(), B * H
             dk_z, dk_h = torch.empty_like(k_z), torch.empty_like(k_h)
-            ctx.native[1](T, B, H, k_z.data_ptr(), k_h.data_ptr(), h0.data_ptr(), _address(valid), h.data_ptr(),
-                          grad_h.data_ptr(), grad_step, dk_z.data_ptr(), dk_h.data_ptr(), carry.data_ptr())
+            args = (T, B, H, k_z.data_ptr(), k_h.data_ptr(), h0.data_ptr(), _address(valid), h.data_ptr(),
+                    grad_h.data_ptr(), grad_step, dk_z.data_ptr(), dk_h.data_ptr(), carry.data_ptr())
+            native.run_parallel([functools.partial(ctx.native[1], *args, b0, b1) for b0, b1 in native.row_ranges(B)])
             return dk_z, dk_h, carry, None
         z, a, g, g_prime, h, h0 = ctx.saved_tensors
         total = torch.zeros_like(h) if grad_h is None else grad_h.clone(memory_format=torch.contiguous_format)
@@ -214,9 +218,65 @@ class MinGRUScan(torch.autograd.Function):
         return gz, gh, a[0] * d[0], None
 
 
-def _native_mingru(like: Tensor):
-    """The native minGRU kernels (rnnkit/native.c) for ``like``'s dtype on CPU, or None."""
-    return native.kernels("mingru", like.dtype) if like.device.type == "cpu" else None
+NARROW_INPUT = 16  # minGRU layers with at most this many input features project inside the native loops
+
+
+class MinGRUNarrowScan(torch.autograd.Function):
+    """A minGRU direction whose input projection runs inside the native loops (rnnkit/native.c).
+
+    x (T, B, F) time-major with F <= NARROW_INPUT; weight_ih (2H, F); bias_ih (2H) | None;
+    h0 (B, H); valid (T, B, 1) bool | None -> h (T, B, H), h_T (B, H). The same numbers as
+    ``F.linear`` followed by :class:`MinGRUScan`, without the two (T, B, H) projections in
+    memory: on pixel MNIST (F = 1) those were most of the memory traffic of a training step.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight_ih, bias_ih, h0, valid, kernels):
+        ctx.set_materialize_grads(False)
+        T, B, F_ = x.shape
+        H = weight_ih.shape[0] // 2
+        x, wt, h0 = x.contiguous(), weight_ih.t().contiguous(), h0.contiguous()  # wt (F, 2H)
+        bias = None if bias_ih is None else bias_ih.contiguous()
+        valid = None if valid is None else valid.contiguous()
+        h = x.new_empty(T, B, H)
+        ranges = native.row_ranges(B)
+        scratch = x.new_empty(len(ranges), 4 * H)  # one per thread; held here, the kernel gets addresses
+        args = (T, B, H, F_, x.data_ptr(), wt.data_ptr(), _address(bias), h0.data_ptr(), _address(valid), h.data_ptr())
+        native.run_parallel([functools.partial(kernels[0], *args, scratch[k].data_ptr(), b0, b1)
+                             for k, (b0, b1) in enumerate(ranges)])
+        ctx.save_for_backward(x, wt, bias, h0, valid, h)
+        ctx.kernels = kernels
+        return h, h[-1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_h, grad_last):
+        x, wt, bias, h0, valid, h = ctx.saved_tensors
+        T, B, F_ = x.shape
+        H = h.shape[-1]
+        carry = torch.zeros_like(h0) if grad_last is None else grad_last.clone(memory_format=torch.contiguous_format)
+        if grad_h is None:  # only h_T was used: a row of zeros serves every step
+            grad_h, grad_step = torch.zeros_like(h0), 0
+        else:
+            grad_h, grad_step = grad_h.contiguous(), B * H
+        dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        ranges = native.row_ranges(B)
+        # per thread: weight and bias gradient sums (in float64) and scratch; held here, the kernel gets addresses
+        dwt = torch.zeros(len(ranges), F_, 2 * H, dtype=torch.float64)
+        dbias = torch.zeros(len(ranges), 2 * H, dtype=torch.float64)
+        scratch = x.new_empty(len(ranges), 4 * H)
+        args = (T, B, H, F_, x.data_ptr(), wt.data_ptr(), _address(bias), h0.data_ptr(), _address(valid),
+                h.data_ptr(), grad_h.data_ptr(), grad_step, carry.data_ptr())
+        native.run_parallel([functools.partial(ctx.kernels[1], *args, dwt[k].data_ptr(), dbias[k].data_ptr(),
+                                               _address(dx), scratch[k].data_ptr(), b0, b1)
+                             for k, (b0, b1) in enumerate(ranges)])
+        dbias = dbias.sum(0).to(x.dtype) if bias is not None and ctx.needs_input_grad[2] else None
+        return dx, dwt.sum(0).t().to(x.dtype), dbias, carry, None, None
+
+
+def _native_mingru(like: Tensor, name: str = "mingru"):
+    """The native minGRU kernels ``name`` (rnnkit/native.c) for ``like``'s dtype on CPU, or None."""
+    return native.kernels(name, like.dtype) if like.device.type == "cpu" else None
 
 
 def _address(x: Optional[Tensor]) -> Optional[int]:
@@ -230,7 +290,10 @@ def _sequential_direction(x: Tensor, state: tuple, w: SimpleNamespace, lengths: 
     valid = None
     if lengths is not None:
         valid = (torch.arange(T).unsqueeze(1) < lengths).to(x.device).unsqueeze(-1)  # (T, B, 1)
-    if cell == "mingru":  # each gate's projection on its own, so that both are contiguous
+    narrow = _native_mingru(x, "mingru_x") if x.shape[-1] <= NARROW_INPUT else None
+    if cell == "mingru" and narrow is not None:
+        h, last = MinGRUNarrowScan.apply(x, w.weight_ih, w.bias_ih, state[0], valid, narrow)
+    elif cell == "mingru":  # each gate's projection on its own, so that both are contiguous
         W, bias = w.weight_ih.chunk(2), (None, None) if w.bias_ih is None else w.bias_ih.chunk(2)
         k_z, k_h = F.linear(x, W[0], bias[0]), F.linear(x, W[1], bias[1])  # (T, B, H) each
         h, last = MinGRUScan.apply(k_z, k_h, state[0].contiguous(), valid)  # (T, B, H), (B, H)
