@@ -106,15 +106,14 @@ static inline double tanh_f64(double x) { return tanh(x); }
     }
 
 /* minGRU over a whole sequence, time-major (see MinGRUScan in scan.py): k_z, k_h, h (T, B, H)
- * contiguous, h0 (B, H), valid (T, B) bytes or NULL (a padded step carries h unchanged). The rows
- * are independent: each call does rows [b0, b1), so that threads can share a sequence.
+ * contiguous, h0 (B, H), valid (T, B) bytes or NULL (a padded step carries h unchanged):
  *   z = sigmoid(k_z), g = k_h + 1/2 if k_h >= 0 else sigmoid(k_h), h_t = (1 - z) h_{t-1} + z g. */
 #define MINGRU_FORWARD(NAME, T, SIGMOID)                                                            \
     void NAME(int64_t steps, int64_t B, int64_t H, const T *kz, const T *kh, const T *h0,           \
-              const uint8_t *valid, T *h, int64_t b0, int64_t b1) {                                 \
+              const uint8_t *valid, T *h) {                                                         \
         const T *prev = h0;                                                                         \
         for (int64_t t = 0; t < steps; t++, prev = h, h += B * H, kz += B * H, kh += B * H)        \
-            for (int64_t b = b0; b < b1; b++) {                                                     \
+            for (int64_t b = 0; b < B; b++) {                                                       \
                 T on = (!valid || valid[t * B + b]) ? 1 : 0;                                        \
                 const T *zb = kz + b * H, *kb = kh + b * H, *pb = prev + b * H;                     \
                 T *hb = h + b * H;                                                                  \
@@ -134,11 +133,11 @@ static inline double tanh_f64(double x) { return tanh(x); }
 #define MINGRU_BACKWARD(NAME, T, SIGMOID)                                                           \
     void NAME(int64_t steps, int64_t B, int64_t H, const T *kz, const T *kh, const T *h0,           \
               const uint8_t *valid, const T *h, const T *grad_h, int64_t grad_step, T *dkz, T *dkh,  \
-              T *carry, int64_t b0, int64_t b1) {                                                   \
+              T *carry) {                                                                           \
         for (int64_t t = steps - 1; t >= 0; t--) {                                                  \
             int64_t at = t * B * H;                                                                 \
             const T *prev = t > 0 ? h + at - B * H : h0;                                            \
-            for (int64_t b = b0; b < b1; b++) {                                                     \
+            for (int64_t b = 0; b < B; b++) {                                                       \
                 int64_t o = at + b * H;                                                             \
                 T on = (!valid || valid[t * B + b]) ? 1 : 0;                                        \
                 const T *pb = prev + b * H, *gb = grad_h + t * grad_step + b * H;                   \
@@ -373,11 +372,10 @@ static inline double tanh_f64(double x) { return tanh(x); }
  * then k_h); bias (2H) or NULL; scratch (4H). Same recurrence as MINGRU_FORWARD. */
 #define MINGRU_X_FORWARD(NAME, T, SIGMOID)                                                          \
     void NAME(int64_t steps, int64_t B, int64_t H, int64_t F, const T *x, const T *wt,              \
-              const T *bias, const T *h0, const uint8_t *valid, T *h, T *scratch, int64_t b0,       \
-              int64_t b1) {                                                                         \
+              const T *bias, const T *h0, const uint8_t *valid, T *h, T *scratch) {                 \
         const T *prev = h0;                                                                         \
         for (int64_t t = 0; t < steps; t++, prev = h, h += B * H)                                   \
-            for (int64_t b = b0; b < b1; b++) {                                                     \
+            for (int64_t b = 0; b < B; b++) {                                                       \
                 const T *xb = x + (t * B + b) * F, *pb = prev + b * H;                              \
                 T on = (!valid || valid[t * B + b]) ? 1 : 0, *hb = h + b * H, *k = scratch;         \
                 _Pragma("omp simd")                                                                 \
@@ -402,11 +400,10 @@ static inline double tanh_f64(double x) { return tanh(x); }
 #define MINGRU_X_BACKWARD(NAME, T, SIGMOID)                                                         \
     void NAME(int64_t steps, int64_t B, int64_t H, int64_t F, const T *x, const T *wt,              \
               const T *bias, const T *h0, const uint8_t *valid, const T *h, const T *grad_h,        \
-              int64_t grad_step, T *carry, double *dwt, double *dbias, T *dx, T *scratch,           \
-              int64_t b0, int64_t b1) {                                                             \
+              int64_t grad_step, T *carry, double *dwt, double *dbias, T *dx, T *scratch) {         \
         for (int64_t t = steps - 1; t >= 0; t--) {                                                  \
             const T *prev = t > 0 ? h + (t - 1) * B * H : h0;                                       \
-            for (int64_t b = b0; b < b1; b++) {                                                     \
+            for (int64_t b = 0; b < B; b++) {                                                       \
                 const T *xb = x + (t * B + b) * F, *pb = prev + b * H;                              \
                 const T *gb = grad_h + t * grad_step + b * H;                                       \
                 T on = (!valid || valid[t * B + b]) ? 1 : 0, *cb = carry + b * H;                   \
@@ -466,4 +463,4 @@ MINGRU_X_FORWARD(rnnkit_mingru_x_forward_f64, double, sigmoid_f64)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f32, float, sigmoid_f32)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f64, double, sigmoid_f64)
 
-int rnnkit_native_abi(void) { return 7; }
+int rnnkit_native_abi(void) { return 8; }

@@ -27,7 +27,6 @@ import subprocess
 import tempfile
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -36,7 +35,7 @@ import torch
 NATIVE_ENV = "RNNKIT_NATIVE"
 CACHE_ENV = "RNNKIT_CACHE"
 SOURCE = Path(__file__).with_name("native.c")
-ABI = 7  # rnnkit_native_abi() of the source this module expects
+ABI = 8  # rnnkit_native_abi() of the source this module expects
 _FLAGS = ["-O3", "-fopenmp-simd", "-fPIC", "-shared"]
 
 _lock = threading.Lock()
@@ -126,11 +125,10 @@ def _declare(lib: ctypes.CDLL) -> None:
             I, I, I, P, I, P, I, P, P, I, P, P, P, P, I, P, P, I, P, I, P, P, P, I, P, P, P, I, P]
         getattr(lib, f"rnnkit_gru_forward_{suffix}").argtypes = [I, I, I, P, I, P, I, P, I, P, P, I, P, P]
         getattr(lib, f"rnnkit_gru_backward_{suffix}").argtypes = [I, I, I, P, I, P, I, P, I, P, P, P, I, P, P, P, I]
-        getattr(lib, f"rnnkit_mingru_x_forward_{suffix}").argtypes = [I, I, I, I, P, P, P, P, P, P, P, I, I]
-        getattr(lib, f"rnnkit_mingru_x_backward_{suffix}").argtypes = [
-            I, I, I, I, P, P, P, P, P, P, P, I, P, P, P, P, P, I, I]
-        getattr(lib, f"rnnkit_mingru_forward_{suffix}").argtypes = [I, I, I, P, P, P, P, P, I, I]
-        getattr(lib, f"rnnkit_mingru_backward_{suffix}").argtypes = [I, I, I, P, P, P, P, P, P, I, P, P, P, I, I]
+        getattr(lib, f"rnnkit_mingru_x_forward_{suffix}").argtypes = [I, I, I, I, P, P, P, P, P, P, P]
+        getattr(lib, f"rnnkit_mingru_x_backward_{suffix}").argtypes = [I, I, I, I, P, P, P, P, P, P, P, I, P, P, P, P, P]
+        getattr(lib, f"rnnkit_mingru_forward_{suffix}").argtypes = [I, I, I, P, P, P, P, P]
+        getattr(lib, f"rnnkit_mingru_backward_{suffix}").argtypes = [I, I, I, P, P, P, P, P, P, I, P, P, P]
 
 
 def library() -> Optional[ctypes.CDLL]:
@@ -168,39 +166,6 @@ def kernels(name: str, dtype: torch.dtype):
     if lib is None or suffix is None:
         return None
     return getattr(lib, f"rnnkit_{name}_forward_{suffix}"), getattr(lib, f"rnnkit_{name}_backward_{suffix}")
-
-
-_pool: Optional[ThreadPoolExecutor] = None
-_MIN_ROWS_PER_THREAD = 8
-
-
-def row_ranges(rows: int) -> list:
-    """[(b0, b1), ...]: ``rows`` split into one range per thread (torch's intra-op thread count)."""
-    parts = max(1, min(torch.get_num_threads(), rows // _MIN_ROWS_PER_THREAD))
-    bounds = [rows * k // parts for k in range(parts + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
-def run_parallel(calls) -> None:
-    """Run the callables at once: the first in this thread, the others in a small thread pool.
-
-    Kernels on independent rows (the minGRU sequence kernels) run this way on both cores; ctypes
-    releases the GIL during a foreign call. Pool threads flush denormals exactly when this
-    thread does (the setting is per thread; see rnnkit.runtime).
-    """
-    global _pool
-    if len(calls) == 1:
-        calls[0]()
-        return
-    with _lock:
-        if _pool is None or _pool._max_workers < len(calls) - 1:
-            flush = bool((torch.tensor([1e-38]) * 0.01).item() == 0.0)  # this thread's setting
-            _pool = ThreadPoolExecutor(max(1, len(calls) - 1), thread_name_prefix="rnnkit-native",
-                                       initializer=torch.set_flush_denormal, initargs=(flush,))
-    futures = [_pool.submit(call) for call in calls[1:]]
-    calls[0]()
-    for future in futures:
-        future.result()
 
 
 def lstm_kernels(dtype: torch.dtype):

@@ -36,7 +36,6 @@ Two ways to evaluate the recurrence, same numbers (tests/test_mingru.py):
 
 from __future__ import annotations
 
-import functools
 from types import SimpleNamespace
 from typing import Optional
 
@@ -174,8 +173,7 @@ class MinGRUScan(torch.autograd.Function):
             h = torch.empty_like(k_z)
             T, B, H = k_z.shape
             valid = None if valid is None else valid.contiguous()
-            args = (T, B, H, k_z.data_ptr(), k_h.data_ptr(), h0.data_ptr(), _address(valid), h.data_ptr())
-            native.run_parallel([functools.partial(kernels[0], *args, b0, b1) for b0, b1 in native.row_ranges(B)])
+            kernels[0](T, B, H, k_z.data_ptr(), k_h.data_ptr(), h0.data_ptr(), _address(valid), h.data_ptr())
             ctx.save_for_backward(k_z, k_h, h, h0, valid)
             return h, h[-1].clone()
         z = torch.sigmoid(k_z)
@@ -201,9 +199,8 @@ class MinGRUScan(torch.autograd.Function):
             else:
                 grad_h, grad_step = grad_h.contiguous(), B * H
             dk_z, dk_h = torch.empty_like(k_z), torch.empty_like(k_h)
-            args = (T, B, H, k_z.data_ptr(), k_h.data_ptr(), h0.data_ptr(), _address(valid), h.data_ptr(),
-                    grad_h.data_ptr(), grad_step, dk_z.data_ptr(), dk_h.data_ptr(), carry.data_ptr())
-            native.run_parallel([functools.partial(ctx.native[1], *args, b0, b1) for b0, b1 in native.row_ranges(B)])
+            ctx.native[1](T, B, H, k_z.data_ptr(), k_h.data_ptr(), h0.data_ptr(), _address(valid), h.data_ptr(),
+                          grad_h.data_ptr(), grad_step, dk_z.data_ptr(), dk_h.data_ptr(), carry.data_ptr())
             return dk_z, dk_h, carry, None
         z, a, g, g_prime, h, h0 = ctx.saved_tensors
         total = torch.zeros_like(h) if grad_h is None else grad_h.clone(memory_format=torch.contiguous_format)
@@ -238,12 +235,9 @@ class MinGRUNarrowScan(torch.autograd.Function):
         x, wt, h0 = x.contiguous(), weight_ih.t().contiguous(), h0.contiguous()  # wt (F, 2H)
         bias = None if bias_ih is None else bias_ih.contiguous()
         valid = None if valid is None else valid.contiguous()
-        h = x.new_empty(T, B, H)
-        ranges = native.row_ranges(B)
-        scratch = x.new_empty(len(ranges), 4 * H)  # one per thread; held here, the kernel gets addresses
-        args = (T, B, H, F_, x.data_ptr(), wt.data_ptr(), _address(bias), h0.data_ptr(), _address(valid), h.data_ptr())
-        native.run_parallel([functools.partial(kernels[0], *args, scratch[k].data_ptr(), b0, b1)
-                             for k, (b0, b1) in enumerate(ranges)])
+        h, scratch = x.new_empty(T, B, H), x.new_empty(4 * H)  # held here: the kernel gets addresses
+        kernels[0](T, B, H, F_, x.data_ptr(), wt.data_ptr(), _address(bias), h0.data_ptr(), _address(valid),
+                   h.data_ptr(), scratch.data_ptr())
         ctx.save_for_backward(x, wt, bias, h0, valid, h)
         ctx.kernels = kernels
         return h, h[-1].clone()
@@ -260,18 +254,14 @@ class MinGRUNarrowScan(torch.autograd.Function):
         else:
             grad_h, grad_step = grad_h.contiguous(), B * H
         dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        ranges = native.row_ranges(B)
-        # per thread: weight and bias gradient sums (in float64) and scratch; held here, the kernel gets addresses
-        dwt = torch.zeros(len(ranges), F_, 2 * H, dtype=torch.float64)
-        dbias = torch.zeros(len(ranges), 2 * H, dtype=torch.float64)
-        scratch = x.new_empty(len(ranges), 4 * H)
-        args = (T, B, H, F_, x.data_ptr(), wt.data_ptr(), _address(bias), h0.data_ptr(), _address(valid),
-                h.data_ptr(), grad_h.data_ptr(), grad_step, carry.data_ptr())
-        native.run_parallel([functools.partial(ctx.kernels[1], *args, dwt[k].data_ptr(), dbias[k].data_ptr(),
-                                               _address(dx), scratch[k].data_ptr(), b0, b1)
-                             for k, (b0, b1) in enumerate(ranges)])
-        dbias = dbias.sum(0).to(x.dtype) if bias is not None and ctx.needs_input_grad[2] else None
-        return dx, dwt.sum(0).t().to(x.dtype), dbias, carry, None, None
+        # weight and bias gradient sums in float64, and scratch; held here: the kernel gets addresses
+        dwt, dbias = torch.zeros(F_, 2 * H, dtype=torch.float64), torch.zeros(2 * H, dtype=torch.float64)
+        scratch = x.new_empty(4 * H)
+        ctx.kernels[1](T, B, H, F_, x.data_ptr(), wt.data_ptr(), _address(bias), h0.data_ptr(), _address(valid),
+                       h.data_ptr(), grad_h.data_ptr(), grad_step, carry.data_ptr(), dwt.data_ptr(),
+                       dbias.data_ptr(), _address(dx), scratch.data_ptr())
+        dbias = dbias.to(x.dtype) if bias is not None and ctx.needs_input_grad[2] else None
+        return dx, dwt.t().to(x.dtype), dbias, carry, None, None
 
 
 def _native_mingru(like: Tensor, name: str = "mingru"):
