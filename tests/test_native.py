@@ -33,14 +33,20 @@ def _run(layer, x, state, use_native, monkeypatch):
     return [y.detach(), *[p.detach() for p in parts]], grads
 
 
+CONFIGS = {"lstm": dict(cell="lstm"), "lstm-layer-norm": dict(cell="lstm", layer_norm=True),
+           "gru": dict(cell="gru"), "gru-reset-before": dict(cell="gru", reset_after=False)}
+
+
 @needs_compiler
-@pytest.mark.parametrize("cell,layer_norm", [("lstm", False), ("lstm", True), ("gru", False)])
+@pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("recurrent_dropout", [0.0, 0.4])
-def test_native_steps_equal_the_torch_loop(cell, layer_norm, dtype, tol, recurrent_dropout, monkeypatch):
+def test_native_steps_equal_the_torch_loop(config, dtype, tol, recurrent_dropout, monkeypatch):
     torch.manual_seed(0)
+    options = dict(CONFIGS[config])
+    cell, layer_norm = options.pop("cell"), options.get("layer_norm", False)
     layer = Recurrent(cell, 3, 6, num_layers=2, bidirectional=True, recurrent_dropout=recurrent_dropout,
-                      layer_norm=layer_norm).to(dtype)
+                      **options).to(dtype)
     if layer_norm:  # gains and the LN(c) bias away from their initial 1 and 0, so that they matter
         with torch.no_grad():
             for name, p in layer.named_parameters():

@@ -14,7 +14,11 @@ cell kind has a ``torch.autograd.Function`` whose
 * weight gradients are one large matmul over all steps after the loop:
   ``dW_hh = sum_t da_t^T (h_{t-1} * mask) = dA^T Hm`` with ``dA`` (T*B, G*H);
 * both directions of a bidirectional layer run together: every tensor carries a leading
-  direction axis D, recurrent matmuls are ``torch.baddbmm`` over stacked ``(D, ...)`` weights.
+  direction axis D, recurrent matmuls are ``torch.baddbmm`` over stacked ``(D, ...)`` weights;
+* on CPU the element-wise part of each LSTM, layer-normed LSTM and GRU step, forward and
+  backward, is one call of a native kernel (``rnnkit/native.c``, loaded by
+  :mod:`rnnkit.native`) around the step's matmul; where the kernels are unavailable the same
+  arithmetic runs as torch ops (tests/test_native.py: same numbers).
 
 Layout inside: ``(D, T, B, X)`` (time-major, so a step is one contiguous slice), the reverse
 direction stored in its own (reversed) time order; between layers ``(T, B, D*H)``. Where
@@ -26,11 +30,11 @@ recurrent projection. Values and gradients equal the reference loop (tests/test_
 
 Not handled here (the predicate ``bptt_unsupported_reason`` says so and the layer falls back
 to the fused kernel or the reference loop): variable ``lengths``, ``layer_norm`` for RNN/GRU.
-``layer_norm`` for LSTM is here (``LSTMNormFunction``); measured single-thread CPU time vs
-torch.nn+ftz (``python -m benchmarks.micro --peers "torch.nn+ftz,rnnkit layer_norm"``): S4
-1.39x (reference loop 1.61x), S5 2.79x (reference loop 2.51x): on S5 the per-step work is so
-small that the ~10 extra small ops per step of the two layer norms (ATen's layer norm costs
-~100 us on a (64, 4, 128) step) dominate; issue 8's 1.3x is not met for layer norm.
+``layer_norm`` for LSTM is here (``LSTMNormFunction``); measured 2-thread CPU time vs
+torch.nn+ftz (``python -m benchmarks.micro --shapes S4,S5 --peers "torch.nn+ftz,rnnkit
+layer_norm" --threads 2 --wall``), with the native step kernels: S4 1.51x, S5 2.19x (before
+them: 1.57x and 3.09x). The layer norm of the input projection and the gains' gradients run
+as torch ops over all steps; issue 8's 1.3x is not met for layer norm.
 """
 
 from __future__ import annotations
@@ -371,14 +375,27 @@ class GRUResetBeforeFunction(torch.autograd.Function):
         gates = xp.new_empty(D, T, B, G)  # r, z, n after their activations
         u = xp.new_empty(D, T, B, H)  # r * h * m, the input of W_hn
         hm = xp.new_empty(D, B, H)
+        kernels = _native("gru_reset_before", xp)
+        if kernels is not None:  # the element-wise work after each of the step's two matmuls: one native call
+            mask = None if mask is None else mask.contiguous()
+            steps = _NativeGRUResetBefore(*kernels).bind_forward(gates, u, hs, mask, hm)
         for t in range(T):
-            hin = _masked(hs[:, t], mask, hm)
+            if kernels is not None and mask is not None and t > 0:
+                hin = hm  # h_{t-1} * mask, written by the previous step's native call
+            else:
+                hin = _masked(hs[:, t], mask, hm)
             g = gates[:, t]
-            torch.baddbmm(pre[:, t, :, : 2 * H], hin, wt_rz, out=g[..., : 2 * H]).sigmoid_()
+            torch.baddbmm(pre[:, t, :, : 2 * H], hin, wt_rz, out=g[..., : 2 * H])
+            if kernels is not None:
+                steps.gates(t)
+                torch.baddbmm(pre[:, t, :, 2 * H :], u[:, t], wt_n, out=g[..., 2 * H :])
+                steps.state(t)
+                continue
+            g[..., : 2 * H].sigmoid_()
             torch.mul(g[..., :H], hin, out=u[:, t])
             torch.baddbmm(pre[:, t, :, 2 * H :], u[:, t], wt_n, out=g[..., 2 * H :]).tanh_()
             torch.lerp(g[..., 2 * H :], hs[:, t], g[..., H : 2 * H], out=hs[:, t + 1])
-        ctx.hs, ctx.u, ctx.gates, ctx.mask = hs, u, gates, mask
+        ctx.hs, ctx.u, ctx.gates, ctx.mask, ctx.native = hs, u, gates, mask, kernels
         ctx.save_for_backward(w_hh)
         ctx.has_bias = b_hh is not None
         return hs[:, 1:], hs[:, -1].clone()
@@ -394,6 +411,11 @@ class GRUResetBeforeFunction(torch.autograd.Function):
         r, z, n = gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H :]
         h_prev = hs[:, :-1]
         hm = h_prev if mask is None else h_prev * mask[:, None]
+        if ctx.native is not None:
+            da = torch.empty_like(gates)
+            dh = _gru_reset_before_native_backward(ctx, w_rz, w_n, grad_hs, grad_h, da)
+            dw = torch.cat([_weight_grad(da[..., : 2 * H], hm), _weight_grad(da[..., 2 * H :], u)], 1)
+            return da, dh, dw, da.sum((1, 2)) if ctx.has_bias else None, None
         zn = torch.stack([(h_prev - n) * z * (1 - z), (1 - z) * (1 - n * n)], 3)  # (D, T, B, 2, H): z, n
         a_r = hm * r * (1 - r)  # times dL/du gives r's pre-activation gradient
         da = torch.empty_like(gates)  # dL/d(pre-activations) r, z, n = dL/dxp = dL/d(b_hh)
@@ -416,6 +438,26 @@ class GRUResetBeforeFunction(torch.autograd.Function):
         dw = torch.cat([_weight_grad(da[..., : 2 * H], hm), _weight_grad(da[..., 2 * H :], u)], 1)
         db = da.sum((1, 2)) if ctx.has_bias else None
         return da, dh, dw, db, None
+
+
+def _gru_reset_before_native_backward(ctx, w_rz, w_n, grad_hs, grad_h, da):
+    """The recurrent loop of GRUResetBeforeFunction's backward with the native calls; fills da
+    (D, T, B, 3H) and returns dL/dh0. Per step t (last to first): a native call turns
+    carry + rec * mask + grad_hs[t] into dL/dh_t and the z, n pre-activation gradients; then
+    du = da_n W_n; a native call gives da_r and rec = du r; then rec += da_rz W_rz.
+    """
+    hs, gates, mask = ctx.hs, ctx.gates, ctx.mask
+    D, T, B, G = gates.shape
+    H = G // 3
+    carry = hs.new_zeros(D, B, H) if grad_h is None else grad_h.clone(memory_format=torch.contiguous_format)
+    rec, du = hs.new_empty(D, B, H), hs.new_empty(D, B, H)
+    steps = _NativeGRUResetBefore(*ctx.native).bind_backward(gates, hs, rec, mask, grad_hs, carry, du, da)
+    for t in range(T - 1, -1, -1):
+        steps.back_state(t, t == T - 1)
+        torch.bmm(da[:, t, :, 2 * H :], w_n, out=du)
+        steps.back_gates(t)
+        rec.baddbmm_(da[:, t, :, : 2 * H], w_rz)
+    return carry.add_(rec) if mask is None else carry.addcmul_(rec, mask)
 
 
 # -- LSTM ----------------------------------------------------------------------------------------
@@ -748,6 +790,50 @@ class _NativeLSTMNorm:
         return step
 
 
+class _NativeGRUResetBefore:
+    """The native reset_after=False GRU kernels bound to the buffers of one GRUResetBeforeFunction call.
+
+    Buffers, all contiguous: gates, da (D, T, B, 3H); u (D, T, B, H); hs (D, T+1, B, H);
+    mask, hm, rec, carry, du (D, B, H).
+    """
+
+    def __init__(self, gates, state, back_state, back_gates):
+        self._kernels = gates, state, back_state, back_gates
+
+    def bind_forward(self, gates, u, hs, mask, hm):
+        D, T, B, G = gates.shape
+        (g0, gb, gd), (u0, ub, ud), (h0, hb, hd) = map(_steps, (gates, u, hs))
+        gates_kernel, state_kernel = self._kernels[:2]
+        m_ptr, hm_ptr, H = (None if mask is None else mask.data_ptr()), hm.data_ptr(), G // 3
+
+        def gates_step(t: int) -> None:  # hin = hm (masked) or h_{t-1}
+            hin, hin_d = (h0 + t * hb, hd) if m_ptr is None else (hm_ptr, B * H)
+            gates_kernel(D, B, H, g0 + t * gb, gd, hin, hin_d, u0 + t * ub, ud)
+
+        def state_step(t: int) -> None:
+            state_kernel(D, B, H, g0 + t * gb, gd, h0 + t * hb, h0 + (t + 1) * hb, hd, m_ptr,
+                         None if m_ptr is None else hm_ptr)
+        return SimpleNamespace(gates=gates_step, state=state_step)
+
+    def bind_backward(self, gates, hs, rec, mask, grad_hs, carry, du, da):
+        D, T, B, G = gates.shape
+        (g0, gb, gd), (h0, hb, hd), (a0, ab, ad) = map(_steps, (gates, hs, da))
+        if grad_hs is not None:
+            grad_hs = grad_hs.contiguous()
+        (r0, rb, rd) = (None, 0, 0) if grad_hs is None else _steps(grad_hs)
+        state_kernel, gates_kernel = self._kernels[2:]
+        m_ptr, H = (None if mask is None else mask.data_ptr()), G // 3
+        rec_ptr, carry_ptr, du_ptr = rec.data_ptr(), carry.data_ptr(), du.data_ptr()
+
+        def back_state(t: int, last: bool) -> None:
+            state_kernel(D, B, H, g0 + t * gb, gd, h0 + t * hb, hd, None if last else rec_ptr, m_ptr,
+                         None if r0 is None else r0 + t * rb, rd, carry_ptr, a0 + t * ab, ad)
+
+        def back_gates(t: int) -> None:
+            gates_kernel(D, B, H, g0 + t * gb, gd, h0 + t * hb, hd, m_ptr, du_ptr, a0 + t * ab, ad, rec_ptr)
+        return SimpleNamespace(back_state=back_state, back_gates=back_gates, keep=grad_hs)
+
+
 def _steps(x: Tensor):
     """(address of step 0, bytes per step, elements per direction) of a contiguous (D, T, B, X) buffer."""
     assert x.is_contiguous()
@@ -755,8 +841,13 @@ def _steps(x: Tensor):
 
 
 def _native(cell: str, like: Tensor):
-    """The native (forward, backward) kernels of ``cell`` for ``like``'s dtype on CPU, or None."""
-    return native.kernels(cell, like.dtype) if like.device.type == "cpu" else None
+    """The native kernels of ``cell`` for ``like``'s dtype on CPU, or None: (forward, backward), or
+    the four of ``"gru_reset_before"``."""
+    if like.device.type != "cpu":
+        return None
+    if cell == "gru_reset_before":
+        return native.gru_reset_before_kernels(like.dtype)
+    return native.kernels(cell, like.dtype)
 
 
 def _native_lstm(like: Tensor) -> Optional[_NativeLSTM]:

@@ -1,5 +1,5 @@
-/* rnnkit's native kernels: the element-wise part of one LSTM, layer-normed LSTM or GRU step,
- * forward and backward; and the whole minGRU recurrence over time, forward and backward.
+/* rnnkit's native kernels: the element-wise part of one LSTM, layer-normed LSTM or GRU (both
+ * forms) step, forward and backward; and the whole minGRU recurrence, forward and backward.
  *
  * Why: in the explicit-BPTT loop (rnnkit/bptt.py) the recurrent matmul of a step is one torch
  * call, but the gate arithmetic around it was ~6 torch calls forward and ~5 backward, each a
@@ -442,6 +442,106 @@ static inline double tanh_f64(double x) { return tanh(x); }
         }                                                                                           \
     }
 
+/* GRU with reset_after=False (n = tanh(xp_n + W_hn (r * h m) + b_hn); see GRUResetBeforeFunction
+ * in bptt.py): two matmuls a step, so two element-wise calls forward and two backward.
+ * Forward A, after gates_rz = pre_rz + hin W_rz^T: r, z = sigmoid(.) in place; u = r * hin.
+ * hin = h_{t-1} m (D, B, H) with direction stride hin_d; u (D, B, H) at direction stride u_d. */
+#define GRU_RB_FORWARD_A(NAME, T, SIGMOID)                                                          \
+    void NAME(int64_t D, int64_t B, int64_t H, T *gates, int64_t gates_d, const T *hin,             \
+              int64_t hin_d, T *u, int64_t u_d) {                                                   \
+        for (int64_t d = 0; d < D; d++)                                                             \
+            for (int64_t b = 0; b < B; b++) {                                                       \
+                T *g = gates + d * gates_d + b * 3 * H, *ub = u + d * u_d + b * H;                  \
+                const T *hb = hin + d * hin_d + b * H;                                              \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t k = 0; k < 2 * H; k++) g[k] = SIGMOID(g[k]);                           \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t k = 0; k < H; k++) ub[k] = g[k] * hb[k];                               \
+            }                                                                                       \
+    }
+
+/* Forward B, after gates_n = pre_n + u W_n^T: n = tanh(.) in place; h_t = n + z (h_{t-1} - n);
+ * hm = h_t * mask (D, B, H) contiguous when mask is not NULL. */
+#define GRU_RB_FORWARD_B(NAME, T, TANH)                                                             \
+    void NAME(int64_t D, int64_t B, int64_t H, T *gates, int64_t gates_d, const T *h_prev, T *h,    \
+              int64_t h_d, const T *mask, T *hm) {                                                  \
+        for (int64_t d = 0; d < D; d++)                                                             \
+            for (int64_t b = 0; b < B; b++) {                                                       \
+                T *g = gates + d * gates_d + b * 3 * H;                                             \
+                const T *pb = h_prev + d * h_d + b * H;                                             \
+                T *hb = h + d * h_d + b * H;                                                        \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t k = 0; k < H; k++) {                                                   \
+                    T n = TANH(g[2 * H + k]);                                                       \
+                    g[2 * H + k] = n;                                                               \
+                    hb[k] = n + g[H + k] * (pb[k] - n);                                             \
+                }                                                                                   \
+                if (mask) {                                                                         \
+                    const T *mk = mask + (d * B + b) * H;                                           \
+                    T *hmb = hm + (d * B + b) * H;                                                  \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++) hmb[k] = hb[k] * mk[k];                         \
+                }                                                                                   \
+            }                                                                                       \
+    }
+
+/* Backward C: carry = z_{t+1} dL/dh_{t+1} (the final state's gradient for the last step) becomes
+ * dL/dh_t = carry + rec * mask + grad, with rec = dL/d(h_t m) through the two matmuls of step
+ * t+1 (NULL for the last step) and grad = dL/dh_t from the output (or NULL). Writes the z and n
+ * pre-activation gradients to da, and carry = z_t dL/dh_t. carry, rec, mask (D, B, H) contiguous. */
+#define GRU_RB_BACKWARD_C(NAME, T)                                                                  \
+    void NAME(int64_t D, int64_t B, int64_t H, const T *gates, int64_t gates_d, const T *h_prev,    \
+              int64_t h_d, const T *rec, const T *mask, const T *grad, int64_t grad_d, T *carry,    \
+              T *da, int64_t da_d) {                                                                \
+        for (int64_t d = 0; d < D; d++)                                                             \
+            for (int64_t b = 0; b < B; b++) {                                                       \
+                const T *g = gates + d * gates_d + b * 3 * H, *pb = h_prev + d * h_d + b * H;       \
+                int64_t row = (d * B + b) * H;                                                      \
+                const T *rb = rec ? rec + row : NULL, *mk = mask ? mask + row : NULL;               \
+                T *cb = carry + row, *dab = da + d * da_d + b * 3 * H;                              \
+                if (rb && mk) {                                                                     \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++) cb[k] += rb[k] * mk[k];                         \
+                } else if (rb) {                                                                    \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++) cb[k] += rb[k];                                 \
+                }                                                                                   \
+                if (grad) {                                                                         \
+                    const T *gb = grad + d * grad_d + b * H;                                        \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++) cb[k] += gb[k];                                 \
+                }                                                                                   \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t k = 0; k < H; k++) { /* cb[k] is dL/dh_t now */                        \
+                    T z = g[H + k], n = g[2 * H + k], dh = cb[k];                                   \
+                    dab[H + k] = dh * (pb[k] - n) * z * (1 - z);                                    \
+                    dab[2 * H + k] = dh * (1 - z) * (1 - n * n);                                    \
+                    cb[k] = dh * z;                                                                 \
+                }                                                                                   \
+            }                                                                                       \
+    }
+
+/* Backward D, after du = dL/du = da_n W_n (D, B, H) contiguous: the r pre-activation gradient
+ * da_r = du hin r (1 - r), hin = h_{t-1} m; and rec = du r, the u-path part of dL/d(h_{t-1} m)
+ * (the caller adds da_rz W_rz). */
+#define GRU_RB_BACKWARD_D(NAME, T)                                                                  \
+    void NAME(int64_t D, int64_t B, int64_t H, const T *gates, int64_t gates_d, const T *h_prev,    \
+              int64_t h_d, const T *mask, const T *du, T *da, int64_t da_d, T *rec) {               \
+        for (int64_t d = 0; d < D; d++)                                                             \
+            for (int64_t b = 0; b < B; b++) {                                                       \
+                const T *g = gates + d * gates_d + b * 3 * H, *pb = h_prev + d * h_d + b * H;       \
+                int64_t row = (d * B + b) * H;                                                      \
+                const T *dub = du + row, *mk = mask ? mask + row : NULL;                            \
+                T *dab = da + d * da_d + b * 3 * H, *rb = rec + row;                                \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t k = 0; k < H; k++) {                                                   \
+                    T r = g[k], hin = mk ? pb[k] * mk[k] : pb[k];                                   \
+                    dab[k] = dub[k] * hin * r * (1 - r);                                            \
+                    rb[k] = dub[k] * r;                                                             \
+                }                                                                                   \
+            }                                                                                       \
+    }
+
 LSTM_FORWARD(rnnkit_lstm_forward_f32, float, sigmoid_f32)
 LSTM_FORWARD(rnnkit_lstm_forward_f64, double, sigmoid_f64)
 LSTM_BACKWARD(rnnkit_lstm_backward_f32, float)
@@ -454,6 +554,14 @@ GRU_FORWARD(rnnkit_gru_forward_f32, float, sigmoid_f32, tanh_f32)
 GRU_FORWARD(rnnkit_gru_forward_f64, double, sigmoid_f64, tanh_f64)
 GRU_BACKWARD(rnnkit_gru_backward_f32, float)
 GRU_BACKWARD(rnnkit_gru_backward_f64, double)
+GRU_RB_FORWARD_A(rnnkit_gru_rb_gates_f32, float, sigmoid_f32)
+GRU_RB_FORWARD_A(rnnkit_gru_rb_gates_f64, double, sigmoid_f64)
+GRU_RB_FORWARD_B(rnnkit_gru_rb_state_f32, float, tanh_f32)
+GRU_RB_FORWARD_B(rnnkit_gru_rb_state_f64, double, tanh_f64)
+GRU_RB_BACKWARD_C(rnnkit_gru_rb_back_state_f32, float)
+GRU_RB_BACKWARD_C(rnnkit_gru_rb_back_state_f64, double)
+GRU_RB_BACKWARD_D(rnnkit_gru_rb_back_gates_f32, float)
+GRU_RB_BACKWARD_D(rnnkit_gru_rb_back_gates_f64, double)
 MINGRU_FORWARD(rnnkit_mingru_forward_f32, float, sigmoid_f32)
 MINGRU_FORWARD(rnnkit_mingru_forward_f64, double, sigmoid_f64)
 MINGRU_BACKWARD(rnnkit_mingru_backward_f32, float, sigmoid_f32)
@@ -463,4 +571,4 @@ MINGRU_X_FORWARD(rnnkit_mingru_x_forward_f64, double, sigmoid_f64)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f32, float, sigmoid_f32)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f64, double, sigmoid_f64)
 
-int rnnkit_native_abi(void) { return 8; }
+int rnnkit_native_abi(void) { return 9; }

@@ -35,7 +35,7 @@ import torch
 NATIVE_ENV = "RNNKIT_NATIVE"
 CACHE_ENV = "RNNKIT_CACHE"
 SOURCE = Path(__file__).with_name("native.c")
-ABI = 8  # rnnkit_native_abi() of the source this module expects
+ABI = 9  # rnnkit_native_abi() of the source this module expects
 _FLAGS = ["-O3", "-fopenmp-simd", "-fPIC", "-shared"]
 
 _lock = threading.Lock()
@@ -125,6 +125,10 @@ def _declare(lib: ctypes.CDLL) -> None:
             I, I, I, P, I, P, I, P, P, I, P, P, P, P, I, P, P, I, P, I, P, P, P, I, P, P, P, I, P]
         getattr(lib, f"rnnkit_gru_forward_{suffix}").argtypes = [I, I, I, P, I, P, I, P, I, P, P, I, P, P]
         getattr(lib, f"rnnkit_gru_backward_{suffix}").argtypes = [I, I, I, P, I, P, I, P, I, P, P, P, I, P, P, P, I]
+        getattr(lib, f"rnnkit_gru_rb_gates_{suffix}").argtypes = [I, I, I, P, I, P, I, P, I]
+        getattr(lib, f"rnnkit_gru_rb_state_{suffix}").argtypes = [I, I, I, P, I, P, P, I, P, P]
+        getattr(lib, f"rnnkit_gru_rb_back_state_{suffix}").argtypes = [I, I, I, P, I, P, I, P, P, P, I, P, P, I]
+        getattr(lib, f"rnnkit_gru_rb_back_gates_{suffix}").argtypes = [I, I, I, P, I, P, I, P, P, P, I, P]
         getattr(lib, f"rnnkit_mingru_x_forward_{suffix}").argtypes = [I, I, I, I, P, P, P, P, P, P, P]
         getattr(lib, f"rnnkit_mingru_x_backward_{suffix}").argtypes = [I, I, I, I, P, P, P, P, P, P, P, I, P, P, P, P, P]
         getattr(lib, f"rnnkit_mingru_forward_{suffix}").argtypes = [I, I, I, P, P, P, P, P]
@@ -166,6 +170,15 @@ def kernels(name: str, dtype: torch.dtype):
     if lib is None or suffix is None:
         return None
     return getattr(lib, f"rnnkit_{name}_forward_{suffix}"), getattr(lib, f"rnnkit_{name}_backward_{suffix}")
+
+
+def gru_reset_before_kernels(dtype: torch.dtype):
+    """(gates, state, back_state, back_gates) kernels of the reset_after=False GRU, or None."""
+    lib = library()
+    suffix = {torch.float32: "f32", torch.float64: "f64"}.get(dtype)
+    if lib is None or suffix is None:
+        return None
+    return tuple(getattr(lib, f"rnnkit_gru_rb_{part}_{suffix}") for part in ("gates", "state", "back_state", "back_gates"))
 
 
 def lstm_kernels(dtype: torch.dtype):
