@@ -235,7 +235,9 @@ class Recurrent(nn.Module):
     def flat_weights(self) -> list:
         """[w_ih, w_hh, (b_ih, b_hh)] per layer/direction, in torch's ``_flat_weights`` order."""
         names = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if self.bias else ())
-        return [self._recurrent_weight(s) if n == "weight_hh" else getattr(self, n + s)
+        params, dropped = self._parameters, self._dropped_hh  # direct lookups: this runs on every call
+        return [dropped[s] if n == "weight_hh" and dropped is not None
+                else params[n + s] if n + s in params else getattr(self, n + s)  # (parametrized weights)
                 for _, _, s in self._suffixes() for n in names]
 
     def _recurrent_weight(self, suffix: str) -> Optional[Tensor]:
