@@ -37,6 +37,7 @@ CACHE_ENV = "RNNKIT_CACHE"
 SOURCE = Path(__file__).with_name("native.c")
 ABI = 9  # rnnkit_native_abi() of the source this module expects
 _FLAGS = ["-O3", "-fopenmp-simd", "-fPIC", "-shared"]
+COMPILE_TIMEOUT_S = 120
 
 _lock = threading.Lock()
 _state: dict = {}  # "lib": the loaded library | None, "reason": why not (str) | None
@@ -70,7 +71,10 @@ def _compile(cc: str, out: Path) -> Optional[str]:
         errors = ""
         for extra in (["-march=native"], []):  # some compilers (or CPUs) refuse -march=native
             cmd = [cc, *_FLAGS, *extra, str(SOURCE), "-o", tmp, "-lm"]
-            run = subprocess.run(cmd, capture_output=True, text=True)
+            try:
+                run = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                return f"{cc} took more than {COMPILE_TIMEOUT_S} s"
             if run.returncode == 0:
                 os.replace(tmp, out)
                 return None
@@ -89,8 +93,8 @@ def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
     if cc_path is None:
         return None, f"no C compiler found (CC={cc!r}); the torch loop runs instead"
     try:
-        version = subprocess.run([cc_path, "--version"], capture_output=True, text=True).stdout
-    except OSError as err:
+        version = subprocess.run([cc_path, "--version"], capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S).stdout
+    except (OSError, subprocess.TimeoutExpired) as err:
         return None, f"C compiler {cc_path} cannot run: {err}"
     key = hashlib.sha256(b"\0".join(s.encode() for s in (
         SOURCE.read_text(), cc_path, version, " ".join(_FLAGS), platform.machine(), _cpu_flags()))).hexdigest()[:16]
