@@ -108,6 +108,14 @@ def test_no_compiler_warns_once_and_falls_back(monkeypatch, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("false") is None, reason="no 'false' program to stand in for a broken compiler")
+def test_the_command_line_prints_the_warning_on_one_line():
+    from rnnkit.cli.main import one_line_warning
+
+    text = one_line_warning(RuntimeWarning("rnnkit's native kernels are unavailable: no C compiler\nfound"),
+                            RuntimeWarning, "native.py", 1, "warnings.warn(...)")
+    assert text == "rnnkit: warning: rnnkit's native kernels are unavailable: no C compiler found\n"
+
+
 def test_failed_build_names_the_compiler(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", "false")
     monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))

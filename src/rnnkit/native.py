@@ -91,7 +91,7 @@ def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
     cc = os.environ.get("CC", "cc")
     cc_path = shutil.which(cc)
     if cc_path is None:
-        return None, f"no C compiler found (CC={cc!r}); the torch loop runs instead"
+        return None, f"no C compiler found (CC={cc!r})"
     try:
         version = subprocess.run([cc_path, "--version"], capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S).stdout
     except (OSError, subprocess.TimeoutExpired) as err:
@@ -149,8 +149,8 @@ def library() -> Optional[ctypes.CDLL]:
             _state["lib"], _state["reason"] = _load()
             reason = _state["reason"]
             if reason is not None and not reason.startswith("turned off"):
-                warnings.warn(f"rnnkit: native kernels unavailable, {reason} "
-                              f"(set {NATIVE_ENV}=0 to silence)", RuntimeWarning, stacklevel=3)
+                warnings.warn(f"rnnkit's native kernels are unavailable: {reason}; the same steps run as "
+                              f"torch ops, more slowly (set {NATIVE_ENV}=0 to silence this)", RuntimeWarning, stacklevel=3)
         return _state["lib"]
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import warnings
 
 from rnnkit.errors import UserError
 
@@ -104,8 +105,14 @@ def run(argv: list[str]) -> int:
     return int(args.func(args) or 0)
 
 
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """``warnings.formatwarning`` for the command line: one line, no source excerpt."""
+    return f"rnnkit: warning: {' '.join(str(message).split())}\n"
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.formatwarning = one_line_warning
     try:
         return run(argv)
     except UserError as exc:
