@@ -79,35 +79,34 @@ def test_saturated_gates_match_torch_sigmoid():
     assert torch.isfinite(hs).all() and torch.isfinite(cs).all()
 
 
-def test_turned_off_by_the_environment(monkeypatch):
-    monkeypatch.setenv(native.NATIVE_ENV, "0")
-    native.reset()
-    try:
-        assert native.lstm_kernels(torch.float32) is None
-        assert "RNNKIT_NATIVE=0" in native.unavailable_reason()
-        torch.manual_seed(0)
-        layer = Recurrent("lstm", 2, 3, use_fused=False)
-        y, _ = layer(torch.randn(2, 5, 2))  # the torch loop serves
-        assert y.shape == (2, 5, 3)
-    finally:
-        native.reset()
-
-
-def test_no_compiler_warns_once_and_falls_back(monkeypatch, tmp_path):
-    monkeypatch.setenv("CC", "rnnkit-no-such-compiler")
+@pytest.fixture
+def fresh_native(monkeypatch, tmp_path):
+    """The loader's state forgotten before and after the test, its cache in a temporary folder."""
     monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
     native.reset()
-    try:
-        with pytest.warns(RuntimeWarning, match="no C compiler found"):
-            assert native.library() is None
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            assert native.lstm_kernels(torch.float64) is None  # no second warning
-    finally:
-        native.reset()
+    yield tmp_path
+    native.reset()
 
 
-@pytest.mark.skipif(shutil.which("false") is None, reason="no 'false' program to stand in for a broken compiler")
+def test_turned_off_by_the_environment(fresh_native, monkeypatch):
+    monkeypatch.setenv(native.NATIVE_ENV, "0")
+    assert native.lstm_kernels(torch.float32) is None
+    assert "RNNKIT_NATIVE=0" in native.unavailable_reason()
+    torch.manual_seed(0)
+    layer = Recurrent("lstm", 2, 3, use_fused=False)
+    y, _ = layer(torch.randn(2, 5, 2))  # the torch loop serves
+    assert y.shape == (2, 5, 3)
+
+
+def test_no_compiler_warns_once_and_falls_back(fresh_native, monkeypatch):
+    monkeypatch.setenv("CC", "rnnkit-no-such-compiler")
+    with pytest.warns(RuntimeWarning, match="no C compiler found"):
+        assert native.library() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert native.lstm_kernels(torch.float64) is None  # no second warning
+
+
 def test_the_command_line_prints_the_warning_on_one_line():
     from rnnkit.cli.main import one_line_warning
 
@@ -116,31 +115,22 @@ def test_the_command_line_prints_the_warning_on_one_line():
     assert text == "rnnkit: warning: rnnkit's native kernels are unavailable: no C compiler found\n"
 
 
-def test_failed_build_names_the_compiler(monkeypatch, tmp_path):
+@pytest.mark.skipif(shutil.which("false") is None, reason="no 'false' program to stand in for a broken compiler")
+def test_failed_build_names_the_compiler(fresh_native, monkeypatch):
     monkeypatch.setenv("CC", "false")
-    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
-    native.reset()
-    try:
-        with pytest.warns(RuntimeWarning, match="compiling native.c with .*false failed"):
-            assert native.library() is None
-        assert list(tmp_path.iterdir()) == []  # no half-written library left behind
-    finally:
-        native.reset()
+    with pytest.warns(RuntimeWarning, match="compiling native.c with .*false failed"):
+        assert native.library() is None
+    assert list(fresh_native.iterdir()) == []  # no half-written library left behind
 
 
 @needs_compiler
-def test_built_once_into_the_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
+def test_built_once_into_the_cache(fresh_native):
+    assert native.library() is not None
+    (built,) = fresh_native.glob("native-*")
+    stamp = built.stat().st_mtime_ns
     native.reset()
-    try:
-        assert native.library() is not None
-        (built,) = tmp_path.glob("native-*")
-        stamp = built.stat().st_mtime_ns
-        native.reset()
-        assert native.library() is not None
-        assert [p.name for p in tmp_path.iterdir()] == [built.name] and built.stat().st_mtime_ns == stamp
-    finally:
-        native.reset()
+    assert native.library() is not None
+    assert [p.name for p in fresh_native.iterdir()] == [built.name] and built.stat().st_mtime_ns == stamp
 
 
 def _mingru_run(layer, x, lengths, use_outputs, use_native, monkeypatch):

@@ -686,16 +686,13 @@ class _NativeLSTM:
         D, T, B, G = gates.shape
         assert rec.is_contiguous() and dc.is_contiguous() and (mask is None or mask.is_contiguous())
         (g0, gb, gd), (u0, ub, ud), (c0, cb, cd), (a0, ab, ad) = map(_steps, (gates, tc, cs, da))
-        if grad_hs is not None:
-            grad_hs = grad_hs.contiguous()
-        (r0, rb, rd) = (None, 0, 0) if grad_hs is None else _steps(grad_hs)
+        grad_hs, r0, rb, rd = _optional_steps(grad_hs)
         kernel, H, rec_ptr, dc_ptr = self._backward, G // 4, rec.data_ptr(), dc.data_ptr()
         mask_ptr = None if mask is None else mask.data_ptr()
 
         def step(t: int, last: bool) -> None:
             kernel(D, B, H, g0 + t * gb, gd, u0 + t * ub, ud, c0 + t * cb, cd, rec_ptr, None if last else mask_ptr,
-                   None if r0 is None else r0 + t * rb, rd, dc_ptr, a0 + t * ab, ad)
-        step.keep = grad_hs  # the contiguous copy must live as long as the pointers into it
+                   None if grad_hs is None else r0 + t * rb, rd, dc_ptr, a0 + t * ab, ad)
         return step
 
 
@@ -725,16 +722,13 @@ class _NativeGRU:
         assert rec.is_contiguous() and carry.is_contiguous() and (mask is None or mask.is_contiguous())
         (g0, gb, gd), (p0, pb, pd), (h0, hb, hd), (dx0, db_, dd) = map(_steps, (gates, hp, hs, dxp))
         dp0 = _steps(dhp)[0]
-        if grad_hs is not None:
-            grad_hs = grad_hs.contiguous()
-        (r0, rb, rd) = (None, 0, 0) if grad_hs is None else _steps(grad_hs)
+        grad_hs, r0, rb, rd = _optional_steps(grad_hs)
         kernel, H, rec_ptr, carry_ptr = self._backward, G // 3, rec.data_ptr(), carry.data_ptr()
         mask_ptr = None if mask is None else mask.data_ptr()
 
         def step(t: int, last: bool) -> None:
             kernel(D, B, H, g0 + t * gb, gd, p0 + t * pb, pd, h0 + t * hb, hd, None if last else rec_ptr, mask_ptr,
-                   None if r0 is None else r0 + t * rb, rd, carry_ptr, dx0 + t * db_, dp0 + t * db_, dd)
-        step.keep = grad_hs  # the contiguous copy must live as long as the pointers into it
+                   None if grad_hs is None else r0 + t * rb, rd, carry_ptr, dx0 + t * db_, dp0 + t * db_, dd)
         return step
 
 
@@ -775,18 +769,16 @@ class _NativeLSTMNorm:
         (c0, cb, cd), (u0, ub, ud), (dt0, _, _) = map(_steps, (cs, tc, dtc))
         weights = [w.contiguous() for w in (g_hh, w_c)]
         gain, wc = (w.data_ptr() for w in weights)
-        if grad_hs is not None:
-            grad_hs = grad_hs.contiguous()
-        (r0, rb, rd) = (None, 0, 0) if grad_hs is None else _steps(grad_hs)
+        grad_hs, r0, rb, rd = _optional_steps(grad_hs)
         kernel, H, rec_ptr, dc_ptr = self._backward, G // 4, rec.data_ptr(), dc.data_ptr()
         mask_ptr = None if mask is None else mask.data_ptr()
 
         def step(t: int, last: bool) -> None:
             kernel(D, B, H, g0 + t * gb, gd, p0 + t * pb, pd, mh0 + t * shb, rh0 + t * shb, shd, gain, wc,
                    c0 + t * cb, c0 + (t + 1) * cb, cd, mc0 + t * scb, rc0 + t * scb, scd, u0 + t * ub, ud,
-                   rec_ptr, None if last else mask_ptr, None if r0 is None else r0 + t * rb, rd, dc_ptr,
+                   rec_ptr, None if last else mask_ptr, None if grad_hs is None else r0 + t * rb, rd, dc_ptr,
                    a0 + t * ab, dp0 + t * ab, ad, dt0 + t * ub)
-        step.keep = (weights, grad_hs)
+        step.keep = weights  # contiguous copies must live as long as the pointers into them
         return step
 
 
@@ -818,26 +810,36 @@ class _NativeGRUResetBefore:
     def bind_backward(self, gates, hs, rec, mask, grad_hs, carry, du, da):
         D, T, B, G = gates.shape
         (g0, gb, gd), (h0, hb, hd), (a0, ab, ad) = map(_steps, (gates, hs, da))
-        if grad_hs is not None:
-            grad_hs = grad_hs.contiguous()
-        (r0, rb, rd) = (None, 0, 0) if grad_hs is None else _steps(grad_hs)
+        grad_hs, r0, rb, rd = _optional_steps(grad_hs)
         state_kernel, gates_kernel = self._kernels[2:]
         m_ptr, H = (None if mask is None else mask.data_ptr()), G // 3
         rec_ptr, carry_ptr, du_ptr = rec.data_ptr(), carry.data_ptr(), du.data_ptr()
 
         def back_state(t: int, last: bool) -> None:
             state_kernel(D, B, H, g0 + t * gb, gd, h0 + t * hb, hd, None if last else rec_ptr, m_ptr,
-                         None if r0 is None else r0 + t * rb, rd, carry_ptr, a0 + t * ab, ad)
+                         None if grad_hs is None else r0 + t * rb, rd, carry_ptr, a0 + t * ab, ad)
 
         def back_gates(t: int) -> None:
             gates_kernel(D, B, H, g0 + t * gb, gd, h0 + t * hb, hd, m_ptr, du_ptr, a0 + t * ab, ad, rec_ptr)
-        return SimpleNamespace(back_state=back_state, back_gates=back_gates, keep=grad_hs)
+        return SimpleNamespace(back_state=back_state, back_gates=back_gates)
 
 
 def _steps(x: Tensor):
     """(address of step 0, bytes per step, elements per direction) of a contiguous (D, T, B, X) buffer."""
     assert x.is_contiguous()
     return x.data_ptr(), x.stride(1) * x.element_size(), x.stride(0)
+
+
+def _optional_steps(x: Optional[Tensor]):
+    """(x made contiguous, *_steps(x)) for the output gradient (D, T, B, H), or (None, None, 0, 0).
+
+    The returned tensor must stay alive while kernels use its addresses (the binders' step
+    closures refer to it).
+    """
+    if x is None:
+        return None, None, 0, 0
+    x = x.contiguous()
+    return (x, *_steps(x))
 
 
 def _native(cell: str, like: Tensor):

@@ -43,6 +43,28 @@ static inline double sigmoid_f64(double x) { return 1.0 / (1.0 + exp(-x)); }
 static inline float tanh_f32(float x) { return 2.0f * sigmoid_f32(2.0f * x) - 1.0f; }
 static inline double tanh_f64(double x) { return tanh(x); }
 
+/* Row helpers over n values (each loop vectorises): dst = a * b; dst += a * b, or dst += a when
+ * b is NULL; dst += a. */
+#define ROW_MUL(dst, a, b, n)                                                                       \
+    do {                                                                                            \
+        _Pragma("omp simd")                                                                         \
+        for (int64_t k_ = 0; k_ < (n); k_++) (dst)[k_] = (a)[k_] * (b)[k_];                         \
+    } while (0)
+#define ROW_ADD(dst, a, n)                                                                          \
+    do {                                                                                            \
+        _Pragma("omp simd")                                                                         \
+        for (int64_t k_ = 0; k_ < (n); k_++) (dst)[k_] += (a)[k_];                                  \
+    } while (0)
+#define ROW_ADD_MUL(dst, a, b, n)                                                                   \
+    do {                                                                                            \
+        if (b) {                                                                                    \
+            _Pragma("omp simd")                                                                     \
+            for (int64_t k_ = 0; k_ < (n); k_++) (dst)[k_] += (a)[k_] * (b)[k_];                    \
+        } else {                                                                                    \
+            ROW_ADD(dst, a, n);                                                                     \
+        }                                                                                           \
+    } while (0)
+
 /* Forward, one step. gates: pre-activations in, activations (o, i, f, g) out. m_prev = -2 c_{t-1};
  * writes m = -2 c_t, u = sigmoid(m), h = h_t, and hm = h_t * mask when hm is not NULL. */
 #define LSTM_FORWARD(NAME, T, SIGMOID)                                                              \
@@ -65,12 +87,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
                     ub[k] = uk;                                                                     \
                     hb[k] = o - 2 * o * uk; /* o tanh(c_t) */                                       \
                 }                                                                                   \
-                if (hm) {                                                                           \
-                    const T *mk = mask + (d * B + b) * H;                                           \
-                    T *hmb = hm + d * hm_d + b * H;                                                 \
-                    _Pragma("omp simd")                                                             \
-                    for (int64_t k = 0; k < H; k++) hmb[k] = hb[k] * mk[k];                         \
-                }                                                                                   \
+                if (hm) ROW_MUL(hm + d * hm_d + b * H, hb, mask + (d * B + b) * H, H);              \
             }                                                                                       \
     }
 
@@ -178,12 +195,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
                     g[2 * H + k] = n;                                                               \
                     hb[k] = n + z * (hb_prev[k] - n);                                               \
                 }                                                                                   \
-                if (mask) {                                                                         \
-                    const T *mk = mask + (d * B + b) * H;                                           \
-                    T *hmb = hm + (d * B + b) * H;                                                  \
-                    _Pragma("omp simd")                                                             \
-                    for (int64_t k = 0; k < H; k++) hmb[k] = hb[k] * mk[k];                         \
-                }                                                                                   \
+                if (mask) ROW_MUL(hm + (d * B + b) * H, hb, mask + (d * B + b) * H, H);             \
             }                                                                                       \
     }
 
@@ -203,17 +215,8 @@ static inline double tanh_f64(double x) { return tanh(x); }
                 const T *rb = rec ? rec + row : NULL, *mk = mask ? mask + row : NULL;               \
                 const T *gb = grad ? grad + d * grad_d + b * H : NULL;                              \
                 T *cb = carry + row, *dx = dxp + d * d_d + b * 3 * H, *dp = dhp + d * d_d + b * 3 * H; \
-                if (rb && mk) {                                                                     \
-                    _Pragma("omp simd")                                                             \
-                    for (int64_t k = 0; k < H; k++) cb[k] += rb[k] * mk[k];                         \
-                } else if (rb) {                                                                    \
-                    _Pragma("omp simd")                                                             \
-                    for (int64_t k = 0; k < H; k++) cb[k] += rb[k];                                 \
-                }                                                                                   \
-                if (gb) {                                                                           \
-                    _Pragma("omp simd")                                                             \
-                    for (int64_t k = 0; k < H; k++) cb[k] += gb[k];                                 \
-                }                                                                                   \
+                if (rb) ROW_ADD_MUL(cb, rb, mk, H);                                                 \
+                if (gb) ROW_ADD(cb, gb, H);                                                         \
                 _Pragma("omp simd")                                                                 \
                 for (int64_t k = 0; k < H; k++) { /* cb[k] is dL/dh_t now */                        \
                     T r = g[k], z = g[H + k], n = g[2 * H + k];                                     \
@@ -289,12 +292,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
                     tb[k] = TANH((cb[k] - mean) * rstd * wc[k] + bc[k]);                            \
                     hb[k] = a[k] * tb[k];                                                           \
                 }                                                                                   \
-                if (hm) {                                                                           \
-                    const T *mk = mask + (d * B + b) * H;                                           \
-                    T *hmb = hm + d * hm_d + b * H;                                                 \
-                    _Pragma("omp simd")                                                             \
-                    for (int64_t k = 0; k < H; k++) hmb[k] = hb[k] * mk[k];                         \
-                }                                                                                   \
+                if (hm) ROW_MUL(hm + d * hm_d + b * H, hb, mask + (d * B + b) * H, H);              \
             }                                                                                       \
     }
 
@@ -317,16 +315,8 @@ static inline double tanh_f64(double x) { return tanh(x); }
                 int64_t row = (d * B + b) * H;                                                      \
                 T *dh = rec + row, *dcb = dc + row, *dtb = dtc + d * tc_d + b * H;                  \
                 T *dab = da + d * da_d + b * 4 * H, *dpb = dhp + d * da_d + b * 4 * H;              \
-                if (mask) {                                                                         \
-                    const T *mk = mask + row;                                                       \
-                    _Pragma("omp simd")                                                             \
-                    for (int64_t k = 0; k < H; k++) dh[k] *= mk[k];                                 \
-                }                                                                                   \
-                if (grad) {                                                                         \
-                    const T *gb = grad + d * grad_d + b * H;                                        \
-                    _Pragma("omp simd")                                                             \
-                    for (int64_t k = 0; k < H; k++) dh[k] += gb[k];                                 \
-                }                                                                                   \
+                if (mask) ROW_MUL(dh, dh, mask + row, H);                                           \
+                if (grad) ROW_ADD(dh, grad + d * grad_d + b * H, H);                                \
                 T mc = mean_c[d * sc_d + b], rc = rstd_c[d * sc_d + b], s1 = 0, s2 = 0;             \
                 _Pragma("omp simd reduction(+:s1, s2)")                                             \
                 for (int64_t k = 0; k < H; k++) {                                                   \
@@ -366,6 +356,18 @@ static inline double tanh_f64(double x) { return tanh(x); }
             }                                                                                       \
     }
 
+/* k = bias + x W^T for one row: x (F), wt = W^T (F, n), bias (n) or NULL. */
+#define PROJECT_ROW(T, k, x, wt, bias, F, n)                                                        \
+    do {                                                                                            \
+        _Pragma("omp simd")                                                                         \
+        for (int64_t j_ = 0; j_ < (n); j_++) (k)[j_] = (bias) ? (bias)[j_] : 0;                     \
+        for (int64_t f_ = 0; f_ < (F); f_++) {                                                      \
+            const T *w_ = (wt) + f_ * (n), x_ = (x)[f_];                                            \
+            _Pragma("omp simd")                                                                     \
+            for (int64_t j_ = 0; j_ < (n); j_++) (k)[j_] += w_[j_] * x_;                            \
+        }                                                                                           \
+    } while (0)
+
 /* minGRU with a narrow input (F features, e.g. 1 for pixel MNIST or a univariate series): the
  * input projection k = x W_ih^T + b_ih is computed inside the loops instead of being written to
  * and read back from two (T, B, H) tensors. x (T, B, F); wt = W_ih^T (F, 2H) (the k_z columns,
@@ -378,13 +380,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
             for (int64_t b = 0; b < B; b++) {                                                       \
                 const T *xb = x + (t * B + b) * F, *pb = prev + b * H;                              \
                 T on = (!valid || valid[t * B + b]) ? 1 : 0, *hb = h + b * H, *k = scratch;         \
-                _Pragma("omp simd")                                                                 \
-                for (int64_t j = 0; j < 2 * H; j++) k[j] = bias ? bias[j] : 0;                      \
-                for (int64_t f = 0; f < F; f++) {                                                   \
-                    const T *w = wt + f * 2 * H, xf = xb[f];                                        \
-                    _Pragma("omp simd")                                                             \
-                    for (int64_t j = 0; j < 2 * H; j++) k[j] += w[j] * xf;                          \
-                }                                                                                   \
+                PROJECT_ROW(T, k, xb, wt, bias, F, 2 * H);                                          \
                 _Pragma("omp simd")                                                                 \
                 for (int64_t j = 0; j < H; j++) {                                                   \
                     T z = on * SIGMOID(k[j]), kh = k[H + j];                                        \
@@ -408,13 +404,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
                 const T *gb = grad_h + t * grad_step + b * H;                                       \
                 T on = (!valid || valid[t * B + b]) ? 1 : 0, *cb = carry + b * H;                   \
                 T *k = scratch, *dk = scratch + 2 * H;                                              \
-                _Pragma("omp simd")                                                                 \
-                for (int64_t j = 0; j < 2 * H; j++) k[j] = bias ? bias[j] : 0;                      \
-                for (int64_t f = 0; f < F; f++) {                                                   \
-                    const T *w = wt + f * 2 * H, xf = xb[f];                                        \
-                    _Pragma("omp simd")                                                             \
-                    for (int64_t j = 0; j < 2 * H; j++) k[j] += w[j] * xf;                          \
-                }                                                                                   \
+                PROJECT_ROW(T, k, xb, wt, bias, F, 2 * H);                                          \
                 _Pragma("omp simd")                                                                 \
                 for (int64_t j = 0; j < H; j++) {                                                   \
                     T z = on * SIGMOID(k[j]), kh = k[H + j], s = SIGMOID(kh);                       \
@@ -476,12 +466,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
                     g[2 * H + k] = n;                                                               \
                     hb[k] = n + g[H + k] * (pb[k] - n);                                             \
                 }                                                                                   \
-                if (mask) {                                                                         \
-                    const T *mk = mask + (d * B + b) * H;                                           \
-                    T *hmb = hm + (d * B + b) * H;                                                  \
-                    _Pragma("omp simd")                                                             \
-                    for (int64_t k = 0; k < H; k++) hmb[k] = hb[k] * mk[k];                         \
-                }                                                                                   \
+                if (mask) ROW_MUL(hm + (d * B + b) * H, hb, mask + (d * B + b) * H, H);             \
             }                                                                                       \
     }
 
@@ -499,18 +484,8 @@ static inline double tanh_f64(double x) { return tanh(x); }
                 int64_t row = (d * B + b) * H;                                                      \
                 const T *rb = rec ? rec + row : NULL, *mk = mask ? mask + row : NULL;               \
                 T *cb = carry + row, *dab = da + d * da_d + b * 3 * H;                              \
-                if (rb && mk) {                                                                     \
-                    _Pragma("omp simd")                                                             \
-                    for (int64_t k = 0; k < H; k++) cb[k] += rb[k] * mk[k];                         \
-                } else if (rb) {                                                                    \
-                    _Pragma("omp simd")                                                             \
-                    for (int64_t k = 0; k < H; k++) cb[k] += rb[k];                                 \
-                }                                                                                   \
-                if (grad) {                                                                         \
-                    const T *gb = grad + d * grad_d + b * H;                                        \
-                    _Pragma("omp simd")                                                             \
-                    for (int64_t k = 0; k < H; k++) cb[k] += gb[k];                                 \
-                }                                                                                   \
+                if (rb) ROW_ADD_MUL(cb, rb, mk, H);                                                 \
+                if (grad) ROW_ADD(cb, grad + d * grad_d + b * H, H);                                \
                 _Pragma("omp simd")                                                                 \
                 for (int64_t k = 0; k < H; k++) { /* cb[k] is dL/dh_t now */                        \
                     T z = g[H + k], n = g[2 * H + k], dh = cb[k];                                   \
@@ -571,4 +546,4 @@ MINGRU_X_FORWARD(rnnkit_mingru_x_forward_f64, double, sigmoid_f64)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f32, float, sigmoid_f32)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f64, double, sigmoid_f64)
 
-int rnnkit_native_abi(void) { return 9; }
+int rnnkit_native_abi(void) { return 10; }
