@@ -133,12 +133,12 @@ def test_built_once_into_the_cache(fresh_native):
     assert [p.name for p in fresh_native.iterdir()] == [built.name] and built.stat().st_mtime_ns == stamp
 
 
-def _mingru_run(layer, x, lengths, use_outputs, use_native, monkeypatch):
+def _scan_run(layer, x, lengths, use_outputs, use_native, monkeypatch):
     from rnnkit import scan
 
     with monkeypatch.context() as m:
         if not use_native:
-            m.setattr(scan, "_native_mingru", lambda like, name="mingru": None)
+            m.setattr(scan, "_native_scan", lambda like, name="mingru": None)
         layer.zero_grad()
         x = x.clone().requires_grad_()
         h0 = torch.randn(1, x.shape[0], layer.hidden_size, dtype=x.dtype, generator=torch.Generator().manual_seed(2))
@@ -156,14 +156,35 @@ def _mingru_run(layer, x, lengths, use_outputs, use_native, monkeypatch):
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("use_outputs", [True, False], ids=["outputs-and-state", "final-state-only"])
 @pytest.mark.parametrize("with_lengths", [False, True])
-@pytest.mark.parametrize("batch,features", [(4, 3), (6, 1), (5, 24)], ids=["narrow", "one-feature", "wide"])
-def test_native_mingru_equals_the_torch_scan(dtype, tol, use_outputs, with_lengths, batch, features, monkeypatch):
-    """Narrow inputs (<= scan.NARROW_INPUT features) project inside the native loops."""
+@pytest.mark.parametrize("cell,batch,features", [("mingru", 4, 3), ("mingru", 6, 1), ("mingru", 5, 24), ("minlstm", 4, 3)],
+                         ids=["mingru-narrow", "mingru-one-feature", "mingru-wide", "minlstm"])
+def test_native_scans_equal_the_torch_scan(cell, dtype, tol, use_outputs, with_lengths, batch, features, monkeypatch):
+    """minGRU with narrow inputs (<= scan.NARROW_INPUT features) projects inside the native loops."""
     torch.manual_seed(0)
-    layer = Recurrent("mingru", features, 5).to(dtype)
+    layer = Recurrent(cell, features, 5).to(dtype)
     x = torch.randn(batch, 9, features, dtype=dtype) * 3  # both branches of g (k_h < 0 and >= 0)
     lengths = torch.randint(1, 10, (batch,), generator=torch.Generator().manual_seed(4)) if with_lengths else None
-    native_run = _mingru_run(layer, x, lengths, use_outputs, True, monkeypatch)
-    torch_run = _mingru_run(layer, x, lengths, use_outputs, False, monkeypatch)
+    native_run = _scan_run(layer, x, lengths, use_outputs, True, monkeypatch)
+    torch_run = _scan_run(layer, x, lengths, use_outputs, False, monkeypatch)
     for a, b in zip(native_run, torch_run):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_native_minlstm_with_extreme_gates(dtype):
+    """Both gate pre-activations far below -88 (where e^-k overflows float32): still the ratio
+    f / (f + i) of the log-space reference, finite values and gradients."""
+    from rnnkit import scan
+
+    k = torch.tensor([[-120.0, -110.0, 0.3], [-100.0, 40.0, -2.0], [90.0, -95.0, 1.5], [0.5, -0.5, -30.0]],
+                     dtype=torch.float64)  # rows: (k_f, k_i, k_h) for 4 units
+    xp = k.t().reshape(1, 1, 12).expand(3, 2, 12).contiguous()  # T=3, B=2, H=4
+    h0 = torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    a, b = scan.coefficients("minlstm", xp)
+    ref = scan.SequentialScan.apply(a.contiguous(), b.contiguous(), h0)
+    xp_n = xp.to(dtype).requires_grad_()
+    h, last = scan.MinLSTMScan.apply(xp_n, h0.to(dtype), None, native.kernels("minlstm", dtype))
+    torch.testing.assert_close(h.double(), ref, rtol=1e-5, atol=1e-6)
+    (h.sum() + last.sum()).backward()
+    assert torch.isfinite(xp_n.grad).all()

@@ -1,5 +1,5 @@
 /* rnnkit's native kernels: the element-wise part of one LSTM, layer-normed LSTM or GRU (both
- * forms) step, forward and backward; and the whole minGRU recurrence, forward and backward.
+ * forms) step, forward and backward; and the whole minGRU or minLSTM recurrence.
  *
  * Why: in the explicit-BPTT loop (rnnkit/bptt.py) the recurrent matmul of a step is one torch
  * call, but the gate arithmetic around it was ~6 torch calls forward and ~5 backward, each a
@@ -517,6 +517,67 @@ static inline double tanh_f64(double x) { return tanh(x); }
             }                                                                                       \
     }
 
+/* minLSTM over a whole sequence (see MinLSTMScan in scan.py): xp (T, B, 3H) = (k_f, k_i, k_h),
+ * h0 (B, H), valid (T, B) bytes or NULL, h (T, B, H). With f = sigmoid(k_f), i = sigmoid(k_i):
+ *   f' = f / (f + i),  i' = i / (f + i),  h_t = f' h_{t-1} + i' g(k_h)     (f' = 1, i' = 0 if padded)
+ * computed as f' = Bs / (As + Bs), i' = As / (As + Bs) with As = e^-m (1 + e^-k_f), Bs = e^-m (1 + e^-k_i),
+ * m = max(0, -k_f, -k_i): no exponent is positive, so nothing overflows however negative k is. */
+#define MINLSTM_GATES(T, EXP, kf, ki, on, fp, ip, ef, ei, as, bs)                                   \
+    T m_ = (kf) < (ki) ? -(kf) : -(ki);                                                             \
+    m_ = m_ > 0 ? m_ : 0;                                                                           \
+    T e0_ = EXP(-m_), ef = EXP(-(kf) - m_), ei = EXP(-(ki) - m_);                                   \
+    T as = e0_ + ef, bs = e0_ + ei, sum_ = as + bs;                                                 \
+    T fp = (on) ? bs / sum_ : 1, ip = (on) ? as / sum_ : 0;
+
+#define MINLSTM_FORWARD(NAME, T, SIGMOID, EXP)                                                      \
+    void NAME(int64_t steps, int64_t B, int64_t H, const T *xp, const T *h0, const uint8_t *valid,  \
+              T *h) {                                                                               \
+        const T *prev = h0;                                                                         \
+        for (int64_t t = 0; t < steps; t++, prev = h, h += B * H, xp += B * 3 * H)                 \
+            for (int64_t b = 0; b < B; b++) {                                                       \
+                const T *x = xp + b * 3 * H, *pb = prev + b * H;                                    \
+                T *hb = h + b * H;                                                                  \
+                int on = !valid || valid[t * B + b];                                                \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t k = 0; k < H; k++) {                                                   \
+                    MINLSTM_GATES(T, EXP, x[k], x[H + k], on, fp, ip, ef, ei, as, bs)               \
+                    T kh = x[2 * H + k], g = kh >= 0 ? kh + (T)0.5 : SIGMOID(kh);                   \
+                    hb[k] = fp * pb[k] + ip * g;                                                    \
+                }                                                                                   \
+            }                                                                                       \
+    }
+
+/* Its backward, t = T-1 .. 0, with d = dL/dh_t in total = grad_h[t] + f'_{t+1} d_{t+1}:
+ *   dL/d(log i - log f) = f' i' d (g - h_{t-1}),  dk_f = -(that) (1 - f),  dk_i = (that) (1 - i),
+ *   dk_h = d i' g'(k_h);  1 - f = sigmoid(-k_f), 1 - i = sigmoid(-k_i) (not from As, Bs, which
+ *   can both underflow to 0).
+ * carry (B, H): dL/dh_{T-1} from the final state on entry, dL/dh0 on return; grad_h advances
+ * grad_step elements a step (0: one row of zeros). dxp (T, B, 3H). */
+#define MINLSTM_BACKWARD(NAME, T, SIGMOID, EXP)                                                     \
+    void NAME(int64_t steps, int64_t B, int64_t H, const T *xp, const T *h0, const uint8_t *valid,  \
+              const T *h, const T *grad_h, int64_t grad_step, T *dxp, T *carry) {                   \
+        for (int64_t t = steps - 1; t >= 0; t--) {                                                  \
+            const T *prev = t > 0 ? h + (t - 1) * B * H : h0;                                       \
+            for (int64_t b = 0; b < B; b++) {                                                       \
+                const T *x = xp + (t * B + b) * 3 * H, *pb = prev + b * H;                          \
+                const T *gb = grad_h + t * grad_step + b * H;                                       \
+                T *dx = dxp + (t * B + b) * 3 * H, *cb = carry + b * H;                             \
+                int on = !valid || valid[t * B + b];                                                \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t k = 0; k < H; k++) {                                                   \
+                    MINLSTM_GATES(T, EXP, x[k], x[H + k], on, fp, ip, ef, ei, as, bs)               \
+                    T kh = x[2 * H + k], s = SIGMOID(kh);                                           \
+                    T g = kh >= 0 ? kh + (T)0.5 : s, dg = kh >= 0 ? (T)1 : s * (1 - s);             \
+                    T d = gb[k] + cb[k], dd = fp * ip * d * (g - pb[k]);                            \
+                    dx[k] = -dd * SIGMOID(-x[k]);                                                   \
+                    dx[H + k] = dd * SIGMOID(-x[H + k]);                                            \
+                    dx[2 * H + k] = d * ip * dg;                                                    \
+                    cb[k] = fp * d;                                                                 \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+    }
+
 LSTM_FORWARD(rnnkit_lstm_forward_f32, float, sigmoid_f32)
 LSTM_FORWARD(rnnkit_lstm_forward_f64, double, sigmoid_f64)
 LSTM_BACKWARD(rnnkit_lstm_backward_f32, float)
@@ -541,9 +602,13 @@ MINGRU_FORWARD(rnnkit_mingru_forward_f32, float, sigmoid_f32)
 MINGRU_FORWARD(rnnkit_mingru_forward_f64, double, sigmoid_f64)
 MINGRU_BACKWARD(rnnkit_mingru_backward_f32, float, sigmoid_f32)
 MINGRU_BACKWARD(rnnkit_mingru_backward_f64, double, sigmoid_f64)
+MINLSTM_FORWARD(rnnkit_minlstm_forward_f32, float, sigmoid_f32, exp_f32)
+MINLSTM_FORWARD(rnnkit_minlstm_forward_f64, double, sigmoid_f64, exp)
+MINLSTM_BACKWARD(rnnkit_minlstm_backward_f32, float, sigmoid_f32, exp_f32)
+MINLSTM_BACKWARD(rnnkit_minlstm_backward_f64, double, sigmoid_f64, exp)
 MINGRU_X_FORWARD(rnnkit_mingru_x_forward_f32, float, sigmoid_f32)
 MINGRU_X_FORWARD(rnnkit_mingru_x_forward_f64, double, sigmoid_f64)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f32, float, sigmoid_f32)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f64, double, sigmoid_f64)
 
-int rnnkit_native_abi(void) { return 10; }
+int rnnkit_native_abi(void) { return 11; }

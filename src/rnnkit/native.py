@@ -35,7 +35,7 @@ import torch
 NATIVE_ENV = "RNNKIT_NATIVE"
 CACHE_ENV = "RNNKIT_CACHE"
 SOURCE = Path(__file__).with_name("native.c")
-ABI = 10  # rnnkit_native_abi() of the source this module expects
+ABI = 11  # rnnkit_native_abi() of the source this module expects
 _FLAGS = ["-O3", "-fopenmp-simd", "-fPIC", "-shared"]
 COMPILE_TIMEOUT_S = 120
 
@@ -135,6 +135,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"rnnkit_gru_rb_back_gates_{suffix}").argtypes = [I, I, I, P, I, P, I, P, P, P, I, P]
         getattr(lib, f"rnnkit_mingru_x_forward_{suffix}").argtypes = [I, I, I, I, P, P, P, P, P, P, P]
         getattr(lib, f"rnnkit_mingru_x_backward_{suffix}").argtypes = [I, I, I, I, P, P, P, P, P, P, P, I, P, P, P, P, P]
+        getattr(lib, f"rnnkit_minlstm_forward_{suffix}").argtypes = [I, I, I, P, P, P, P]
+        getattr(lib, f"rnnkit_minlstm_backward_{suffix}").argtypes = [I, I, I, P, P, P, P, P, I, P, P]
         getattr(lib, f"rnnkit_mingru_forward_{suffix}").argtypes = [I, I, I, P, P, P, P, P]
         getattr(lib, f"rnnkit_mingru_backward_{suffix}").argtypes = [I, I, I, P, P, P, P, P, P, I, P, P, P]
 
@@ -167,7 +169,7 @@ def reset() -> None:
 
 
 def kernels(name: str, dtype: torch.dtype):
-    """(forward, backward) kernels of ``name`` ("lstm", "lstm_ln" or "gru" step; "mingru" or "mingru_x" sequence) for ``dtype``,
+    """(forward, backward) kernels of ``name`` ("lstm", "lstm_ln" or "gru" step; "mingru", "mingru_x" or "minlstm" sequence) for ``dtype``,
     or None when the library is unavailable or the dtype is not float32/float64."""
     lib = library()
     suffix = {torch.float32: "f32", torch.float64: "f64"}.get(dtype)

@@ -166,7 +166,7 @@ class MinGRUScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, k_z: Tensor, k_h: Tensor, h0: Tensor, valid: Optional[Tensor]):
         ctx.set_materialize_grads(False)
-        kernels = _native_mingru(k_z)
+        kernels = _native_scan(k_z)
         ctx.native = kernels
         if kernels is not None:  # gates and recurrence in one pass; backward recomputes the gates
             k_z, k_h = k_z.contiguous(), k_h.contiguous()
@@ -193,11 +193,7 @@ class MinGRUScan(torch.autograd.Function):
         if ctx.native is not None:
             k_z, k_h, h, h0, valid = ctx.saved_tensors
             T, B, H = k_z.shape
-            carry = torch.zeros_like(h0) if grad_last is None else grad_last.clone(memory_format=torch.contiguous_format)
-            if grad_h is None:  # only h_T was used: a row of zeros serves every step
-                grad_h, grad_step = torch.zeros_like(h0), 0
-            else:
-                grad_h, grad_step = grad_h.contiguous(), B * H
+            carry, grad_h, grad_step = _carry_and_output_grad(h0, grad_h, grad_last, B * H)
             dk_z, dk_h = torch.empty_like(k_z), torch.empty_like(k_h)
             ctx.native[1](T, B, H, k_z.data_ptr(), k_h.data_ptr(), h0.data_ptr(), _address(valid), h.data_ptr(),
                           grad_h.data_ptr(), grad_step, dk_z.data_ptr(), dk_h.data_ptr(), carry.data_ptr())
@@ -213,6 +209,52 @@ class MinGRUScan(torch.autograd.Function):
         gz.mul_(d).mul_(z).mul_(a)  # z (1 - z) = sigmoid'; 0 at padded steps (z = 0 there)
         gh = torch.mul(g_prime, z).mul_(d)
         return gz, gh, a[0] * d[0], None
+
+
+class MinLSTMScan(torch.autograd.Function):
+    """A whole minLSTM direction with the native kernels (rnnkit/native.c), time-major.
+
+    xp (T, B, 3H) = (k_f, k_i, k_h), contiguous; h0 (B, H); valid (T, B, 1) bool | None ->
+    h (T, B, H) and h_T (B, H)::
+
+        f' = f / (f + i),  i' = i / (f + i)  (f = sigmoid(k_f), i = sigmoid(k_i)),  h_t = f' h_{t-1} + i' g(k_h)
+
+    the same recurrence as :func:`coefficients` + :class:`SequentialScan`, in one pass over
+    memory forward and one backward (the gates recomputed there).
+    """
+
+    @staticmethod
+    def forward(ctx, xp, h0, valid, kernels):
+        ctx.set_materialize_grads(False)
+        T, B, G = xp.shape
+        xp, h0 = xp.contiguous(), h0.contiguous()
+        valid = None if valid is None else valid.contiguous()
+        h = xp.new_empty(T, B, G // 3)
+        kernels[0](T, B, G // 3, xp.data_ptr(), h0.data_ptr(), _address(valid), h.data_ptr())
+        ctx.save_for_backward(xp, h0, valid, h)
+        ctx.kernels = kernels
+        return h, h[-1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_h, grad_last):
+        xp, h0, valid, h = ctx.saved_tensors
+        T, B, H = h.shape
+        carry, grad_h, grad_step = _carry_and_output_grad(h0, grad_h, grad_last, B * H)
+        dxp = torch.empty_like(xp)
+        ctx.kernels[1](T, B, H, xp.data_ptr(), h0.data_ptr(), _address(valid), h.data_ptr(), grad_h.data_ptr(),
+                       grad_step, dxp.data_ptr(), carry.data_ptr())
+        return dxp, carry, None, None
+
+
+def _carry_and_output_grad(h0: Tensor, grad_h: Optional[Tensor], grad_last: Optional[Tensor], step: int):
+    """For the native backward kernels: the carry (B, H) holding dL/dh_T (zeros when h_T was not
+    used), and the output gradient with its elements per step (a row of zeros and 0 when the
+    outputs were not used)."""
+    carry = torch.zeros_like(h0) if grad_last is None else grad_last.clone(memory_format=torch.contiguous_format)
+    if grad_h is None:
+        return carry, torch.zeros_like(h0), 0
+    return carry, grad_h.contiguous(), step
 
 
 NARROW_INPUT = 16  # minGRU layers with at most this many input features project inside the native loops
@@ -248,11 +290,7 @@ class MinGRUNarrowScan(torch.autograd.Function):
         x, wt, bias, h0, valid, h = ctx.saved_tensors
         T, B, F_ = x.shape
         H = h.shape[-1]
-        carry = torch.zeros_like(h0) if grad_last is None else grad_last.clone(memory_format=torch.contiguous_format)
-        if grad_h is None:  # only h_T was used: a row of zeros serves every step
-            grad_h, grad_step = torch.zeros_like(h0), 0
-        else:
-            grad_h, grad_step = grad_h.contiguous(), B * H
+        carry, grad_h, grad_step = _carry_and_output_grad(h0, grad_h, grad_last, B * H)
         dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         # weight and bias gradient sums in float64, and scratch; held here: the kernel gets addresses
         dwt, dbias = torch.zeros(F_, 2 * H, dtype=torch.float64), torch.zeros(2 * H, dtype=torch.float64)
@@ -264,8 +302,9 @@ class MinGRUNarrowScan(torch.autograd.Function):
         return dx, dwt.t().to(x.dtype), dbias, carry, None, None
 
 
-def _native_mingru(like: Tensor, name: str = "mingru"):
-    """The native minGRU kernels ``name`` (rnnkit/native.c) for ``like``'s dtype on CPU, or None."""
+def _native_scan(like: Tensor, name: str = "mingru"):
+    """The native scan kernels ``name`` ("mingru", "mingru_x", "minlstm"; rnnkit/native.c) for
+    ``like``'s dtype on CPU, or None."""
     return native.kernels(name, like.dtype) if like.device.type == "cpu" else None
 
 
@@ -280,13 +319,17 @@ def _sequential_direction(x: Tensor, state: tuple, w: SimpleNamespace, lengths: 
     valid = None
     if lengths is not None:
         valid = (torch.arange(T).unsqueeze(1) < lengths).to(x.device).unsqueeze(-1)  # (T, B, 1)
-    narrow = _native_mingru(x, "mingru_x") if x.shape[-1] <= NARROW_INPUT else None
-    if cell == "mingru" and narrow is not None:
-        h, last = MinGRUNarrowScan.apply(x, w.weight_ih, w.bias_ih, state[0], valid, narrow)
+    narrow = cell == "mingru" and x.shape[-1] <= NARROW_INPUT
+    kernels = _native_scan(x, "mingru_x" if narrow else cell)
+    if narrow and kernels is not None:
+        h, last = MinGRUNarrowScan.apply(x, w.weight_ih, w.bias_ih, state[0], valid, kernels)
     elif cell == "mingru":  # each gate's projection on its own, so that both are contiguous
         W, bias = w.weight_ih.chunk(2), (None, None) if w.bias_ih is None else w.bias_ih.chunk(2)
         k_z, k_h = F.linear(x, W[0], bias[0]), F.linear(x, W[1], bias[1])  # (T, B, H) each
         h, last = MinGRUScan.apply(k_z, k_h, state[0].contiguous(), valid)  # (T, B, H), (B, H)
+    elif kernels is not None:  # minlstm, one native pass each way
+        xp = F.linear(x, w.weight_ih, w.bias_ih)  # (T, B, 3H)
+        h, last = MinLSTMScan.apply(xp, state[0], valid, kernels)
     else:
         xp = F.linear(x, w.weight_ih, w.bias_ih)  # (T, B, G*H)
         a, b = coefficients(cell, xp)
