@@ -72,7 +72,7 @@ def test_saturated_gates_match_torch_sigmoid():
     cs, hs = torch.zeros(1, 2, B, H), torch.zeros(1, 2, B, H)
     tc = torch.empty(1, 1, B, H)
     expected = torch.sigmoid(a.clone())
-    step = bptt._NativeLSTM(*native.lstm_kernels(torch.float32)).bind_forward(a, cs, tc, hs, None, hs[:, :-1])
+    step = native.LSTMSteps(*native.lstm_kernels(torch.float32)).bind_forward(a, cs, tc, hs, None, hs[:, :-1])
     step(0)
     expected[..., 3 * H :] = 2 * expected[..., 3 * H :] - 1  # g = 2 sigmoid(2a) - 1
     torch.testing.assert_close(a, expected, rtol=0, atol=1e-30)

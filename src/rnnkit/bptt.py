@@ -274,7 +274,7 @@ class GRUFunction(torch.autograd.Function):
         kernels, native_step = _native("gru", xp), None
         if kernels is not None:  # after each step's matmul, the rest of the step in one native call
             mask = None if mask is None else mask.contiguous()
-            native_step = _NativeGRU(*kernels).bind_forward(xp, hp, gates, hs, mask, hm)
+            native_step = native.GRUSteps(*kernels).bind_forward(xp, hp, gates, hs, mask, hm)
         for t in range(T):
             if native_step is not None and mask is not None and t > 0:
                 hin = hm  # h_{t-1} * mask, written by the native step
@@ -345,7 +345,7 @@ def _gru_native_backward(ctx, w_hh, grad_hs, grad_h):
     carry = hs.new_zeros(D, B, H) if grad_h is None else grad_h.clone(memory_format=torch.contiguous_format)
     rec = hs.new_empty(D, B, H)
     dxp, dhp = torch.empty_like(gates), torch.empty_like(gates)
-    step = _NativeGRU(*ctx.native).bind_backward(gates, ctx.hp, hs, rec, mask, grad_hs, carry, dxp, dhp)
+    step = native.GRUSteps(*ctx.native).bind_backward(gates, ctx.hp, hs, rec, mask, grad_hs, carry, dxp, dhp)
     for t in range(T - 1, -1, -1):
         step(t, t == T - 1)
         torch.bmm(dhp[:, t], w_hh, out=rec)
@@ -378,7 +378,7 @@ class GRUResetBeforeFunction(torch.autograd.Function):
         kernels = _native("gru_reset_before", xp)
         if kernels is not None:  # the element-wise work after each of the step's two matmuls: one native call
             mask = None if mask is None else mask.contiguous()
-            steps = _NativeGRUResetBefore(*kernels).bind_forward(gates, u, hs, mask, hm)
+            steps = native.GRUResetBeforeSteps(*kernels).bind_forward(gates, u, hs, mask, hm)
         for t in range(T):
             if kernels is not None and mask is not None and t > 0:
                 hin = hm  # h_{t-1} * mask, written by the previous step's native call
@@ -451,7 +451,7 @@ def _gru_reset_before_native_backward(ctx, w_rz, w_n, grad_hs, grad_h, da):
     H = G // 3
     carry = hs.new_zeros(D, B, H) if grad_h is None else grad_h.clone(memory_format=torch.contiguous_format)
     rec, du = hs.new_empty(D, B, H), hs.new_empty(D, B, H)
-    steps = _NativeGRUResetBefore(*ctx.native).bind_backward(gates, hs, rec, mask, grad_hs, carry, du, da)
+    steps = native.GRUResetBeforeSteps(*ctx.native).bind_backward(gates, hs, rec, mask, grad_hs, carry, du, da)
     for t in range(T - 1, -1, -1):
         steps.back_state(t, t == T - 1)
         torch.bmm(da[:, t, :, 2 * H :], w_n, out=du)
@@ -659,189 +659,6 @@ def _lstm_factors(gv: Tensor, tc: Tensor, c_prev: Tensor, scratch: Tensor, scale
     return fo.unbind(1), scratch[:, :, :, 1:4].unbind(1), to_c.unbind(1), k
 
 
-class _NativeLSTM:
-    """The native step kernels (rnnkit/native.c) bound to the buffers of one LSTMFunction call.
-
-    Buffers, all contiguous: gates and da (D, T, B, 4H); cs and hs (D, T+1, B, H); tc and hm
-    (D, T, B, H); mask, dh, dc (D, B, H). ``bind_*`` returns ``step(t)``, which passes each
-    buffer's address at step t (its start plus t steps) and its direction stride.
-    """
-
-    def __init__(self, forward, backward):
-        self._forward, self._backward = forward, backward
-
-    def bind_forward(self, gates, cs, tc, hs, mask, hm):
-        D, T, B, G = gates.shape
-        (g0, gb, gd), (c0, cb, cd), (u0, ub, ud), (h0, hb, hd) = map(_steps, (gates, cs, tc, hs))
-        m_ptr, (hm0, hmb, hmd) = (None, (0, 0, 0)) if mask is None else (mask.data_ptr(), _steps(hm))
-        kernel, H = self._forward, G // 4
-
-        def step(t: int) -> None:
-            next_hm = hm0 + (t + 1) * hmb if m_ptr is not None and t + 1 < T else None
-            kernel(D, B, H, g0 + t * gb, gd, c0 + t * cb, c0 + (t + 1) * cb, cd, u0 + t * ub, ud,
-                   h0 + (t + 1) * hb, hd, m_ptr, next_hm, hmd)
-        return step
-
-    def bind_backward(self, gates, tc, cs, rec, mask, grad_hs, dc, da):
-        D, T, B, G = gates.shape
-        assert rec.is_contiguous() and dc.is_contiguous() and (mask is None or mask.is_contiguous())
-        (g0, gb, gd), (u0, ub, ud), (c0, cb, cd), (a0, ab, ad) = map(_steps, (gates, tc, cs, da))
-        grad_hs, r0, rb, rd = _optional_steps(grad_hs)
-        kernel, H, rec_ptr, dc_ptr = self._backward, G // 4, rec.data_ptr(), dc.data_ptr()
-        mask_ptr = None if mask is None else mask.data_ptr()
-
-        def step(t: int, last: bool) -> None:
-            kernel(D, B, H, g0 + t * gb, gd, u0 + t * ub, ud, c0 + t * cb, cd, rec_ptr, None if last else mask_ptr,
-                   None if grad_hs is None else r0 + t * rb, rd, dc_ptr, a0 + t * ab, ad)
-        return step
-
-
-class _NativeGRU:
-    """The native GRU step kernels bound to the buffers of one GRUFunction call.
-
-    Buffers, all contiguous: xp, hp, gates, dxp, dhp (D, T, B, 3H); hs (D, T+1, B, H);
-    mask, hm, rec, carry (D, B, H).
-    """
-
-    def __init__(self, forward, backward):
-        self._forward, self._backward = forward, backward
-
-    def bind_forward(self, xp, hp, gates, hs, mask, hm):
-        D, T, B, G = gates.shape
-        (x0, xb, xd), (p0, pb, pd), (g0, gb, gd), (h0, hb, hd) = map(_steps, (xp, hp, gates, hs))
-        kernel, H = self._forward, G // 3
-        m_ptr, hm_ptr = (None, None) if mask is None else (mask.data_ptr(), hm.data_ptr())
-
-        def step(t: int) -> None:
-            kernel(D, B, H, x0 + t * xb, xd, p0 + t * pb, pd, g0 + t * gb, gd, h0 + t * hb, h0 + (t + 1) * hb, hd,
-                   m_ptr, hm_ptr)
-        return step
-
-    def bind_backward(self, gates, hp, hs, rec, mask, grad_hs, carry, dxp, dhp):
-        D, T, B, G = gates.shape
-        assert rec.is_contiguous() and carry.is_contiguous() and (mask is None or mask.is_contiguous())
-        (g0, gb, gd), (p0, pb, pd), (h0, hb, hd), (dx0, db_, dd) = map(_steps, (gates, hp, hs, dxp))
-        dp0 = _steps(dhp)[0]
-        grad_hs, r0, rb, rd = _optional_steps(grad_hs)
-        kernel, H, rec_ptr, carry_ptr = self._backward, G // 3, rec.data_ptr(), carry.data_ptr()
-        mask_ptr = None if mask is None else mask.data_ptr()
-
-        def step(t: int, last: bool) -> None:
-            kernel(D, B, H, g0 + t * gb, gd, p0 + t * pb, pd, h0 + t * hb, hd, None if last else rec_ptr, mask_ptr,
-                   None if grad_hs is None else r0 + t * rb, rd, carry_ptr, dx0 + t * db_, dp0 + t * db_, dd)
-        return step
-
-
-class _NativeLSTMNorm:
-    """The native layer-normed LSTM step kernels bound to the buffers of one LSTMNormFunction call.
-
-    Buffers, all contiguous: xp, hp, gates, da, dhp (D, T, B, 4H); hs, cs (D, T+1, B, H); tc,
-    dtc, hm (D, T, B, H); stats = [mean_h, rstd_h (D, T, B, 4), mean_c, rstd_c (D, T, B)];
-    g_hh (D, 4H); w_c, b_c (D, H); mask, rec, dc (D, B, H).
-    """
-
-    def __init__(self, forward, backward):
-        self._forward, self._backward = forward, backward
-
-    def bind_forward(self, xp, hp, g_hh, w_c, b_c, gates, stats, cs, tc, hs, mask, hm):
-        D, T, B, G = gates.shape
-        (x0, xb, xd), (p0, pb, pd), (g0, gb, gd) = map(_steps, (xp, hp, gates))
-        (mh0, shb, shd), (rh0, _, _), (mc0, scb, scd), (rc0, _, _) = map(_steps, stats)
-        (c0, cb, cd), (u0, ub, ud), (h0, hb, hd) = map(_steps, (cs, tc, hs))
-        weights = [w.contiguous() for w in (g_hh, w_c, b_c)]
-        gain, wc, bc = (w.data_ptr() for w in weights)
-        m_ptr, (hm0, hmb, hmd) = (None, (0, 0, 0)) if mask is None else (mask.data_ptr(), _steps(hm))
-        kernel, H = self._forward, G // 4
-
-        def step(t: int) -> None:
-            next_hm = hm0 + (t + 1) * hmb if m_ptr is not None and t + 1 < T else None
-            kernel(D, B, H, LN_EPS, x0 + t * xb, xd, p0 + t * pb, pd, gain, wc, bc, g0 + t * gb, gd,
-                   mh0 + t * shb, rh0 + t * shb, shd, mc0 + t * scb, rc0 + t * scb, scd,
-                   c0 + t * cb, c0 + (t + 1) * cb, cd, u0 + t * ub, ud, h0 + (t + 1) * hb, hd, m_ptr, next_hm, hmd)
-        step.keep = weights  # contiguous copies must live as long as the pointers into them
-        return step
-
-    def bind_backward(self, gates, hp, stats, g_hh, w_c, cs, tc, rec, mask, grad_hs, dc, da, dhp, dtc):
-        D, T, B, G = gates.shape
-        assert rec.is_contiguous() and dc.is_contiguous() and (mask is None or mask.is_contiguous())
-        (g0, gb, gd), (p0, pb, pd), (a0, ab, ad), (dp0, _, _) = map(_steps, (gates, hp, da, dhp))
-        (mh0, shb, shd), (rh0, _, _), (mc0, scb, scd), (rc0, _, _) = map(_steps, stats)
-        (c0, cb, cd), (u0, ub, ud), (dt0, _, _) = map(_steps, (cs, tc, dtc))
-        weights = [w.contiguous() for w in (g_hh, w_c)]
-        gain, wc = (w.data_ptr() for w in weights)
-        grad_hs, r0, rb, rd = _optional_steps(grad_hs)
-        kernel, H, rec_ptr, dc_ptr = self._backward, G // 4, rec.data_ptr(), dc.data_ptr()
-        mask_ptr = None if mask is None else mask.data_ptr()
-
-        def step(t: int, last: bool) -> None:
-            kernel(D, B, H, g0 + t * gb, gd, p0 + t * pb, pd, mh0 + t * shb, rh0 + t * shb, shd, gain, wc,
-                   c0 + t * cb, c0 + (t + 1) * cb, cd, mc0 + t * scb, rc0 + t * scb, scd, u0 + t * ub, ud,
-                   rec_ptr, None if last else mask_ptr, None if grad_hs is None else r0 + t * rb, rd, dc_ptr,
-                   a0 + t * ab, dp0 + t * ab, ad, dt0 + t * ub)
-        step.keep = weights  # contiguous copies must live as long as the pointers into them
-        return step
-
-
-class _NativeGRUResetBefore:
-    """The native reset_after=False GRU kernels bound to the buffers of one GRUResetBeforeFunction call.
-
-    Buffers, all contiguous: gates, da (D, T, B, 3H); u (D, T, B, H); hs (D, T+1, B, H);
-    mask, hm, rec, carry, du (D, B, H).
-    """
-
-    def __init__(self, gates, state, back_state, back_gates):
-        self._kernels = gates, state, back_state, back_gates
-
-    def bind_forward(self, gates, u, hs, mask, hm):
-        D, T, B, G = gates.shape
-        (g0, gb, gd), (u0, ub, ud), (h0, hb, hd) = map(_steps, (gates, u, hs))
-        gates_kernel, state_kernel = self._kernels[:2]
-        m_ptr, hm_ptr, H = (None if mask is None else mask.data_ptr()), hm.data_ptr(), G // 3
-
-        def gates_step(t: int) -> None:  # hin = hm (masked) or h_{t-1}
-            hin, hin_d = (h0 + t * hb, hd) if m_ptr is None else (hm_ptr, B * H)
-            gates_kernel(D, B, H, g0 + t * gb, gd, hin, hin_d, u0 + t * ub, ud)
-
-        def state_step(t: int) -> None:
-            state_kernel(D, B, H, g0 + t * gb, gd, h0 + t * hb, h0 + (t + 1) * hb, hd, m_ptr,
-                         None if m_ptr is None else hm_ptr)
-        return SimpleNamespace(gates=gates_step, state=state_step)
-
-    def bind_backward(self, gates, hs, rec, mask, grad_hs, carry, du, da):
-        D, T, B, G = gates.shape
-        (g0, gb, gd), (h0, hb, hd), (a0, ab, ad) = map(_steps, (gates, hs, da))
-        grad_hs, r0, rb, rd = _optional_steps(grad_hs)
-        state_kernel, gates_kernel = self._kernels[2:]
-        m_ptr, H = (None if mask is None else mask.data_ptr()), G // 3
-        rec_ptr, carry_ptr, du_ptr = rec.data_ptr(), carry.data_ptr(), du.data_ptr()
-
-        def back_state(t: int, last: bool) -> None:
-            state_kernel(D, B, H, g0 + t * gb, gd, h0 + t * hb, hd, None if last else rec_ptr, m_ptr,
-                         None if grad_hs is None else r0 + t * rb, rd, carry_ptr, a0 + t * ab, ad)
-
-        def back_gates(t: int) -> None:
-            gates_kernel(D, B, H, g0 + t * gb, gd, h0 + t * hb, hd, m_ptr, du_ptr, a0 + t * ab, ad, rec_ptr)
-        return SimpleNamespace(back_state=back_state, back_gates=back_gates)
-
-
-def _steps(x: Tensor):
-    """(address of step 0, bytes per step, elements per direction) of a contiguous (D, T, B, X) buffer."""
-    assert x.is_contiguous()
-    return x.data_ptr(), x.stride(1) * x.element_size(), x.stride(0)
-
-
-def _optional_steps(x: Optional[Tensor]):
-    """(x made contiguous, *_steps(x)) for the output gradient (D, T, B, H), or (None, None, 0, 0).
-
-    The returned tensor must stay alive while kernels use its addresses (the binders' step
-    closures refer to it).
-    """
-    if x is None:
-        return None, None, 0, 0
-    x = x.contiguous()
-    return (x, *_steps(x))
-
-
 def _native(cell: str, like: Tensor):
     """The native kernels of ``cell`` for ``like``'s dtype on CPU, or None: (forward, backward), or
     the four of ``"gru_reset_before"``."""
@@ -852,10 +669,10 @@ def _native(cell: str, like: Tensor):
     return native.kernels(cell, like.dtype)
 
 
-def _native_lstm(like: Tensor) -> Optional[_NativeLSTM]:
+def _native_lstm(like: Tensor) -> Optional["native.LSTMSteps"]:
     """The native LSTM step kernels for ``like``'s dtype on CPU, or None (the torch loop runs)."""
     kernels = _native("lstm", like)
-    return None if kernels is None else _NativeLSTM(*kernels)
+    return None if kernels is None else native.LSTMSteps(*kernels)
 
 
 _WORKSPACES = threading.local()
@@ -928,7 +745,8 @@ class LSTMNormFunction(torch.autograd.Function):
         if kernels is not None:  # after each step's matmul, the rest of the step in one native call
             xp, mask = xp.contiguous(), None if mask is None else mask.contiguous()
             stats = [xp.new_empty(D, T, B, 4), xp.new_empty(D, T, B, 4), xp.new_empty(D, T, B), xp.new_empty(D, T, B)]
-            step = _NativeLSTMNorm(*kernels).bind_forward(xp, hp, g_hh, w_c, b_c, gates, stats, cs, tc, hs, mask, hm)
+            step = native.LSTMNormSteps(*kernels).bind_forward(xp, hp, g_hh, w_c, b_c, gates, stats, cs, tc, hs,
+                                                               mask, hm, LN_EPS)
             if mask is not None:
                 torch.mul(h_l[0], mask, out=hm_l[0])
             for t in range(T):
@@ -1038,7 +856,7 @@ def _lstm_norm_native_backward(ctx, w_hh, g_hh, w_c, grad_hs, grad_h, grad_c):
     dc = gates.new_zeros(D, B, H) if grad_c is None else grad_c.clone(memory_format=contiguous)
     da, dtc = torch.empty_like(gates), torch.empty_like(tc)
     dhp = _workspace(gates)
-    step = _NativeLSTMNorm(*ctx.native).bind_backward(gates, hp, ctx.stats, g_hh, w_c, cs, tc, rec, mask,
+    step = native.LSTMNormSteps(*ctx.native).bind_backward(gates, hp, ctx.stats, g_hh, w_c, cs, tc, rec, mask,
                                                       grad_hs, dc, da, dhp, dtc)
     for t in range(T - 1, -1, -1):
         step(t, t == T - 1)

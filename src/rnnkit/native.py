@@ -6,6 +6,9 @@ memory instead of ~10). The explicit-BPTT LSTM loop in :mod:`rnnkit.bptt` and th
 in :mod:`rnnkit.scan` use them when :func:`unavailable_reason` returns None, and their torch
 code otherwise; both give the same numbers (tests/test_native.py).
 
+The classes at the end (``LSTMSteps``, ``GRUSteps``, ...) bind the kernels to the buffers of
+one call of a :mod:`rnnkit.bptt` Function.
+
 The shared library is built once per source, compiler and CPU into the cache directory
 (``$RNNKIT_CACHE``, else ``$XDG_CACHE_HOME/rnnkit``, else ``~/.cache/rnnkit``), written to a
 temporary name and renamed, so concurrent first uses do not see a half-written file.
@@ -28,9 +31,11 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import torch
+from torch import Tensor
 
 NATIVE_ENV = "RNNKIT_NATIVE"
 CACHE_ENV = "RNNKIT_CACHE"
@@ -190,3 +195,191 @@ def gru_reset_before_kernels(dtype: torch.dtype):
 def lstm_kernels(dtype: torch.dtype):
     """(forward, backward) LSTM step kernels for ``dtype``, or None (see :func:`kernels`)."""
     return kernels("lstm", dtype)
+
+
+# -- bindings: the kernels bound to the buffers of one call of rnnkit.bptt's Functions ----------
+# Each ``bind_*`` takes the Function's buffers (contiguous, time-major, with a leading direction
+# axis D) and returns ``step(t)``, which passes each buffer's address at step t (its start plus
+# t steps) and its direction stride: per step, a few integer additions and one foreign call.
+
+
+class LSTMSteps:
+    """The native step kernels (rnnkit/native.c) bound to the buffers of one LSTMFunction call.
+
+    Buffers, all contiguous: gates and da (D, T, B, 4H); cs and hs (D, T+1, B, H); tc and hm
+    (D, T, B, H); mask, rec, dc (D, B, H).
+    """
+
+    def __init__(self, forward, backward):
+        self._forward, self._backward = forward, backward
+
+    def bind_forward(self, gates, cs, tc, hs, mask, hm):
+        D, T, B, G = gates.shape
+        (g0, gb, gd), (c0, cb, cd), (u0, ub, ud), (h0, hb, hd) = map(step_addresses, (gates, cs, tc, hs))
+        m_ptr, (hm0, hmb, hmd) = (None, (0, 0, 0)) if mask is None else (mask.data_ptr(), step_addresses(hm))
+        kernel, H = self._forward, G // 4
+
+        def step(t: int) -> None:
+            next_hm = hm0 + (t + 1) * hmb if m_ptr is not None and t + 1 < T else None
+            kernel(D, B, H, g0 + t * gb, gd, c0 + t * cb, c0 + (t + 1) * cb, cd, u0 + t * ub, ud,
+                   h0 + (t + 1) * hb, hd, m_ptr, next_hm, hmd)
+        return step
+
+    def bind_backward(self, gates, tc, cs, rec, mask, grad_hs, dc, da):
+        D, T, B, G = gates.shape
+        assert rec.is_contiguous() and dc.is_contiguous() and (mask is None or mask.is_contiguous())
+        (g0, gb, gd), (u0, ub, ud), (c0, cb, cd), (a0, ab, ad) = map(step_addresses, (gates, tc, cs, da))
+        grad_hs, r0, rb, rd = optional_step_addresses(grad_hs)
+        kernel, H, rec_ptr, dc_ptr = self._backward, G // 4, rec.data_ptr(), dc.data_ptr()
+        mask_ptr = None if mask is None else mask.data_ptr()
+
+        def step(t: int, last: bool) -> None:
+            kernel(D, B, H, g0 + t * gb, gd, u0 + t * ub, ud, c0 + t * cb, cd, rec_ptr, None if last else mask_ptr,
+                   None if grad_hs is None else r0 + t * rb, rd, dc_ptr, a0 + t * ab, ad)
+        return step
+
+
+class GRUSteps:
+    """The native GRU step kernels bound to the buffers of one GRUFunction call.
+
+    Buffers, all contiguous: xp, hp, gates, dxp, dhp (D, T, B, 3H); hs (D, T+1, B, H);
+    mask, hm, rec, carry (D, B, H).
+    """
+
+    def __init__(self, forward, backward):
+        self._forward, self._backward = forward, backward
+
+    def bind_forward(self, xp, hp, gates, hs, mask, hm):
+        D, T, B, G = gates.shape
+        (x0, xb, xd), (p0, pb, pd), (g0, gb, gd), (h0, hb, hd) = map(step_addresses, (xp, hp, gates, hs))
+        kernel, H = self._forward, G // 3
+        m_ptr, hm_ptr = (None, None) if mask is None else (mask.data_ptr(), hm.data_ptr())
+
+        def step(t: int) -> None:
+            kernel(D, B, H, x0 + t * xb, xd, p0 + t * pb, pd, g0 + t * gb, gd, h0 + t * hb, h0 + (t + 1) * hb, hd,
+                   m_ptr, hm_ptr)
+        return step
+
+    def bind_backward(self, gates, hp, hs, rec, mask, grad_hs, carry, dxp, dhp):
+        D, T, B, G = gates.shape
+        assert rec.is_contiguous() and carry.is_contiguous() and (mask is None or mask.is_contiguous())
+        (g0, gb, gd), (p0, pb, pd), (h0, hb, hd), (dx0, db_, dd) = map(step_addresses, (gates, hp, hs, dxp))
+        dp0 = step_addresses(dhp)[0]
+        grad_hs, r0, rb, rd = optional_step_addresses(grad_hs)
+        kernel, H, rec_ptr, carry_ptr = self._backward, G // 3, rec.data_ptr(), carry.data_ptr()
+        mask_ptr = None if mask is None else mask.data_ptr()
+
+        def step(t: int, last: bool) -> None:
+            kernel(D, B, H, g0 + t * gb, gd, p0 + t * pb, pd, h0 + t * hb, hd, None if last else rec_ptr, mask_ptr,
+                   None if grad_hs is None else r0 + t * rb, rd, carry_ptr, dx0 + t * db_, dp0 + t * db_, dd)
+        return step
+
+
+class LSTMNormSteps:
+    """The native layer-normed LSTM step kernels bound to the buffers of one LSTMNormFunction call.
+
+    Buffers, all contiguous: xp, hp, gates, da, dhp (D, T, B, 4H); hs, cs (D, T+1, B, H); tc,
+    dtc, hm (D, T, B, H); stats = [mean_h, rstd_h (D, T, B, 4), mean_c, rstd_c (D, T, B)];
+    g_hh (D, 4H); w_c, b_c (D, H); mask, rec, dc (D, B, H).
+    """
+
+    def __init__(self, forward, backward):
+        self._forward, self._backward = forward, backward
+
+    def bind_forward(self, xp, hp, g_hh, w_c, b_c, gates, stats, cs, tc, hs, mask, hm, ln_eps: float):
+        D, T, B, G = gates.shape
+        (x0, xb, xd), (p0, pb, pd), (g0, gb, gd) = map(step_addresses, (xp, hp, gates))
+        (mh0, shb, shd), (rh0, _, _), (mc0, scb, scd), (rc0, _, _) = map(step_addresses, stats)
+        (c0, cb, cd), (u0, ub, ud), (h0, hb, hd) = map(step_addresses, (cs, tc, hs))
+        weights = [w.contiguous() for w in (g_hh, w_c, b_c)]
+        gain, wc, bc = (w.data_ptr() for w in weights)
+        m_ptr, (hm0, hmb, hmd) = (None, (0, 0, 0)) if mask is None else (mask.data_ptr(), step_addresses(hm))
+        kernel, H = self._forward, G // 4
+
+        def step(t: int) -> None:
+            next_hm = hm0 + (t + 1) * hmb if m_ptr is not None and t + 1 < T else None
+            kernel(D, B, H, ln_eps, x0 + t * xb, xd, p0 + t * pb, pd, gain, wc, bc, g0 + t * gb, gd,
+                   mh0 + t * shb, rh0 + t * shb, shd, mc0 + t * scb, rc0 + t * scb, scd,
+                   c0 + t * cb, c0 + (t + 1) * cb, cd, u0 + t * ub, ud, h0 + (t + 1) * hb, hd, m_ptr, next_hm, hmd)
+        step.keep = weights  # contiguous copies must live as long as the pointers into them
+        return step
+
+    def bind_backward(self, gates, hp, stats, g_hh, w_c, cs, tc, rec, mask, grad_hs, dc, da, dhp, dtc):
+        D, T, B, G = gates.shape
+        assert rec.is_contiguous() and dc.is_contiguous() and (mask is None or mask.is_contiguous())
+        (g0, gb, gd), (p0, pb, pd), (a0, ab, ad), (dp0, _, _) = map(step_addresses, (gates, hp, da, dhp))
+        (mh0, shb, shd), (rh0, _, _), (mc0, scb, scd), (rc0, _, _) = map(step_addresses, stats)
+        (c0, cb, cd), (u0, ub, ud), (dt0, _, _) = map(step_addresses, (cs, tc, dtc))
+        weights = [w.contiguous() for w in (g_hh, w_c)]
+        gain, wc = (w.data_ptr() for w in weights)
+        grad_hs, r0, rb, rd = optional_step_addresses(grad_hs)
+        kernel, H, rec_ptr, dc_ptr = self._backward, G // 4, rec.data_ptr(), dc.data_ptr()
+        mask_ptr = None if mask is None else mask.data_ptr()
+
+        def step(t: int, last: bool) -> None:
+            kernel(D, B, H, g0 + t * gb, gd, p0 + t * pb, pd, mh0 + t * shb, rh0 + t * shb, shd, gain, wc,
+                   c0 + t * cb, c0 + (t + 1) * cb, cd, mc0 + t * scb, rc0 + t * scb, scd, u0 + t * ub, ud,
+                   rec_ptr, None if last else mask_ptr, None if grad_hs is None else r0 + t * rb, rd, dc_ptr,
+                   a0 + t * ab, dp0 + t * ab, ad, dt0 + t * ub)
+        step.keep = weights  # contiguous copies must live as long as the pointers into them
+        return step
+
+
+class GRUResetBeforeSteps:
+    """The native reset_after=False GRU kernels bound to the buffers of one GRUResetBeforeFunction call.
+
+    Buffers, all contiguous: gates, da (D, T, B, 3H); u (D, T, B, H); hs (D, T+1, B, H);
+    mask, hm, rec, carry, du (D, B, H).
+    """
+
+    def __init__(self, gates, state, back_state, back_gates):
+        self._kernels = gates, state, back_state, back_gates
+
+    def bind_forward(self, gates, u, hs, mask, hm):
+        D, T, B, G = gates.shape
+        (g0, gb, gd), (u0, ub, ud), (h0, hb, hd) = map(step_addresses, (gates, u, hs))
+        gates_kernel, state_kernel = self._kernels[:2]
+        m_ptr, hm_ptr, H = (None if mask is None else mask.data_ptr()), hm.data_ptr(), G // 3
+
+        def gates_step(t: int) -> None:  # hin = hm (masked) or h_{t-1}
+            hin, hin_d = (h0 + t * hb, hd) if m_ptr is None else (hm_ptr, B * H)
+            gates_kernel(D, B, H, g0 + t * gb, gd, hin, hin_d, u0 + t * ub, ud)
+
+        def state_step(t: int) -> None:
+            state_kernel(D, B, H, g0 + t * gb, gd, h0 + t * hb, h0 + (t + 1) * hb, hd, m_ptr,
+                         None if m_ptr is None else hm_ptr)
+        return SimpleNamespace(gates=gates_step, state=state_step)
+
+    def bind_backward(self, gates, hs, rec, mask, grad_hs, carry, du, da):
+        D, T, B, G = gates.shape
+        (g0, gb, gd), (h0, hb, hd), (a0, ab, ad) = map(step_addresses, (gates, hs, da))
+        grad_hs, r0, rb, rd = optional_step_addresses(grad_hs)
+        state_kernel, gates_kernel = self._kernels[2:]
+        m_ptr, H = (None if mask is None else mask.data_ptr()), G // 3
+        rec_ptr, carry_ptr, du_ptr = rec.data_ptr(), carry.data_ptr(), du.data_ptr()
+
+        def back_state(t: int, last: bool) -> None:
+            state_kernel(D, B, H, g0 + t * gb, gd, h0 + t * hb, hd, None if last else rec_ptr, m_ptr,
+                         None if grad_hs is None else r0 + t * rb, rd, carry_ptr, a0 + t * ab, ad)
+
+        def back_gates(t: int) -> None:
+            gates_kernel(D, B, H, g0 + t * gb, gd, h0 + t * hb, hd, m_ptr, du_ptr, a0 + t * ab, ad, rec_ptr)
+        return SimpleNamespace(back_state=back_state, back_gates=back_gates)
+
+
+def step_addresses(x: Tensor):
+    """(address of step 0, bytes per step, elements per direction) of a contiguous (D, T, B, X) buffer."""
+    assert x.is_contiguous()
+    return x.data_ptr(), x.stride(1) * x.element_size(), x.stride(0)
+
+
+def optional_step_addresses(x: Optional[Tensor]):
+    """(x made contiguous, *step_addresses(x)) for the output gradient (D, T, B, H), or (None, None, 0, 0).
+
+    The returned tensor must stay alive while kernels use its addresses (the binders' step
+    closures refer to it).
+    """
+    if x is None:
+        return None, None, 0, 0
+    x = x.contiguous()
+    return (x, *step_addresses(x))
