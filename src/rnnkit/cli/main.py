@@ -17,6 +17,7 @@ Because task options depend on the task, the parser is built after a peek at the
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.util
 import sys
@@ -59,13 +60,32 @@ def peek_task(argv: list[str]):
     return None
 
 
+class VersionAction(argparse.Action):
+    """``--version``: rnnkit's version on the first line, then torch's and the native kernels' state
+    (built on first use, so this is also the way to build them ahead of a run)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import torch
+
+        import rnnkit
+        from rnnkit import native
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the reason is printed below
+            reason = native.unavailable_reason()
+        state = "in use" if reason is None else f"not in use: {reason}"
+        print(f"rnnkit {rnnkit.__version__}\ntorch {torch.__version__}\nnative kernels: {state}")
+        parser.exit()
+
+
 def build_parser(task=None):
     import rnnkit
     from rnnkit.cli import evaluate, info, resume, train, verbs
     from rnnkit.cli.flags import Parser
 
     parser = Parser(prog="rnnkit", description="Recurrent neural networks: train, evaluate and use four jobs.")
-    parser.add_argument("--version", action="version", version=f"rnnkit {rnnkit.__version__}")
+    parser.add_argument("--version", action=VersionAction, nargs=0,
+                        help="show rnnkit's and torch's versions and whether the native kernels are in use, and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     train.add_parser(sub, task)
     resume.add_parser(sub)
