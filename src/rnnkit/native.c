@@ -391,12 +391,14 @@ static inline double tanh_f64(double x) { return tanh(x); }
     }
 
 /* Its backward: as MINGRU_BACKWARD, and then, from dk = (dk_z, dk_h) of each (t, b), the input
- * projection's gradients: dwt (F, 2H) += x dk and dbias (2H) += dk, accumulated in double;
- * dx (T, B, F) = dk W_ih when dx is not NULL. scratch (4H). */
+ * projection's gradients: dwt (F, 2H) += x dk and dbias (2H) += dk, summed over the B rows of a
+ * step in T and over the steps in double; dx (T, B, F) = dk W_ih when dx is not NULL.
+ * scratch: (6 + 2F) H values, the last (2 + 2F) H of them zero on entry. */
 #define MINGRU_X_BACKWARD(NAME, T, SIGMOID)                                                         \
     void NAME(int64_t steps, int64_t B, int64_t H, int64_t F, const T *x, const T *wt,              \
               const T *bias, const T *h0, const uint8_t *valid, const T *h, const T *grad_h,        \
               int64_t grad_step, T *carry, double *dwt, double *dbias, T *dx, T *scratch) {         \
+        T *part = scratch + 4 * H; /* (1 + F) x 2H: this step's sums of dk and x dk */              \
         for (int64_t t = steps - 1; t >= 0; t--) {                                                  \
             const T *prev = t > 0 ? h + (t - 1) * B * H : h0;                                       \
             for (int64_t b = 0; b < B; b++) {                                                       \
@@ -414,19 +416,32 @@ static inline double tanh_f64(double x) { return tanh(x); }
                     dk[H + j] = d * z * dg;                                                         \
                     cb[j] = (1 - z) * d;                                                            \
                 }                                                                                   \
-                _Pragma("omp simd")                                                                 \
-                for (int64_t j = 0; j < 2 * H; j++) dbias[j] += dk[j];                              \
+                ROW_ADD(part, dk, 2 * H);                                                           \
                 for (int64_t f = 0; f < F; f++) {                                                   \
                     const T *w = wt + f * 2 * H, xf = xb[f];                                        \
-                    double *dw = dwt + f * 2 * H;                                                   \
+                    T *pw = part + (f + 1) * 2 * H;                                                 \
                     _Pragma("omp simd")                                                             \
-                    for (int64_t j = 0; j < 2 * H; j++) dw[j] += (double)(dk[j] * xf);              \
+                    for (int64_t j = 0; j < 2 * H; j++) pw[j] += dk[j] * xf;                        \
                     if (dx) {                                                                       \
                         T acc = 0;                                                                  \
                         _Pragma("omp simd reduction(+:acc)")                                        \
                         for (int64_t j = 0; j < 2 * H; j++) acc += dk[j] * w[j];                    \
                         dx[(t * B + b) * F + f] = acc;                                              \
                     }                                                                               \
+                }                                                                                   \
+            }                                                                                       \
+            _Pragma("omp simd")                                                                     \
+            for (int64_t j = 0; j < 2 * H; j++) {                                                   \
+                dbias[j] += part[j];                                                                \
+                part[j] = 0;                                                                        \
+            }                                                                                       \
+            for (int64_t f = 0; f < F; f++) {                                                       \
+                T *pw = part + (f + 1) * 2 * H;                                                     \
+                double *dw = dwt + f * 2 * H;                                                       \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t j = 0; j < 2 * H; j++) {                                               \
+                    dw[j] += pw[j];                                                                 \
+                    pw[j] = 0;                                                                      \
                 }                                                                                   \
             }                                                                                       \
         }                                                                                           \
@@ -611,4 +626,4 @@ MINGRU_X_FORWARD(rnnkit_mingru_x_forward_f64, double, sigmoid_f64)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f32, float, sigmoid_f32)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f64, double, sigmoid_f64)
 
-int rnnkit_native_abi(void) { return 11; }
+int rnnkit_native_abi(void) { return 12; }

@@ -40,7 +40,7 @@ from torch import Tensor
 NATIVE_ENV = "RNNKIT_NATIVE"
 CACHE_ENV = "RNNKIT_CACHE"
 SOURCE = Path(__file__).with_name("native.c")
-ABI = 11  # rnnkit_native_abi() of the source this module expects
+ABI = 12  # rnnkit_native_abi() of the source this module expects
 _FLAGS = ["-O3", "-fopenmp-simd", "-fPIC", "-shared"]
 COMPILE_TIMEOUT_S = 120
 

@@ -294,7 +294,7 @@ class MinGRUNarrowScan(torch.autograd.Function):
         dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         # weight and bias gradient sums in float64, and scratch; held here: the kernel gets addresses
         dwt, dbias = torch.zeros(F_, 2 * H, dtype=torch.float64), torch.zeros(2 * H, dtype=torch.float64)
-        scratch = x.new_empty(4 * H)
+        scratch = x.new_zeros((6 + 2 * F_) * H)
         ctx.kernels[1](T, B, H, F_, x.data_ptr(), wt.data_ptr(), _address(bias), h0.data_ptr(), _address(valid),
                        h.data_ptr(), grad_h.data_ptr(), grad_step, carry.data_ptr(), dwt.data_ptr(),
                        dbias.data_ptr(), _address(dx), scratch.data_ptr())
