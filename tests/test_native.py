@@ -188,3 +188,24 @@ def test_native_minlstm_with_extreme_gates(dtype):
     torch.testing.assert_close(h.double(), ref, rtol=1e-5, atol=1e-6)
     (h.sum() + last.sum()).backward()
     assert torch.isfinite(xp_n.grad).all()
+
+
+@needs_compiler
+@pytest.mark.parametrize("cell,features", [("mingru", 1), ("mingru", 24), ("minlstm", 3)])
+def test_native_scans_split_over_threads(cell, features, monkeypatch):
+    """Enough work (T * B * H >= 65536) for the sequence kernels to split the rows over torch's
+    threads: the same numbers as the torch scan, and the same bits on every run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        layer = Recurrent(cell, features, 64).double()
+        x = torch.randn(32, 40, features, dtype=torch.float64)
+        native_run = _scan_run(layer, x, None, True, True, monkeypatch)
+        again = _scan_run(layer, x, None, True, True, monkeypatch)
+        torch_run = _scan_run(layer, x, None, True, False, monkeypatch)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, c in zip(native_run, again, torch_run):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-10)

@@ -18,6 +18,34 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Rows split over the threads of the OpenMP runtime torch itself uses (the library links the
+ * libgomp that torch has already loaded, so its threads, already awake after torch's matmuls,
+ * do the work); without OpenMP one thread does all rows. Used where a call does enough work. */
+#define PRAGMA(x) _Pragma(#x)
+#ifdef _OPENMP
+#include <omp.h>
+#define ROWS_BEGIN(B, WORK)                                                                         \
+    PRAGMA(omp parallel if ((WORK) >= 65536))                                                       \
+    {                                                                                               \
+        int64_t nt_ = omp_get_num_threads(), id_ = omp_get_thread_num();                            \
+        int64_t b0 = (B) * id_ / nt_, b1 = (B) * (id_ + 1) / nt_;
+/* STMT once per thread, in thread order (iteration i of a static schedule is thread i's). */
+#define ROWS_IN_ORDER(STMT)                                                                         \
+    PRAGMA(omp for ordered schedule(static, 1))                                                     \
+    for (int64_t i_ = 0; i_ < nt_; i_++) {                                                          \
+        PRAGMA(omp ordered)                                                                         \
+        STMT                                                                                        \
+    }
+#else
+#define ROWS_BEGIN(B, WORK)                                                                         \
+    {                                                                                               \
+        int64_t b0 = 0, b1 = (B);
+#define ROWS_IN_ORDER(STMT) STMT
+#endif
+#define ROWS_END }
 
 /* exp for float32 (Cephes expf's polynomial): x = n ln2 + r, |r| <= ln2/2. Written without
  * calls or branches so the compiler vectorises the loops below; within 2 ulp of expf. */
@@ -128,19 +156,20 @@ static inline double tanh_f64(double x) { return tanh(x); }
 #define MINGRU_FORWARD(NAME, T, SIGMOID)                                                            \
     void NAME(int64_t steps, int64_t B, int64_t H, const T *kz, const T *kh, const T *h0,           \
               const uint8_t *valid, T *h) {                                                         \
-        const T *prev = h0;                                                                         \
-        for (int64_t t = 0; t < steps; t++, prev = h, h += B * H, kz += B * H, kh += B * H)        \
-            for (int64_t b = 0; b < B; b++) {                                                       \
+        ROWS_BEGIN(B, steps * B * H)                                                                \
+        for (int64_t t = 0; t < steps; t++)                                                         \
+            for (int64_t b = b0; b < b1; b++) {                                                     \
+                int64_t o = (t * B + b) * H;                                                        \
                 T on = (!valid || valid[t * B + b]) ? 1 : 0;                                        \
-                const T *zb = kz + b * H, *kb = kh + b * H, *pb = prev + b * H;                     \
-                T *hb = h + b * H;                                                                  \
+                const T *pb = t > 0 ? h + o - B * H : h0 + b * H;                                   \
                 _Pragma("omp simd")                                                                 \
                 for (int64_t k = 0; k < H; k++) {                                                   \
-                    T z = on * SIGMOID(zb[k]), x = kb[k];                                           \
+                    T z = on * SIGMOID(kz[o + k]), x = kh[o + k];                                   \
                     T g = x >= 0 ? x + (T)0.5 : SIGMOID(x);                                         \
-                    hb[k] = pb[k] + z * (g - pb[k]);                                                \
+                    h[o + k] = pb[k] + z * (g - pb[k]);                                             \
                 }                                                                                   \
             }                                                                                       \
+        ROWS_END                                                                                    \
     }
 
 /* Its backward, t = T-1 .. 0, with d_t = dL/dh_t in total = grad_h[t] + (1 - z_{t+1}) d_{t+1}:
@@ -151,10 +180,11 @@ static inline double tanh_f64(double x) { return tanh(x); }
     void NAME(int64_t steps, int64_t B, int64_t H, const T *kz, const T *kh, const T *h0,           \
               const uint8_t *valid, const T *h, const T *grad_h, int64_t grad_step, T *dkz, T *dkh,  \
               T *carry) {                                                                           \
+        ROWS_BEGIN(B, steps * B * H)                                                                \
         for (int64_t t = steps - 1; t >= 0; t--) {                                                  \
             int64_t at = t * B * H;                                                                 \
             const T *prev = t > 0 ? h + at - B * H : h0;                                            \
-            for (int64_t b = 0; b < B; b++) {                                                       \
+            for (int64_t b = b0; b < b1; b++) {                                                     \
                 int64_t o = at + b * H;                                                             \
                 T on = (!valid || valid[t * B + b]) ? 1 : 0;                                        \
                 const T *pb = prev + b * H, *gb = grad_h + t * grad_step + b * H;                   \
@@ -170,6 +200,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
                 }                                                                                   \
             }                                                                                       \
         }                                                                                           \
+        ROWS_END                                                                                    \
     }
 
 /* GRU (reset_after=True, gate order r, z, n; see GRUFunction in bptt.py), forward, one step.
@@ -371,15 +402,16 @@ static inline double tanh_f64(double x) { return tanh(x); }
 /* minGRU with a narrow input (F features, e.g. 1 for pixel MNIST or a univariate series): the
  * input projection k = x W_ih^T + b_ih is computed inside the loops instead of being written to
  * and read back from two (T, B, H) tensors. x (T, B, F); wt = W_ih^T (F, 2H) (the k_z columns,
- * then k_h); bias (2H) or NULL; scratch (4H). Same recurrence as MINGRU_FORWARD. */
+ * then k_h); bias (2H) or NULL. Same recurrence as MINGRU_FORWARD; rows split over threads. */
 #define MINGRU_X_FORWARD(NAME, T, SIGMOID)                                                          \
     void NAME(int64_t steps, int64_t B, int64_t H, int64_t F, const T *x, const T *wt,              \
-              const T *bias, const T *h0, const uint8_t *valid, T *h, T *scratch) {                 \
-        const T *prev = h0;                                                                         \
-        for (int64_t t = 0; t < steps; t++, prev = h, h += B * H)                                   \
-            for (int64_t b = 0; b < B; b++) {                                                       \
-                const T *xb = x + (t * B + b) * F, *pb = prev + b * H;                              \
-                T on = (!valid || valid[t * B + b]) ? 1 : 0, *hb = h + b * H, *k = scratch;         \
+              const T *bias, const T *h0, const uint8_t *valid, T *h) {                             \
+        ROWS_BEGIN(B, steps * B * H)                                                                \
+        T *k = (T *)malloc(sizeof(T) * 2 * H);                                                      \
+        for (int64_t t = 0; t < steps; t++)                                                         \
+            for (int64_t b = b0; b < b1; b++) {                                                     \
+                const T *xb = x + (t * B + b) * F, *pb = (t ? h + (t - 1) * B * H : h0) + b * H;    \
+                T on = (!valid || valid[t * B + b]) ? 1 : 0, *hb = h + (t * B + b) * H;             \
                 PROJECT_ROW(T, k, xb, wt, bias, F, 2 * H);                                          \
                 _Pragma("omp simd")                                                                 \
                 for (int64_t j = 0; j < H; j++) {                                                   \
@@ -388,24 +420,29 @@ static inline double tanh_f64(double x) { return tanh(x); }
                     hb[j] = pb[j] + z * (g - pb[j]);                                                \
                 }                                                                                   \
             }                                                                                       \
+        free(k);                                                                                    \
+        ROWS_END                                                                                    \
     }
 
 /* Its backward: as MINGRU_BACKWARD, and then, from dk = (dk_z, dk_h) of each (t, b), the input
- * projection's gradients: dwt (F, 2H) += x dk and dbias (2H) += dk, summed over the B rows of a
- * step in T and over the steps in double; dx (T, B, F) = dk W_ih when dx is not NULL.
- * scratch: (6 + 2F) H values, the last (2 + 2F) H of them zero on entry. */
+ * projection's gradients dbias (2H) += dk and dwt (F, 2H) += x dk: summed in T over a thread's
+ * rows of one step, then in double over the steps, then over the threads in thread order
+ * (the same sums whatever the timing); dx (T, B, F) = dk W_ih when dx is not NULL. */
 #define MINGRU_X_BACKWARD(NAME, T, SIGMOID)                                                         \
     void NAME(int64_t steps, int64_t B, int64_t H, int64_t F, const T *x, const T *wt,              \
               const T *bias, const T *h0, const uint8_t *valid, const T *h, const T *grad_h,        \
-              int64_t grad_step, T *carry, double *dwt, double *dbias, T *dx, T *scratch) {         \
-        T *part = scratch + 4 * H; /* (1 + F) x 2H: this step's sums of dk and x dk */              \
+              int64_t grad_step, T *carry, double *dwt, double *dbias, T *dx) {                     \
+        int64_t n = (1 + F) * 2 * H; /* [dbias | dwt rows] */                                        \
+        ROWS_BEGIN(B, steps * B * H)                                                                \
+        T *k = (T *)malloc(sizeof(T) * (4 * H + n)), *dk = k + 2 * H, *part = k + 4 * H;            \
+        double *sums = (double *)calloc(n, sizeof(double));                                         \
+        memset(part, 0, sizeof(T) * n);                                                             \
         for (int64_t t = steps - 1; t >= 0; t--) {                                                  \
             const T *prev = t > 0 ? h + (t - 1) * B * H : h0;                                       \
-            for (int64_t b = 0; b < B; b++) {                                                       \
+            for (int64_t b = b0; b < b1; b++) {                                                     \
                 const T *xb = x + (t * B + b) * F, *pb = prev + b * H;                              \
                 const T *gb = grad_h + t * grad_step + b * H;                                       \
                 T on = (!valid || valid[t * B + b]) ? 1 : 0, *cb = carry + b * H;                   \
-                T *k = scratch, *dk = scratch + 2 * H;                                              \
                 PROJECT_ROW(T, k, xb, wt, bias, F, 2 * H);                                          \
                 _Pragma("omp simd")                                                                 \
                 for (int64_t j = 0; j < H; j++) {                                                   \
@@ -431,20 +468,18 @@ static inline double tanh_f64(double x) { return tanh(x); }
                 }                                                                                   \
             }                                                                                       \
             _Pragma("omp simd")                                                                     \
-            for (int64_t j = 0; j < 2 * H; j++) {                                                   \
-                dbias[j] += part[j];                                                                \
+            for (int64_t j = 0; j < n; j++) {                                                       \
+                sums[j] += part[j];                                                                 \
                 part[j] = 0;                                                                        \
             }                                                                                       \
-            for (int64_t f = 0; f < F; f++) {                                                       \
-                T *pw = part + (f + 1) * 2 * H;                                                     \
-                double *dw = dwt + f * 2 * H;                                                       \
-                _Pragma("omp simd")                                                                 \
-                for (int64_t j = 0; j < 2 * H; j++) {                                               \
-                    dw[j] += pw[j];                                                                 \
-                    pw[j] = 0;                                                                      \
-                }                                                                                   \
-            }                                                                                       \
         }                                                                                           \
+        ROWS_IN_ORDER({                                                                             \
+            for (int64_t j = 0; j < 2 * H; j++) dbias[j] += sums[j];                                \
+            for (int64_t j = 0; j < F * 2 * H; j++) dwt[j] += sums[2 * H + j];                      \
+        })                                                                                          \
+        free(sums);                                                                                 \
+        free(k);                                                                                    \
+        ROWS_END                                                                                    \
     }
 
 /* GRU with reset_after=False (n = tanh(xp_n + W_hn (r * h m) + b_hn); see GRUResetBeforeFunction
@@ -535,8 +570,9 @@ static inline double tanh_f64(double x) { return tanh(x); }
 /* minLSTM over a whole sequence (see MinLSTMScan in scan.py): xp (T, B, 3H) = (k_f, k_i, k_h),
  * h0 (B, H), valid (T, B) bytes or NULL, h (T, B, H). With f = sigmoid(k_f), i = sigmoid(k_i):
  *   f' = f / (f + i),  i' = i / (f + i),  h_t = f' h_{t-1} + i' g(k_h)     (f' = 1, i' = 0 if padded)
- * computed as f' = Bs / (As + Bs), i' = As / (As + Bs) with As = e^-m (1 + e^-k_f), Bs = e^-m (1 + e^-k_i),
- * m = max(0, -k_f, -k_i): no exponent is positive, so nothing overflows however negative k is. */
+ * computed as f' = Bs / (As + Bs), i' = As / (As + Bs) with As = e^-m (1 + e^-k_f),
+ * Bs = e^-m (1 + e^-k_i), m = max(0, -k_f, -k_i): no exponent is positive, so nothing
+ * overflows however negative k is. Rows split over threads. */
 #define MINLSTM_GATES(T, EXP, kf, ki, on, fp, ip, ef, ei, as, bs)                                   \
     T m_ = (kf) < (ki) ? -(kf) : -(ki);                                                             \
     m_ = m_ > 0 ? m_ : 0;                                                                           \
@@ -547,11 +583,12 @@ static inline double tanh_f64(double x) { return tanh(x); }
 #define MINLSTM_FORWARD(NAME, T, SIGMOID, EXP)                                                      \
     void NAME(int64_t steps, int64_t B, int64_t H, const T *xp, const T *h0, const uint8_t *valid,  \
               T *h) {                                                                               \
-        const T *prev = h0;                                                                         \
-        for (int64_t t = 0; t < steps; t++, prev = h, h += B * H, xp += B * 3 * H)                 \
-            for (int64_t b = 0; b < B; b++) {                                                       \
-                const T *x = xp + b * 3 * H, *pb = prev + b * H;                                    \
-                T *hb = h + b * H;                                                                  \
+        ROWS_BEGIN(B, steps * B * H)                                                                \
+        for (int64_t t = 0; t < steps; t++)                                                         \
+            for (int64_t b = b0; b < b1; b++) {                                                     \
+                const T *x = xp + (t * B + b) * 3 * H;                                              \
+                const T *pb = t > 0 ? h + ((t - 1) * B + b) * H : h0 + b * H;                       \
+                T *hb = h + (t * B + b) * H;                                                        \
                 int on = !valid || valid[t * B + b];                                                \
                 _Pragma("omp simd")                                                                 \
                 for (int64_t k = 0; k < H; k++) {                                                   \
@@ -560,6 +597,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
                     hb[k] = fp * pb[k] + ip * g;                                                    \
                 }                                                                                   \
             }                                                                                       \
+        ROWS_END                                                                                    \
     }
 
 /* Its backward, t = T-1 .. 0, with d = dL/dh_t in total = grad_h[t] + f'_{t+1} d_{t+1}:
@@ -571,9 +609,10 @@ static inline double tanh_f64(double x) { return tanh(x); }
 #define MINLSTM_BACKWARD(NAME, T, SIGMOID, EXP)                                                     \
     void NAME(int64_t steps, int64_t B, int64_t H, const T *xp, const T *h0, const uint8_t *valid,  \
               const T *h, const T *grad_h, int64_t grad_step, T *dxp, T *carry) {                   \
+        ROWS_BEGIN(B, steps * B * H)                                                                \
         for (int64_t t = steps - 1; t >= 0; t--) {                                                  \
             const T *prev = t > 0 ? h + (t - 1) * B * H : h0;                                       \
-            for (int64_t b = 0; b < B; b++) {                                                       \
+            for (int64_t b = b0; b < b1; b++) {                                                     \
                 const T *x = xp + (t * B + b) * 3 * H, *pb = prev + b * H;                          \
                 const T *gb = grad_h + t * grad_step + b * H;                                       \
                 T *dx = dxp + (t * B + b) * 3 * H, *cb = carry + b * H;                             \
@@ -591,6 +630,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
                 }                                                                                   \
             }                                                                                       \
         }                                                                                           \
+        ROWS_END                                                                                    \
     }
 
 LSTM_FORWARD(rnnkit_lstm_forward_f32, float, sigmoid_f32)
@@ -626,4 +666,4 @@ MINGRU_X_FORWARD(rnnkit_mingru_x_forward_f64, double, sigmoid_f64)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f32, float, sigmoid_f32)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f64, double, sigmoid_f64)
 
-int rnnkit_native_abi(void) { return 12; }
+int rnnkit_native_abi(void) { return 14; }

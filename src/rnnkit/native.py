@@ -40,8 +40,11 @@ from torch import Tensor
 NATIVE_ENV = "RNNKIT_NATIVE"
 CACHE_ENV = "RNNKIT_CACHE"
 SOURCE = Path(__file__).with_name("native.c")
-ABI = 12  # rnnkit_native_abi() of the source this module expects
-_FLAGS = ["-O3", "-fopenmp-simd", "-fPIC", "-shared"]
+ABI = 14  # rnnkit_native_abi() of the source this module expects
+_FLAGS = ["-O3", "-fPIC", "-shared"]
+# Tried in order: OpenMP (the library then uses the libgomp torch has loaded, and its threads),
+# else only the SIMD pragmas; -march=native where the compiler takes it.
+_VARIANTS = (["-fopenmp", "-march=native"], ["-fopenmp"], ["-fopenmp-simd", "-march=native"], ["-fopenmp-simd"])
 COMPILE_TIMEOUT_S = 120
 
 _lock = threading.Lock()
@@ -74,7 +77,7 @@ def _compile(cc: str, out: Path) -> Optional[str]:
     os.close(fd)
     try:
         errors = ""
-        for extra in (["-march=native"], []):  # some compilers (or CPUs) refuse -march=native
+        for extra in _VARIANTS:
             cmd = [cc, *_FLAGS, *extra, str(SOURCE), "-o", tmp, "-lm"]
             try:
                 run = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
@@ -138,8 +141,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"rnnkit_gru_rb_state_{suffix}").argtypes = [I, I, I, P, I, P, P, I, P, P]
         getattr(lib, f"rnnkit_gru_rb_back_state_{suffix}").argtypes = [I, I, I, P, I, P, I, P, P, P, I, P, P, I]
         getattr(lib, f"rnnkit_gru_rb_back_gates_{suffix}").argtypes = [I, I, I, P, I, P, I, P, P, P, I, P]
-        getattr(lib, f"rnnkit_mingru_x_forward_{suffix}").argtypes = [I, I, I, I, P, P, P, P, P, P, P]
-        getattr(lib, f"rnnkit_mingru_x_backward_{suffix}").argtypes = [I, I, I, I, P, P, P, P, P, P, P, I, P, P, P, P, P]
+        getattr(lib, f"rnnkit_mingru_x_forward_{suffix}").argtypes = [I, I, I, I, P, P, P, P, P, P]
+        getattr(lib, f"rnnkit_mingru_x_backward_{suffix}").argtypes = [I, I, I, I, P, P, P, P, P, P, P, I, P, P, P, P]
         getattr(lib, f"rnnkit_minlstm_forward_{suffix}").argtypes = [I, I, I, P, P, P, P]
         getattr(lib, f"rnnkit_minlstm_backward_{suffix}").argtypes = [I, I, I, P, P, P, P, P, I, P, P]
         getattr(lib, f"rnnkit_mingru_forward_{suffix}").argtypes = [I, I, I, P, P, P, P, P]

@@ -277,9 +277,9 @@ class MinGRUNarrowScan(torch.autograd.Function):
         x, wt, h0 = x.contiguous(), weight_ih.t().contiguous(), h0.contiguous()  # wt (F, 2H)
         bias = None if bias_ih is None else bias_ih.contiguous()
         valid = None if valid is None else valid.contiguous()
-        h, scratch = x.new_empty(T, B, H), x.new_empty(4 * H)  # held here: the kernel gets addresses
+        h = x.new_empty(T, B, H)
         kernels[0](T, B, H, F_, x.data_ptr(), wt.data_ptr(), _address(bias), h0.data_ptr(), _address(valid),
-                   h.data_ptr(), scratch.data_ptr())
+                   h.data_ptr())
         ctx.save_for_backward(x, wt, bias, h0, valid, h)
         ctx.kernels = kernels
         return h, h[-1].clone()
@@ -292,12 +292,10 @@ class MinGRUNarrowScan(torch.autograd.Function):
         H = h.shape[-1]
         carry, grad_h, grad_step = _carry_and_output_grad(h0, grad_h, grad_last, B * H)
         dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        # weight and bias gradient sums in float64, and scratch; held here: the kernel gets addresses
         dwt, dbias = torch.zeros(F_, 2 * H, dtype=torch.float64), torch.zeros(2 * H, dtype=torch.float64)
-        scratch = x.new_zeros((6 + 2 * F_) * H)
         ctx.kernels[1](T, B, H, F_, x.data_ptr(), wt.data_ptr(), _address(bias), h0.data_ptr(), _address(valid),
                        h.data_ptr(), grad_h.data_ptr(), grad_step, carry.data_ptr(), dwt.data_ptr(),
-                       dbias.data_ptr(), _address(dx), scratch.data_ptr())
+                       dbias.data_ptr(), _address(dx))
         dbias = dbias.to(x.dtype) if bias is not None and ctx.needs_input_grad[2] else None
         return dx, dwt.t().to(x.dtype), dbias, carry, None, None
 
