@@ -13,7 +13,10 @@ The shared library is built once per source, compiler and CPU into the cache dir
 (``$RNNKIT_CACHE``, else ``$XDG_CACHE_HOME/rnnkit``, else ``~/.cache/rnnkit``), written to a
 temporary name and renamed, so concurrent first uses do not see a half-written file.
 ``-march=native`` is used where the compiler accepts it: the cache key includes the CPU's
-feature flags, so a shared home directory on another CPU builds its own copy.
+feature flags, so a shared home directory on another CPU builds its own copy. ``-fopenmp`` too:
+the library then needs ``libgomp.so.1``, which the dynamic loader finds already loaded by torch
+(Linux wheels), so the sequence kernels' parallel regions run on torch's own threads; a second
+OpenMP runtime would fight torch's spinning workers for the cores.
 
 Turn the kernels off with the environment variable ``RNNKIT_NATIVE=0``; choose the compiler
 with ``CC`` (default ``cc``).
