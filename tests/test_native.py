@@ -72,7 +72,7 @@ def test_saturated_gates_match_torch_sigmoid():
     cs, hs = torch.zeros(1, 2, B, H), torch.zeros(1, 2, B, H)
     tc = torch.empty(1, 1, B, H)
     expected = torch.sigmoid(a.clone())
-    step = native.LSTMSteps(*native.lstm_kernels(torch.float32)).bind_forward(a, cs, tc, hs, None, hs[:, :-1])
+    step = native.LSTMSteps(*native.kernels("lstm", torch.float32)).bind_forward(a, cs, tc, hs, None, hs[:, :-1])
     step(0)
     expected[..., 3 * H :] = 2 * expected[..., 3 * H :] - 1  # g = 2 sigmoid(2a) - 1
     torch.testing.assert_close(a, expected, rtol=0, atol=1e-30)
@@ -90,7 +90,7 @@ def fresh_native(monkeypatch, tmp_path):
 
 def test_turned_off_by_the_environment(fresh_native, monkeypatch):
     monkeypatch.setenv(native.NATIVE_ENV, "0")
-    assert native.lstm_kernels(torch.float32) is None
+    assert native.kernels("lstm", torch.float32) is None
     assert "RNNKIT_NATIVE=0" in native.unavailable_reason()
     torch.manual_seed(0)
     layer = Recurrent("lstm", 2, 3, use_fused=False)
@@ -104,7 +104,7 @@ def test_no_compiler_warns_once_and_falls_back(fresh_native, monkeypatch):
         assert native.library() is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert native.lstm_kernels(torch.float64) is None  # no second warning
+        assert native.kernels("lstm", torch.float64) is None  # no second warning
 
 
 def test_the_command_line_prints_the_warning_on_one_line():

@@ -375,7 +375,7 @@ class GRUResetBeforeFunction(torch.autograd.Function):
         gates = xp.new_empty(D, T, B, G)  # r, z, n after their activations
         u = xp.new_empty(D, T, B, H)  # r * h * m, the input of W_hn
         hm = xp.new_empty(D, B, H)
-        kernels = _native("gru_reset_before", xp)
+        kernels = _native("gru_rb", xp)
         if kernels is not None:  # the element-wise work after each of the step's two matmuls: one native call
             mask = None if mask is None else mask.contiguous()
             steps = native.GRUResetBeforeSteps(*kernels).bind_forward(gates, u, hs, mask, hm)
@@ -517,8 +517,8 @@ class LSTMFunction(torch.autograd.Function):
         if mask is not None:
             mask = mask.contiguous()
             torch.mul(h_l[0], mask, out=hm_l[0])
-        kernels = _native_lstm(xs)
-        native_step = None if kernels is None else kernels.bind_forward(gates, cs, tc, hs, mask, hm)
+        kernels = _native("lstm", xs)
+        native_step = None if kernels is None else native.LSTMSteps(*kernels).bind_forward(gates, cs, tc, hs, mask, hm)
         for t in range(T):
             if t % _CHUNK == 0:  # the input projection of the next steps, while their gates are in cache
                 _project(xs[:, t : t + _CHUNK], w_ih2, bias2, out=gates[:, t : t + _CHUNK])
@@ -539,7 +539,7 @@ class LSTMFunction(torch.autograd.Function):
             u = torch.sigmoid(c, out=tc_l[t])
             torch.addcmul(o[t], o[t], u, value=-2, out=h_l[t + 1])  # h_t = o tanh(c_t)
         ctx.save_for_backward(xs, w_ih, w_hh)
-        ctx.gates, ctx.cs, ctx.tc, ctx.hm, ctx.mask = gates, cs, tc, hm, mask
+        ctx.gates, ctx.cs, ctx.tc, ctx.hm, ctx.mask, ctx.native = gates, cs, tc, hm, mask, kernels
         ctx.has_bias = bias is not None
         return hs[:, 1:], hs[:, -1].clone(), cs[:, -1].mul(-0.5)
 
@@ -551,7 +551,7 @@ class LSTMFunction(torch.autograd.Function):
         D, T, B, G = gates.shape
         H = G // 4
         contiguous = torch.contiguous_format
-        kernels = _native_lstm(gates)
+        kernels = ctx.native
         dh = hs_zero = gates.new_zeros(D, B, H)
         if grad_h is not None:
             dh = grad_h.clone(memory_format=contiguous)
@@ -566,7 +566,7 @@ class LSTMFunction(torch.autograd.Function):
         tmp = gates.new_empty(D, B, H)
         if kernels is not None:  # each step: one native call, then dL/dh_{t-1} = (da_t W_hh) * mask + ...
             rec = dh.contiguous()  # for the last step: the final state's gradient, not masked
-            step = kernels.bind_backward(gates, tc, cs, rec, mask, grad_hs, dc, da)
+            step = native.LSTMSteps(*kernels).bind_backward(gates, tc, cs, rec, mask, grad_hs, dc, da)
             for t in range(T - 1, -1, -1):
                 step(t, t == T - 1)
                 torch.bmm(da_full[t], w_hh, out=rec)
@@ -659,20 +659,10 @@ def _lstm_factors(gv: Tensor, tc: Tensor, c_prev: Tensor, scratch: Tensor, scale
     return fo.unbind(1), scratch[:, :, :, 1:4].unbind(1), to_c.unbind(1), k
 
 
-def _native(cell: str, like: Tensor):
-    """The native kernels of ``cell`` for ``like``'s dtype on CPU, or None: (forward, backward), or
-    the four of ``"gru_reset_before"``."""
-    if like.device.type != "cpu":
-        return None
-    if cell == "gru_reset_before":
-        return native.gru_reset_before_kernels(like.dtype)
-    return native.kernels(cell, like.dtype)
-
-
-def _native_lstm(like: Tensor) -> Optional["native.LSTMSteps"]:
-    """The native LSTM step kernels for ``like``'s dtype on CPU, or None (the torch loop runs)."""
-    kernels = _native("lstm", like)
-    return None if kernels is None else native.LSTMSteps(*kernels)
+def _native(name: str, like: Tensor):
+    """The native kernels ``name`` (see :func:`rnnkit.native.kernels`) for ``like``'s dtype on CPU,
+    or None: the Function then runs its torch loop."""
+    return native.kernels_for(name, like)
 
 
 _WORKSPACES = threading.local()

@@ -179,28 +179,23 @@ def reset() -> None:
         _state.clear()
 
 
+PARTS = {"gru_rb": ("gates", "state", "back_state", "back_gates")}  # default: ("forward", "backward")
+
+
 def kernels(name: str, dtype: torch.dtype):
-    """(forward, backward) kernels of ``name`` ("lstm", "lstm_ln" or "gru" step; "mingru", "mingru_x" or "minlstm" sequence) for ``dtype``,
-    or None when the library is unavailable or the dtype is not float32/float64."""
+    """The kernels of ``name`` for ``dtype``, or None when the library is unavailable or the dtype
+    is not float32/float64: (forward, backward) of "lstm", "lstm_ln" or "gru" (one step) and of
+    "mingru", "mingru_x" or "minlstm" (a whole sequence); the four of "gru_rb" (``PARTS``)."""
     lib = library()
     suffix = {torch.float32: "f32", torch.float64: "f64"}.get(dtype)
     if lib is None or suffix is None:
         return None
-    return getattr(lib, f"rnnkit_{name}_forward_{suffix}"), getattr(lib, f"rnnkit_{name}_backward_{suffix}")
+    return tuple(getattr(lib, f"rnnkit_{name}_{part}_{suffix}") for part in PARTS.get(name, ("forward", "backward")))
 
 
-def gru_reset_before_kernels(dtype: torch.dtype):
-    """(gates, state, back_state, back_gates) kernels of the reset_after=False GRU, or None."""
-    lib = library()
-    suffix = {torch.float32: "f32", torch.float64: "f64"}.get(dtype)
-    if lib is None or suffix is None:
-        return None
-    return tuple(getattr(lib, f"rnnkit_gru_rb_{part}_{suffix}") for part in ("gates", "state", "back_state", "back_gates"))
-
-
-def lstm_kernels(dtype: torch.dtype):
-    """(forward, backward) LSTM step kernels for ``dtype``, or None (see :func:`kernels`)."""
-    return kernels("lstm", dtype)
+def kernels_for(name: str, like: Tensor):
+    """:func:`kernels` for ``like``'s dtype when it lives on the CPU, else None."""
+    return kernels(name, like.dtype) if like.device.type == "cpu" else None
 
 
 # -- bindings: the kernels bound to the buffers of one call of rnnkit.bptt's Functions ----------

@@ -303,7 +303,7 @@ class MinGRUNarrowScan(torch.autograd.Function):
 def _native_scan(like: Tensor, name: str = "mingru"):
     """The native scan kernels ``name`` ("mingru", "mingru_x", "minlstm"; rnnkit/native.c) for
     ``like``'s dtype on CPU, or None."""
-    return native.kernels(name, like.dtype) if like.device.type == "cpu" else None
+    return native.kernels_for(name, like)
 
 
 def _address(x: Optional[Tensor]) -> Optional[int]:
