@@ -58,7 +58,7 @@ def training_tables(shape_names, peers, samples, ratio_base="torch.nn+ftz", peak
                 "over the median step time. Peers with another cell (minGRU/minLSTM) do other work and are left out.",
                 "", head.rstrip("\n")]
         for p in peers:
-            if "minGRU" in p or "minLSTM" in p:
+            if "cell" in (shapes.PEERS[p][1] or {}):  # another cell than the shape's: other FLOPs
                 continue
             cells = []
             for s in shape_names:
