@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rnnkit import Recurrent, bptt
+from rnnkit import Recurrent, bptt, native
 
 CONFIGS = [
     dict(cell="rnn", nonlinearity="tanh"),
@@ -126,6 +126,38 @@ def test_layer_norm_lstm_equals_reference(layers, bidirectional, recurrent_dropo
     assert torch.autograd.gradcheck(lambda inp: bptt.bptt_forward(layer.eval(), inp, state)[0], (x,))
 
 
+def _ln_params_away_from_init(layer):
+    with torch.no_grad():  # gains and LN(c) affine away from their 1/0 init, so their gradients matter
+        for name, p in layer.named_parameters():
+            if name.startswith("ln_"):
+                p.copy_(torch.empty_like(p).uniform_(0.5, 1.5) if "bias" not in name else 0.3 * torch.randn_like(p))
+
+
+@pytest.mark.skipif(native.unavailable_reason() is not None, reason="GRU layer norm's explicit BPTT needs the native kernels")
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)])
+@pytest.mark.parametrize("recurrent_dropout", [0.0, 0.3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_layer_norm_gru_equals_reference(layers, bidirectional, recurrent_dropout, bias):
+    layer = _layer(dict(cell="gru"), layer_norm=True, num_layers=layers, bidirectional=bidirectional,
+                   recurrent_dropout=recurrent_dropout, bias=bias)
+    _ln_params_away_from_init(layer)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 6, 3, generator=g, dtype=torch.float64)
+    D = 2 if bidirectional else 1
+    state = (0.5 * torch.randn(layers * D, 3, 4, generator=g, dtype=torch.float64),)
+    _assert_bptt_equals_reference(layer, x, state)
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(lambda inp: bptt.bptt_forward(layer.eval(), inp, state)[0], (x,))
+
+
+def test_layer_norm_gru_without_native_kernels_takes_the_reference_loop(monkeypatch):
+    monkeypatch.setattr(bptt, "_native", lambda name, like: None)
+    layer = Recurrent("gru", 3, 4, layer_norm=True)
+    assert "native kernels" in bptt.bptt_unsupported_reason(layer, torch.randn(2, 5, 3))
+    layer(torch.randn(2, 5, 3))
+    assert layer.last_path == "reference"
+
+
 def test_unused_final_state_and_unused_outputs():
     """Gradients arrive as None for unused Function outputs (LSTM c_T, or the outputs)."""
     layer = _layer(dict(cell="lstm"))
@@ -148,5 +180,6 @@ def test_predicate_truth_table():
     assert bptt.bptt_unsupported_reason(Recurrent("gru", 3, 4), x) is None
     assert "lengths" in bptt.bptt_unsupported_reason(Recurrent("gru", 3, 4), x, torch.tensor([5, 3]))
     assert bptt.bptt_unsupported_reason(Recurrent("lstm", 3, 4, layer_norm=True), x) is None
-    assert "layer_norm" in bptt.bptt_unsupported_reason(Recurrent("gru", 3, 4, layer_norm=True), x)
+    assert "layer_norm" in bptt.bptt_unsupported_reason(Recurrent("gru", 3, 4, layer_norm=True, reset_after=False), x)
+    assert "layer_norm" in bptt.bptt_unsupported_reason(Recurrent("rnn", 3, 4, layer_norm=True), x)
     assert "dtype" in bptt.bptt_unsupported_reason(Recurrent("rnn", 3, 4), x.half())

@@ -64,6 +64,57 @@ def test_native_steps_equal_the_torch_loop(config, dtype, tol, recurrent_dropout
 
 
 @needs_compiler
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-3)])
+@pytest.mark.parametrize("recurrent_dropout", [0.0, 0.4])
+def test_native_layer_norm_gru_equals_the_reference_loop(dtype, tol, recurrent_dropout, monkeypatch):
+    """GRU layer norm has no torch loop in rnnkit.bptt: its native path is checked against the reference."""
+    torch.manual_seed(0)
+    layer = Recurrent("gru", 3, 6, num_layers=2, bidirectional=True, recurrent_dropout=recurrent_dropout,
+                      layer_norm=True).to(dtype)
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if "ln" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    x, state = torch.randn(5, 40, 3, dtype=dtype) * 2, (torch.randn(4, 5, 6, dtype=dtype),)
+    got = _run(layer, x, state, True, monkeypatch)
+    with monkeypatch.context() as m:
+        m.setattr(bptt, "bptt_forward", lambda layer, x, state: layer.reference_forward(x, state, None))
+        want = _run(layer, x, state, True, monkeypatch)
+    for a, b in zip(got[0] + got[1], want[0] + want[1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=tol * max(1.0, b.abs().max().item()))
+
+
+@needs_compiler
+@pytest.mark.parametrize("bias", [True, False])
+def test_native_input_gate_norm_equals_torch_and_repeats_on_threads(bias):
+    """The whole-projection layer norm (rows split over two threads at this size): the torch
+    arithmetic's values and gradients in float64, and the same bits on every run."""
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(2, 50, 64, 4 * 16, generator=g, dtype=torch.float64) * 3 + 1
+    gain, b = torch.rand(2, 64, generator=g, dtype=torch.float64) + 0.5, torch.randn(2, 64, generator=g, dtype=torch.float64)
+    w = torch.randn(z.shape, generator=g, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = []
+        for use_native in (True, True, False):
+            args = [t.clone().requires_grad_() for t in (z, gain, b)]
+            kernels = bptt._native("gate_norm", z) if use_native else None
+            if kernels is not None:
+                y = bptt.GateNormFunction.apply(args[0], args[1], args[2] if bias else None, kernels, 4)
+            else:
+                y = bptt._gate_norm(args[0], args[1], 4)
+                y = y + args[2][:, None, None] if bias else y
+            (y * w).sum().backward()
+            results.append([y.detach()] + [a.grad if a.grad is not None else torch.zeros(()) for a in args])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b_, c in zip(*results):
+        assert torch.equal(a, b_)
+        torch.testing.assert_close(a, c, rtol=0, atol=1e-10 * max(1.0, c.abs().max().item()))
+
+
+@needs_compiler
 def test_saturated_gates_match_torch_sigmoid():
     """Pre-activations of +-100 saturate to 0 and 1 (no NaN, no overflow), as torch.sigmoid does."""
     B, H = 2, 16

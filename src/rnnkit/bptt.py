@@ -61,7 +61,11 @@ def bptt_unsupported_reason(layer, x: Tensor, lengths: Optional[Tensor] = None) 
     if lengths is not None:
         return "variable lengths are left to the fused kernel or the reference loop"
     if layer.layer_norm and layer.cell != "lstm":
-        return f"layer_norm=True is in the explicit-BPTT path for LSTM only, not {layer.cell!r}"
+        if layer.cell != "gru" or not layer.reset_after:
+            return f"layer_norm=True is in the explicit-BPTT path for LSTM and GRU (reset_after=True) only"
+        if _native("gru", x) is None or _native("gate_norm", x) is None:
+            return "layer_norm=True for GRU needs rnnkit's native kernels (" + (native.unavailable_reason() or
+                                                                                 "not on this device") + ")"
     if x.dtype not in _DTYPES:
         return f"dtype {x.dtype} is not supported by the explicit-BPTT path (float32/float64 only)"
     return None
@@ -134,6 +138,49 @@ def _gate_norm(z: Tensor, gain: Tensor, num_gates: int) -> Tensor:
     return hat.view(D, T, B, GH) * gain[:, None, None]
 
 
+def _input_gate_norm(z: Tensor, gain: Tensor, bias: Optional[Tensor], num_gates: int) -> Tensor:
+    """``LN_gate(z) * gain + bias`` for a whole input projection z (D, T, B, G*H); gain, bias (D, G*H).
+
+    One native call each way (:class:`GateNormFunction`) where the kernels are available, else
+    the same arithmetic as torch ops under autograd.
+    """
+    norm = _native("gate_norm", z)
+    if norm is None:
+        y = _gate_norm(z, gain, num_gates)
+        return y if bias is None else y + bias[:, None, None]
+    return GateNormFunction.apply(z, gain, bias, norm, num_gates)
+
+
+class GateNormFunction(torch.autograd.Function):
+    """``y = LN_gate(z) * gain + bias`` with the native kernels: z (D, T, B, G*H), gain and bias
+    (D, G*H) (bias may be None). The gains' and bias's gradients are summed in float64."""
+
+    @staticmethod
+    def forward(ctx, z, gain, bias, kernels, num_gates):
+        D, T, B, GH = z.shape
+        z = z.contiguous()
+        steps = native.GateNormSteps(*kernels, num_gates)
+        y = torch.empty_like(z)
+        mean, rstd = z.new_empty(D, T * B, num_gates), z.new_empty(D, T * B, num_gates)
+        gain_c, bias_c = gain.contiguous(), None if bias is None else bias.contiguous()
+        steps.forward(z.view(D, T * B, GH), None, gain_c, bias_c, y.view(D, T * B, GH), mean, rstd, LN_EPS)
+        ctx.save_for_backward(z, gain_c, mean, rstd)
+        ctx.steps, ctx.has_bias = steps, bias is not None
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        z, gain, mean, rstd = ctx.saved_tensors
+        D, T, B, GH = z.shape
+        dz = torch.empty_like(z)
+        dgain = z.new_zeros(D, GH, dtype=torch.float64)
+        dbias = z.new_zeros(D, GH, dtype=torch.float64) if ctx.has_bias else None
+        ctx.steps.backward(grad_y.contiguous().view(D, T * B, GH), z.view(D, T * B, GH), mean, rstd, gain,
+                           dz.view(D, T * B, GH), dgain, dbias)
+        return dz, dgain.to(z.dtype), None if dbias is None else dbias.to(z.dtype), None, None
+
+
 def _project(xs: Tensor, w_ih: Tensor, bias: Optional[Tensor], out: Optional[Tensor] = None) -> Tensor:
     """``xs W_ih^T + bias`` for all steps: xs (D, T, B, F), w_ih (D, G, F), bias (D, G) -> (D, T, B, G).
 
@@ -154,15 +201,19 @@ def _run(layer, xs, ws, first, mask):
         w_ih, w_hh = _stack([w.weight_ih for w in ws]), _stack([w.weight_hh for w in ws])
         bias = _stack([_sum_biases(w) for w in ws])
         if layer.layer_norm:
-            xp = _project(xs, w_ih, None)  # (D, T, B, 4H); its layer norm is not recurrent: autograd
-            xp = _gate_norm(xp, _stack([w.ln_ih for w in ws]), 4)
-            xp = xp if bias is None else xp + bias[:, None, None]
+            xp = _project(xs, w_ih, None)  # (D, T, B, 4H); its layer norm is not recurrent
+            xp = _input_gate_norm(xp, _stack([w.ln_ih for w in ws]), bias, 4)
             norm = [_stack([getattr(w, n) for w in ws]) for n in ("ln_hh", "ln_c_weight", "ln_c_bias")]
             hs, h_last, c_last = LSTMNormFunction.apply(xp, first[0], first[1], w_hh, *norm, mask)
         else:
             hs, h_last, c_last = LSTMFunction.apply(xs, w_ih, bias, first[0], first[1], w_hh, mask)
         return hs, (h_last, c_last)
     w_ih, w_hh = _stack([w.weight_ih for w in ws]), _stack([w.weight_hh for w in ws])
+    if layer.cell == "gru" and layer.layer_norm:  # reset_after=True (bptt_unsupported_reason)
+        xp = _input_gate_norm(_project(xs, w_ih, None), _stack([w.ln_ih for w in ws]), _stack([w.bias_ih for w in ws]), 3)
+        hs, h_last = GRUNormFunction.apply(xp, first[0], w_hh, _stack([w.ln_hh for w in ws]),
+                                           _stack([w.bias_hh for w in ws]), mask)
+        return hs, (h_last,)
     if layer.cell == "gru" and layer.reset_after:  # b_hn sits inside r * (W_hn h + b_hn): kept apart
         xp = _project(xs, w_ih, _stack([w.bias_ih for w in ws]))
         hs, h_last = GRUFunction.apply(xp, first[0], w_hh, _stack([w.bias_hh for w in ws]), mask)
@@ -354,6 +405,72 @@ def _gru_native_backward(ctx, w_hh, grad_hs, grad_h):
     dw = _weight_grad(dhp, h_prev if mask is None else h_prev * mask[:, None])
     db = dhp.sum((1, 2)) if ctx.has_bias else None
     return dxp, dh0, dw, db, None
+
+
+# -- GRU with layer norm (reset_after=True) ---------------------------------------------------
+class GRUNormFunction(torch.autograd.Function):
+    """GRUFunction's step with the recurrent projection layer-normed per gate::
+
+        q_t  = (h_{t-1} * m) W_hh^T                         (D, B, 3H), one bmm
+        hp_t = LN_gate(q_t) * g_hh + b_hh                   LN over each gate's H units
+        r, z = sigmoid(xp_r + hp_r), sigmoid(xp_z + hp_z);  n = tanh(xp_n + r * hp_n)
+        h_t  = n + z (h_{t-1} - n)
+
+    xp (D, T, B, 3H) = LN_gate(x W_ih^T) g_ih + b_ih (not recurrent: computed outside);
+    h0 (D, B, H); w_hh (D, 3H, H); g_hh (D, 3H); b_hh (D, 3H) | None; mask (D, B, H) | None.
+    Returns hs (D, T, B, H) and h_T (D, B, H). Native kernels only (``bptt_unsupported_reason``
+    sends a layer to the reference loop without them): a gate-norm call and a GRU call a step,
+    each way; the gains' and biases' gradients are summed in float64 inside the backward calls.
+    """
+
+    @staticmethod
+    def forward(ctx, xp, h0, w_hh, g_hh, b_hh, mask):
+        D, T, B, G = xp.shape
+        H = G // 3
+        xp, mask = xp.contiguous(), None if mask is None else mask.contiguous()
+        wt = w_hh.transpose(1, 2).contiguous()  # (D, H, 3H)
+        q, hp, gates = (xp.new_empty(D, T, B, G) for _ in range(3))
+        mean, rstd = xp.new_empty(D, T, B, 3), xp.new_empty(D, T, B, 3)
+        hs = xp.new_empty(D, T + 1, B, H)
+        hs[:, 0] = h0
+        hm = xp.new_empty(D, B, H)
+        gru, norm = _native("gru", xp), _native("gate_norm", xp)
+        gru_step = native.GRUSteps(*gru).bind_forward(xp, hp, gates, hs, mask, hm)
+        norm_step = native.GateNormSteps(*norm, 3).bind_forward(q, g_hh, b_hh, hp, mean, rstd, LN_EPS)
+        for t in range(T):
+            hin = hm if mask is not None and t > 0 else _masked(hs[:, t], mask, hm)  # hm: written by gru_step
+            torch.bmm(hin, wt, out=q[:, t])
+            norm_step(t)
+            gru_step(t)
+        ctx.save_for_backward(w_hh, g_hh)
+        ctx.hs, ctx.q, ctx.hp, ctx.gates, ctx.stats, ctx.mask = hs, q, hp, gates, (mean, rstd), mask
+        ctx.kernels, ctx.has_bias = (gru, norm), b_hh is not None
+        return hs[:, 1:], hs[:, -1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_hs, grad_h):
+        w_hh, g_hh = ctx.saved_tensors
+        hs, q, gates, mask = ctx.hs, ctx.q, ctx.gates, ctx.mask
+        D, T, B, G = gates.shape
+        H = G // 3
+        gru, norm = ctx.kernels
+        carry = hs.new_zeros(D, B, H) if grad_h is None else grad_h.clone(memory_format=torch.contiguous_format)
+        rec = hs.new_empty(D, B, H)
+        dxp, dhp, dq = torch.empty_like(gates), torch.empty_like(gates), torch.empty_like(gates)
+        dg_hh = hs.new_zeros(D, G, dtype=torch.float64)
+        db_hh = hs.new_zeros(D, G, dtype=torch.float64) if ctx.has_bias else None
+        gru_step = native.GRUSteps(*gru).bind_backward(gates, ctx.hp, hs, rec, mask, grad_hs, carry, dxp, dhp)
+        norm_step = native.GateNormSteps(*norm, 3).bind_backward(dhp, q, *ctx.stats, g_hh, dq, dg_hh, db_hh)
+        for t in range(T - 1, -1, -1):
+            gru_step(t, t == T - 1)
+            norm_step(t)
+            torch.bmm(dq[:, t], w_hh, out=rec)
+        dh0 = carry.add_(rec) if mask is None else carry.addcmul_(rec, mask)
+        h_prev = hs[:, :-1]
+        dw = _weight_grad(dq, h_prev if mask is None else h_prev * mask[:, None])
+        db = None if db_hh is None else db_hh.to(hs.dtype)
+        return dxp, dh0, dw, dg_hh.to(hs.dtype), db, None
 
 
 # -- GRU, reset_after=False (textbook, Keras option) --------------------------------------------
@@ -844,18 +961,17 @@ def _lstm_norm_native_backward(ctx, w_hh, g_hh, w_c, grad_hs, grad_h, grad_c):
     contiguous = torch.contiguous_format
     rec = gates.new_zeros(D, B, H) if grad_h is None else grad_h.clone(memory_format=contiguous)
     dc = gates.new_zeros(D, B, H) if grad_c is None else grad_c.clone(memory_format=contiguous)
-    da, dtc = torch.empty_like(gates), torch.empty_like(tc)
+    da = torch.empty_like(gates)
     dhp = _workspace(gates)
+    sums = [gates.new_zeros(D, n, dtype=torch.float64) for n in (G, H, H)]  # dg_hh, dw_c, db_c
     step = native.LSTMNormSteps(*ctx.native).bind_backward(gates, hp, ctx.stats, g_hh, w_c, cs, tc, rec, mask,
-                                                      grad_hs, dc, da, dhp, dtc)
+                                                      grad_hs, dc, da, dhp, sums)
     for t in range(T - 1, -1, -1):
         step(t, t == T - 1)
         torch.bmm(dhp[:, t], w_hh, out=rec)
     dh = rec if mask is None else rec.mul_(mask)
-    mean_h, rstd_h, mean_c, rstd_c = ctx.stats
-    dg_hh, dw_c = _norm_gain_grads(da, hp, cs, dtc, mean_h.unsqueeze(-1), rstd_h.unsqueeze(-1),
-                                   mean_c.unsqueeze(-1), rstd_c.unsqueeze(-1))
-    return da, dh, dc, _weight_grad(dhp, hm), dg_hh, dw_c, dtc.sum((1, 2)), None
+    dg_hh, dw_c, db_c = (x.to(gates.dtype) for x in sums)
+    return da, dh, dc, _weight_grad(dhp, hm), dg_hh, dw_c, db_c, None
 
 
 def _ln_backward(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor) -> Tensor:

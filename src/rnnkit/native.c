@@ -42,7 +42,7 @@
 #else
 #define ROWS_BEGIN(B, WORK)                                                                         \
     {                                                                                               \
-        int64_t b0 = 0, b1 = (B);
+        int64_t nt_ = 1, b0 = 0, b1 = (B);
 #define ROWS_IN_ORDER(STMT) STMT
 #endif
 #define ROWS_END }
@@ -330,38 +330,43 @@ static inline double tanh_f64(double x) { return tanh(x); }
 /* Its backward, one step. On entry rec = dL/dhp_{t+1} W_hh (or, for the last step, the final
  * state's gradient, with mask NULL), grad = dL/dh_t from the output at t or NULL; rec is
  * overwritten with dL/dh_t = rec * mask + grad. dc = dL/dc_t from step t+1, replaced by
- * dL/dc_{t-1}. Writes da = dL/d(pre-activations) (= dL/dxp), dhp = dL/dhp (through the gate
- * layer norms, for dW_hh) and dtc = dL/d(LN(c_t) w_c + b_c) (for the gradients of w_c, b_c). */
+ * dL/dc_{t-1}. Writes da = dL/d(pre-activations) (= dL/dxp) and dhp = dL/dhp (through the gate
+ * layer norms, for dW_hh); adds this step's share of the gradients of the gains g_hh (D, 4H),
+ * w_c and b_c (D, H) to dgain, dw_c, db_c, summed in double. */
 #define LSTM_LN_BACKWARD(NAME, T)                                                                   \
     void NAME(int64_t D, int64_t B, int64_t H, const T *gates, int64_t gates_d, const T *hp,        \
               int64_t hp_d, const T *mean_h, const T *rstd_h, int64_t sh_d, const T *gain,          \
               const T *w_c, const T *c_prev, const T *c, int64_t c_d, const T *mean_c,              \
               const T *rstd_c, int64_t sc_d, const T *tc, int64_t tc_d, T *rec, const T *mask,      \
-              const T *grad, int64_t grad_d, T *dc, T *da, T *dhp, int64_t da_d, T *dtc) {          \
+              const T *grad, int64_t grad_d, T *dc, T *da, T *dhp, int64_t da_d, double *dgain,     \
+              double *dw_c, double *db_c) {                                                         \
         for (int64_t d = 0; d < D; d++)                                                             \
             for (int64_t b = 0; b < B; b++) {                                                       \
                 const T *a = gates + d * gates_d + b * 4 * H, *p = hp + d * hp_d + b * 4 * H;       \
                 const T *cp = c_prev + d * c_d + b * H, *cb = c + d * c_d + b * H;                  \
                 const T *tb = tc + d * tc_d + b * H, *wc = w_c + d * H;                             \
                 int64_t row = (d * B + b) * H;                                                      \
-                T *dh = rec + row, *dcb = dc + row, *dtb = dtc + d * tc_d + b * H;                  \
+                T *dh = rec + row, *dcb = dc + row;                                                 \
                 T *dab = da + d * da_d + b * 4 * H, *dpb = dhp + d * da_d + b * 4 * H;              \
+                double *dwb = dw_c + d * H, *dbb = db_c + d * H;                                    \
                 if (mask) ROW_MUL(dh, dh, mask + row, H);                                           \
                 if (grad) ROW_ADD(dh, grad + d * grad_d + b * H, H);                                \
                 T mc = mean_c[d * sc_d + b], rc = rstd_c[d * sc_d + b], s1 = 0, s2 = 0;             \
                 _Pragma("omp simd reduction(+:s1, s2)")                                             \
                 for (int64_t k = 0; k < H; k++) {                                                   \
-                    T dt = dh[k] * a[k] * (1 - tb[k] * tb[k]);                                      \
-                    dtb[k] = dt;                                                                    \
+                    T dt = dh[k] * a[k] * (1 - tb[k] * tb[k]), hat = (cb[k] - mc) * rc;             \
                     s1 += dt * wc[k];                                                               \
-                    s2 += dt * wc[k] * (cb[k] - mc) * rc;                                           \
+                    s2 += dt * wc[k] * hat;                                                         \
+                    dwb[k] += dt * hat;                                                             \
+                    dbb[k] += dt;                                                                   \
                 }                                                                                   \
                 s1 /= H;                                                                            \
                 s2 /= H;                                                                            \
                 _Pragma("omp simd")                                                                 \
                 for (int64_t k = 0; k < H; k++) {                                                   \
                     T o = a[k], i = a[H + k], f = a[2 * H + k], g = a[3 * H + k];                   \
-                    T dck = dcb[k] + rc * (dtb[k] * wc[k] - s1 - (cb[k] - mc) * rc * s2);           \
+                    T dt = dh[k] * o * (1 - tb[k] * tb[k]);                                         \
+                    T dck = dcb[k] + rc * (dt * wc[k] - s1 - (cb[k] - mc) * rc * s2);               \
                     dab[k] = dh[k] * tb[k] * o * (1 - o);                                           \
                     dab[H + k] = dck * g * i * (1 - i);                                             \
                     dab[2 * H + k] = dck * cp[k] * f * (1 - f);                                     \
@@ -371,12 +376,15 @@ static inline double tanh_f64(double x) { return tanh(x); }
                 for (int64_t q = 0; q < 4; q++) {                                                   \
                     const T *pq = p + q * H, *gq = gain + d * 4 * H + q * H, *daq = dab + q * H;    \
                     T *dpq = dpb + q * H;                                                           \
+                    double *dgq = dgain + (d * 4 + q) * H;                                          \
                     T m = mean_h[d * sh_d + b * 4 + q], r = rstd_h[d * sh_d + b * 4 + q];           \
                     T u1 = 0, u2 = 0;                                                               \
                     _Pragma("omp simd reduction(+:u1, u2)")                                         \
                     for (int64_t k = 0; k < H; k++) {                                               \
+                        T hat = (pq[k] - m) * r;                                                    \
                         u1 += daq[k] * gq[k];                                                       \
-                        u2 += daq[k] * gq[k] * (pq[k] - m) * r;                                     \
+                        u2 += daq[k] * gq[k] * hat;                                                 \
+                        dgq[k] += daq[k] * hat;                                                     \
                     }                                                                               \
                     u1 /= H;                                                                        \
                     u2 /= H;                                                                        \
@@ -385,6 +393,88 @@ static inline double tanh_f64(double x) { return tanh(x); }
                         dpq[k] = r * (daq[k] * gq[k] - u1 - (pq[k] - m) * r * u2);                  \
                 }                                                                                   \
             }                                                                                       \
+    }
+
+/* Layer norm per gate (gate_norm in cells.py) over D directions of N rows, each row G gates of
+ * H values:  y = add + (x - mean) rstd gain + bias,  rstd = 1 / sqrt(var + eps),  mean and var
+ * over each (row, gate)'s H values, written to mean, rstd (D, N, G) at direction stride s_d.
+ * x and y, add (rows of G*H contiguous; direction strides x_d and y_d, add laid out as y, NULL
+ * for none, not y itself); gain (D, G*H) contiguous; bias (D, G*H) or NULL. Used for one step's
+ * recurrent projection (N = B) and for a whole input projection (N = T B; rows split over the
+ * threads when the call does enough work). */
+#define GATE_NORM_FORWARD(NAME, T, SQRT)                                                            \
+    void NAME(int64_t D, int64_t N, int64_t G, int64_t H, T eps, const T *x, int64_t x_d,           \
+              const T *add, const T *gain, const T *bias, T *y, int64_t y_d, T *mean, T *rstd,      \
+              int64_t s_d) {                                                                        \
+        ROWS_BEGIN(N, D * N * G * H)                                                                \
+        for (int64_t d = 0; d < D; d++)                                                             \
+            for (int64_t n = b0; n < b1; n++)                                                       \
+                for (int64_t q = 0; q < G; q++) {                                                   \
+                    int64_t at = (n * G + q) * H, s = d * s_d + n * G + q;                          \
+                    const T *xq = x + d * x_d + at, *gq = gain + (d * G + q) * H;                   \
+                    T *yq = y + d * y_d + at, sum = 0, var = 0;                                     \
+                    _Pragma("omp simd reduction(+:sum)")                                            \
+                    for (int64_t k = 0; k < H; k++) sum += xq[k];                                   \
+                    T m = sum / H;                                                                  \
+                    _Pragma("omp simd reduction(+:var)")                                            \
+                    for (int64_t k = 0; k < H; k++) var += (xq[k] - m) * (xq[k] - m);               \
+                    T r = 1 / SQRT(var / H + eps);                                                  \
+                    mean[s] = m;                                                                    \
+                    rstd[s] = r;                                                                    \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++) yq[k] = (xq[k] - m) * r * gq[k];                \
+                    if (bias) ROW_ADD(yq, bias + (d * G + q) * H, H);                               \
+                    if (add) ROW_ADD(yq, add + d * y_d + at, H);                                    \
+                }                                                                                   \
+        ROWS_END                                                                                    \
+    }
+
+/* Its backward: per (row, gate), with e = dy gain and hat = (x - mean) rstd,
+ *   dx = rstd (e - mean(e) - hat mean(e hat));
+ * and dgain (D, G*H) += the sum over rows of dy hat, dbias += the sum of dy, in double (each
+ * NULL when not wanted; with threads, each thread's sums are added in thread order). dy, dx
+ * laid out as x (direction strides dy_d, dx_d). */
+#define GATE_NORM_BACKWARD(NAME, T)                                                                 \
+    void NAME(int64_t D, int64_t N, int64_t G, int64_t H, const T *dy, int64_t dy_d, const T *x,    \
+              int64_t x_d, const T *mean, const T *rstd, int64_t s_d, const T *gain, T *dx,         \
+              int64_t dx_d, double *dgain, double *dbias) {                                         \
+        int64_t n_sums = D * G * H;                                                                 \
+        ROWS_BEGIN(N, D * N * G * H)                                                                \
+        double *own = nt_ > 1 ? (double *)calloc(2 * n_sums, sizeof(double)) : NULL;                \
+        double *sg = own ? own : dgain, *sb = own ? own + n_sums : dbias;                           \
+        for (int64_t d = 0; d < D; d++)                                                             \
+            for (int64_t n = b0; n < b1; n++)                                                       \
+                for (int64_t q = 0; q < G; q++) {                                                   \
+                    int64_t at = (n * G + q) * H, s = d * s_d + n * G + q, w = (d * G + q) * H;     \
+                    const T *dyq = dy + d * dy_d + at, *xq = x + d * x_d + at, *gq = gain + w;      \
+                    T *dxq = dx + d * dx_d + at, m = mean[s], r = rstd[s], u1 = 0, u2 = 0;          \
+                    _Pragma("omp simd reduction(+:u1, u2)")                                         \
+                    for (int64_t k = 0; k < H; k++) {                                               \
+                        u1 += dyq[k] * gq[k];                                                       \
+                        u2 += dyq[k] * gq[k] * (xq[k] - m) * r;                                     \
+                    }                                                                               \
+                    u1 /= H;                                                                        \
+                    u2 /= H;                                                                        \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++)                                                 \
+                        dxq[k] = r * (dyq[k] * gq[k] - u1 - (xq[k] - m) * r * u2);                  \
+                    if (dgain) {                                                                    \
+                        double *sgq = sg + w;                                                       \
+                        _Pragma("omp simd")                                                         \
+                        for (int64_t k = 0; k < H; k++) sgq[k] += dyq[k] * ((xq[k] - m) * r);       \
+                    }                                                                               \
+                    if (dbias) ROW_ADD(sb + w, dyq, H);                                             \
+                }                                                                                   \
+        if (own) {                                                                                  \
+            ROWS_IN_ORDER({                                                                         \
+                for (int64_t j = 0; j < n_sums; j++) {                                              \
+                    if (dgain) dgain[j] += own[j];                                                  \
+                    if (dbias) dbias[j] += own[n_sums + j];                                         \
+                }                                                                                   \
+            })                                                                                      \
+            free(own);                                                                              \
+        }                                                                                           \
+        ROWS_END                                                                                    \
     }
 
 /* k = bias + x W^T for one row: x (F), wt = W^T (F, n), bias (n) or NULL. */
@@ -641,6 +731,10 @@ LSTM_LN_FORWARD(rnnkit_lstm_ln_forward_f32, float, sigmoid_f32, tanh_f32, sqrtf)
 LSTM_LN_FORWARD(rnnkit_lstm_ln_forward_f64, double, sigmoid_f64, tanh_f64, sqrt)
 LSTM_LN_BACKWARD(rnnkit_lstm_ln_backward_f32, float)
 LSTM_LN_BACKWARD(rnnkit_lstm_ln_backward_f64, double)
+GATE_NORM_FORWARD(rnnkit_gate_norm_forward_f32, float, sqrtf)
+GATE_NORM_FORWARD(rnnkit_gate_norm_forward_f64, double, sqrt)
+GATE_NORM_BACKWARD(rnnkit_gate_norm_backward_f32, float)
+GATE_NORM_BACKWARD(rnnkit_gate_norm_backward_f64, double)
 GRU_FORWARD(rnnkit_gru_forward_f32, float, sigmoid_f32, tanh_f32)
 GRU_FORWARD(rnnkit_gru_forward_f64, double, sigmoid_f64, tanh_f64)
 GRU_BACKWARD(rnnkit_gru_backward_f32, float)
@@ -666,4 +760,4 @@ MINGRU_X_FORWARD(rnnkit_mingru_x_forward_f64, double, sigmoid_f64)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f32, float, sigmoid_f32)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f64, double, sigmoid_f64)
 
-int rnnkit_native_abi(void) { return 14; }
+int rnnkit_native_abi(void) { return 15; }

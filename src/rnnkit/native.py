@@ -43,7 +43,7 @@ from torch import Tensor
 NATIVE_ENV = "RNNKIT_NATIVE"
 CACHE_ENV = "RNNKIT_CACHE"
 SOURCE = Path(__file__).with_name("native.c")
-ABI = 14  # rnnkit_native_abi() of the source this module expects
+ABI = 15  # rnnkit_native_abi() of the source this module expects
 _FLAGS = ["-O3", "-fPIC", "-shared"]
 # Tried in order: OpenMP (the library then uses the libgomp torch has loaded, and its threads),
 # else only the SIMD pragmas; -march=native where the compiler takes it.
@@ -137,7 +137,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"rnnkit_lstm_ln_forward_{suffix}").argtypes = [
             I, I, I, real, P, I, P, I, P, P, P, P, I, P, P, I, P, P, I, P, P, I, P, I, P, I, P, P, I]
         getattr(lib, f"rnnkit_lstm_ln_backward_{suffix}").argtypes = [
-            I, I, I, P, I, P, I, P, P, I, P, P, P, P, I, P, P, I, P, I, P, P, P, I, P, P, P, I, P]
+            I, I, I, P, I, P, I, P, P, I, P, P, P, P, I, P, P, I, P, I, P, P, P, I, P, P, P, I, P, P, P]
+        getattr(lib, f"rnnkit_gate_norm_forward_{suffix}").argtypes = [I, I, I, I, real, P, I, P, P, P, P, I, P, P, I]
+        getattr(lib, f"rnnkit_gate_norm_backward_{suffix}").argtypes = [I, I, I, I, P, I, P, I, P, P, I, P, P, I, P, P]
         getattr(lib, f"rnnkit_gru_forward_{suffix}").argtypes = [I, I, I, P, I, P, I, P, I, P, P, I, P, P]
         getattr(lib, f"rnnkit_gru_backward_{suffix}").argtypes = [I, I, I, P, I, P, I, P, I, P, P, P, I, P, P, P, I]
         getattr(lib, f"rnnkit_gru_rb_gates_{suffix}").argtypes = [I, I, I, P, I, P, I, P, I]
@@ -184,7 +186,8 @@ PARTS = {"gru_rb": ("gates", "state", "back_state", "back_gates")}  # default: (
 
 def kernels(name: str, dtype: torch.dtype):
     """The kernels of ``name`` for ``dtype``, or None when the library is unavailable or the dtype
-    is not float32/float64: (forward, backward) of "lstm", "lstm_ln" or "gru" (one step) and of
+    is not float32/float64: (forward, backward) of "lstm", "lstm_ln" or "gru" (one step), of
+    "gate_norm" (the layer norm per gate of N rows: one step's or a whole input projection) and of
     "mingru", "mingru_x" or "minlstm" (a whole sequence); the four of "gru_rb" (``PARTS``)."""
     lib = library()
     suffix = {torch.float32: "f32", torch.float64: "f64"}.get(dtype)
@@ -280,8 +283,9 @@ class LSTMNormSteps:
     """The native layer-normed LSTM step kernels bound to the buffers of one LSTMNormFunction call.
 
     Buffers, all contiguous: xp, hp, gates, da, dhp (D, T, B, 4H); hs, cs (D, T+1, B, H); tc,
-    dtc, hm (D, T, B, H); stats = [mean_h, rstd_h (D, T, B, 4), mean_c, rstd_c (D, T, B)];
-    g_hh (D, 4H); w_c, b_c (D, H); mask, rec, dc (D, B, H).
+    hm (D, T, B, H); stats = [mean_h, rstd_h (D, T, B, 4), mean_c, rstd_c (D, T, B)];
+    g_hh (D, 4H); w_c, b_c (D, H); mask, rec, dc (D, B, H); the gradient sums (float64)
+    dg_hh (D, 4H), dw_c and db_c (D, H).
     """
 
     def __init__(self, forward, backward):
@@ -305,12 +309,14 @@ class LSTMNormSteps:
         step.keep = weights  # contiguous copies must live as long as the pointers into them
         return step
 
-    def bind_backward(self, gates, hp, stats, g_hh, w_c, cs, tc, rec, mask, grad_hs, dc, da, dhp, dtc):
+    def bind_backward(self, gates, hp, stats, g_hh, w_c, cs, tc, rec, mask, grad_hs, dc, da, dhp, sums):
         D, T, B, G = gates.shape
         assert rec.is_contiguous() and dc.is_contiguous() and (mask is None or mask.is_contiguous())
+        assert all(x.is_contiguous() and x.dtype == torch.float64 for x in sums)
         (g0, gb, gd), (p0, pb, pd), (a0, ab, ad), (dp0, _, _) = map(step_addresses, (gates, hp, da, dhp))
         (mh0, shb, shd), (rh0, _, _), (mc0, scb, scd), (rc0, _, _) = map(step_addresses, stats)
-        (c0, cb, cd), (u0, ub, ud), (dt0, _, _) = map(step_addresses, (cs, tc, dtc))
+        (c0, cb, cd), (u0, ub, ud) = map(step_addresses, (cs, tc))
+        dg_hh, dw_c, db_c = (x.data_ptr() for x in sums)
         weights = [w.contiguous() for w in (g_hh, w_c)]
         gain, wc = (w.data_ptr() for w in weights)
         grad_hs, r0, rb, rd = optional_step_addresses(grad_hs)
@@ -321,9 +327,67 @@ class LSTMNormSteps:
             kernel(D, B, H, g0 + t * gb, gd, p0 + t * pb, pd, mh0 + t * shb, rh0 + t * shb, shd, gain, wc,
                    c0 + t * cb, c0 + (t + 1) * cb, cd, mc0 + t * scb, rc0 + t * scb, scd, u0 + t * ub, ud,
                    rec_ptr, None if last else mask_ptr, None if grad_hs is None else r0 + t * rb, rd, dc_ptr,
-                   a0 + t * ab, dp0 + t * ab, ad, dt0 + t * ub)
+                   a0 + t * ab, dp0 + t * ab, ad, dg_hh, dw_c, db_c)
         step.keep = weights  # contiguous copies must live as long as the pointers into them
         return step
+
+
+class GateNormSteps:
+    """The native layer norm per gate (``gate_norm`` in rnnkit/native.c) bound to (D, T, B, G*H)
+    buffers, one step at a time (``bind_forward``/``bind_backward``), or called on whole
+    (D, N, G*H) tensors (``forward``/``backward``).
+
+    y = add + LN_gate(x) * gain + bias; stats mean, rstd (D, T, B, G) or (D, N, G); gain, bias
+    (D, G*H); the gradient sums dgain, dbias (D, G*H) are float64 and added to.
+    """
+
+    def __init__(self, forward, backward, num_gates: int):
+        self._forward, self._backward, self.G = forward, backward, num_gates
+
+    def forward(self, x, add, gain, bias, y, mean, rstd, eps: float) -> None:
+        D, N, GH = x.shape
+        for z in (x, y, mean, rstd, gain) + (() if add is None else (add,)) + (() if bias is None else (bias,)):
+            assert z.is_contiguous()
+        self._forward(D, N, self.G, GH // self.G, eps, x.data_ptr(), N * GH, _ptr(add), gain.data_ptr(),
+                      _ptr(bias), y.data_ptr(), N * GH, mean.data_ptr(), rstd.data_ptr(), N * self.G)
+
+    def backward(self, dy, x, mean, rstd, gain, dx, dgain, dbias) -> None:
+        D, N, GH = x.shape
+        for z in (dy, x, mean, rstd, gain, dx):
+            assert z.is_contiguous()
+        self._backward(D, N, self.G, GH // self.G, dy.data_ptr(), N * GH, x.data_ptr(), N * GH, mean.data_ptr(),
+                       rstd.data_ptr(), N * self.G, gain.data_ptr(), dx.data_ptr(), N * GH, _ptr(dgain), _ptr(dbias))
+
+    def bind_forward(self, x, gain, bias, y, mean, rstd, eps: float):
+        D, T, B, GH = x.shape
+        (x0, xb, xd), (y0, yb, yd), (m0, sb, sd), (r0, _, _) = map(step_addresses, (x, y, mean, rstd))
+        weights = [gain.contiguous(), None if bias is None else bias.contiguous()]
+        gain_ptr, bias_ptr = (_ptr(w) for w in weights)
+        kernel, G = self._forward, self.G
+
+        def step(t: int) -> None:
+            kernel(D, B, G, GH // G, eps, x0 + t * xb, xd, None, gain_ptr, bias_ptr, y0 + t * yb, yd,
+                   m0 + t * sb, r0 + t * sb, sd)
+        step.keep = weights  # contiguous copies must live as long as the pointers into them
+        return step
+
+    def bind_backward(self, dy, x, mean, rstd, gain, dx, dgain, dbias):
+        D, T, B, GH = x.shape
+        (dy0, yb, yd), (x0, xb, xd), (dx0, db_, dd) = map(step_addresses, (dy, x, dx))
+        (m0, sb, sd), (r0, _, _) = map(step_addresses, (mean, rstd))
+        weights = [gain.contiguous()]
+        gain_ptr, kernel, G = weights[0].data_ptr(), self._backward, self.G
+        dgain_ptr, dbias_ptr = _ptr(dgain), _ptr(dbias)
+
+        def step(t: int) -> None:
+            kernel(D, B, G, GH // G, dy0 + t * yb, yd, x0 + t * xb, xd, m0 + t * sb, r0 + t * sb, sd, gain_ptr,
+                   dx0 + t * db_, dd, dgain_ptr, dbias_ptr)
+        step.keep = weights
+        return step
+
+
+def _ptr(x: Optional[Tensor]):
+    return None if x is None else x.data_ptr()
 
 
 class GRUResetBeforeSteps:
