@@ -25,10 +25,16 @@
  * libgomp that torch has already loaded, so its threads, already awake after torch's matmuls,
  * do the work); without OpenMP one thread does all rows. Used where a call does enough work. */
 #define PRAGMA(x) _Pragma(#x)
+/* A per-step call (one LSTM/GRU step of D B rows) splits its rows when it has at least this many
+ * values to compute: a parallel region on threads that are awake costs a few microseconds, so
+ * only the larger steps gain. rnnkit_set_step_min_work changes it (tests force the split). */
+static int64_t step_min_work = 16384;
+void rnnkit_set_step_min_work(int64_t n) { step_min_work = n; }
+
 #ifdef _OPENMP
 #include <omp.h>
-#define ROWS_BEGIN(B, WORK)                                                                         \
-    PRAGMA(omp parallel if ((WORK) >= 65536))                                                       \
+#define ROWS_BEGIN_AT(B, WORK, MIN)                                                                 \
+    PRAGMA(omp parallel if ((WORK) >= (MIN)))                                                       \
     {                                                                                               \
         int64_t nt_ = omp_get_num_threads(), id_ = omp_get_thread_num();                            \
         int64_t b0 = (B) * id_ / nt_, b1 = (B) * (id_ + 1) / nt_;
@@ -40,11 +46,21 @@
         STMT                                                                                        \
     }
 #else
-#define ROWS_BEGIN(B, WORK)                                                                         \
+#define ROWS_BEGIN_AT(B, WORK, MIN)                                                                 \
     {                                                                                               \
-        int64_t nt_ = 1, b0 = 0, b1 = (B);
+        int64_t nt_ = 1, b0 = 0, b1 = (B);                                                          \
+        (void)nt_;
 #define ROWS_IN_ORDER(STMT) STMT
 #endif
+#define ROWS_BEGIN(B, WORK) ROWS_BEGIN_AT(B, WORK, 65536)
+/* The rows (d, b) of one step, split over the threads when the step is large enough. */
+#define STEP_ROWS_BEGIN(D, B, WORK)                                                                 \
+    ROWS_BEGIN_AT((D) * (B), WORK, step_min_work)                                                   \
+    for (int64_t r_ = b0; r_ < b1; r_++) {                                                          \
+        int64_t d = r_ / (B), b = r_ % (B);
+#define STEP_ROWS_END                                                                               \
+    }                                                                                               \
+    ROWS_END
 #define ROWS_END }
 
 /* exp for float32 (Cephes expf's polynomial): x = n ln2 + r, |r| <= ln2/2. Written without
@@ -98,8 +114,8 @@ static inline double tanh_f64(double x) { return tanh(x); }
 #define LSTM_FORWARD(NAME, T, SIGMOID)                                                              \
     void NAME(int64_t D, int64_t B, int64_t H, T *gates, int64_t gates_d, const T *m_prev, T *m,    \
               int64_t m_d, T *u, int64_t u_d, T *h, int64_t h_d, const T *mask, T *hm, int64_t hm_d) { \
-        for (int64_t d = 0; d < D; d++)                                                             \
-            for (int64_t b = 0; b < B; b++) {                                                       \
+        STEP_ROWS_BEGIN(D, B, D * B * 4 * H)                                                  \
+        {                                                                                           \
                 T *a = gates + d * gates_d + b * 4 * H;                                             \
                 const T *mp = m_prev + d * m_d + b * H;                                             \
                 T *mb = m + d * m_d + b * H, *ub = u + d * u_d + b * H, *hb = h + d * h_d + b * H;  \
@@ -116,7 +132,8 @@ static inline double tanh_f64(double x) { return tanh(x); }
                     hb[k] = o - 2 * o * uk; /* o tanh(c_t) */                                       \
                 }                                                                                   \
                 if (hm) ROW_MUL(hm + d * hm_d + b * H, hb, mask + (d * B + b) * H, H);              \
-            }                                                                                       \
+        }                                                                                           \
+        STEP_ROWS_END                                                                               \
     }
 
 /* Backward, one step. dL/dh_t = rec * mask + grad, where rec = dL/da_{t+1} W_hh (D, B, H)
@@ -128,8 +145,8 @@ static inline double tanh_f64(double x) { return tanh(x); }
     void NAME(int64_t D, int64_t B, int64_t H, const T *gates, int64_t gates_d, const T *u,         \
               int64_t u_d, const T *m_prev, int64_t m_d, const T *rec, const T *mask,               \
               const T *grad, int64_t grad_d, T *dc, T *da, int64_t da_d) {                          \
-        for (int64_t d = 0; d < D; d++)                                                             \
-            for (int64_t b = 0; b < B; b++) {                                                       \
+        STEP_ROWS_BEGIN(D, B, D * B * 4 * H)                                                  \
+        {                                                                                           \
                 const T *a = gates + d * gates_d + b * 4 * H;                                       \
                 const T *ub = u + d * u_d + b * H, *mp = m_prev + d * m_d + b * H;                  \
                 const T *rb = rec + (d * B + b) * H;                                                \
@@ -147,7 +164,8 @@ static inline double tanh_f64(double x) { return tanh(x); }
                     dab[3 * H + k] = dck * i * (1 - g * g);                                         \
                     dcb[k] = dck * f;                                                               \
                 }                                                                                   \
-            }                                                                                       \
+        }                                                                                           \
+        STEP_ROWS_END                                                                               \
     }
 
 /* minGRU over a whole sequence, time-major (see MinGRUScan in scan.py): k_z, k_h, h (T, B, H)
@@ -212,8 +230,8 @@ static inline double tanh_f64(double x) { return tanh(x); }
     void NAME(int64_t D, int64_t B, int64_t H, const T *xp, int64_t xp_d, const T *hp,              \
               int64_t hp_d, T *gates, int64_t gates_d, const T *h_prev, T *h, int64_t h_d,          \
               const T *mask, T *hm) {                                                               \
-        for (int64_t d = 0; d < D; d++)                                                             \
-            for (int64_t b = 0; b < B; b++) {                                                       \
+        STEP_ROWS_BEGIN(D, B, D * B * 3 * H)                                                  \
+        {                                                                                           \
                 const T *x = xp + d * xp_d + b * 3 * H, *p = hp + d * hp_d + b * 3 * H;             \
                 const T *hb_prev = h_prev + d * h_d + b * H;                                        \
                 T *g = gates + d * gates_d + b * 3 * H, *hb = h + d * h_d + b * H;                  \
@@ -227,7 +245,8 @@ static inline double tanh_f64(double x) { return tanh(x); }
                     hb[k] = n + z * (hb_prev[k] - n);                                               \
                 }                                                                                   \
                 if (mask) ROW_MUL(hm + (d * B + b) * H, hb, mask + (d * B + b) * H, H);             \
-            }                                                                                       \
+        }                                                                                           \
+        STEP_ROWS_END                                                                               \
     }
 
 /* Its backward, one step. dL/dh_t = carry + rec * mask + grad, where carry = z_{t+1} dL/dh_{t+1}
@@ -238,8 +257,8 @@ static inline double tanh_f64(double x) { return tanh(x); }
     void NAME(int64_t D, int64_t B, int64_t H, const T *gates, int64_t gates_d, const T *hp,        \
               int64_t hp_d, const T *h_prev, int64_t h_d, const T *rec, const T *mask,              \
               const T *grad, int64_t grad_d, T *carry, T *dxp, T *dhp, int64_t d_d) {               \
-        for (int64_t d = 0; d < D; d++)                                                             \
-            for (int64_t b = 0; b < B; b++) {                                                       \
+        STEP_ROWS_BEGIN(D, B, D * B * 3 * H)                                                  \
+        {                                                                                           \
                 const T *g = gates + d * gates_d + b * 3 * H, *p = hp + d * hp_d + b * 3 * H;       \
                 const T *hb_prev = h_prev + d * h_d + b * H;                                        \
                 int64_t row = (d * B + b) * H;                                                      \
@@ -263,7 +282,8 @@ static inline double tanh_f64(double x) { return tanh(x); }
                     dp[2 * H + k] = dn * r;                                                         \
                     cb[k] = dh * z;                                                                 \
                 }                                                                                   \
-            }                                                                                       \
+        }                                                                                           \
+        STEP_ROWS_END                                                                               \
     }
 
 /* LSTM with layer norm (see LSTMNormFunction in bptt.py; gates o, i, f, g; LN over each gate's H
@@ -279,8 +299,8 @@ static inline double tanh_f64(double x) { return tanh(x); }
               T *mean_h, T *rstd_h, int64_t sh_d, T *mean_c, T *rstd_c, int64_t sc_d,               \
               const T *c_prev, T *c, int64_t c_d, T *tc, int64_t tc_d, T *h, int64_t h_d,           \
               const T *mask, T *hm, int64_t hm_d) {                                                 \
-        for (int64_t d = 0; d < D; d++)                                                             \
-            for (int64_t b = 0; b < B; b++) {                                                       \
+        STEP_ROWS_BEGIN(D, B, D * B * 4 * H)                                                  \
+        {                                                                                           \
                 const T *x = xp + d * xp_d + b * 4 * H, *p = hp + d * hp_d + b * 4 * H;             \
                 T *a = gates + d * gates_d + b * 4 * H;                                             \
                 for (int64_t q = 0; q < 4; q++) {                                                   \
@@ -324,7 +344,8 @@ static inline double tanh_f64(double x) { return tanh(x); }
                     hb[k] = a[k] * tb[k];                                                           \
                 }                                                                                   \
                 if (hm) ROW_MUL(hm + d * hm_d + b * H, hb, mask + (d * B + b) * H, H);              \
-            }                                                                                       \
+        }                                                                                           \
+        STEP_ROWS_END                                                                               \
     }
 
 /* Its backward, one step. On entry rec = dL/dhp_{t+1} W_hh (or, for the last step, the final
@@ -340,15 +361,20 @@ static inline double tanh_f64(double x) { return tanh(x); }
               const T *rstd_c, int64_t sc_d, const T *tc, int64_t tc_d, T *rec, const T *mask,      \
               const T *grad, int64_t grad_d, T *dc, T *da, T *dhp, int64_t da_d, double *dgain,     \
               double *dw_c, double *db_c) {                                                         \
-        for (int64_t d = 0; d < D; d++)                                                             \
-            for (int64_t b = 0; b < B; b++) {                                                       \
+        int64_t n_sums = D * 6 * H; /* dgain (D, 4H), dw_c (D, H), db_c (D, H) */                   \
+        ROWS_BEGIN_AT(D * B, D * B * 4 * H, step_min_work)                                          \
+        double *own = nt_ > 1 ? (double *)calloc(n_sums, sizeof(double)) : NULL;                   \
+        double *sg = own ? own : dgain, *sw = own ? own + D * 4 * H : dw_c;                         \
+        double *sb = own ? own + D * 5 * H : db_c;                                                  \
+        for (int64_t r_ = b0; r_ < b1; r_++) {                                                      \
+                int64_t d = r_ / B, b = r_ % B;                                                     \
                 const T *a = gates + d * gates_d + b * 4 * H, *p = hp + d * hp_d + b * 4 * H;       \
                 const T *cp = c_prev + d * c_d + b * H, *cb = c + d * c_d + b * H;                  \
                 const T *tb = tc + d * tc_d + b * H, *wc = w_c + d * H;                             \
                 int64_t row = (d * B + b) * H;                                                      \
                 T *dh = rec + row, *dcb = dc + row;                                                 \
                 T *dab = da + d * da_d + b * 4 * H, *dpb = dhp + d * da_d + b * 4 * H;              \
-                double *dwb = dw_c + d * H, *dbb = db_c + d * H;                                    \
+                double *dwb = sw + d * H, *dbb = sb + d * H;                                        \
                 if (mask) ROW_MUL(dh, dh, mask + row, H);                                           \
                 if (grad) ROW_ADD(dh, grad + d * grad_d + b * H, H);                                \
                 T mc = mean_c[d * sc_d + b], rc = rstd_c[d * sc_d + b], s1 = 0, s2 = 0;             \
@@ -376,7 +402,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
                 for (int64_t q = 0; q < 4; q++) {                                                   \
                     const T *pq = p + q * H, *gq = gain + d * 4 * H + q * H, *daq = dab + q * H;    \
                     T *dpq = dpb + q * H;                                                           \
-                    double *dgq = dgain + (d * 4 + q) * H;                                          \
+                    double *dgq = sg + (d * 4 + q) * H;                                          \
                     T m = mean_h[d * sh_d + b * 4 + q], r = rstd_h[d * sh_d + b * 4 + q];           \
                     T u1 = 0, u2 = 0;                                                               \
                     _Pragma("omp simd reduction(+:u1, u2)")                                         \
@@ -392,7 +418,16 @@ static inline double tanh_f64(double x) { return tanh(x); }
                     for (int64_t k = 0; k < H; k++)                                                 \
                         dpq[k] = r * (daq[k] * gq[k] - u1 - (pq[k] - m) * r * u2);                  \
                 }                                                                                   \
-            }                                                                                       \
+        }                                                                                           \
+        if (own) {                                                                                  \
+            ROWS_IN_ORDER({                                                                         \
+                for (int64_t j = 0; j < D * 4 * H; j++) dgain[j] += own[j];                         \
+                for (int64_t j = 0; j < D * H; j++) dw_c[j] += own[D * 4 * H + j];                  \
+                for (int64_t j = 0; j < D * H; j++) db_c[j] += own[D * 5 * H + j];                  \
+            })                                                                                      \
+            free(own);                                                                              \
+        }                                                                                           \
+        ROWS_END                                                                                    \
     }
 
 /* Layer norm per gate (gate_norm in cells.py) over D directions of N rows, each row G gates of
@@ -760,4 +795,4 @@ MINGRU_X_FORWARD(rnnkit_mingru_x_forward_f64, double, sigmoid_f64)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f32, float, sigmoid_f32)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f64, double, sigmoid_f64)
 
-int rnnkit_native_abi(void) { return 15; }
+int rnnkit_native_abi(void) { return 16; }

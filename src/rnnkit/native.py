@@ -43,7 +43,7 @@ from torch import Tensor
 NATIVE_ENV = "RNNKIT_NATIVE"
 CACHE_ENV = "RNNKIT_CACHE"
 SOURCE = Path(__file__).with_name("native.c")
-ABI = 15  # rnnkit_native_abi() of the source this module expects
+ABI = 16  # rnnkit_native_abi() of the source this module expects
 _FLAGS = ["-O3", "-fPIC", "-shared"]
 # Tried in order: OpenMP (the library then uses the libgomp torch has loaded, and its threads),
 # else only the SIMD pragmas; -march=native where the compiler takes it.
@@ -126,6 +126,8 @@ def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
 
 def _declare(lib: ctypes.CDLL) -> None:
     P, I = ctypes.c_void_p, ctypes.c_int64
+    lib.rnnkit_set_step_min_work.argtypes = [I]
+    lib.rnnkit_set_step_min_work.restype = None
     for suffix in ("f32", "f64"):
         fwd = getattr(lib, f"rnnkit_lstm_forward_{suffix}")
         fwd.argtypes = [I, I, I, P, I, P, P, I, P, I, P, I, P, P, I]
@@ -167,6 +169,16 @@ def library() -> Optional[ctypes.CDLL]:
                 warnings.warn(f"rnnkit's native kernels are unavailable: {reason}; the same steps run as "
                               f"torch ops, more slowly (set {NATIVE_ENV}=0 to silence this)", RuntimeWarning, stacklevel=3)
         return _state["lib"]
+
+
+STEP_MIN_WORK = 16384  # native.c's default: a step with fewer values to compute runs on one thread
+
+
+def set_step_min_work(n: int) -> None:
+    """Split a step kernel's rows over the OpenMP threads from ``n`` values per step on (tests: 0)."""
+    lib = library()
+    if lib is not None:
+        lib.rnnkit_set_step_min_work(n)
 
 
 def unavailable_reason() -> Optional[str]:
