@@ -201,10 +201,13 @@ def _run(layer, xs, ws, first, mask):
         w_ih, w_hh = _stack([w.weight_ih for w in ws]), _stack([w.weight_hh for w in ws])
         bias = _stack([_sum_biases(w) for w in ws])
         if layer.layer_norm:
-            xp = _project(xs, w_ih, None)  # (D, T, B, 4H); its layer norm is not recurrent
-            xp = _input_gate_norm(xp, _stack([w.ln_ih for w in ws]), bias, 4)
+            xz, g_x = _project(xs, w_ih, None), _stack([w.ln_ih for w in ws])  # (D, T, B, 4H), (D, 4H)
             norm = [_stack([getattr(w, n) for w in ws]) for n in ("ln_hh", "ln_c_weight", "ln_c_bias")]
-            hs, h_last, c_last = LSTMNormFunction.apply(xp, first[0], first[1], w_hh, *norm, mask)
+            if _native("lstm_ln", xz) is not None:  # the step kernels normalise xz too
+                hs, h_last, c_last = LSTMNormFunction.apply(xz, first[0], first[1], w_hh, g_x, bias, *norm, mask)
+            else:
+                xp = _input_gate_norm(xz, g_x, bias, 4)
+                hs, h_last, c_last = LSTMNormFunction.apply(xp, first[0], first[1], w_hh, None, None, *norm, mask)
         else:
             hs, h_last, c_last = LSTMFunction.apply(xs, w_ih, bias, first[0], first[1], w_hh, mask)
         return hs, (h_last, c_last)
@@ -816,30 +819,51 @@ def _recurrent_grad(out: Tensor, da: Tensor, w: Tensor, mask, grad, tmp: Tensor)
 class LSTMNormFunction(torch.autograd.Function):
     """LSTM with layer norm (Ba et al., 2016), gates in the order (o, i, f, g)::
 
-        a_t   = xp_t + LN_gate(hm_t W_hh^T) * g_hh        LN over each gate's H units, no bias
+        a_t   = LN_gate(xz_t) * g_x + bias + LN_gate(hm_t W_hh^T) * g_hh     LN over each gate's H units
         c_t   = f c_{t-1} + i g
         h_t   = o tanh(LN(c_t) * w_c + b_c)
 
-    xp (D, T, B, 4H) = LN_gate(x W_ih^T) * g_ih + b_ih + b_hh (not recurrent: computed by autograd
-    outside); h0, c0 (D, B, H); w_hh (D, 4H, H); g_hh (D, 4H); w_c, b_c (D, H); mask (D, B, H) | None.
+    With the native kernels, ``xin`` is xz = x W_ih^T (D, T, B, 4H) and the step kernels
+    normalise it too (g_x (D, 4H) and bias (D, 4H) = b_ih + b_hh | None are arguments): the
+    normalised input projection is never written out. Without them, ``xin`` is
+    xp = LN_gate(xz) * g_x + bias, computed by autograd outside, and g_x, bias are None.
+    h0, c0 (D, B, H); w_hh (D, 4H, H); g_hh (D, 4H); w_c, b_c (D, H); mask (D, B, H) | None.
     Returns hs (D, T, B, H), h_T and c_T (D, B, H).
 
-    The per-step layer norms use ATen's ``native_layer_norm`` (which returns the mean and
-    1/std it used) and their exact gradient ``native_layer_norm_backward``; the gains' gradients
-    are sums over all steps after the loop, with the normalised values recomputed in chunks.
+    The torch loop's per-step layer norms use ATen's ``native_layer_norm`` (which returns the
+    mean and 1/std it used) and their exact gradient ``native_layer_norm_backward``; its gains'
+    gradients are sums over all steps after the loop, with the normalised values recomputed in
+    chunks. The native backward sums them inside the step calls, in float64.
     """
 
     @staticmethod
-    def forward(ctx, xp, h0, c0, w_hh, g_hh, w_c, b_c, mask):
-        D, T, B, G = xp.shape
+    def forward(ctx, xin, h0, c0, w_hh, g_x, bias, g_hh, w_c, b_c, mask):
+        D, T, B, G = xin.shape
         H = G // 4
         ctx.set_materialize_grads(False)
         wt = w_hh.transpose(1, 2).contiguous()  # (D, H, 4H)
-        gates, hp = torch.empty_like(xp, memory_format=torch.contiguous_format), xp.new_empty(D, T, B, G)
-        hs, cs = xp.new_empty(D, T + 1, B, H), xp.new_empty(D, T + 1, B, H)
+        gates, hp = xin.new_empty(D, T, B, G), xin.new_empty(D, T, B, G)
+        hs, cs = xin.new_empty(D, T + 1, B, H), xin.new_empty(D, T + 1, B, H)
         hs[:, 0], cs[:, 0] = h0, c0
-        tc = xp.new_empty(D, T, B, H)  # tanh(LN(c_t) w_c + b_c)
-        hm = hs[:, :-1] if mask is None else xp.new_empty(D, T, B, H)
+        tc = xin.new_empty(D, T, B, H)  # tanh(LN(c_t) w_c + b_c)
+        hm = hs[:, :-1] if mask is None else xin.new_empty(D, T, B, H)
+        kernels = ctx.native = None if g_x is None else _native("lstm_ln", xin)
+        assert (kernels is None) == (g_x is None), "the input projection is normalised by the native kernels only"
+        ctx.save_for_backward(w_hh, g_hh, w_c)
+        ctx.gates, ctx.hp, ctx.cs, ctx.tc, ctx.hm = gates, hp, cs, tc, hm
+        if kernels is not None:  # after each step's matmul, the rest of the step in one native call
+            xin, mask = xin.contiguous(), None if mask is None else mask.contiguous()
+            stats = [xin.new_empty(D, T, B, 4) for _ in range(4)] + [xin.new_empty(D, T, B) for _ in range(2)]
+            step = native.LSTMNormSteps(*kernels).bind_forward(xin, hp, g_x, bias, g_hh, w_c, b_c, gates, stats,
+                                                               cs, tc, hs, mask, hm, LN_EPS)
+            if mask is not None:
+                torch.mul(hs[:, 0], mask, out=hm[:, 0])
+            for t in range(T):
+                torch.bmm(hm[:, t], wt, out=hp[:, t])
+                step(t)
+            ctx.xz, ctx.g_x, ctx.has_bias, ctx.mask, ctx.stats = xin, g_x, bias is not None, mask, stats
+            return hs[:, 1:], hs[:, -1].clone(), cs[:, -1].clone()
+        xp = xin
         stats_h, stats_c = [], []  # (mean, rstd) per step: (D, B, 4, 1) and (D, B, 1)
         gv = gates.view(D, T, B, 4, H)
         full, sig, gg = gates.unbind(1), gates[..., : 3 * H].unbind(1), gates[..., 3 * H :].unbind(1)
@@ -847,21 +871,6 @@ class LSTMNormFunction(torch.autograd.Function):
         xp_l, hp_l = xp.unbind(1), hp.unbind(1)
         h_l, c_l, tc_l, hm_l = hs.unbind(1), cs.unbind(1), tc.unbind(1), hm.unbind(1)
         gain, wc, bc = g_hh.unsqueeze(1), w_c.unsqueeze(1), b_c.unsqueeze(1)  # (D, 1, X)
-        kernels = _native("lstm_ln", xp)
-        ctx.native = kernels
-        if kernels is not None:  # after each step's matmul, the rest of the step in one native call
-            xp, mask = xp.contiguous(), None if mask is None else mask.contiguous()
-            stats = [xp.new_empty(D, T, B, 4), xp.new_empty(D, T, B, 4), xp.new_empty(D, T, B), xp.new_empty(D, T, B)]
-            step = native.LSTMNormSteps(*kernels).bind_forward(xp, hp, g_hh, w_c, b_c, gates, stats, cs, tc, hs,
-                                                               mask, hm, LN_EPS)
-            if mask is not None:
-                torch.mul(h_l[0], mask, out=hm_l[0])
-            for t in range(T):
-                torch.bmm(hm_l[t], wt, out=hp_l[t])
-                step(t)
-            ctx.save_for_backward(w_hh, g_hh, w_c)
-            ctx.gates, ctx.hp, ctx.cs, ctx.tc, ctx.hm, ctx.mask, ctx.stats = gates, hp, cs, tc, hm, mask, stats
-            return hs[:, 1:], hs[:, -1].clone(), cs[:, -1].clone()
         for t in range(T):
             if mask is not None:
                 torch.mul(h_l[t], mask, out=hm_l[t])
@@ -876,9 +885,7 @@ class LSTMNormFunction(torch.autograd.Function):
             stats_c.append((mean, rstd))
             torch.addcmul(bc, c_hat, wc, out=tc_l[t]).tanh_()
             torch.mul(o[t], tc_l[t], out=h_l[t + 1])
-        ctx.save_for_backward(w_hh, g_hh, w_c)
-        ctx.gates, ctx.hp, ctx.cs, ctx.tc, ctx.hm, ctx.mask = gates, hp, cs, tc, hm, mask
-        ctx.stats_h, ctx.stats_c = stats_h, stats_c
+        ctx.mask, ctx.stats_h, ctx.stats_c = mask, stats_h, stats_c
         return hs[:, 1:], hs[:, -1].clone(), cs[:, -1].clone()
 
     @staticmethod
@@ -926,7 +933,7 @@ class LSTMNormFunction(torch.autograd.Function):
         mean_h, rstd_h = (torch.stack(z, 1) for z in zip(*ctx.stats_h))  # (D, T, B, 4, 1)
         mean_c, rstd_c = (torch.stack(z, 1) for z in zip(*ctx.stats_c))  # (D, T, B, 1)
         dg_hh, dw_c = _norm_gain_grads(da, hp, cs, dtc, mean_h, rstd_h, mean_c, rstd_c)
-        return da, dh, dc, _weight_grad(dhp, hm), dg_hh, dw_c, dtc.sum((1, 2)), None
+        return da, dh, dc, _weight_grad(dhp, hm), None, None, dg_hh, dw_c, dtc.sum((1, 2)), None
 
 
 def _norm_gain_grads(da, hp, cs, dtc, mean_h, rstd_h, mean_c, rstd_c):
@@ -953,7 +960,7 @@ def _lstm_norm_native_backward(ctx, w_hh, g_hh, w_c, grad_hs, grad_h, grad_c):
     """LSTMNormFunction's backward with the native step (rnnkit/native.c); same results as its loop.
 
     Per step t (last to first): one native call turns rec (dL/dhp_{t+1} W_hh) into dL/dh_t and
-    writes dL/dxp_t, dL/dhp_t and dL/dc_{t-1}; then rec = dL/dhp_t W_hh (one bmm).
+    writes dL/dxz_t, dL/dhp_t and dL/dc_{t-1}; then rec = dL/dhp_t W_hh (one bmm).
     """
     gates, hp, cs, tc, hm, mask = ctx.gates, ctx.hp, ctx.cs, ctx.tc, ctx.hm, ctx.mask
     D, T, B, G = gates.shape
@@ -961,17 +968,18 @@ def _lstm_norm_native_backward(ctx, w_hh, g_hh, w_c, grad_hs, grad_h, grad_c):
     contiguous = torch.contiguous_format
     rec = gates.new_zeros(D, B, H) if grad_h is None else grad_h.clone(memory_format=contiguous)
     dc = gates.new_zeros(D, B, H) if grad_c is None else grad_c.clone(memory_format=contiguous)
-    da = torch.empty_like(gates)
+    dxz = torch.empty_like(gates)
     dhp = _workspace(gates)
-    sums = [gates.new_zeros(D, n, dtype=torch.float64) for n in (G, H, H)]  # dg_hh, dw_c, db_c
-    step = native.LSTMNormSteps(*ctx.native).bind_backward(gates, hp, ctx.stats, g_hh, w_c, cs, tc, rec, mask,
-                                                      grad_hs, dc, da, dhp, sums)
+    sums = gates.new_zeros(D * 14 * H, dtype=torch.float64)  # g_hh, g_x, bias (D, 4H); w_c, b_c (D, H)
+    step = native.LSTMNormSteps(*ctx.native).bind_backward(gates, ctx.xz, hp, ctx.stats, ctx.g_x, g_hh, w_c, cs,
+                                                           tc, rec, mask, grad_hs, dc, dxz, dhp, sums)
     for t in range(T - 1, -1, -1):
         step(t, t == T - 1)
         torch.bmm(dhp[:, t], w_hh, out=rec)
     dh = rec if mask is None else rec.mul_(mask)
-    dg_hh, dw_c, db_c = (x.to(gates.dtype) for x in sums)
-    return da, dh, dc, _weight_grad(dhp, hm), dg_hh, dw_c, db_c, None
+    dg_hh, dg_x, dbias, dw_c, db_c = (x.view(D, -1).to(gates.dtype) for x in sums.split([D * G] * 3 + [D * H] * 2))
+    return (dxz, dh, dc, _weight_grad(dhp, hm), dg_x, dbias if ctx.has_bias else None, dg_hh, dw_c, db_c,
+            None)
 
 
 def _ln_backward(grad: Tensor, x: Tensor, mean: Tensor, rstd: Tensor) -> Tensor:

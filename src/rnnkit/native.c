@@ -286,144 +286,153 @@ static inline double tanh_f64(double x) { return tanh(x); }
         STEP_ROWS_END                                                                               \
     }
 
+/* Mean and 1/sqrt(var + eps) of n values (two passes, as ATen's layer norm). */
+#define ROW_STATS(T, SQRT, v, n, eps, mean, rstd)                                                   \
+    T mean, rstd;                                                                                   \
+    {                                                                                               \
+        T s_ = 0, q_ = 0;                                                                           \
+        _Pragma("omp simd reduction(+:s_)")                                                         \
+        for (int64_t k_ = 0; k_ < (n); k_++) s_ += (v)[k_];                                         \
+        mean = s_ / (n);                                                                            \
+        _Pragma("omp simd reduction(+:q_)")                                                         \
+        for (int64_t k_ = 0; k_ < (n); k_++) q_ += ((v)[k_] - mean) * ((v)[k_] - mean);             \
+        rstd = 1 / SQRT(q_ / (n) + (eps));                                                          \
+    }
+
 /* LSTM with layer norm (see LSTMNormFunction in bptt.py; gates o, i, f, g; LN over each gate's H
- * units without bias, then a gain; LN(c) with weight w_c and bias b_c), forward, one step.
- * hp = (h_{t-1} m) W_hh^T (D, B, 4H) in; xp = LN(x W_ih^T) g_ih + b (D, B, 4H) in:
- *   a = xp + LN_gate(hp) * gain,  c_t = f c_{t-1} + i g,  tc = tanh(LN(c_t) w_c + b_c),  h_t = o tc.
- * Writes the activations to gates, the statistics (mean, 1/std) of hp per gate (D, B, 4) and
- * of c_t (D, B), c_t, tc, h_t, and h_t * mask to hm when hm is not NULL. gain (D, 4H), w_c and
- * b_c (D, H), mask (D, B, H) contiguous. */
+ * units without bias, then a gain; LN(c) with weight w_c and bias b_c), forward, one step:
+ *   a = LN_gate(xz) g_x + bias + LN_gate(hp) g_h,  c_t = f c_{t-1} + i g,
+ *   tc = tanh(LN(c_t) w_c + b_c),  h_t = o tc,
+ * with xz = x_t W_ih^T and hp = (h_{t-1} m) W_hh^T (D, B, 4H) in. Writes the activations to
+ * gates, the statistics (mean, 1/std) of xz and of hp per gate (D, B, 4) and of c_t (D, B), c_t,
+ * tc, h_t, and h_t * mask to hm when hm is not NULL. g_x, bias, g_h (D, 4H) (bias may be NULL),
+ * w_c and b_c (D, H), mask (D, B, H) contiguous. */
 #define LSTM_LN_FORWARD(NAME, T, SIGMOID, TANH, SQRT)                                               \
-    void NAME(int64_t D, int64_t B, int64_t H, T eps, const T *xp, int64_t xp_d, const T *hp,       \
-              int64_t hp_d, const T *gain, const T *w_c, const T *b_c, T *gates, int64_t gates_d,   \
-              T *mean_h, T *rstd_h, int64_t sh_d, T *mean_c, T *rstd_c, int64_t sc_d,               \
-              const T *c_prev, T *c, int64_t c_d, T *tc, int64_t tc_d, T *h, int64_t h_d,           \
-              const T *mask, T *hm, int64_t hm_d) {                                                 \
-        STEP_ROWS_BEGIN(D, B, D * B * 4 * H)                                                  \
-        {                                                                                           \
-                const T *x = xp + d * xp_d + b * 4 * H, *p = hp + d * hp_d + b * 4 * H;             \
-                T *a = gates + d * gates_d + b * 4 * H;                                             \
-                for (int64_t q = 0; q < 4; q++) {                                                   \
-                    const T *pq = p + q * H, *gq = gain + d * 4 * H + q * H, *xq = x + q * H;       \
-                    T *aq = a + q * H, sum = 0, var = 0;                                            \
-                    _Pragma("omp simd reduction(+:sum)")                                            \
-                    for (int64_t k = 0; k < H; k++) sum += pq[k];                                   \
-                    T mean = sum / H;                                                               \
-                    _Pragma("omp simd reduction(+:var)")                                            \
-                    for (int64_t k = 0; k < H; k++) var += (pq[k] - mean) * (pq[k] - mean);         \
-                    T rstd = 1 / SQRT(var / H + eps);                                               \
-                    mean_h[d * sh_d + b * 4 + q] = mean;                                            \
-                    rstd_h[d * sh_d + b * 4 + q] = rstd;                                            \
-                    if (q < 3) {                                                                    \
-                        _Pragma("omp simd")                                                         \
-                        for (int64_t k = 0; k < H; k++)                                             \
-                            aq[k] = SIGMOID(xq[k] + (pq[k] - mean) * rstd * gq[k]);                 \
-                    } else {                                                                        \
-                        _Pragma("omp simd")                                                         \
-                        for (int64_t k = 0; k < H; k++)                                             \
-                            aq[k] = TANH(xq[k] + (pq[k] - mean) * rstd * gq[k]);                    \
-                    }                                                                               \
-                }                                                                                   \
-                const T *cp = c_prev + d * c_d + b * H, *wc = w_c + d * H, *bc = b_c + d * H;       \
-                T *cb = c + d * c_d + b * H, *tb = tc + d * tc_d + b * H, *hb = h + d * h_d + b * H; \
-                T sum = 0, var = 0;                                                                 \
-                _Pragma("omp simd reduction(+:sum)")                                                \
-                for (int64_t k = 0; k < H; k++) {                                                   \
-                    cb[k] = a[2 * H + k] * cp[k] + a[H + k] * a[3 * H + k];                         \
-                    sum += cb[k];                                                                   \
-                }                                                                                   \
-                T mean = sum / H;                                                                   \
-                _Pragma("omp simd reduction(+:var)")                                                \
-                for (int64_t k = 0; k < H; k++) var += (cb[k] - mean) * (cb[k] - mean);             \
-                T rstd = 1 / SQRT(var / H + eps);                                                   \
-                mean_c[d * sc_d + b] = mean;                                                        \
-                rstd_c[d * sc_d + b] = rstd;                                                        \
+    void NAME(int64_t D, int64_t B, int64_t H, T eps, const T *xz, const T *hp, int64_t p_d,        \
+              const T *g_x, const T *bias, const T *g_h, const T *w_c, const T *b_c, T *gates,      \
+              int64_t gates_d, T *mean_x, T *rstd_x, T *mean_h, T *rstd_h, int64_t sh_d, T *mean_c, \
+              T *rstd_c, int64_t sc_d, const T *c_prev, T *c, int64_t c_d, T *tc, int64_t tc_d,    \
+              T *h, int64_t h_d, const T *mask, T *hm, int64_t hm_d) {                              \
+        STEP_ROWS_BEGIN(D, B, D * B * 4 * H)                                                        \
+        const T *x = xz + d * p_d + b * 4 * H, *p = hp + d * p_d + b * 4 * H;                       \
+        T *a = gates + d * gates_d + b * 4 * H;                                                     \
+        for (int64_t q = 0; q < 4; q++) {                                                           \
+            int64_t w = (d * 4 + q) * H, s = d * sh_d + b * 4 + q;                                  \
+            const T *xq = x + q * H, *pq = p + q * H, *gx = g_x + w, *gh = g_h + w;                 \
+            T *aq = a + q * H;                                                                      \
+            ROW_STATS(T, SQRT, xq, H, eps, mx, rx)                                                  \
+            ROW_STATS(T, SQRT, pq, H, eps, mh, rh)                                                  \
+            mean_x[s] = mx;                                                                         \
+            rstd_x[s] = rx;                                                                         \
+            mean_h[s] = mh;                                                                         \
+            rstd_h[s] = rh;                                                                         \
+            _Pragma("omp simd")                                                                     \
+            for (int64_t k = 0; k < H; k++) aq[k] = (xq[k] - mx) * rx * gx[k] + (pq[k] - mh) * rh * gh[k]; \
+            if (bias) ROW_ADD(aq, bias + w, H);                                                     \
+            if (q < 3) {                                                                            \
                 _Pragma("omp simd")                                                                 \
-                for (int64_t k = 0; k < H; k++) {                                                   \
-                    tb[k] = TANH((cb[k] - mean) * rstd * wc[k] + bc[k]);                            \
-                    hb[k] = a[k] * tb[k];                                                           \
-                }                                                                                   \
-                if (hm) ROW_MUL(hm + d * hm_d + b * H, hb, mask + (d * B + b) * H, H);              \
+                for (int64_t k = 0; k < H; k++) aq[k] = SIGMOID(aq[k]);                             \
+            } else {                                                                                \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t k = 0; k < H; k++) aq[k] = TANH(aq[k]);                                \
+            }                                                                                       \
         }                                                                                           \
+        const T *cp = c_prev + d * c_d + b * H, *wc = w_c + d * H, *bc = b_c + d * H;               \
+        T *cb = c + d * c_d + b * H, *tb = tc + d * tc_d + b * H, *hb = h + d * h_d + b * H;        \
+        _Pragma("omp simd")                                                                         \
+        for (int64_t k = 0; k < H; k++) cb[k] = a[2 * H + k] * cp[k] + a[H + k] * a[3 * H + k];     \
+        ROW_STATS(T, SQRT, cb, H, eps, mc, rc)                                                      \
+        mean_c[d * sc_d + b] = mc;                                                                  \
+        rstd_c[d * sc_d + b] = rc;                                                                  \
+        _Pragma("omp simd")                                                                         \
+        for (int64_t k = 0; k < H; k++) {                                                           \
+            tb[k] = TANH((cb[k] - mc) * rc * wc[k] + bc[k]);                                        \
+            hb[k] = a[k] * tb[k];                                                                   \
+        }                                                                                           \
+        if (hm) ROW_MUL(hm + d * hm_d + b * H, hb, mask + (d * B + b) * H, H);                      \
         STEP_ROWS_END                                                                               \
     }
+
+/* The backward of one layer norm per gate row: dx = r (e - mean(e) - hat mean(e hat)) with
+ * e = dy gain and hat = (x - m) r; sums_gain += dy hat (double). dx may be dy itself. */
+#define ROW_NORM_BACKWARD(T, dx, dy, x, gain, m, r, n, sums_gain)                                   \
+    do {                                                                                            \
+        T u1_ = 0, u2_ = 0;                                                                         \
+        _Pragma("omp simd reduction(+:u1_, u2_)")                                                   \
+        for (int64_t k_ = 0; k_ < (n); k_++) {                                                      \
+            T hat_ = ((x)[k_] - (m)) * (r);                                                         \
+            u1_ += (dy)[k_] * (gain)[k_];                                                           \
+            u2_ += (dy)[k_] * (gain)[k_] * hat_;                                                    \
+            (sums_gain)[k_] += (dy)[k_] * hat_;                                                     \
+        }                                                                                           \
+        u1_ /= (n);                                                                                 \
+        u2_ /= (n);                                                                                 \
+        _Pragma("omp simd")                                                                         \
+        for (int64_t k_ = 0; k_ < (n); k_++)                                                        \
+            (dx)[k_] = (r) * ((dy)[k_] * (gain)[k_] - u1_ - ((x)[k_] - (m)) * (r) * u2_);           \
+    } while (0)
 
 /* Its backward, one step. On entry rec = dL/dhp_{t+1} W_hh (or, for the last step, the final
  * state's gradient, with mask NULL), grad = dL/dh_t from the output at t or NULL; rec is
  * overwritten with dL/dh_t = rec * mask + grad. dc = dL/dc_t from step t+1, replaced by
- * dL/dc_{t-1}. Writes da = dL/d(pre-activations) (= dL/dxp) and dhp = dL/dhp (through the gate
- * layer norms, for dW_hh); adds this step's share of the gradients of the gains g_hh (D, 4H),
- * w_c and b_c (D, H) to dgain, dw_c, db_c, summed in double. */
+ * dL/dc_{t-1}. Writes dxz = dL/dxz and dhp = dL/dhp (through the gate layer norms; for dW_ih
+ * and dW_hh), and adds this step's share of the parameters' gradients to sums (double):
+ * [g_h (D, 4H) | g_x (D, 4H) | bias (D, 4H) | w_c (D, H) | b_c (D, H)]; with threads, each
+ * thread's sums are added in thread order. */
 #define LSTM_LN_BACKWARD(NAME, T)                                                                   \
-    void NAME(int64_t D, int64_t B, int64_t H, const T *gates, int64_t gates_d, const T *hp,        \
-              int64_t hp_d, const T *mean_h, const T *rstd_h, int64_t sh_d, const T *gain,          \
-              const T *w_c, const T *c_prev, const T *c, int64_t c_d, const T *mean_c,              \
-              const T *rstd_c, int64_t sc_d, const T *tc, int64_t tc_d, T *rec, const T *mask,      \
-              const T *grad, int64_t grad_d, T *dc, T *da, T *dhp, int64_t da_d, double *dgain,     \
-              double *dw_c, double *db_c) {                                                         \
-        int64_t n_sums = D * 6 * H; /* dgain (D, 4H), dw_c (D, H), db_c (D, H) */                   \
+    void NAME(int64_t D, int64_t B, int64_t H, const T *gates, int64_t gates_d, const T *xz,        \
+              const T *hp, int64_t p_d, const T *mean_x, const T *rstd_x, const T *mean_h,          \
+              const T *rstd_h, int64_t sh_d, const T *g_x, const T *g_h, const T *w_c,              \
+              const T *c_prev, const T *c, int64_t c_d, const T *mean_c, const T *rstd_c,           \
+              int64_t sc_d, const T *tc, int64_t tc_d, T *rec, const T *mask, const T *grad,        \
+              int64_t grad_d, T *dc, T *dxz, T *dhp, double *sums) {                                \
+        int64_t n_sums = D * 14 * H;                                                                \
         ROWS_BEGIN_AT(D * B, D * B * 4 * H, step_min_work)                                          \
-        double *own = nt_ > 1 ? (double *)calloc(n_sums, sizeof(double)) : NULL;                   \
-        double *sg = own ? own : dgain, *sw = own ? own + D * 4 * H : dw_c;                         \
-        double *sb = own ? own + D * 5 * H : db_c;                                                  \
+        double *own = nt_ > 1 ? (double *)calloc(n_sums, sizeof(double)) : NULL, *sum = own ? own : sums; \
         for (int64_t r_ = b0; r_ < b1; r_++) {                                                      \
-                int64_t d = r_ / B, b = r_ % B;                                                     \
-                const T *a = gates + d * gates_d + b * 4 * H, *p = hp + d * hp_d + b * 4 * H;       \
-                const T *cp = c_prev + d * c_d + b * H, *cb = c + d * c_d + b * H;                  \
-                const T *tb = tc + d * tc_d + b * H, *wc = w_c + d * H;                             \
-                int64_t row = (d * B + b) * H;                                                      \
-                T *dh = rec + row, *dcb = dc + row;                                                 \
-                T *dab = da + d * da_d + b * 4 * H, *dpb = dhp + d * da_d + b * 4 * H;              \
-                double *dwb = sw + d * H, *dbb = sb + d * H;                                        \
-                if (mask) ROW_MUL(dh, dh, mask + row, H);                                           \
-                if (grad) ROW_ADD(dh, grad + d * grad_d + b * H, H);                                \
-                T mc = mean_c[d * sc_d + b], rc = rstd_c[d * sc_d + b], s1 = 0, s2 = 0;             \
-                _Pragma("omp simd reduction(+:s1, s2)")                                             \
-                for (int64_t k = 0; k < H; k++) {                                                   \
-                    T dt = dh[k] * a[k] * (1 - tb[k] * tb[k]), hat = (cb[k] - mc) * rc;             \
-                    s1 += dt * wc[k];                                                               \
-                    s2 += dt * wc[k] * hat;                                                         \
-                    dwb[k] += dt * hat;                                                             \
-                    dbb[k] += dt;                                                                   \
-                }                                                                                   \
-                s1 /= H;                                                                            \
-                s2 /= H;                                                                            \
-                _Pragma("omp simd")                                                                 \
-                for (int64_t k = 0; k < H; k++) {                                                   \
-                    T o = a[k], i = a[H + k], f = a[2 * H + k], g = a[3 * H + k];                   \
-                    T dt = dh[k] * o * (1 - tb[k] * tb[k]);                                         \
-                    T dck = dcb[k] + rc * (dt * wc[k] - s1 - (cb[k] - mc) * rc * s2);               \
-                    dab[k] = dh[k] * tb[k] * o * (1 - o);                                           \
-                    dab[H + k] = dck * g * i * (1 - i);                                             \
-                    dab[2 * H + k] = dck * cp[k] * f * (1 - f);                                     \
-                    dab[3 * H + k] = dck * i * (1 - g * g);                                         \
-                    dcb[k] = dck * f;                                                               \
-                }                                                                                   \
-                for (int64_t q = 0; q < 4; q++) {                                                   \
-                    const T *pq = p + q * H, *gq = gain + d * 4 * H + q * H, *daq = dab + q * H;    \
-                    T *dpq = dpb + q * H;                                                           \
-                    double *dgq = sg + (d * 4 + q) * H;                                          \
-                    T m = mean_h[d * sh_d + b * 4 + q], r = rstd_h[d * sh_d + b * 4 + q];           \
-                    T u1 = 0, u2 = 0;                                                               \
-                    _Pragma("omp simd reduction(+:u1, u2)")                                         \
-                    for (int64_t k = 0; k < H; k++) {                                               \
-                        T hat = (pq[k] - m) * r;                                                    \
-                        u1 += daq[k] * gq[k];                                                       \
-                        u2 += daq[k] * gq[k] * hat;                                                 \
-                        dgq[k] += daq[k] * hat;                                                     \
-                    }                                                                               \
-                    u1 /= H;                                                                        \
-                    u2 /= H;                                                                        \
-                    _Pragma("omp simd")                                                             \
-                    for (int64_t k = 0; k < H; k++)                                                 \
-                        dpq[k] = r * (daq[k] * gq[k] - u1 - (pq[k] - m) * r * u2);                  \
-                }                                                                                   \
+            int64_t d = r_ / B, b = r_ % B, row = (d * B + b) * H;                                  \
+            const T *a = gates + d * gates_d + b * 4 * H, *x = xz + d * p_d + b * 4 * H;            \
+            const T *p = hp + d * p_d + b * 4 * H;                                                  \
+            const T *cp = c_prev + d * c_d + b * H, *cb = c + d * c_d + b * H;                      \
+            const T *tb = tc + d * tc_d + b * H, *wc = w_c + d * H;                                 \
+            T *dh = rec + row, *dcb = dc + row;                                                     \
+            T *dab = dxz + d * p_d + b * 4 * H, *dpb = dhp + d * p_d + b * 4 * H;                   \
+            double *dwb = sum + D * 12 * H + d * H, *dbb = sum + D * 13 * H + d * H;                \
+            if (mask) ROW_MUL(dh, dh, mask + row, H);                                               \
+            if (grad) ROW_ADD(dh, grad + d * grad_d + b * H, H);                                    \
+            T mc = mean_c[d * sc_d + b], rc = rstd_c[d * sc_d + b], s1 = 0, s2 = 0;                 \
+            _Pragma("omp simd reduction(+:s1, s2)")                                                 \
+            for (int64_t k = 0; k < H; k++) {                                                       \
+                T dt = dh[k] * a[k] * (1 - tb[k] * tb[k]), hat = (cb[k] - mc) * rc;                 \
+                s1 += dt * wc[k];                                                                   \
+                s2 += dt * wc[k] * hat;                                                             \
+                dwb[k] += dt * hat;                                                                 \
+                dbb[k] += dt;                                                                       \
+            }                                                                                       \
+            s1 /= H;                                                                                \
+            s2 /= H;                                                                                \
+            _Pragma("omp simd")                                                                     \
+            for (int64_t k = 0; k < H; k++) {                                                       \
+                T o = a[k], i = a[H + k], f = a[2 * H + k], g = a[3 * H + k];                       \
+                T dt = dh[k] * o * (1 - tb[k] * tb[k]);                                             \
+                T dck = dcb[k] + rc * (dt * wc[k] - s1 - (cb[k] - mc) * rc * s2);                   \
+                dab[k] = dh[k] * tb[k] * o * (1 - o);                                               \
+                dab[H + k] = dck * g * i * (1 - i);                                                 \
+                dab[2 * H + k] = dck * cp[k] * f * (1 - f);                                         \
+                dab[3 * H + k] = dck * i * (1 - g * g);                                             \
+                dcb[k] = dck * f;                                                                   \
+            }                                                                                       \
+            for (int64_t q = 0; q < 4; q++) { /* dab: dL/d(pre-activation), replaced by dL/dxz */   \
+                int64_t w = (d * 4 + q) * H, s = d * sh_d + b * 4 + q;                              \
+                T *daq = dab + q * H;                                                               \
+                ROW_ADD(sum + D * 8 * H + w, daq, H);                                               \
+                ROW_NORM_BACKWARD(T, dpb + q * H, daq, p + q * H, g_h + w, mean_h[s], rstd_h[s], H, sum + w); \
+                ROW_NORM_BACKWARD(T, daq, daq, x + q * H, g_x + w, mean_x[s], rstd_x[s], H, sum + D * 4 * H + w); \
+            }                                                                                       \
         }                                                                                           \
         if (own) {                                                                                  \
             ROWS_IN_ORDER({                                                                         \
-                for (int64_t j = 0; j < D * 4 * H; j++) dgain[j] += own[j];                         \
-                for (int64_t j = 0; j < D * H; j++) dw_c[j] += own[D * 4 * H + j];                  \
-                for (int64_t j = 0; j < D * H; j++) db_c[j] += own[D * 5 * H + j];                  \
+                for (int64_t j = 0; j < n_sums; j++) sums[j] += own[j];                             \
             })                                                                                      \
             free(own);                                                                              \
         }                                                                                           \
@@ -795,4 +804,4 @@ MINGRU_X_FORWARD(rnnkit_mingru_x_forward_f64, double, sigmoid_f64)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f32, float, sigmoid_f32)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f64, double, sigmoid_f64)
 
-int rnnkit_native_abi(void) { return 16; }
+int rnnkit_native_abi(void) { return 17; }

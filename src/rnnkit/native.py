@@ -43,7 +43,7 @@ from torch import Tensor
 NATIVE_ENV = "RNNKIT_NATIVE"
 CACHE_ENV = "RNNKIT_CACHE"
 SOURCE = Path(__file__).with_name("native.c")
-ABI = 16  # rnnkit_native_abi() of the source this module expects
+ABI = 17  # rnnkit_native_abi() of the source this module expects
 _FLAGS = ["-O3", "-fPIC", "-shared"]
 # Tried in order: OpenMP (the library then uses the libgomp torch has loaded, and its threads),
 # else only the SIMD pragmas; -march=native where the compiler takes it.
@@ -137,9 +137,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         bwd.restype = None
         real = ctypes.c_float if suffix == "f32" else ctypes.c_double
         getattr(lib, f"rnnkit_lstm_ln_forward_{suffix}").argtypes = [
-            I, I, I, real, P, I, P, I, P, P, P, P, I, P, P, I, P, P, I, P, P, I, P, I, P, I, P, P, I]
+            I, I, I, real, P, P, I, P, P, P, P, P, P, I, P, P, P, P, I, P, P, I, P, P, I, P, I, P, I, P, P, I]
         getattr(lib, f"rnnkit_lstm_ln_backward_{suffix}").argtypes = [
-            I, I, I, P, I, P, I, P, P, I, P, P, P, P, I, P, P, I, P, I, P, P, P, I, P, P, P, I, P, P, P]
+            I, I, I, P, I, P, P, I, P, P, P, P, I, P, P, P, P, P, I, P, P, I, P, I, P, P, P, I, P, P, P, P]
         getattr(lib, f"rnnkit_gate_norm_forward_{suffix}").argtypes = [I, I, I, I, real, P, I, P, P, P, P, I, P, P, I]
         getattr(lib, f"rnnkit_gate_norm_backward_{suffix}").argtypes = [I, I, I, I, P, I, P, I, P, P, I, P, P, I, P, P]
         getattr(lib, f"rnnkit_gru_forward_{suffix}").argtypes = [I, I, I, P, I, P, I, P, I, P, P, I, P, P]
@@ -294,52 +294,52 @@ class GRUSteps:
 class LSTMNormSteps:
     """The native layer-normed LSTM step kernels bound to the buffers of one LSTMNormFunction call.
 
-    Buffers, all contiguous: xp, hp, gates, da, dhp (D, T, B, 4H); hs, cs (D, T+1, B, H); tc,
-    hm (D, T, B, H); stats = [mean_h, rstd_h (D, T, B, 4), mean_c, rstd_c (D, T, B)];
-    g_hh (D, 4H); w_c, b_c (D, H); mask, rec, dc (D, B, H); the gradient sums (float64)
-    dg_hh (D, 4H), dw_c and db_c (D, H).
+    Buffers, all contiguous: xz, hp, gates, dxz, dhp (D, T, B, 4H); hs, cs (D, T+1, B, H); tc,
+    hm (D, T, B, H); stats = [mean_x, rstd_x, mean_h, rstd_h (D, T, B, 4), mean_c, rstd_c
+    (D, T, B)]; g_x, bias (or None), g_hh (D, 4H); w_c, b_c (D, H); mask, rec, dc (D, B, H);
+    the gradient sums (float64, D * 14H: g_hh, g_x, bias (D, 4H), w_c, b_c (D, H)).
     """
 
     def __init__(self, forward, backward):
         self._forward, self._backward = forward, backward
 
-    def bind_forward(self, xp, hp, g_hh, w_c, b_c, gates, stats, cs, tc, hs, mask, hm, ln_eps: float):
+    def bind_forward(self, xz, hp, g_x, bias, g_hh, w_c, b_c, gates, stats, cs, tc, hs, mask, hm, ln_eps: float):
         D, T, B, G = gates.shape
-        (x0, xb, xd), (p0, pb, pd), (g0, gb, gd) = map(step_addresses, (xp, hp, gates))
-        (mh0, shb, shd), (rh0, _, _), (mc0, scb, scd), (rc0, _, _) = map(step_addresses, stats)
+        (x0, xb, xd), (p0, pb, pd), (g0, gb, gd) = map(step_addresses, (xz, hp, gates))
+        assert (xb, xd) == (pb, pd)
+        (mx0, shb, shd), (rx0, _, _), (mh0, _, _), (rh0, _, _), (mc0, scb, scd), (rc0, _, _) = map(step_addresses, stats)
         (c0, cb, cd), (u0, ub, ud), (h0, hb, hd) = map(step_addresses, (cs, tc, hs))
-        weights = [w.contiguous() for w in (g_hh, w_c, b_c)]
-        gain, wc, bc = (w.data_ptr() for w in weights)
+        weights = [None if w is None else w.contiguous() for w in (g_x, bias, g_hh, w_c, b_c)]
+        gx, bs, gain, wc, bc = (_ptr(w) for w in weights)
         m_ptr, (hm0, hmb, hmd) = (None, (0, 0, 0)) if mask is None else (mask.data_ptr(), step_addresses(hm))
         kernel, H = self._forward, G // 4
 
         def step(t: int) -> None:
             next_hm = hm0 + (t + 1) * hmb if m_ptr is not None and t + 1 < T else None
-            kernel(D, B, H, ln_eps, x0 + t * xb, xd, p0 + t * pb, pd, gain, wc, bc, g0 + t * gb, gd,
-                   mh0 + t * shb, rh0 + t * shb, shd, mc0 + t * scb, rc0 + t * scb, scd,
+            kernel(D, B, H, ln_eps, x0 + t * xb, p0 + t * pb, pd, gx, bs, gain, wc, bc, g0 + t * gb, gd,
+                   mx0 + t * shb, rx0 + t * shb, mh0 + t * shb, rh0 + t * shb, shd, mc0 + t * scb, rc0 + t * scb, scd,
                    c0 + t * cb, c0 + (t + 1) * cb, cd, u0 + t * ub, ud, h0 + (t + 1) * hb, hd, m_ptr, next_hm, hmd)
         step.keep = weights  # contiguous copies must live as long as the pointers into them
         return step
 
-    def bind_backward(self, gates, hp, stats, g_hh, w_c, cs, tc, rec, mask, grad_hs, dc, da, dhp, sums):
+    def bind_backward(self, gates, xz, hp, stats, g_x, g_hh, w_c, cs, tc, rec, mask, grad_hs, dc, dxz, dhp, sums):
         D, T, B, G = gates.shape
         assert rec.is_contiguous() and dc.is_contiguous() and (mask is None or mask.is_contiguous())
-        assert all(x.is_contiguous() and x.dtype == torch.float64 for x in sums)
-        (g0, gb, gd), (p0, pb, pd), (a0, ab, ad), (dp0, _, _) = map(step_addresses, (gates, hp, da, dhp))
-        (mh0, shb, shd), (rh0, _, _), (mc0, scb, scd), (rc0, _, _) = map(step_addresses, stats)
+        assert sums.is_contiguous() and sums.dtype == torch.float64
+        (g0, gb, gd), (x0, pb, pd), (p0, _, _), (a0, _, _), (dp0, _, _) = map(step_addresses, (gates, xz, hp, dxz, dhp))
+        (mx0, shb, shd), (rx0, _, _), (mh0, _, _), (rh0, _, _), (mc0, scb, scd), (rc0, _, _) = map(step_addresses, stats)
         (c0, cb, cd), (u0, ub, ud) = map(step_addresses, (cs, tc))
-        dg_hh, dw_c, db_c = (x.data_ptr() for x in sums)
-        weights = [w.contiguous() for w in (g_hh, w_c)]
-        gain, wc = (w.data_ptr() for w in weights)
+        weights = [w.contiguous() for w in (g_x, g_hh, w_c)]
+        gx, gain, wc = (w.data_ptr() for w in weights)
         grad_hs, r0, rb, rd = optional_step_addresses(grad_hs)
-        kernel, H, rec_ptr, dc_ptr = self._backward, G // 4, rec.data_ptr(), dc.data_ptr()
+        kernel, H, rec_ptr, dc_ptr, sums_ptr = self._backward, G // 4, rec.data_ptr(), dc.data_ptr(), sums.data_ptr()
         mask_ptr = None if mask is None else mask.data_ptr()
 
         def step(t: int, last: bool) -> None:
-            kernel(D, B, H, g0 + t * gb, gd, p0 + t * pb, pd, mh0 + t * shb, rh0 + t * shb, shd, gain, wc,
-                   c0 + t * cb, c0 + (t + 1) * cb, cd, mc0 + t * scb, rc0 + t * scb, scd, u0 + t * ub, ud,
-                   rec_ptr, None if last else mask_ptr, None if grad_hs is None else r0 + t * rb, rd, dc_ptr,
-                   a0 + t * ab, dp0 + t * ab, ad, dg_hh, dw_c, db_c)
+            kernel(D, B, H, g0 + t * gb, gd, x0 + t * pb, p0 + t * pb, pd, mx0 + t * shb, rx0 + t * shb,
+                   mh0 + t * shb, rh0 + t * shb, shd, gx, gain, wc, c0 + t * cb, c0 + (t + 1) * cb, cd,
+                   mc0 + t * scb, rc0 + t * scb, scd, u0 + t * ub, ud, rec_ptr, None if last else mask_ptr,
+                   None if grad_hs is None else r0 + t * rb, rd, dc_ptr, a0 + t * pb, dp0 + t * pb, sums_ptr)
         step.keep = weights  # contiguous copies must live as long as the pointers into them
         return step
 
