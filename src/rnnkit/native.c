@@ -305,7 +305,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
  *   tc = tanh(LN(c_t) w_c + b_c),  h_t = o tc,
  * with xz = x_t W_ih^T and hp = (h_{t-1} m) W_hh^T (D, B, 4H) in. Writes the activations to
  * gates, the statistics (mean, 1/std) of xz and of hp per gate (D, B, 4) and of c_t (D, B), c_t,
- * tc, h_t, and h_t * mask to hm when hm is not NULL. g_x, bias, g_h (D, 4H) (bias may be NULL),
+ * tc, h_t, and h_t * mask to hm when hm is not NULL. g_x, bias, g_h (D, 4H) (bias: zeros if none),
  * w_c and b_c (D, H), mask (D, B, H) contiguous. */
 #define LSTM_LN_FORWARD(NAME, T, SIGMOID, TANH, SQRT)                                               \
     void NAME(int64_t D, int64_t B, int64_t H, T eps, const T *xz, const T *hp, int64_t p_d,        \
@@ -320,21 +320,32 @@ static inline double tanh_f64(double x) { return tanh(x); }
             int64_t w = (d * 4 + q) * H, s = d * sh_d + b * 4 + q;                                  \
             const T *xq = x + q * H, *pq = p + q * H, *gx = g_x + w, *gh = g_h + w;                 \
             T *aq = a + q * H;                                                                      \
-            ROW_STATS(T, SQRT, xq, H, eps, mx, rx)                                                  \
-            ROW_STATS(T, SQRT, pq, H, eps, mh, rh)                                                  \
+            const T *bq = bias + w;                                                                 \
+            T sx = 0, sh = 0, vx = 0, vh = 0;                                                       \
+            _Pragma("omp simd reduction(+:sx, sh)")                                                 \
+            for (int64_t k = 0; k < H; k++) {                                                       \
+                sx += xq[k];                                                                        \
+                sh += pq[k];                                                                        \
+            }                                                                                       \
+            T mx = sx / H, mh = sh / H;                                                             \
+            _Pragma("omp simd reduction(+:vx, vh)")                                                 \
+            for (int64_t k = 0; k < H; k++) {                                                       \
+                vx += (xq[k] - mx) * (xq[k] - mx);                                                  \
+                vh += (pq[k] - mh) * (pq[k] - mh);                                                  \
+            }                                                                                       \
+            T rx = 1 / SQRT(vx / H + eps), rh = 1 / SQRT(vh / H + eps);                             \
             mean_x[s] = mx;                                                                         \
             rstd_x[s] = rx;                                                                         \
             mean_h[s] = mh;                                                                         \
             rstd_h[s] = rh;                                                                         \
-            _Pragma("omp simd")                                                                     \
-            for (int64_t k = 0; k < H; k++) aq[k] = (xq[k] - mx) * rx * gx[k] + (pq[k] - mh) * rh * gh[k]; \
-            if (bias) ROW_ADD(aq, bias + w, H);                                                     \
             if (q < 3) {                                                                            \
                 _Pragma("omp simd")                                                                 \
-                for (int64_t k = 0; k < H; k++) aq[k] = SIGMOID(aq[k]);                             \
+                for (int64_t k = 0; k < H; k++)                                                     \
+                    aq[k] = SIGMOID((xq[k] - mx) * rx * gx[k] + (pq[k] - mh) * rh * gh[k] + bq[k]); \
             } else {                                                                                \
                 _Pragma("omp simd")                                                                 \
-                for (int64_t k = 0; k < H; k++) aq[k] = TANH(aq[k]);                                \
+                for (int64_t k = 0; k < H; k++)                                                     \
+                    aq[k] = TANH((xq[k] - mx) * rx * gx[k] + (pq[k] - mh) * rh * gh[k] + bq[k]);    \
             }                                                                                       \
         }                                                                                           \
         const T *cp = c_prev + d * c_d + b * H, *wc = w_c + d * H, *bc = b_c + d * H;               \
@@ -352,25 +363,6 @@ static inline double tanh_f64(double x) { return tanh(x); }
         if (hm) ROW_MUL(hm + d * hm_d + b * H, hb, mask + (d * B + b) * H, H);                      \
         STEP_ROWS_END                                                                               \
     }
-
-/* The backward of one layer norm per gate row: dx = r (e - mean(e) - hat mean(e hat)) with
- * e = dy gain and hat = (x - m) r; sums_gain += dy hat (double). dx may be dy itself. */
-#define ROW_NORM_BACKWARD(T, dx, dy, x, gain, m, r, n, sums_gain)                                   \
-    do {                                                                                            \
-        T u1_ = 0, u2_ = 0;                                                                         \
-        _Pragma("omp simd reduction(+:u1_, u2_)")                                                   \
-        for (int64_t k_ = 0; k_ < (n); k_++) {                                                      \
-            T hat_ = ((x)[k_] - (m)) * (r);                                                         \
-            u1_ += (dy)[k_] * (gain)[k_];                                                           \
-            u2_ += (dy)[k_] * (gain)[k_] * hat_;                                                    \
-            (sums_gain)[k_] += (dy)[k_] * hat_;                                                     \
-        }                                                                                           \
-        u1_ /= (n);                                                                                 \
-        u2_ /= (n);                                                                                 \
-        _Pragma("omp simd")                                                                         \
-        for (int64_t k_ = 0; k_ < (n); k_++)                                                        \
-            (dx)[k_] = (r) * ((dy)[k_] * (gain)[k_] - u1_ - ((x)[k_] - (m)) * (r) * u2_);           \
-    } while (0)
 
 /* Its backward, one step. On entry rec = dL/dhp_{t+1} W_hh (or, for the last step, the final
  * state's gradient, with mask NULL), grad = dL/dh_t from the output at t or NULL; rec is
@@ -424,10 +416,32 @@ static inline double tanh_f64(double x) { return tanh(x); }
             }                                                                                       \
             for (int64_t q = 0; q < 4; q++) { /* dab: dL/d(pre-activation), replaced by dL/dxz */   \
                 int64_t w = (d * 4 + q) * H, s = d * sh_d + b * 4 + q;                              \
-                T *daq = dab + q * H;                                                               \
-                ROW_ADD(sum + D * 8 * H + w, daq, H);                                               \
-                ROW_NORM_BACKWARD(T, dpb + q * H, daq, p + q * H, g_h + w, mean_h[s], rstd_h[s], H, sum + w); \
-                ROW_NORM_BACKWARD(T, daq, daq, x + q * H, g_x + w, mean_x[s], rstd_x[s], H, sum + D * 4 * H + w); \
+                const T *xq = x + q * H, *pq = p + q * H, *gx = g_x + w, *gh = g_h + w;             \
+                T *daq = dab + q * H, *dpq = dpb + q * H;                                           \
+                T mx = mean_x[s], rx = rstd_x[s], mh = mean_h[s], rh = rstd_h[s];                   \
+                double *sgh = sum + w, *sgx = sum + D * 4 * H + w, *sbq = sum + D * 8 * H + w;      \
+                T u1x = 0, u2x = 0, u1h = 0, u2h = 0;                                               \
+                _Pragma("omp simd reduction(+:u1x, u2x, u1h, u2h)")                                 \
+                for (int64_t k = 0; k < H; k++) {                                                   \
+                    T e = daq[k], hx = (xq[k] - mx) * rx, hh = (pq[k] - mh) * rh;                   \
+                    u1x += e * gx[k];                                                               \
+                    u2x += e * gx[k] * hx;                                                          \
+                    u1h += e * gh[k];                                                               \
+                    u2h += e * gh[k] * hh;                                                          \
+                    sgx[k] += e * hx;                                                               \
+                    sgh[k] += e * hh;                                                               \
+                    sbq[k] += e;                                                                    \
+                }                                                                                   \
+                u1x /= H;                                                                           \
+                u2x /= H;                                                                           \
+                u1h /= H;                                                                           \
+                u2h /= H;                                                                           \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t k = 0; k < H; k++) {                                                   \
+                    T e = daq[k];                                                                   \
+                    dpq[k] = rh * (e * gh[k] - u1h - (pq[k] - mh) * rh * u2h);                      \
+                    daq[k] = rx * (e * gx[k] - u1x - (xq[k] - mx) * rx * u2x);                      \
+                }                                                                                   \
             }                                                                                       \
         }                                                                                           \
         if (own) {                                                                                  \

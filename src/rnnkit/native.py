@@ -296,7 +296,7 @@ class LSTMNormSteps:
 
     Buffers, all contiguous: xz, hp, gates, dxz, dhp (D, T, B, 4H); hs, cs (D, T+1, B, H); tc,
     hm (D, T, B, H); stats = [mean_x, rstd_x, mean_h, rstd_h (D, T, B, 4), mean_c, rstd_c
-    (D, T, B)]; g_x, bias (or None), g_hh (D, 4H); w_c, b_c (D, H); mask, rec, dc (D, B, H);
+    (D, T, B)]; g_x, bias (None: zeros), g_hh (D, 4H); w_c, b_c (D, H); mask, rec, dc (D, B, H);
     the gradient sums (float64, D * 14H: g_hh, g_x, bias (D, 4H), w_c, b_c (D, H)).
     """
 
@@ -309,7 +309,8 @@ class LSTMNormSteps:
         assert (xb, xd) == (pb, pd)
         (mx0, shb, shd), (rx0, _, _), (mh0, _, _), (rh0, _, _), (mc0, scb, scd), (rc0, _, _) = map(step_addresses, stats)
         (c0, cb, cd), (u0, ub, ud), (h0, hb, hd) = map(step_addresses, (cs, tc, hs))
-        weights = [None if w is None else w.contiguous() for w in (g_x, bias, g_hh, w_c, b_c)]
+        bias = torch.zeros_like(g_x) if bias is None else bias  # the kernel always adds one
+        weights = [w.contiguous() for w in (g_x, bias, g_hh, w_c, b_c)]
         gx, bs, gain, wc, bc = (_ptr(w) for w in weights)
         m_ptr, (hm0, hmb, hmd) = (None, (0, 0, 0)) if mask is None else (mask.data_ptr(), step_addresses(hm))
         kernel, H = self._forward, G // 4
