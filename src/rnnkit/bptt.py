@@ -323,6 +323,15 @@ class GRUFunction(torch.autograd.Function):
         hs[:, 0] = h0
         hp = xp.new_empty(D, T, B, G)  # (h*m) W_hh^T + b_hh, kept for W_hn h + b_hn
         gates = xp.new_empty(D, T, B, G)  # r, z, n after their activations
+        ctx.save_for_backward(w_hh)
+        ctx.has_bias = b_hh is not None
+        sequence = ctx.sequence = _sequence_kernels(xp)
+        if sequence is not None:  # the whole loop, recurrent matmul included, in one native call
+            xp, mask = xp.contiguous(), None if mask is None else mask.contiguous()
+            b = None if b_hh is None else b_hh.contiguous()
+            native.gru_sequence_forward(sequence[0], xp, wt, b, None, mask, None, None, None, hp, gates, hs, LN_EPS)
+            ctx.hs, ctx.hp, ctx.gates, ctx.mask, ctx.native = hs, hp, gates, mask, None
+            return hs[:, 1:], hs[:, -1].clone()
         hm = xp.new_empty(D, B, H)
         bias = None if b_hh is None else b_hh.unsqueeze(1)  # (D, 1, 3H)
         kernels, native_step = _native("gru", xp), None
@@ -347,8 +356,6 @@ class GRUFunction(torch.autograd.Function):
             torch.addcmul(xp[:, t, :, 2 * H :], g[..., :H], hp[:, t, :, 2 * H :], out=n).tanh_()
             torch.lerp(n, hs[:, t], g[..., H : 2 * H], out=hs[:, t + 1])  # n + z (h - n)
         ctx.hs, ctx.hp, ctx.gates, ctx.mask, ctx.native = hs, hp, gates, mask, kernels
-        ctx.save_for_backward(w_hh)
-        ctx.has_bias = b_hh is not None
         return hs[:, 1:], hs[:, -1].clone()
 
     @staticmethod
@@ -358,6 +365,8 @@ class GRUFunction(torch.autograd.Function):
         hs, hp, gates, mask = ctx.hs, ctx.hp, ctx.gates, ctx.mask
         D, T, B, G = gates.shape
         H = G // 3
+        if ctx.sequence is not None:
+            return _gru_sequence_backward(ctx, w_hh, grad_hs, grad_h)
         if ctx.native is not None:
             return _gru_native_backward(ctx, w_hh, grad_hs, grad_h)
         r, z, n = gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H :]
@@ -385,6 +394,32 @@ class GRUFunction(torch.autograd.Function):
         dw = _weight_grad(dhp, hm)
         db = dhp.sum((1, 2)) if ctx.has_bias else None
         return dxp, dh0, dw, db, None
+
+
+# The sequence kernel (rnnkit_gru_seq_*: each thread runs its rows through every step, the
+# recurrent matmul in C) against the step kernels (a BLAS bmm a step): ahead while a direction's
+# W_hh is small (measured, 2 threads: see BENCHMARKS.md); beyond that the BLAS's blocked matmul wins.
+GRU_SEQUENCE_MAX_HIDDEN = 128
+
+
+def _sequence_kernels(xp: Tensor):
+    """The GRU sequence kernels for xp (D, T, B, 3H) when they are available and pay, else None."""
+    return _native("gru_seq", xp) if xp.shape[-1] // 3 <= GRU_SEQUENCE_MAX_HIDDEN else None
+
+
+def _gru_sequence_backward(ctx, w_hh, grad_hs, grad_h):
+    """GRUFunction's backward in one native call (the recurrent matmuls inside); dW_hh and db_hh after."""
+    hs, gates, mask = ctx.hs, ctx.gates, ctx.mask
+    D, T, B, G = gates.shape
+    carry = hs.new_zeros(D, B, G // 3) if grad_h is None else grad_h.contiguous().clone()
+    dxp, dhp = torch.empty_like(gates), torch.empty_like(gates)
+    grad_hs = None if grad_hs is None else grad_hs.contiguous()
+    native.gru_sequence_backward(ctx.sequence[1], gates, ctx.hp, None, None, None, None, hs, w_hh.contiguous(), mask,
+                                 grad_hs, carry, dxp, None, dhp, None)
+    h_prev = hs[:, :-1]
+    dw = _weight_grad(dhp, h_prev if mask is None else h_prev * mask[:, None])
+    db = dhp.sum((1, 2)) if ctx.has_bias else None
+    return dxp, carry, dw, db, None
 
 
 def _gru_native_backward(ctx, w_hh, grad_hs, grad_h):
@@ -437,6 +472,14 @@ class GRUNormFunction(torch.autograd.Function):
         hs = xp.new_empty(D, T + 1, B, H)
         hs[:, 0] = h0
         hm = xp.new_empty(D, B, H)
+        ctx.save_for_backward(w_hh, g_hh)
+        ctx.hs, ctx.q, ctx.hp, ctx.gates, ctx.stats, ctx.mask = hs, q, hp, gates, (mean, rstd), mask
+        ctx.has_bias, ctx.sequence = b_hh is not None, _sequence_kernels(xp)
+        if ctx.sequence is not None:  # the whole loop, recurrent matmul and layer norm included, in one call
+            b = None if b_hh is None else b_hh.contiguous()
+            native.gru_sequence_forward(ctx.sequence[0], xp, wt, b, g_hh.contiguous(), mask, q, mean, rstd, hp,
+                                        gates, hs, LN_EPS)
+            return hs[:, 1:], hs[:, -1].clone()
         gru, norm = _native("gru", xp), _native("gate_norm", xp)
         gru_step = native.GRUSteps(*gru).bind_forward(xp, hp, gates, hs, mask, hm)
         norm_step = native.GateNormSteps(*norm, 3).bind_forward(q, g_hh, b_hh, hp, mean, rstd, LN_EPS)
@@ -445,9 +488,7 @@ class GRUNormFunction(torch.autograd.Function):
             torch.bmm(hin, wt, out=q[:, t])
             norm_step(t)
             gru_step(t)
-        ctx.save_for_backward(w_hh, g_hh)
-        ctx.hs, ctx.q, ctx.hp, ctx.gates, ctx.stats, ctx.mask = hs, q, hp, gates, (mean, rstd), mask
-        ctx.kernels, ctx.has_bias = (gru, norm), b_hh is not None
+        ctx.kernels = gru, norm
         return hs[:, 1:], hs[:, -1].clone()
 
     @staticmethod
@@ -457,10 +498,18 @@ class GRUNormFunction(torch.autograd.Function):
         hs, q, gates, mask = ctx.hs, ctx.q, ctx.gates, ctx.mask
         D, T, B, G = gates.shape
         H = G // 3
-        gru, norm = ctx.kernels
         carry = hs.new_zeros(D, B, H) if grad_h is None else grad_h.clone(memory_format=torch.contiguous_format)
-        rec = hs.new_empty(D, B, H)
         dxp, dhp, dq = torch.empty_like(gates), torch.empty_like(gates), torch.empty_like(gates)
+        if ctx.sequence is not None:
+            sums = hs.new_zeros(2, D, G, dtype=torch.float64)  # the gradients of g_hh and b_hh
+            native.gru_sequence_backward(ctx.sequence[1], gates, ctx.hp, q, *ctx.stats, g_hh.contiguous(), hs,
+                                         w_hh.contiguous(), mask, None if grad_hs is None else grad_hs.contiguous(),
+                                         carry, dxp, dhp, dq, sums)
+            h_prev = hs[:, :-1]
+            dw = _weight_grad(dq, h_prev if mask is None else h_prev * mask[:, None])
+            return dxp, carry, dw, sums[0].to(hs.dtype), sums[1].to(hs.dtype) if ctx.has_bias else None, None
+        gru, norm = ctx.kernels
+        rec = hs.new_empty(D, B, H)
         dg_hh = hs.new_zeros(D, G, dtype=torch.float64)
         db_hh = hs.new_zeros(D, G, dtype=torch.float64) if ctx.has_bias else None
         gru_step = native.GRUSteps(*gru).bind_backward(gates, ctx.hp, hs, rec, mask, grad_hs, carry, dxp, dhp)

@@ -221,6 +221,145 @@ static inline double tanh_f64(double x) { return tanh(x); }
         ROWS_END                                                                                    \
     }
 
+/* GRU (reset_after=True) over a whole sequence, the recurrent matmul inside (see GRUFunction and
+ * GRUNormFunction in bptt.py). Each thread runs its own rows (d, b) through all T steps: a row's
+ * h_t needs only its own h_{t-1}, so the threads never wait for each other. For a small hidden
+ * size a step's matmul is too small for the BLAS to run well (~40 us for 2 x (32 x 64) x (64 x
+ * 192)), and here T matmul calls and T element-wise calls become one call.
+ *   q_t  = (h_{t-1} m) W_hh^T                                   (this row: H x 3H, in the loop)
+ *   hp_t = q_t + b_hh,  or  LN_gate(q_t) g_hh + b_hh  when g_hh is not NULL
+ *   then the step of GRU_FORWARD on xp_t and hp_t.
+ * xp (D, T, B, 3H) = x W_ih^T + b_ih; wt (D, H, 3H) = W_hh^T; b_hh, g_hh (D, 3H) or NULL;
+ * mask (D, B, H) or NULL; hs (D, T+1, B, H) with h_0 at t = 0. Writes hs[1..T], gates (r, z,
+ * n after their activations) and hp (D, T, B, 3H); with layer norm also q (D, T, B, 3H) and
+ * the statistics mean, rstd (D, T, B, 3). */
+#define GRU_SEQ_FORWARD(NAME, T, SIGMOID, TANH, SQRT)                                               \
+    void NAME(int64_t D, int64_t steps, int64_t B, int64_t H, T eps, const T *xp, const T *wt,      \
+              const T *b_hh, const T *g_hh, const T *mask, T *q, T *mean, T *rstd, T *hp, T *gates,  \
+              T *hs) {                                                                              \
+        int64_t G = 3 * H;                                                                          \
+        ROWS_BEGIN_AT(D * B, D * steps * B * G, step_min_work)                                      \
+        T *hin = (T *)malloc(sizeof(T) * H);                                                        \
+        for (int64_t t = 0; t < steps; t++)                                                         \
+            for (int64_t r_ = b0; r_ < b1; r_++) {                                                  \
+                int64_t d = r_ / B, b = r_ % B, at = ((d * steps + t) * B + b) * G;                 \
+                const T *hb_prev = hs + ((d * (steps + 1) + t) * B + b) * H, *w = wt + d * H * G;   \
+                T *hb = hs + ((d * (steps + 1) + t + 1) * B + b) * H, *p = hp + at, *g = gates + at; \
+                T *acc = g_hh ? q + at : p;                                                         \
+                const T *x = xp + at;                                                               \
+                if (mask) ROW_MUL(hin, hb_prev, mask + (d * B + b) * H, H);                         \
+                else memcpy(hin, hb_prev, sizeof(T) * H);                                           \
+                memset(acc, 0, sizeof(T) * G);                                                      \
+                for (int64_t k = 0; k < H; k++) {                                                   \
+                    const T hk = hin[k], *wk = w + k * G;                                           \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t j = 0; j < G; j++) acc[j] += hk * wk[j];                           \
+                }                                                                                   \
+                if (g_hh) {                                                                         \
+                    for (int64_t qg = 0; qg < 3; qg++) {                                            \
+                        const T *aq = acc + qg * H, *gq = g_hh + d * G + qg * H;                    \
+                        T *pq = p + qg * H;                                                         \
+                        ROW_STATS(T, SQRT, aq, H, eps, m_, r_s)                                     \
+                        mean[(at / G) * 3 + qg] = m_;                                               \
+                        rstd[(at / G) * 3 + qg] = r_s;                                              \
+                        _Pragma("omp simd")                                                         \
+                        for (int64_t k = 0; k < H; k++) pq[k] = (aq[k] - m_) * r_s * gq[k];         \
+                    }                                                                               \
+                }                                                                                   \
+                if (b_hh) ROW_ADD(p, b_hh + d * G, G);                                              \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t k = 0; k < H; k++) {                                                   \
+                    T rg = SIGMOID(x[k] + p[k]), z = SIGMOID(x[H + k] + p[H + k]);                  \
+                    T n = TANH(x[2 * H + k] + rg * p[2 * H + k]);                                   \
+                    g[k] = rg;                                                                      \
+                    g[H + k] = z;                                                                   \
+                    g[2 * H + k] = n;                                                               \
+                    hb[k] = n + z * (hb_prev[k] - n);                                               \
+                }                                                                                   \
+            }                                                                                       \
+        free(hin);                                                                                  \
+        ROWS_END                                                                                    \
+    }
+
+/* Its backward, t = T-1 .. 0 for each row: dL/dh_t = carry + rec * m + grad_t, where carry =
+ * z_{t+1} dL/dh_{t+1} (on entry: the final state's gradient) and rec = dL/dq_{t+1} W_hh (this
+ * row's, kept from the previous step; zero at t = T-1); grad (D, T, B, H) or NULL. Writes dxp
+ * and dq = dL/dq (D, T, B, 3H) (without layer norm dL/dq = dL/dhp, the gradient of b_hh too);
+ * with layer norm, dhp (D, T, B, 3H) = dL/dhp, and the gains' and biases' gradients (D, 3H)
+ * each are added to sums = [g_hh | b_hh] in double (each thread's in thread order). On return
+ * carry (D, B, H) = dL/dh_0. w (D, 3H, H) = W_hh. */
+#define GRU_SEQ_BACKWARD(NAME, T)                                                                   \
+    void NAME(int64_t D, int64_t steps, int64_t B, int64_t H, const T *gates, const T *hp,          \
+              const T *q, const T *mean, const T *rstd, const T *g_hh, const T *hs, const T *w,     \
+              const T *mask, const T *grad, T *carry, T *dxp, T *dhp, T *dq, double *sums) {        \
+        int64_t G = 3 * H, n_sums = 2 * D * G;                                                      \
+        ROWS_BEGIN_AT(D * B, D * steps * B * G, step_min_work)                                      \
+        T *rec = (T *)calloc((b1 - b0) * H + 1, sizeof(T));                                         \
+        double *own = (g_hh && nt_ > 1) ? (double *)calloc(n_sums, sizeof(double)) : NULL;         \
+        double *sum = own ? own : sums;                                                             \
+        for (int64_t t = steps - 1; t >= 0; t--)                                                    \
+            for (int64_t r_ = b0; r_ < b1; r_++) {                                                  \
+                int64_t d = r_ / B, b = r_ % B, at = ((d * steps + t) * B + b) * G, row = r_ * H;   \
+                const T *g = gates + at, *p = hp + at, *hb_prev = hs + ((d * (steps + 1) + t) * B + b) * H; \
+                T *rb = rec + (r_ - b0) * H, *cb = carry + row, *dx = dxp + at;                     \
+                T *dp = g_hh ? dhp + at : dq + at, *dqb = dq + at;                                  \
+                if (t < steps - 1) ROW_ADD_MUL(cb, rb, mask ? mask + row : NULL, H);                \
+                if (grad) ROW_ADD(cb, grad + ((d * steps + t) * B + b) * H, H);                     \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t k = 0; k < H; k++) { /* cb[k] is dL/dh_t now */                        \
+                    T rg = g[k], z = g[H + k], n = g[2 * H + k], dh = cb[k];                        \
+                    T dn = dh * (1 - z) * (1 - n * n);                                              \
+                    T dz = dh * (hb_prev[k] - n) * z * (1 - z);                                     \
+                    T dr = dn * p[2 * H + k] * rg * (1 - rg);                                       \
+                    dx[k] = dr;                                                                     \
+                    dx[H + k] = dz;                                                                 \
+                    dx[2 * H + k] = dn;                                                             \
+                    dp[k] = dr;                                                                     \
+                    dp[H + k] = dz;                                                                 \
+                    dp[2 * H + k] = dn * rg;                                                        \
+                    cb[k] = dh * z;                                                                 \
+                }                                                                                   \
+                if (g_hh) {                                                                         \
+                    for (int64_t qg = 0; qg < 3; qg++) {                                            \
+                        int64_t wq = d * G + qg * H, sq = (at / G) * 3 + qg;                        \
+                        const T *dpq = dp + qg * H, *xq = q + at + qg * H, *gq = g_hh + wq;         \
+                        T m_ = mean[sq], r_s = rstd[sq], u1 = 0, u2 = 0, *dqq = dqb + qg * H;       \
+                        double *sg = sum + wq, *sb = sum + D * G + wq;                              \
+                        _Pragma("omp simd reduction(+:u1, u2)")                                     \
+                        for (int64_t k = 0; k < H; k++) {                                           \
+                            T hat = (xq[k] - m_) * r_s;                                             \
+                            u1 += dpq[k] * gq[k];                                                   \
+                            u2 += dpq[k] * gq[k] * hat;                                             \
+                            sg[k] += dpq[k] * hat;                                                  \
+                            sb[k] += dpq[k];                                                        \
+                        }                                                                           \
+                        u1 /= H;                                                                    \
+                        u2 /= H;                                                                    \
+                        _Pragma("omp simd")                                                         \
+                        for (int64_t k = 0; k < H; k++)                                             \
+                            dqq[k] = r_s * (dpq[k] * gq[k] - u1 - (xq[k] - m_) * r_s * u2);         \
+                    }                                                                               \
+                }                                                                                   \
+                memset(rb, 0, sizeof(T) * H);                                                       \
+                const T *wd = w + d * G * H;                                                        \
+                for (int64_t j = 0; j < G; j++) {                                                   \
+                    const T dj = dqb[j], *wj = wd + j * H;                                          \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++) rb[k] += dj * wj[k];                            \
+                }                                                                                   \
+            }                                                                                       \
+        for (int64_t r_ = b0; r_ < b1; r_++)                                                        \
+            ROW_ADD_MUL(carry + r_ * H, rec + (r_ - b0) * H, mask ? mask + r_ * H : NULL, H);       \
+        if (own) {                                                                                  \
+            ROWS_IN_ORDER({                                                                         \
+                for (int64_t j = 0; j < n_sums; j++) sums[j] += own[j];                             \
+            })                                                                                      \
+            free(own);                                                                              \
+        }                                                                                           \
+        free(rec);                                                                                  \
+        ROWS_END                                                                                    \
+    }
+
 /* GRU (reset_after=True, gate order r, z, n; see GRUFunction in bptt.py), forward, one step.
  * xp = x W_ih^T + b_ih and hp = (h_{t-1} m) W_hh^T + b_hh (D, B, 3H) in; writes the activations
  * r, z, n to gates, h_t = n + z (h_{t-1} - n) to h, and h_t * mask to hm (D, B, H) contiguous
@@ -793,6 +932,10 @@ GATE_NORM_FORWARD(rnnkit_gate_norm_forward_f32, float, sqrtf)
 GATE_NORM_FORWARD(rnnkit_gate_norm_forward_f64, double, sqrt)
 GATE_NORM_BACKWARD(rnnkit_gate_norm_backward_f32, float)
 GATE_NORM_BACKWARD(rnnkit_gate_norm_backward_f64, double)
+GRU_SEQ_FORWARD(rnnkit_gru_seq_forward_f32, float, sigmoid_f32, tanh_f32, sqrtf)
+GRU_SEQ_FORWARD(rnnkit_gru_seq_forward_f64, double, sigmoid_f64, tanh_f64, sqrt)
+GRU_SEQ_BACKWARD(rnnkit_gru_seq_backward_f32, float)
+GRU_SEQ_BACKWARD(rnnkit_gru_seq_backward_f64, double)
 GRU_FORWARD(rnnkit_gru_forward_f32, float, sigmoid_f32, tanh_f32)
 GRU_FORWARD(rnnkit_gru_forward_f64, double, sigmoid_f64, tanh_f64)
 GRU_BACKWARD(rnnkit_gru_backward_f32, float)
@@ -818,4 +961,4 @@ MINGRU_X_FORWARD(rnnkit_mingru_x_forward_f64, double, sigmoid_f64)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f32, float, sigmoid_f32)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f64, double, sigmoid_f64)
 
-int rnnkit_native_abi(void) { return 17; }
+int rnnkit_native_abi(void) { return 18; }

@@ -43,7 +43,7 @@ from torch import Tensor
 NATIVE_ENV = "RNNKIT_NATIVE"
 CACHE_ENV = "RNNKIT_CACHE"
 SOURCE = Path(__file__).with_name("native.c")
-ABI = 17  # rnnkit_native_abi() of the source this module expects
+ABI = 18  # rnnkit_native_abi() of the source this module expects
 _FLAGS = ["-O3", "-fPIC", "-shared"]
 # Tried in order: OpenMP (the library then uses the libgomp torch has loaded, and its threads),
 # else only the SIMD pragmas; -march=native where the compiler takes it.
@@ -142,6 +142,8 @@ def _declare(lib: ctypes.CDLL) -> None:
             I, I, I, P, I, P, P, I, P, P, P, P, I, P, P, P, P, P, I, P, P, I, P, I, P, P, P, I, P, P, P, P]
         getattr(lib, f"rnnkit_gate_norm_forward_{suffix}").argtypes = [I, I, I, I, real, P, I, P, P, P, P, I, P, P, I]
         getattr(lib, f"rnnkit_gate_norm_backward_{suffix}").argtypes = [I, I, I, I, P, I, P, I, P, P, I, P, P, I, P, P]
+        getattr(lib, f"rnnkit_gru_seq_forward_{suffix}").argtypes = [I, I, I, I, real] + [P] * 11
+        getattr(lib, f"rnnkit_gru_seq_backward_{suffix}").argtypes = [I, I, I, I] + [P] * 15
         getattr(lib, f"rnnkit_gru_forward_{suffix}").argtypes = [I, I, I, P, I, P, I, P, I, P, P, I, P, P]
         getattr(lib, f"rnnkit_gru_backward_{suffix}").argtypes = [I, I, I, P, I, P, I, P, I, P, P, P, I, P, P, P, I]
         getattr(lib, f"rnnkit_gru_rb_gates_{suffix}").argtypes = [I, I, I, P, I, P, I, P, I]
@@ -199,6 +201,7 @@ PARTS = {"gru_rb": ("gates", "state", "back_state", "back_gates")}  # default: (
 def kernels(name: str, dtype: torch.dtype):
     """The kernels of ``name`` for ``dtype``, or None when the library is unavailable or the dtype
     is not float32/float64: (forward, backward) of "lstm", "lstm_ln" or "gru" (one step), of
+    "gru_seq" (a whole GRU sequence, its recurrent matmul included), of
     "gate_norm" (the layer norm per gate of N rows: one step's or a whole input projection) and of
     "mingru", "mingru_x" or "minlstm" (a whole sequence); the four of "gru_rb" (``PARTS``)."""
     lib = library()
@@ -443,6 +446,32 @@ class GRUResetBeforeSteps:
         def back_gates(t: int) -> None:
             gates_kernel(D, B, H, g0 + t * gb, gd, h0 + t * hb, hd, m_ptr, du_ptr, a0 + t * ab, ad, rec_ptr)
         return SimpleNamespace(back_state=back_state, back_gates=back_gates)
+
+
+def gru_sequence_forward(kernel, xp, wt, b_hh, g_hh, mask, q, mean, rstd, hp, gates, hs, ln_eps: float) -> None:
+    """One call of ``rnnkit_gru_seq_forward`` (see native.c) on contiguous buffers: xp, hp, gates and
+    (with layer norm) q (D, T, B, 3H); wt (D, H, 3H); b_hh, g_hh (D, 3H) or None; mask (D, B, H) or
+    None; mean, rstd (D, T, B, 3) or None; hs (D, T+1, B, H)."""
+    D, T, B, G = xp.shape
+    _check_contiguous(xp, wt, b_hh, g_hh, mask, q, mean, rstd, hp, gates, hs)
+    kernel(D, T, B, G // 3, ln_eps, *map(_ptr, (xp, wt, b_hh, g_hh, mask, q, mean, rstd, hp, gates, hs)))
+
+
+def gru_sequence_backward(kernel, gates, hp, q, mean, rstd, g_hh, hs, w_hh, mask, grad_hs, carry, dxp, dhp, dq,
+                          sums) -> None:
+    """One call of ``rnnkit_gru_seq_backward``: the buffers of :func:`gru_sequence_forward`, w_hh
+    (D, 3H, H), the output gradient (D, T, B, H) or None, carry (D, B, H) (in: the final state's
+    gradient; out: dL/dh_0), dxp, dq and (with layer norm) dhp (D, T, B, 3H), and the float64
+    sums (2, D, 3H) of the gains' and biases' gradients, added to (with layer norm)."""
+    D, T, B, G = gates.shape
+    _check_contiguous(gates, hp, q, mean, rstd, g_hh, hs, w_hh, mask, grad_hs, carry, dxp, dhp, dq, sums)
+    kernel(D, T, B, G // 3, *map(_ptr, (gates, hp, q, mean, rstd, g_hh, hs, w_hh, mask, grad_hs, carry, dxp, dhp,
+                                        dq, sums)))
+
+
+def _check_contiguous(*tensors) -> None:
+    for x in tensors:
+        assert x is None or x.is_contiguous()
 
 
 def step_addresses(x: Tensor):
