@@ -34,7 +34,7 @@ def _run(layer, x, state, use_native, monkeypatch):
 
 
 CONFIGS = {"lstm": dict(cell="lstm"), "lstm-layer-norm": dict(cell="lstm", layer_norm=True),
-           "gru": dict(cell="gru"), "gru-reset-before": dict(cell="gru", reset_after=False)}
+           "gru": dict(cell="gru"), "gru-steps": dict(cell="gru"), "gru-reset-before": dict(cell="gru", reset_after=False)}
 
 
 @needs_compiler
@@ -43,6 +43,8 @@ CONFIGS = {"lstm": dict(cell="lstm"), "lstm-layer-norm": dict(cell="lstm", layer
 @pytest.mark.parametrize("recurrent_dropout", [0.0, 0.4])
 def test_native_steps_equal_the_torch_loop(config, dtype, tol, recurrent_dropout, monkeypatch):
     torch.manual_seed(0)
+    if config == "gru-steps":  # the step kernels, not the whole-sequence kernel the GRU takes at this size
+        monkeypatch.setattr(bptt, "GRU_SEQUENCE_MAX_HIDDEN", 0)
     options = dict(CONFIGS[config])
     cell, layer_norm = options.pop("cell"), options.get("layer_norm", False)
     layer = Recurrent(cell, 3, 6, num_layers=2, bidirectional=True, recurrent_dropout=recurrent_dropout,
@@ -82,6 +84,43 @@ def test_native_layer_norm_gru_equals_the_reference_loop(dtype, tol, recurrent_d
         want = _run(layer, x, state, True, monkeypatch)
     for a, b in zip(got[0] + got[1], want[0] + want[1]):
         torch.testing.assert_close(a, b, rtol=0, atol=tol * max(1.0, b.abs().max().item()))
+
+
+@needs_compiler
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_gru_sequence_kernel_in_row_blocks_and_on_threads(layer_norm, monkeypatch):
+    """H = 70: column blocks plus a tail, 4-row blocks plus a remainder (B = 6); float64 against the
+    reference loop; float32 on two threads (rows split) against one thread: the same bits without
+    layer norm, where each row is one thread's, and within rounding with it (the gain sums)."""
+    torch.manual_seed(0)
+    layer = Recurrent("gru", 5, 70, bidirectional=True, recurrent_dropout=0.3, layer_norm=layer_norm).double()
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if "ln" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    x, state = torch.randn(6, 5, 5, dtype=torch.float64), (torch.randn(2, 6, 70, dtype=torch.float64),)
+    got = _run(layer, x, state, True, monkeypatch)
+    with monkeypatch.context() as m:
+        m.setattr(bptt, "bptt_forward", lambda layer, x, state: layer.reference_forward(x, state, None))
+        want = _run(layer, x, state, True, monkeypatch)
+    for a, b in zip(got[0] + got[1], want[0] + want[1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    layer, x, state = layer.float(), x.float(), (state[0].float(),)
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for n, min_work in ((1, native.STEP_MIN_WORK), (2, 0)):
+            torch.set_num_threads(n)
+            native.set_step_min_work(min_work)
+            runs.append(_run(layer, x, state, True, monkeypatch))
+    finally:
+        torch.set_num_threads(threads)
+        native.set_step_min_work(native.STEP_MIN_WORK)
+    for a, b in zip(runs[0][0] + runs[0][1], runs[1][0] + runs[1][1]):
+        if layer_norm:
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * max(1.0, b.abs().max().item()))
+        else:
+            assert torch.equal(a, b)
 
 
 @needs_compiler

@@ -397,9 +397,10 @@ class GRUFunction(torch.autograd.Function):
 
 
 # The sequence kernel (rnnkit_gru_seq_*: each thread runs its rows through every step, the
-# recurrent matmul in C) against the step kernels (a BLAS bmm a step): ahead while a direction's
-# W_hh is small (measured, 2 threads: see BENCHMARKS.md); beyond that the BLAS's blocked matmul wins.
-GRU_SEQUENCE_MAX_HIDDEN = 128
+# recurrent matmul in C, 4 rows per load of the weights) against the step kernels (a BLAS bmm
+# a step), one GRU training step, 2 threads: 0.54x at B=32, H=64, T=200, bidirectional; 0.77x
+# at B=64, H=128, T=784; 0.96x at B=64, H=256, T=100. Above that the BLAS's blocking is left to win.
+GRU_SEQUENCE_MAX_HIDDEN = 256
 
 
 def _sequence_kernels(xp: Tensor):

@@ -221,6 +221,45 @@ static inline double tanh_f64(double x) { return tanh(x); }
         ROWS_END                                                                                    \
     }
 
+/* out = in W for R rows at once (R = 1 or 4; row strides os, is), W row-major (K, N): the rows'
+ * recurrent matmul in the sequence kernels. The columns go in blocks of VB whose sums a local
+ * array holds (registers, once the compiler unrolls the block), so each weight is loaded once
+ * per block of rows and no partial sum is stored and reloaded. */
+#define VB(T) ((int64_t)(256 / sizeof(T)))
+#define ROWS_VECMAT(T, R, out, os, in, is, w, K, N)                                                 \
+    do {                                                                                            \
+        int64_t j0_ = 0;                                                                            \
+        for (; j0_ + VB(T) <= (N); j0_ += VB(T)) {                                                  \
+            T acc_[R][VB(T)];                                                                       \
+            for (int64_t i_ = 0; i_ < (R); i_++) {                                                  \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t j_ = 0; j_ < VB(T); j_++) acc_[i_][j_] = 0;                            \
+            }                                                                                       \
+            for (int64_t k_ = 0; k_ < (K); k_++) {                                                  \
+                const T *wr_ = (w) + k_ * (N) + j0_;                                                \
+                for (int64_t i_ = 0; i_ < (R); i_++) {                                              \
+                    const T x_ = (in)[i_ * (is) + k_];                                              \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t j_ = 0; j_ < VB(T); j_++) acc_[i_][j_] += x_ * wr_[j_];            \
+                }                                                                                   \
+            }                                                                                       \
+            for (int64_t i_ = 0; i_ < (R); i_++) {                                                  \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t j_ = 0; j_ < VB(T); j_++) (out)[i_ * (os) + j0_ + j_] = acc_[i_][j_];  \
+            }                                                                                       \
+        }                                                                                           \
+        for (int64_t i_ = 0; i_ < (R) && j0_ < (N); i_++) {                                         \
+            T *o_ = (out) + i_ * (os);                                                              \
+            _Pragma("omp simd")                                                                     \
+            for (int64_t j_ = j0_; j_ < (N); j_++) o_[j_] = 0;                                      \
+            for (int64_t k_ = 0; k_ < (K); k_++) {                                                  \
+                const T x_ = (in)[i_ * (is) + k_], *wr_ = (w) + k_ * (N);                           \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t j_ = j0_; j_ < (N); j_++) o_[j_] += x_ * wr_[j_];                      \
+            }                                                                                       \
+        }                                                                                           \
+    } while (0)
+
 /* GRU (reset_after=True) over a whole sequence, the recurrent matmul inside (see GRUFunction and
  * GRUNormFunction in bptt.py). Each thread runs its own rows (d, b) through all T steps: a row's
  * h_t needs only its own h_{t-1}, so the threads never wait for each other. For a small hidden
@@ -239,22 +278,26 @@ static inline double tanh_f64(double x) { return tanh(x); }
               T *hs) {                                                                              \
         int64_t G = 3 * H;                                                                          \
         ROWS_BEGIN_AT(D * B, D * steps * B * G, step_min_work)                                      \
-        T *hin = (T *)malloc(sizeof(T) * H);                                                        \
+        T *hin = (T *)malloc(sizeof(T) * 4 * H);                                                    \
         for (int64_t t = 0; t < steps; t++)                                                         \
-            for (int64_t r_ = b0; r_ < b1; r_++) {                                                  \
+            for (int64_t r0 = b0, n_rows; r0 < b1; r0 += n_rows) {                                  \
+                /* up to 4 rows of one direction share each load of the weights */                 \
+                int64_t d0 = r0 / B, at0 = ((d0 * steps + t) * B + r0 % B) * G;                     \
+                n_rows = (d0 + 1) * B - r0 < b1 - r0 ? (d0 + 1) * B - r0 : b1 - r0;                 \
+                n_rows = n_rows < 4 ? n_rows : 4;                                                   \
+                const T *w = wt + d0 * H * G, *h0_ = hs + ((d0 * (steps + 1) + t) * B + r0 % B) * H; \
+                T *acc0 = (g_hh ? q : hp) + at0;                                                    \
+                if (mask) ROW_MUL(hin, h0_, mask + r0 * H, n_rows * H);                             \
+                else memcpy(hin, h0_, sizeof(T) * n_rows * H);                                      \
+                if (n_rows == 4) ROWS_VECMAT(T, 4, acc0, G, hin, H, w, H, G);                       \
+                else                                                                                \
+                    for (int64_t i = 0; i < n_rows; i++) ROWS_VECMAT(T, 1, acc0 + i * G, G, hin + i * H, H, w, H, G); \
+                for (int64_t r_ = r0; r_ < r0 + n_rows; r_++) {                                     \
                 int64_t d = r_ / B, b = r_ % B, at = ((d * steps + t) * B + b) * G;                 \
-                const T *hb_prev = hs + ((d * (steps + 1) + t) * B + b) * H, *w = wt + d * H * G;   \
+                const T *hb_prev = hs + ((d * (steps + 1) + t) * B + b) * H;                        \
                 T *hb = hs + ((d * (steps + 1) + t + 1) * B + b) * H, *p = hp + at, *g = gates + at; \
                 T *acc = g_hh ? q + at : p;                                                         \
                 const T *x = xp + at;                                                               \
-                if (mask) ROW_MUL(hin, hb_prev, mask + (d * B + b) * H, H);                         \
-                else memcpy(hin, hb_prev, sizeof(T) * H);                                           \
-                memset(acc, 0, sizeof(T) * G);                                                      \
-                for (int64_t k = 0; k < H; k++) {                                                   \
-                    const T hk = hin[k], *wk = w + k * G;                                           \
-                    _Pragma("omp simd")                                                             \
-                    for (int64_t j = 0; j < G; j++) acc[j] += hk * wk[j];                           \
-                }                                                                                   \
                 if (g_hh) {                                                                         \
                     for (int64_t qg = 0; qg < 3; qg++) {                                            \
                         const T *aq = acc + qg * H, *gq = g_hh + d * G + qg * H;                    \
@@ -275,6 +318,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
                     g[H + k] = z;                                                                   \
                     g[2 * H + k] = n;                                                               \
                     hb[k] = n + z * (hb_prev[k] - n);                                               \
+                }                                                                                   \
                 }                                                                                   \
             }                                                                                       \
         free(hin);                                                                                  \
@@ -298,7 +342,11 @@ static inline double tanh_f64(double x) { return tanh(x); }
         double *own = (g_hh && nt_ > 1) ? (double *)calloc(n_sums, sizeof(double)) : NULL;         \
         double *sum = own ? own : sums;                                                             \
         for (int64_t t = steps - 1; t >= 0; t--)                                                    \
-            for (int64_t r_ = b0; r_ < b1; r_++) {                                                  \
+            for (int64_t r0 = b0, n_rows; r0 < b1; r0 += n_rows) {                                  \
+                int64_t d0 = r0 / B, at0 = ((d0 * steps + t) * B + r0 % B) * G;                     \
+                n_rows = (d0 + 1) * B - r0 < b1 - r0 ? (d0 + 1) * B - r0 : b1 - r0;                 \
+                n_rows = n_rows < 4 ? n_rows : 4;                                                   \
+                for (int64_t r_ = r0; r_ < r0 + n_rows; r_++) {                                     \
                 int64_t d = r_ / B, b = r_ % B, at = ((d * steps + t) * B + b) * G, row = r_ * H;   \
                 const T *g = gates + at, *p = hp + at, *hb_prev = hs + ((d * (steps + 1) + t) * B + b) * H; \
                 T *rb = rec + (r_ - b0) * H, *cb = carry + row, *dx = dxp + at;                     \
@@ -340,13 +388,12 @@ static inline double tanh_f64(double x) { return tanh(x); }
                             dqq[k] = r_s * (dpq[k] * gq[k] - u1 - (xq[k] - m_) * r_s * u2);         \
                     }                                                                               \
                 }                                                                                   \
-                memset(rb, 0, sizeof(T) * H);                                                       \
-                const T *wd = w + d * G * H;                                                        \
-                for (int64_t j = 0; j < G; j++) {                                                   \
-                    const T dj = dqb[j], *wj = wd + j * H;                                          \
-                    _Pragma("omp simd")                                                             \
-                    for (int64_t k = 0; k < H; k++) rb[k] += dj * wj[k];                            \
                 }                                                                                   \
+                T *rec0 = rec + (r0 - b0) * H;                                                      \
+                if (n_rows == 4) ROWS_VECMAT(T, 4, rec0, H, dq + at0, G, w + d0 * G * H, G, H);     \
+                else                                                                                \
+                    for (int64_t i = 0; i < n_rows; i++)                                            \
+                        ROWS_VECMAT(T, 1, rec0 + i * H, H, dq + at0 + i * G, G, w + d0 * G * H, G, H); \
             }                                                                                       \
         for (int64_t r_ = b0; r_ < b1; r_++)                                                        \
             ROW_ADD_MUL(carry + r_ * H, rec + (r_ - b0) * H, mask ? mask + r_ * H : NULL, H);       \
