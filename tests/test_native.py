@@ -34,7 +34,8 @@ def _run(layer, x, state, use_native, monkeypatch):
 
 
 CONFIGS = {"lstm": dict(cell="lstm"), "lstm-layer-norm": dict(cell="lstm", layer_norm=True),
-           "gru": dict(cell="gru"), "gru-steps": dict(cell="gru"), "gru-reset-before": dict(cell="gru", reset_after=False)}
+           "gru": dict(cell="gru"), "gru-steps": dict(cell="gru"), "gru-reset-before": dict(cell="gru", reset_after=False),
+           "gru-reset-before-steps": dict(cell="gru", reset_after=False)}
 
 
 @needs_compiler
@@ -43,7 +44,7 @@ CONFIGS = {"lstm": dict(cell="lstm"), "lstm-layer-norm": dict(cell="lstm", layer
 @pytest.mark.parametrize("recurrent_dropout", [0.0, 0.4])
 def test_native_steps_equal_the_torch_loop(config, dtype, tol, recurrent_dropout, monkeypatch):
     torch.manual_seed(0)
-    if config == "gru-steps":  # the step kernels, not the whole-sequence kernel the GRU takes at this size
+    if config.endswith("-steps"):  # the step kernels, not the whole-sequence kernel the GRU takes at this size
         monkeypatch.setattr(bptt, "GRU_SEQUENCE_MAX_HIDDEN", 0)
     options = dict(CONFIGS[config])
     cell, layer_norm = options.pop("cell"), options.get("layer_norm", False)
@@ -87,13 +88,14 @@ def test_native_layer_norm_gru_equals_the_reference_loop(dtype, tol, recurrent_d
 
 
 @needs_compiler
-@pytest.mark.parametrize("layer_norm", [False, True])
-def test_gru_sequence_kernel_in_row_blocks_and_on_threads(layer_norm, monkeypatch):
+@pytest.mark.parametrize("layer_norm,reset_after", [(False, True), (True, True), (False, False)])
+def test_gru_sequence_kernels_in_row_blocks_and_on_threads(layer_norm, reset_after, monkeypatch):
     """H = 70: column blocks plus a tail, 4-row blocks plus a remainder (B = 6); float64 against the
     reference loop; float32 on two threads (rows split) against one thread: the same bits without
     layer norm, where each row is one thread's, and within rounding with it (the gain sums)."""
     torch.manual_seed(0)
-    layer = Recurrent("gru", 5, 70, bidirectional=True, recurrent_dropout=0.3, layer_norm=layer_norm).double()
+    layer = Recurrent("gru", 5, 70, bidirectional=True, recurrent_dropout=0.3, layer_norm=layer_norm,
+                      reset_after=reset_after).double()
     with torch.no_grad():
         for name, p in layer.named_parameters():
             if "ln" in name:

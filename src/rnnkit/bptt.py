@@ -403,9 +403,9 @@ class GRUFunction(torch.autograd.Function):
 GRU_SEQUENCE_MAX_HIDDEN = 256
 
 
-def _sequence_kernels(xp: Tensor):
-    """The GRU sequence kernels for xp (D, T, B, 3H) when they are available and pay, else None."""
-    return _native("gru_seq", xp) if xp.shape[-1] // 3 <= GRU_SEQUENCE_MAX_HIDDEN else None
+def _sequence_kernels(xp: Tensor, name: str = "gru_seq"):
+    """The GRU sequence kernels ``name`` for xp (D, T, B, 3H) when they are available and pay, else None."""
+    return _native(name, xp) if xp.shape[-1] // 3 <= GRU_SEQUENCE_MAX_HIDDEN else None
 
 
 def _gru_sequence_backward(ctx, w_hh, grad_hs, grad_h):
@@ -544,6 +544,13 @@ class GRUResetBeforeFunction(torch.autograd.Function):
         hs[:, 0] = h0
         gates = xp.new_empty(D, T, B, G)  # r, z, n after their activations
         u = xp.new_empty(D, T, B, H)  # r * h * m, the input of W_hn
+        ctx.save_for_backward(w_hh)
+        ctx.has_bias, ctx.sequence = b_hh is not None, _sequence_kernels(xp, "gru_rb_seq")
+        if ctx.sequence is not None:  # the whole loop, both recurrent matmuls included, in one native call
+            mask = None if mask is None else mask.contiguous()
+            native.gru_reset_before_sequence_forward(ctx.sequence[0], pre.contiguous(), wt_rz, wt_n, mask, gates, u, hs)
+            ctx.hs, ctx.u, ctx.gates, ctx.mask, ctx.native = hs, u, gates, mask, None
+            return hs[:, 1:], hs[:, -1].clone()
         hm = xp.new_empty(D, B, H)
         kernels = _native("gru_rb", xp)
         if kernels is not None:  # the element-wise work after each of the step's two matmuls: one native call
@@ -566,8 +573,6 @@ class GRUResetBeforeFunction(torch.autograd.Function):
             torch.baddbmm(pre[:, t, :, 2 * H :], u[:, t], wt_n, out=g[..., 2 * H :]).tanh_()
             torch.lerp(g[..., 2 * H :], hs[:, t], g[..., H : 2 * H], out=hs[:, t + 1])
         ctx.hs, ctx.u, ctx.gates, ctx.mask, ctx.native = hs, u, gates, mask, kernels
-        ctx.save_for_backward(w_hh)
-        ctx.has_bias = b_hh is not None
         return hs[:, 1:], hs[:, -1].clone()
 
     @staticmethod
@@ -581,6 +586,13 @@ class GRUResetBeforeFunction(torch.autograd.Function):
         r, z, n = gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H :]
         h_prev = hs[:, :-1]
         hm = h_prev if mask is None else h_prev * mask[:, None]
+        if ctx.sequence is not None:
+            da = torch.empty_like(gates)
+            dh = hs.new_zeros(D, B, H) if grad_h is None else grad_h.contiguous().clone()
+            native.gru_reset_before_sequence_backward(ctx.sequence[1], gates, hs, w_rz.contiguous(), w_n.contiguous(),
+                                                      mask, None if grad_hs is None else grad_hs.contiguous(), dh, da)
+            dw = torch.cat([_weight_grad(da[..., : 2 * H], hm), _weight_grad(da[..., 2 * H :], u)], 1)
+            return da, dh, dw, da.sum((1, 2)) if ctx.has_bias else None, None
         if ctx.native is not None:
             da = torch.empty_like(gates)
             dh = _gru_reset_before_native_backward(ctx, w_rz, w_n, grad_hs, grad_h, da)

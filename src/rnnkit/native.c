@@ -407,6 +407,122 @@ static inline double tanh_f64(double x) { return tanh(x); }
         ROWS_END                                                                                    \
     }
 
+/* The rows [r0, r0 + n_rows) of one direction that a thread's sequence loop takes together at a
+ * step: at most 4, never across a direction (they share one weight matrix). */
+#define ROW_BLOCK(r0, n_rows, b1, B)                                                                \
+    int64_t d0 = (r0) / (B);                                                                        \
+    n_rows = (d0 + 1) * (B) - (r0) < (b1) - (r0) ? (d0 + 1) * (B) - (r0) : (b1) - (r0);             \
+    n_rows = n_rows < 4 ? n_rows : 4;
+/* ROWS_VECMAT for n_rows (1..4) rows. */
+#define BLOCK_VECMAT(T, n_rows, out, os, in, is, w, K, N)                                           \
+    do {                                                                                            \
+        if ((n_rows) == 4) ROWS_VECMAT(T, 4, out, os, in, is, w, K, N);                             \
+        else                                                                                        \
+            for (int64_t i_b = 0; i_b < (n_rows); i_b++)                                            \
+                ROWS_VECMAT(T, 1, (out) + i_b * (os), os, (in) + i_b * (is), is, w, K, N);          \
+    } while (0)
+
+/* GRU with reset_after=False over a whole sequence, the two recurrent matmuls inside (see
+ * GRUResetBeforeFunction in bptt.py; as GRU_SEQ_FORWARD, each thread runs its rows through all
+ * steps, 4 rows per load of the weights):
+ *   r, z = sigmoid(pre_rz + hin W_rz^T),  u = r hin,  n = tanh(pre_n + u W_n^T),
+ *   h_t = n + z (h_{t-1} - n),  hin = h_{t-1} m.
+ * pre (D, T, B, 3H) = x W_ih^T + b_ih + b_hh; wt_rz (D, H, 2H), wt_n (D, H, H); mask (D, B, H) or
+ * NULL; hs (D, T+1, B, H) with h_0 at t = 0. Writes gates (r, z, n), u (D, T, B, H), hs[1..T]. */
+#define GRU_RB_SEQ_FORWARD(NAME, T, SIGMOID, TANH)                                                  \
+    void NAME(int64_t D, int64_t steps, int64_t B, int64_t H, const T *pre, const T *wt_rz,         \
+              const T *wt_n, const T *mask, T *gates, T *u, T *hs) {                                \
+        int64_t G = 3 * H;                                                                          \
+        ROWS_BEGIN_AT(D * B, D * steps * B * G, step_min_work)                                      \
+        T *hin = (T *)malloc(sizeof(T) * 4 * H);                                                    \
+        for (int64_t t = 0; t < steps; t++)                                                         \
+            for (int64_t r0 = b0, n_rows; r0 < b1; r0 += n_rows) {                                  \
+                ROW_BLOCK(r0, n_rows, b1, B)                                                        \
+                int64_t at0 = ((d0 * steps + t) * B + r0 % B);                                      \
+                const T *h0_ = hs + ((d0 * (steps + 1) + t) * B + r0 % B) * H;                      \
+                if (mask) ROW_MUL(hin, h0_, mask + r0 * H, n_rows * H);                             \
+                else memcpy(hin, h0_, sizeof(T) * n_rows * H);                                      \
+                BLOCK_VECMAT(T, n_rows, gates + at0 * G, G, hin, H, wt_rz + d0 * H * 2 * H, H, 2 * H); \
+                for (int64_t i = 0; i < n_rows; i++) {                                              \
+                    T *g = gates + (at0 + i) * G, *ub = u + (at0 + i) * H;                          \
+                    const T *x = pre + (at0 + i) * G, *hi = hin + i * H;                            \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < 2 * H; k++) g[k] = SIGMOID(x[k] + g[k]);                \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++) ub[k] = g[k] * hi[k];                           \
+                }                                                                                   \
+                BLOCK_VECMAT(T, n_rows, gates + at0 * G + 2 * H, G, u + at0 * H, H, wt_n + d0 * H * H, H, H); \
+                for (int64_t i = 0; i < n_rows; i++) {                                              \
+                    T *g = gates + (at0 + i) * G, *hb = (T *)h0_ + (B + i) * H;                     \
+                    const T *x = pre + (at0 + i) * G, *hp_ = h0_ + i * H;                           \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++) {                                               \
+                        T n = TANH(x[2 * H + k] + g[2 * H + k]);                                    \
+                        g[2 * H + k] = n;                                                           \
+                        hb[k] = n + g[H + k] * (hp_[k] - n);                                        \
+                    }                                                                               \
+                }                                                                                   \
+            }                                                                                       \
+        free(hin);                                                                                  \
+        ROWS_END                                                                                    \
+    }
+
+/* Its backward, t = T-1 .. 0 for each row: dL/dh_t = carry + rec m + grad_t (carry = z_{t+1}
+ * dL/dh_{t+1}, on entry the final state's gradient; rec = dL/d(hin_{t+1}), this row's, zero at
+ * t = T-1); then the pre-activation gradients da (r, z, n) = dL/dpre, du = da_n W_n,
+ * da_r = du hin r (1 - r), rec = du r + da_rz W_rz. w_rz (D, 2H, H), w_n (D, H, H) = W_hh's
+ * rows; grad (D, T, B, H) or NULL. On return carry (D, B, H) = dL/dh_0. */
+#define GRU_RB_SEQ_BACKWARD(NAME, T)                                                                \
+    void NAME(int64_t D, int64_t steps, int64_t B, int64_t H, const T *gates, const T *hs,          \
+              const T *w_rz, const T *w_n, const T *mask, const T *grad, T *carry, T *da) {         \
+        int64_t G = 3 * H;                                                                          \
+        ROWS_BEGIN_AT(D * B, D * steps * B * G, step_min_work)                                      \
+        T *rec = (T *)calloc((b1 - b0) * H + 4 * H, sizeof(T)), *du = rec + (b1 - b0) * H;          \
+        for (int64_t t = steps - 1; t >= 0; t--)                                                    \
+            for (int64_t r0 = b0, n_rows; r0 < b1; r0 += n_rows) {                                  \
+                ROW_BLOCK(r0, n_rows, b1, B)                                                        \
+                int64_t at0 = ((d0 * steps + t) * B + r0 % B);                                      \
+                const T *h0_ = hs + ((d0 * (steps + 1) + t) * B + r0 % B) * H;                      \
+                T *rec0 = rec + (r0 - b0) * H;                                                      \
+                for (int64_t i = 0; i < n_rows; i++) {                                              \
+                    int64_t row = (r0 + i) * H;                                                     \
+                    const T *g = gates + (at0 + i) * G, *pb = h0_ + i * H;                          \
+                    T *cb = carry + row, *dab = da + (at0 + i) * G;                                 \
+                    if (t < steps - 1) ROW_ADD_MUL(cb, rec0 + i * H, mask ? mask + row : NULL, H);  \
+                    if (grad) ROW_ADD(cb, grad + (at0 + i) * H, H);                                 \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++) {                                               \
+                        T z = g[H + k], n = g[2 * H + k], dh = cb[k];                               \
+                        dab[H + k] = dh * (pb[k] - n) * z * (1 - z);                                \
+                        dab[2 * H + k] = dh * (1 - z) * (1 - n * n);                                \
+                        cb[k] = dh * z;                                                             \
+                    }                                                                               \
+                }                                                                                   \
+                BLOCK_VECMAT(T, n_rows, du, H, da + at0 * G + 2 * H, G, w_n + d0 * H * H, H, H);    \
+                for (int64_t i = 0; i < n_rows; i++) {                                              \
+                    const T *g = gates + (at0 + i) * G, *pb = h0_ + i * H, *dub = du + i * H;       \
+                    const T *mk = mask ? mask + (r0 + i) * H : NULL;                                \
+                    T *dab = da + (at0 + i) * G;                                                    \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++) {                                               \
+                        T rg = g[k], hin = mk ? pb[k] * mk[k] : pb[k];                              \
+                        dab[k] = dub[k] * hin * rg * (1 - rg);                                      \
+                    }                                                                               \
+                }                                                                                   \
+                BLOCK_VECMAT(T, n_rows, rec0, H, da + at0 * G, G, w_rz + d0 * 2 * H * H, 2 * H, H);  \
+                for (int64_t i = 0; i < n_rows; i++) {                                              \
+                    const T *g = gates + (at0 + i) * G, *dub = du + i * H;                          \
+                    T *rb = rec0 + i * H;                                                           \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++) rb[k] += dub[k] * g[k];                         \
+                }                                                                                   \
+            }                                                                                       \
+        for (int64_t r_ = b0; r_ < b1; r_++)                                                        \
+            ROW_ADD_MUL(carry + r_ * H, rec + (r_ - b0) * H, mask ? mask + r_ * H : NULL, H);       \
+        free(rec);                                                                                  \
+        ROWS_END                                                                                    \
+    }
+
 /* GRU (reset_after=True, gate order r, z, n; see GRUFunction in bptt.py), forward, one step.
  * xp = x W_ih^T + b_ih and hp = (h_{t-1} m) W_hh^T + b_hh (D, B, 3H) in; writes the activations
  * r, z, n to gates, h_t = n + z (h_{t-1} - n) to h, and h_t * mask to hm (D, B, H) contiguous
@@ -983,6 +1099,10 @@ GRU_SEQ_FORWARD(rnnkit_gru_seq_forward_f32, float, sigmoid_f32, tanh_f32, sqrtf)
 GRU_SEQ_FORWARD(rnnkit_gru_seq_forward_f64, double, sigmoid_f64, tanh_f64, sqrt)
 GRU_SEQ_BACKWARD(rnnkit_gru_seq_backward_f32, float)
 GRU_SEQ_BACKWARD(rnnkit_gru_seq_backward_f64, double)
+GRU_RB_SEQ_FORWARD(rnnkit_gru_rb_seq_forward_f32, float, sigmoid_f32, tanh_f32)
+GRU_RB_SEQ_FORWARD(rnnkit_gru_rb_seq_forward_f64, double, sigmoid_f64, tanh_f64)
+GRU_RB_SEQ_BACKWARD(rnnkit_gru_rb_seq_backward_f32, float)
+GRU_RB_SEQ_BACKWARD(rnnkit_gru_rb_seq_backward_f64, double)
 GRU_FORWARD(rnnkit_gru_forward_f32, float, sigmoid_f32, tanh_f32)
 GRU_FORWARD(rnnkit_gru_forward_f64, double, sigmoid_f64, tanh_f64)
 GRU_BACKWARD(rnnkit_gru_backward_f32, float)
@@ -1008,4 +1128,4 @@ MINGRU_X_FORWARD(rnnkit_mingru_x_forward_f64, double, sigmoid_f64)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f32, float, sigmoid_f32)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f64, double, sigmoid_f64)
 
-int rnnkit_native_abi(void) { return 18; }
+int rnnkit_native_abi(void) { return 19; }

@@ -43,7 +43,7 @@ from torch import Tensor
 NATIVE_ENV = "RNNKIT_NATIVE"
 CACHE_ENV = "RNNKIT_CACHE"
 SOURCE = Path(__file__).with_name("native.c")
-ABI = 18  # rnnkit_native_abi() of the source this module expects
+ABI = 19  # rnnkit_native_abi() of the source this module expects
 _FLAGS = ["-O3", "-fPIC", "-shared"]
 # Tried in order: OpenMP (the library then uses the libgomp torch has loaded, and its threads),
 # else only the SIMD pragmas; -march=native where the compiler takes it.
@@ -144,6 +144,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"rnnkit_gate_norm_backward_{suffix}").argtypes = [I, I, I, I, P, I, P, I, P, P, I, P, P, I, P, P]
         getattr(lib, f"rnnkit_gru_seq_forward_{suffix}").argtypes = [I, I, I, I, real] + [P] * 11
         getattr(lib, f"rnnkit_gru_seq_backward_{suffix}").argtypes = [I, I, I, I] + [P] * 15
+        getattr(lib, f"rnnkit_gru_rb_seq_forward_{suffix}").argtypes = [I, I, I, I] + [P] * 7
+        getattr(lib, f"rnnkit_gru_rb_seq_backward_{suffix}").argtypes = [I, I, I, I] + [P] * 8
         getattr(lib, f"rnnkit_gru_forward_{suffix}").argtypes = [I, I, I, P, I, P, I, P, I, P, P, I, P, P]
         getattr(lib, f"rnnkit_gru_backward_{suffix}").argtypes = [I, I, I, P, I, P, I, P, I, P, P, P, I, P, P, P, I]
         getattr(lib, f"rnnkit_gru_rb_gates_{suffix}").argtypes = [I, I, I, P, I, P, I, P, I]
@@ -201,7 +203,7 @@ PARTS = {"gru_rb": ("gates", "state", "back_state", "back_gates")}  # default: (
 def kernels(name: str, dtype: torch.dtype):
     """The kernels of ``name`` for ``dtype``, or None when the library is unavailable or the dtype
     is not float32/float64: (forward, backward) of "lstm", "lstm_ln" or "gru" (one step), of
-    "gru_seq" (a whole GRU sequence, its recurrent matmul included), of
+    "gru_seq" and "gru_rb_seq" (a whole GRU sequence, its recurrent matmuls included), of
     "gate_norm" (the layer norm per gate of N rows: one step's or a whole input projection) and of
     "mingru", "mingru_x" or "minlstm" (a whole sequence); the four of "gru_rb" (``PARTS``)."""
     lib = library()
@@ -467,6 +469,23 @@ def gru_sequence_backward(kernel, gates, hp, q, mean, rstd, g_hh, hs, w_hh, mask
     _check_contiguous(gates, hp, q, mean, rstd, g_hh, hs, w_hh, mask, grad_hs, carry, dxp, dhp, dq, sums)
     kernel(D, T, B, G // 3, *map(_ptr, (gates, hp, q, mean, rstd, g_hh, hs, w_hh, mask, grad_hs, carry, dxp, dhp,
                                         dq, sums)))
+
+
+def gru_reset_before_sequence_forward(kernel, pre, wt_rz, wt_n, mask, gates, u, hs) -> None:
+    """One call of ``rnnkit_gru_rb_seq_forward``: pre, gates (D, T, B, 3H); wt_rz (D, H, 2H); wt_n
+    (D, H, H); mask (D, B, H) or None; u (D, T, B, H); hs (D, T+1, B, H), all contiguous."""
+    D, T, B, G = pre.shape
+    _check_contiguous(pre, wt_rz, wt_n, mask, gates, u, hs)
+    kernel(D, T, B, G // 3, *map(_ptr, (pre, wt_rz, wt_n, mask, gates, u, hs)))
+
+
+def gru_reset_before_sequence_backward(kernel, gates, hs, w_rz, w_n, mask, grad_hs, carry, da) -> None:
+    """One call of ``rnnkit_gru_rb_seq_backward``: w_rz (D, 2H, H), w_n (D, H, H); the output
+    gradient (D, T, B, H) or None; carry (D, B, H) (in: the final state's gradient; out: dL/dh_0);
+    da (D, T, B, 3H) = dL/dpre written."""
+    D, T, B, G = gates.shape
+    _check_contiguous(gates, hs, w_rz, w_n, mask, grad_hs, carry, da)
+    kernel(D, T, B, G // 3, *map(_ptr, (gates, hs, w_rz, w_n, mask, grad_hs, carry, da)))
 
 
 def _check_contiguous(*tensors) -> None:
