@@ -341,7 +341,10 @@ static inline double tanh_f64(double x) { return tanh(x); }
         T *rec = (T *)calloc((b1 - b0) * H + 1, sizeof(T));                                         \
         double *own = (g_hh && nt_ > 1) ? (double *)calloc(n_sums, sizeof(double)) : NULL;         \
         double *sum = own ? own : sums;                                                             \
-        for (int64_t t = steps - 1; t >= 0; t--)                                                    \
+        /* a step's share, over this thread's rows, summed in T first: converting every product */ \
+        /* to double cost 3 ms a call at S3's size (the small gradients converted slowly) */       \
+        T *part = g_hh ? (T *)calloc(n_sums, sizeof(T)) : NULL;                                    \
+        for (int64_t t = steps - 1; t >= 0; t--) {                                                  \
             for (int64_t r0 = b0, n_rows; r0 < b1; r0 += n_rows) {                                  \
                 int64_t d0 = r0 / B, at0 = ((d0 * steps + t) * B + r0 % B) * G;                     \
                 n_rows = (d0 + 1) * B - r0 < b1 - r0 ? (d0 + 1) * B - r0 : b1 - r0;                 \
@@ -372,7 +375,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
                         int64_t wq = d * G + qg * H, sq = (at / G) * 3 + qg;                        \
                         const T *dpq = dp + qg * H, *xq = q + at + qg * H, *gq = g_hh + wq;         \
                         T m_ = mean[sq], r_s = rstd[sq], u1 = 0, u2 = 0, *dqq = dqb + qg * H;       \
-                        double *sg = sum + wq, *sb = sum + D * G + wq;                              \
+                        T *sg = part + wq, *sb = part + D * G + wq;                                 \
                         _Pragma("omp simd reduction(+:u1, u2)")                                     \
                         for (int64_t k = 0; k < H; k++) {                                           \
                             T hat = (xq[k] - m_) * r_s;                                             \
@@ -395,6 +398,14 @@ static inline double tanh_f64(double x) { return tanh(x); }
                     for (int64_t i = 0; i < n_rows; i++)                                            \
                         ROWS_VECMAT(T, 1, rec0 + i * H, H, dq + at0 + i * G, G, w + d0 * G * H, G, H); \
             }                                                                                       \
+            if (part) {                                                                             \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t j = 0; j < n_sums; j++) {                                              \
+                    sum[j] += part[j];                                                              \
+                    part[j] = 0;                                                                    \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
         for (int64_t r_ = b0; r_ < b1; r_++)                                                        \
             ROW_ADD_MUL(carry + r_ * H, rec + (r_ - b0) * H, mask ? mask + r_ * H : NULL, H);       \
         if (own) {                                                                                  \
@@ -404,6 +415,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
             free(own);                                                                              \
         }                                                                                           \
         free(rec);                                                                                  \
+        free(part);                                                                                 \
         ROWS_END                                                                                    \
     }
 
@@ -671,8 +683,9 @@ static inline double tanh_f64(double x) { return tanh(x); }
  * overwritten with dL/dh_t = rec * mask + grad. dc = dL/dc_t from step t+1, replaced by
  * dL/dc_{t-1}. Writes dxz = dL/dxz and dhp = dL/dhp (through the gate layer norms; for dW_ih
  * and dW_hh), and adds this step's share of the parameters' gradients to sums (double):
- * [g_h (D, 4H) | g_x (D, 4H) | bias (D, 4H) | w_c (D, H) | b_c (D, H)]; with threads, each
- * thread's sums are added in thread order. */
+ * [g_h (D, 4H) | g_x (D, 4H) | bias (D, 4H) | w_c (D, H) | b_c (D, H)], summed over a thread's
+ * rows in T first (converting each row's products to double was slow), then added in thread
+ * order. */
 #define LSTM_LN_BACKWARD(NAME, T)                                                                   \
     void NAME(int64_t D, int64_t B, int64_t H, const T *gates, int64_t gates_d, const T *xz,        \
               const T *hp, int64_t p_d, const T *mean_x, const T *rstd_x, const T *mean_h,          \
@@ -682,7 +695,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
               int64_t grad_d, T *dc, T *dxz, T *dhp, double *sums) {                                \
         int64_t n_sums = D * 14 * H;                                                                \
         ROWS_BEGIN_AT(D * B, D * B * 4 * H, step_min_work)                                          \
-        double *own = nt_ > 1 ? (double *)calloc(n_sums, sizeof(double)) : NULL, *sum = own ? own : sums; \
+        T *sum = (T *)calloc(n_sums, sizeof(T)); /* this call's share over the thread's rows */      \
         for (int64_t r_ = b0; r_ < b1; r_++) {                                                      \
             int64_t d = r_ / B, b = r_ % B, row = (d * B + b) * H;                                  \
             const T *a = gates + d * gates_d + b * 4 * H, *x = xz + d * p_d + b * 4 * H;            \
@@ -691,7 +704,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
             const T *tb = tc + d * tc_d + b * H, *wc = w_c + d * H;                                 \
             T *dh = rec + row, *dcb = dc + row;                                                     \
             T *dab = dxz + d * p_d + b * 4 * H, *dpb = dhp + d * p_d + b * 4 * H;                   \
-            double *dwb = sum + D * 12 * H + d * H, *dbb = sum + D * 13 * H + d * H;                \
+            T *dwb = sum + D * 12 * H + d * H, *dbb = sum + D * 13 * H + d * H;                     \
             if (mask) ROW_MUL(dh, dh, mask + row, H);                                               \
             if (grad) ROW_ADD(dh, grad + d * grad_d + b * H, H);                                    \
             T mc = mean_c[d * sc_d + b], rc = rstd_c[d * sc_d + b], s1 = 0, s2 = 0;                 \
@@ -721,7 +734,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
                 const T *xq = x + q * H, *pq = p + q * H, *gx = g_x + w, *gh = g_h + w;             \
                 T *daq = dab + q * H, *dpq = dpb + q * H;                                           \
                 T mx = mean_x[s], rx = rstd_x[s], mh = mean_h[s], rh = rstd_h[s];                   \
-                double *sgh = sum + w, *sgx = sum + D * 4 * H + w, *sbq = sum + D * 8 * H + w;      \
+                T *sgh = sum + w, *sgx = sum + D * 4 * H + w, *sbq = sum + D * 8 * H + w;           \
                 T u1x = 0, u2x = 0, u1h = 0, u2h = 0;                                               \
                 _Pragma("omp simd reduction(+:u1x, u2x, u1h, u2h)")                                 \
                 for (int64_t k = 0; k < H; k++) {                                                   \
@@ -746,12 +759,10 @@ static inline double tanh_f64(double x) { return tanh(x); }
                 }                                                                                   \
             }                                                                                       \
         }                                                                                           \
-        if (own) {                                                                                  \
-            ROWS_IN_ORDER({                                                                         \
-                for (int64_t j = 0; j < n_sums; j++) sums[j] += own[j];                             \
-            })                                                                                      \
-            free(own);                                                                              \
-        }                                                                                           \
+        ROWS_IN_ORDER({                                                                             \
+            for (int64_t j = 0; j < n_sums; j++) sums[j] += sum[j];                                 \
+        })                                                                                          \
+        free(sum);                                                                                  \
         ROWS_END                                                                                    \
     }
 
@@ -791,49 +802,53 @@ static inline double tanh_f64(double x) { return tanh(x); }
 
 /* Its backward: per (row, gate), with e = dy gain and hat = (x - mean) rstd,
  *   dx = rstd (e - mean(e) - hat mean(e hat));
- * and dgain (D, G*H) += the sum over rows of dy hat, dbias += the sum of dy, in double (each
- * NULL when not wanted; with threads, each thread's sums are added in thread order). dy, dx
- * laid out as x (direction strides dy_d, dx_d). */
+ * and dgain (D, G*H) += the sum over rows of dy hat, dbias += the sum of dy (each NULL when not
+ * wanted): 64 rows at a time in T, those sums in double, each thread's added in thread order.
+ * dy, dx laid out as x (direction strides dy_d, dx_d). */
 #define GATE_NORM_BACKWARD(NAME, T)                                                                 \
     void NAME(int64_t D, int64_t N, int64_t G, int64_t H, const T *dy, int64_t dy_d, const T *x,    \
               int64_t x_d, const T *mean, const T *rstd, int64_t s_d, const T *gain, T *dx,         \
               int64_t dx_d, double *dgain, double *dbias) {                                         \
         int64_t n_sums = D * G * H;                                                                 \
         ROWS_BEGIN(N, D * N * G * H)                                                                \
-        double *own = nt_ > 1 ? (double *)calloc(2 * n_sums, sizeof(double)) : NULL;                \
-        double *sg = own ? own : dgain, *sb = own ? own + n_sums : dbias;                           \
-        for (int64_t d = 0; d < D; d++)                                                             \
-            for (int64_t n = b0; n < b1; n++)                                                       \
-                for (int64_t q = 0; q < G; q++) {                                                   \
-                    int64_t at = (n * G + q) * H, s = d * s_d + n * G + q, w = (d * G + q) * H;     \
-                    const T *dyq = dy + d * dy_d + at, *xq = x + d * x_d + at, *gq = gain + w;      \
-                    T *dxq = dx + d * dx_d + at, m = mean[s], r = rstd[s], u1 = 0, u2 = 0;          \
-                    _Pragma("omp simd reduction(+:u1, u2)")                                         \
-                    for (int64_t k = 0; k < H; k++) {                                               \
-                        u1 += dyq[k] * gq[k];                                                       \
-                        u2 += dyq[k] * gq[k] * (xq[k] - m) * r;                                     \
-                    }                                                                               \
-                    u1 /= H;                                                                        \
-                    u2 /= H;                                                                        \
-                    _Pragma("omp simd")                                                             \
-                    for (int64_t k = 0; k < H; k++)                                                 \
-                        dxq[k] = r * (dyq[k] * gq[k] - u1 - (xq[k] - m) * r * u2);                  \
-                    if (dgain) {                                                                    \
-                        double *sgq = sg + w;                                                       \
+        double *own = (double *)calloc(2 * n_sums, sizeof(double)), *sg = own, *sb = own + n_sums;  \
+        T *part = (T *)calloc(2 * n_sums, sizeof(T)), *pg = part, *pb = part + n_sums;              \
+        for (int64_t n0 = b0; n0 < b1; n0 += 64) { /* 64 rows' sums in T, then added in double */  \
+            for (int64_t d = 0; d < D; d++)                                                         \
+                for (int64_t n = n0; n < n0 + 64 && n < b1; n++)                                    \
+                    for (int64_t q = 0; q < G; q++) {                                               \
+                        int64_t at = (n * G + q) * H, s = d * s_d + n * G + q, w = (d * G + q) * H; \
+                        const T *dyq = dy + d * dy_d + at, *xq = x + d * x_d + at, *gq = gain + w;  \
+                        T *dxq = dx + d * dx_d + at, m = mean[s], r = rstd[s], u1 = 0, u2 = 0;      \
+                        T *pgq = pg + w, *pbq = pb + w;                                             \
+                        _Pragma("omp simd reduction(+:u1, u2)")                                     \
+                        for (int64_t k = 0; k < H; k++) {                                           \
+                            T hat = (xq[k] - m) * r;                                                \
+                            u1 += dyq[k] * gq[k];                                                   \
+                            u2 += dyq[k] * gq[k] * hat;                                             \
+                            pgq[k] += dyq[k] * hat;                                                 \
+                            pbq[k] += dyq[k];                                                       \
+                        }                                                                           \
+                        u1 /= H;                                                                    \
+                        u2 /= H;                                                                    \
                         _Pragma("omp simd")                                                         \
-                        for (int64_t k = 0; k < H; k++) sgq[k] += dyq[k] * ((xq[k] - m) * r);       \
+                        for (int64_t k = 0; k < H; k++)                                             \
+                            dxq[k] = r * (dyq[k] * gq[k] - u1 - (xq[k] - m) * r * u2);              \
                     }                                                                               \
-                    if (dbias) ROW_ADD(sb + w, dyq, H);                                             \
-                }                                                                                   \
-        if (own) {                                                                                  \
-            ROWS_IN_ORDER({                                                                         \
-                for (int64_t j = 0; j < n_sums; j++) {                                              \
-                    if (dgain) dgain[j] += own[j];                                                  \
-                    if (dbias) dbias[j] += own[n_sums + j];                                         \
-                }                                                                                   \
-            })                                                                                      \
-            free(own);                                                                              \
+            _Pragma("omp simd")                                                                     \
+            for (int64_t j = 0; j < 2 * n_sums; j++) {                                              \
+                own[j] += part[j];                                                                  \
+                part[j] = 0;                                                                        \
+            }                                                                                       \
         }                                                                                           \
+        ROWS_IN_ORDER({                                                                             \
+            for (int64_t j = 0; j < n_sums; j++) {                                                  \
+                if (dgain) dgain[j] += sg[j];                                                       \
+                if (dbias) dbias[j] += sb[j];                                                       \
+            }                                                                                       \
+        })                                                                                          \
+        free(part);                                                                                 \
+        free(own);                                                                                  \
         ROWS_END                                                                                    \
     }
 
