@@ -69,8 +69,11 @@ def test_native_steps_equal_the_torch_loop(config, dtype, tol, recurrent_dropout
 @needs_compiler
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-3)])
 @pytest.mark.parametrize("recurrent_dropout", [0.0, 0.4])
-def test_native_layer_norm_gru_equals_the_reference_loop(dtype, tol, recurrent_dropout, monkeypatch):
-    """GRU layer norm has no torch loop in rnnkit.bptt: its native path is checked against the reference."""
+@pytest.mark.parametrize("kernels", ["sequence", "steps"])
+def test_native_layer_norm_gru_equals_the_reference_loop(dtype, tol, recurrent_dropout, kernels, monkeypatch):
+    """GRU layer norm has no torch loop in rnnkit.bptt: its native paths are checked against the reference."""
+    if kernels == "steps":
+        monkeypatch.setattr(bptt, "GRU_SEQUENCE_MAX_HIDDEN", 0)
     torch.manual_seed(0)
     layer = Recurrent("gru", 3, 6, num_layers=2, bidirectional=True, recurrent_dropout=recurrent_dropout,
                       layer_norm=True).to(dtype)

@@ -213,9 +213,12 @@ def _run(layer, xs, ws, first, mask):
         return hs, (h_last, c_last)
     w_ih, w_hh = _stack([w.weight_ih for w in ws]), _stack([w.weight_hh for w in ws])
     if layer.cell == "gru" and layer.layer_norm:  # reset_after=True (bptt_unsupported_reason)
-        xp = _input_gate_norm(_project(xs, w_ih, None), _stack([w.ln_ih for w in ws]), _stack([w.bias_ih for w in ws]), 3)
-        hs, h_last = GRUNormFunction.apply(xp, first[0], w_hh, _stack([w.ln_hh for w in ws]),
-                                           _stack([w.bias_hh for w in ws]), mask)
+        xz, g_x, b_x = _project(xs, w_ih, None), _stack([w.ln_ih for w in ws]), _stack([w.bias_ih for w in ws])
+        recurrent = (_stack([w.ln_hh for w in ws]), _stack([w.bias_hh for w in ws]), mask)
+        if _sequence_kernels(xz) is not None:  # the sequence kernel normalises xz too
+            hs, h_last = GRUNormFunction.apply(xz, first[0], w_hh, g_x, b_x, *recurrent)
+        else:
+            hs, h_last = GRUNormFunction.apply(_input_gate_norm(xz, g_x, b_x, 3), first[0], w_hh, None, None, *recurrent)
         return hs, (h_last,)
     if layer.cell == "gru" and layer.reset_after:  # b_hn sits inside r * (W_hn h + b_hn): kept apart
         xp = _project(xs, w_ih, _stack([w.bias_ih for w in ws]))
@@ -329,7 +332,8 @@ class GRUFunction(torch.autograd.Function):
         if sequence is not None:  # the whole loop, recurrent matmul included, in one native call
             xp, mask = xp.contiguous(), None if mask is None else mask.contiguous()
             b = None if b_hh is None else b_hh.contiguous()
-            native.gru_sequence_forward(sequence[0], xp, wt, b, None, mask, None, None, None, hp, gates, hs, LN_EPS)
+            native.gru_sequence_forward(sequence[0], xp, wt, b, None, None, None, mask, None, None, hp, gates, hs,
+                                        LN_EPS)
             ctx.hs, ctx.hp, ctx.gates, ctx.mask, ctx.native = hs, hp, gates, mask, None
             return hs[:, 1:], hs[:, -1].clone()
         hm = xp.new_empty(D, B, H)
@@ -415,8 +419,8 @@ def _gru_sequence_backward(ctx, w_hh, grad_hs, grad_h):
     carry = hs.new_zeros(D, B, G // 3) if grad_h is None else grad_h.contiguous().clone()
     dxp, dhp = torch.empty_like(gates), torch.empty_like(gates)
     grad_hs = None if grad_hs is None else grad_hs.contiguous()
-    native.gru_sequence_backward(ctx.sequence[1], gates, ctx.hp, None, None, None, None, hs, w_hh.contiguous(), mask,
-                                 grad_hs, carry, dxp, None, dhp, None)
+    native.gru_sequence_backward(ctx.sequence[1], gates, ctx.hp, None, None, None, None, None, hs, w_hh.contiguous(),
+                                 mask, grad_hs, carry, dxp, None, dhp, None)
     h_prev = hs[:, :-1]
     dw = _weight_grad(dhp, h_prev if mask is None else h_prev * mask[:, None])
     db = dhp.sum((1, 2)) if ctx.has_bias else None
@@ -448,42 +452,47 @@ def _gru_native_backward(ctx, w_hh, grad_hs, grad_h):
 
 # -- GRU with layer norm (reset_after=True) ---------------------------------------------------
 class GRUNormFunction(torch.autograd.Function):
-    """GRUFunction's step with the recurrent projection layer-normed per gate::
+    """GRUFunction's step with the recurrent (and input) projections layer-normed per gate::
 
-        q_t  = (h_{t-1} * m) W_hh^T                         (D, B, 3H), one bmm
+        q_t  = (h_{t-1} * m) W_hh^T                         (D, B, 3H)
         hp_t = LN_gate(q_t) * g_hh + b_hh                   LN over each gate's H units
+        xp_t = LN_gate(xz_t) * g_x + b_x                    xz = x W_ih^T
         r, z = sigmoid(xp_r + hp_r), sigmoid(xp_z + hp_z);  n = tanh(xp_n + r * hp_n)
         h_t  = n + z (h_{t-1} - n)
 
-    xp (D, T, B, 3H) = LN_gate(x W_ih^T) g_ih + b_ih (not recurrent: computed outside);
-    h0 (D, B, H); w_hh (D, 3H, H); g_hh (D, 3H); b_hh (D, 3H) | None; mask (D, B, H) | None.
-    Returns hs (D, T, B, H) and h_T (D, B, H). Native kernels only (``bptt_unsupported_reason``
-    sends a layer to the reference loop without them): a gate-norm call and a GRU call a step,
-    each way; the gains' and biases' gradients are summed in float64 inside the backward calls.
+    With the sequence kernel (``_sequence_kernels``: one native call each way, both layer norms
+    inside), ``xin`` is xz and g_x (D, 3H), b_x (D, 3H) | None are arguments. With the step
+    kernels (a bmm, a gate-norm call and a GRU call a step), ``xin`` is xp, computed outside,
+    and g_x, b_x are None. h0 (D, B, H); w_hh (D, 3H, H); g_hh (D, 3H); b_hh (D, 3H) | None;
+    mask (D, B, H) | None. Returns hs (D, T, B, H) and h_T (D, B, H). Native kernels only
+    (``bptt_unsupported_reason`` sends a layer to the reference loop without them); the gains'
+    and biases' gradients are summed in float64 inside the backward calls.
     """
 
     @staticmethod
-    def forward(ctx, xp, h0, w_hh, g_hh, b_hh, mask):
-        D, T, B, G = xp.shape
+    def forward(ctx, xin, h0, w_hh, g_x, b_x, g_hh, b_hh, mask):
+        D, T, B, G = xin.shape
         H = G // 3
-        xp, mask = xp.contiguous(), None if mask is None else mask.contiguous()
+        xin, mask = xin.contiguous(), None if mask is None else mask.contiguous()
         wt = w_hh.transpose(1, 2).contiguous()  # (D, H, 3H)
-        q, hp, gates = (xp.new_empty(D, T, B, G) for _ in range(3))
-        mean, rstd = xp.new_empty(D, T, B, 3), xp.new_empty(D, T, B, 3)
-        hs = xp.new_empty(D, T + 1, B, H)
+        q, hp, gates = (xin.new_empty(D, T, B, G) for _ in range(3))
+        stats = xin.new_empty(4, D, T, B, 3)  # mean, 1/std of q; then of xz (sequence kernel only)
+        hs = xin.new_empty(D, T + 1, B, H)
         hs[:, 0] = h0
-        hm = xp.new_empty(D, B, H)
-        ctx.save_for_backward(w_hh, g_hh)
-        ctx.hs, ctx.q, ctx.hp, ctx.gates, ctx.stats, ctx.mask = hs, q, hp, gates, (mean, rstd), mask
-        ctx.has_bias, ctx.sequence = b_hh is not None, _sequence_kernels(xp)
-        if ctx.sequence is not None:  # the whole loop, recurrent matmul and layer norm included, in one call
-            b = None if b_hh is None else b_hh.contiguous()
-            native.gru_sequence_forward(ctx.sequence[0], xp, wt, b, g_hh.contiguous(), mask, q, mean, rstd, hp,
-                                        gates, hs, LN_EPS)
+        ctx.save_for_backward(w_hh, g_hh, g_x)
+        ctx.hs, ctx.q, ctx.hp, ctx.gates, ctx.stats, ctx.mask = hs, q, hp, gates, stats, mask
+        ctx.has_bias, ctx.has_x_bias = b_hh is not None, b_x is not None
+        ctx.sequence = None if g_x is None else _sequence_kernels(xin)
+        assert (ctx.sequence is None) == (g_x is None), "the sequence kernel normalises the input projection"
+        if ctx.sequence is not None:  # the whole loop, recurrent matmul and layer norms included, in one call
+            ctx.xz = xin
+            contiguous = [None if w is None else w.contiguous() for w in (b_hh, g_hh, g_x, b_x)]
+            native.gru_sequence_forward(ctx.sequence[0], xin, wt, *contiguous, mask, q, stats, hp, gates, hs, LN_EPS)
             return hs[:, 1:], hs[:, -1].clone()
-        gru, norm = _native("gru", xp), _native("gate_norm", xp)
-        gru_step = native.GRUSteps(*gru).bind_forward(xp, hp, gates, hs, mask, hm)
-        norm_step = native.GateNormSteps(*norm, 3).bind_forward(q, g_hh, b_hh, hp, mean, rstd, LN_EPS)
+        hm = xin.new_empty(D, B, H)
+        gru, norm = _native("gru", xin), _native("gate_norm", xin)
+        gru_step = native.GRUSteps(*gru).bind_forward(xin, hp, gates, hs, mask, hm)
+        norm_step = native.GateNormSteps(*norm, 3).bind_forward(q, g_hh, b_hh, hp, stats[0], stats[1], LN_EPS)
         for t in range(T):
             hin = hm if mask is not None and t > 0 else _masked(hs[:, t], mask, hm)  # hm: written by gru_step
             torch.bmm(hin, wt, out=q[:, t])
@@ -495,35 +504,37 @@ class GRUNormFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_hs, grad_h):
-        w_hh, g_hh = ctx.saved_tensors
+        w_hh, g_hh, g_x = ctx.saved_tensors
         hs, q, gates, mask = ctx.hs, ctx.q, ctx.gates, ctx.mask
         D, T, B, G = gates.shape
         H = G // 3
         carry = hs.new_zeros(D, B, H) if grad_h is None else grad_h.clone(memory_format=torch.contiguous_format)
         dxp, dhp, dq = torch.empty_like(gates), torch.empty_like(gates), torch.empty_like(gates)
+        h_prev = hs[:, :-1]
         if ctx.sequence is not None:
-            sums = hs.new_zeros(2, D, G, dtype=torch.float64)  # the gradients of g_hh and b_hh
-            native.gru_sequence_backward(ctx.sequence[1], gates, ctx.hp, q, *ctx.stats, g_hh.contiguous(), hs,
-                                         w_hh.contiguous(), mask, None if grad_hs is None else grad_hs.contiguous(),
-                                         carry, dxp, dhp, dq, sums)
-            h_prev = hs[:, :-1]
+            sums = hs.new_zeros(4, D, G, dtype=torch.float64)  # the gradients of g_hh, b_hh, g_x, b_x
+            native.gru_sequence_backward(ctx.sequence[1], gates, ctx.hp, q, ctx.xz, ctx.stats, g_hh.contiguous(),
+                                         g_x.contiguous(), hs, w_hh.contiguous(), mask,
+                                         None if grad_hs is None else grad_hs.contiguous(), carry, dxp, dhp, dq, sums)
             dw = _weight_grad(dq, h_prev if mask is None else h_prev * mask[:, None])
-            return dxp, carry, dw, sums[0].to(hs.dtype), sums[1].to(hs.dtype) if ctx.has_bias else None, None
+            dg_hh, db_hh, dg_x, db_x = sums.to(hs.dtype).unbind(0)
+            return (dxp, carry, dw, dg_x, db_x if ctx.has_x_bias else None, dg_hh, db_hh if ctx.has_bias else None,
+                    None)
         gru, norm = ctx.kernels
         rec = hs.new_empty(D, B, H)
         dg_hh = hs.new_zeros(D, G, dtype=torch.float64)
         db_hh = hs.new_zeros(D, G, dtype=torch.float64) if ctx.has_bias else None
         gru_step = native.GRUSteps(*gru).bind_backward(gates, ctx.hp, hs, rec, mask, grad_hs, carry, dxp, dhp)
-        norm_step = native.GateNormSteps(*norm, 3).bind_backward(dhp, q, *ctx.stats, g_hh, dq, dg_hh, db_hh)
+        norm_step = native.GateNormSteps(*norm, 3).bind_backward(dhp, q, ctx.stats[0], ctx.stats[1], g_hh, dq, dg_hh,
+                                                                 db_hh)
         for t in range(T - 1, -1, -1):
             gru_step(t, t == T - 1)
             norm_step(t)
             torch.bmm(dq[:, t], w_hh, out=rec)
         dh0 = carry.add_(rec) if mask is None else carry.addcmul_(rec, mask)
-        h_prev = hs[:, :-1]
         dw = _weight_grad(dq, h_prev if mask is None else h_prev * mask[:, None])
         db = None if db_hh is None else db_hh.to(hs.dtype)
-        return dxp, dh0, dw, dg_hh.to(hs.dtype), db, None
+        return dxp, dh0, dw, None, None, dg_hh.to(hs.dtype), db, None
 
 
 # -- GRU, reset_after=False (textbook, Keras option) --------------------------------------------

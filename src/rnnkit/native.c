@@ -264,144 +264,156 @@ static inline double tanh_f64(double x) { return tanh(x); }
  * GRUNormFunction in bptt.py). Each thread runs its own rows (d, b) through all T steps: a row's
  * h_t needs only its own h_{t-1}, so the threads never wait for each other. For a small hidden
  * size a step's matmul is too small for the BLAS to run well (~40 us for 2 x (32 x 64) x (64 x
- * 192)), and here T matmul calls and T element-wise calls become one call.
- *   q_t  = (h_{t-1} m) W_hh^T                                   (this row: H x 3H, in the loop)
+ * 192)); here 4 rows share each load of the weights, and T matmul calls and T element-wise
+ * calls become one call.
+ *   q_t  = (h_{t-1} m) W_hh^T                                   (H x 3H per row, in the loop)
  *   hp_t = q_t + b_hh,  or  LN_gate(q_t) g_hh + b_hh  when g_hh is not NULL
- *   then the step of GRU_FORWARD on xp_t and hp_t.
- * xp (D, T, B, 3H) = x W_ih^T + b_ih; wt (D, H, 3H) = W_hh^T; b_hh, g_hh (D, 3H) or NULL;
- * mask (D, B, H) or NULL; hs (D, T+1, B, H) with h_0 at t = 0. Writes hs[1..T], gates (r, z,
- * n after their activations) and hp (D, T, B, 3H); with layer norm also q (D, T, B, 3H) and
- * the statistics mean, rstd (D, T, B, 3). */
+ *   xp_t = xz_t,        or  LN_gate(xz_t) g_x + b_x   when g_x is not NULL
+ *   r = sigmoid(xp_r + hp_r), z = sigmoid(xp_z + hp_z), n = tanh(xp_n + r hp_n),
+ *   h_t = n + z (h_{t-1} - n).
+ * xz (D, T, B, 3H) = x W_ih^T (+ b_ih without layer norm); wt (D, H, 3H) = W_hh^T; b_hh, g_hh,
+ * g_x, b_x (D, 3H) or NULL; mask (D, B, H) or NULL; hs (D, T+1, B, H) with h_0 at t = 0.
+ * Writes hs[1..T], gates (r, z, n after their activations) and hp (D, T, B, 3H); with layer
+ * norm also q (D, T, B, 3H) and the statistics stats (4, D, T, B, 3): mean and 1/std of q, then
+ * of xz. */
 #define GRU_SEQ_FORWARD(NAME, T, SIGMOID, TANH, SQRT)                                               \
-    void NAME(int64_t D, int64_t steps, int64_t B, int64_t H, T eps, const T *xp, const T *wt,      \
-              const T *b_hh, const T *g_hh, const T *mask, T *q, T *mean, T *rstd, T *hp, T *gates,  \
-              T *hs) {                                                                              \
-        int64_t G = 3 * H;                                                                          \
+    void NAME(int64_t D, int64_t steps, int64_t B, int64_t H, T eps, const T *xz, const T *wt,      \
+              const T *b_hh, const T *g_hh, const T *g_x, const T *b_x, const T *mask, T *q,        \
+              T *stats, T *hp, T *gates, T *hs) {                                                   \
+        int64_t G = 3 * H, n_stats = D * steps * B * 3;                                             \
         ROWS_BEGIN_AT(D * B, D * steps * B * G, step_min_work)                                      \
-        T *hin = (T *)malloc(sizeof(T) * 4 * H);                                                    \
+        T *hin = (T *)malloc(sizeof(T) * (4 * H + G)), *xn = hin + 4 * H;                           \
         for (int64_t t = 0; t < steps; t++)                                                         \
             for (int64_t r0 = b0, n_rows; r0 < b1; r0 += n_rows) {                                  \
-                /* up to 4 rows of one direction share each load of the weights */                 \
-                int64_t d0 = r0 / B, at0 = ((d0 * steps + t) * B + r0 % B) * G;                     \
-                n_rows = (d0 + 1) * B - r0 < b1 - r0 ? (d0 + 1) * B - r0 : b1 - r0;                 \
-                n_rows = n_rows < 4 ? n_rows : 4;                                                   \
-                const T *w = wt + d0 * H * G, *h0_ = hs + ((d0 * (steps + 1) + t) * B + r0 % B) * H; \
-                T *acc0 = (g_hh ? q : hp) + at0;                                                    \
+                ROW_BLOCK(r0, n_rows, b1, B)                                                        \
+                int64_t at0 = (d0 * steps + t) * B + r0 % B; /* row index in (D, T, B) */           \
+                const T *h0_ = hs + ((d0 * (steps + 1) + t) * B + r0 % B) * H;                      \
                 if (mask) ROW_MUL(hin, h0_, mask + r0 * H, n_rows * H);                             \
                 else memcpy(hin, h0_, sizeof(T) * n_rows * H);                                      \
-                if (n_rows == 4) ROWS_VECMAT(T, 4, acc0, G, hin, H, w, H, G);                       \
-                else                                                                                \
-                    for (int64_t i = 0; i < n_rows; i++) ROWS_VECMAT(T, 1, acc0 + i * G, G, hin + i * H, H, w, H, G); \
-                for (int64_t r_ = r0; r_ < r0 + n_rows; r_++) {                                     \
-                int64_t d = r_ / B, b = r_ % B, at = ((d * steps + t) * B + b) * G;                 \
-                const T *hb_prev = hs + ((d * (steps + 1) + t) * B + b) * H;                        \
-                T *hb = hs + ((d * (steps + 1) + t + 1) * B + b) * H, *p = hp + at, *g = gates + at; \
-                T *acc = g_hh ? q + at : p;                                                         \
-                const T *x = xp + at;                                                               \
-                if (g_hh) {                                                                         \
-                    for (int64_t qg = 0; qg < 3; qg++) {                                            \
-                        const T *aq = acc + qg * H, *gq = g_hh + d * G + qg * H;                    \
-                        T *pq = p + qg * H;                                                         \
-                        ROW_STATS(T, SQRT, aq, H, eps, m_, r_s)                                     \
-                        mean[(at / G) * 3 + qg] = m_;                                               \
-                        rstd[(at / G) * 3 + qg] = r_s;                                              \
-                        _Pragma("omp simd")                                                         \
-                        for (int64_t k = 0; k < H; k++) pq[k] = (aq[k] - m_) * r_s * gq[k];         \
+                BLOCK_VECMAT(T, n_rows, (g_hh ? q : hp) + at0 * G, G, hin, H, wt + d0 * H * G, H, G); \
+                for (int64_t i = 0; i < n_rows; i++) {                                              \
+                    int64_t row = at0 + i, at = row * G;                                            \
+                    const T *hb_prev = h0_ + i * H, *x = xz + at;                                   \
+                    T *hb = (T *)h0_ + (B + i) * H, *p = hp + at, *g = gates + at;                  \
+                    if (g_hh) GATE_NORM_ROW(T, SQRT, p, q + at, g_hh + d0 * G, stats + row * 3,     \
+                                            stats + n_stats + row * 3, eps, H);                     \
+                    if (b_hh) ROW_ADD(p, b_hh + d0 * G, G);                                         \
+                    if (g_x) {                                                                      \
+                        GATE_NORM_ROW(T, SQRT, xn, x, g_x + d0 * G, stats + 2 * n_stats + row * 3,  \
+                                      stats + 3 * n_stats + row * 3, eps, H);                       \
+                        if (b_x) ROW_ADD(xn, b_x + d0 * G, G);                                      \
+                        x = xn;                                                                     \
                     }                                                                               \
-                }                                                                                   \
-                if (b_hh) ROW_ADD(p, b_hh + d * G, G);                                              \
-                _Pragma("omp simd")                                                                 \
-                for (int64_t k = 0; k < H; k++) {                                                   \
-                    T rg = SIGMOID(x[k] + p[k]), z = SIGMOID(x[H + k] + p[H + k]);                  \
-                    T n = TANH(x[2 * H + k] + rg * p[2 * H + k]);                                   \
-                    g[k] = rg;                                                                      \
-                    g[H + k] = z;                                                                   \
-                    g[2 * H + k] = n;                                                               \
-                    hb[k] = n + z * (hb_prev[k] - n);                                               \
-                }                                                                                   \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++) {                                               \
+                        T rg = SIGMOID(x[k] + p[k]), z = SIGMOID(x[H + k] + p[H + k]);              \
+                        T n = TANH(x[2 * H + k] + rg * p[2 * H + k]);                               \
+                        g[k] = rg;                                                                  \
+                        g[H + k] = z;                                                               \
+                        g[2 * H + k] = n;                                                           \
+                        hb[k] = n + z * (hb_prev[k] - n);                                           \
+                    }                                                                               \
                 }                                                                                   \
             }                                                                                       \
         free(hin);                                                                                  \
         ROWS_END                                                                                    \
     }
 
+/* y = LN_gate(x) gain for one row of 3 gates of H values; the statistics to mean[0..2], rstd[0..2]. */
+#define GATE_NORM_ROW(T, SQRT, y, x, gain, mean, rstd, eps, H)                                      \
+    for (int64_t qg_ = 0; qg_ < 3; qg_++) {                                                         \
+        const T *xq_ = (x) + qg_ * (H), *gq_ = (gain) + qg_ * (H);                                  \
+        T *yq_ = (y) + qg_ * (H);                                                                   \
+        ROW_STATS(T, SQRT, xq_, H, eps, m_, r_s)                                                    \
+        (mean)[qg_] = m_;                                                                           \
+        (rstd)[qg_] = r_s;                                                                          \
+        _Pragma("omp simd")                                                                         \
+        for (int64_t k_ = 0; k_ < (H); k_++) yq_[k_] = (xq_[k_] - m_) * r_s * gq_[k_];              \
+    }
+
+/* The backward of GATE_NORM_ROW in place: dy (3 gates of H) becomes dL/dx; the gain's and the
+ * bias's gradients added to sums_gain, sums_bias (T, NULL for none). */
+#define GATE_NORM_ROW_BACKWARD(T, dy, x, gain, mean, rstd, H, sums_gain, sums_bias)                \
+    for (int64_t qg_ = 0; qg_ < 3; qg_++) {                                                         \
+        const T *xq_ = (x) + qg_ * (H), *gq_ = (gain) + qg_ * (H), m_ = (mean)[qg_], r_s = (rstd)[qg_]; \
+        T *dq_ = (dy) + qg_ * (H), *sg_ = (sums_gain) + qg_ * (H), u1_ = 0, u2_ = 0;                \
+        _Pragma("omp simd reduction(+:u1_, u2_)")                                                   \
+        for (int64_t k_ = 0; k_ < (H); k_++) {                                                      \
+            T hat_ = (xq_[k_] - m_) * r_s;                                                          \
+            u1_ += dq_[k_] * gq_[k_];                                                               \
+            u2_ += dq_[k_] * gq_[k_] * hat_;                                                        \
+            sg_[k_] += dq_[k_] * hat_;                                                              \
+        }                                                                                           \
+        if (sums_bias) ROW_ADD((sums_bias) + qg_ * (H), dq_, H);                                    \
+        u1_ /= (H);                                                                                 \
+        u2_ /= (H);                                                                                 \
+        _Pragma("omp simd")                                                                         \
+        for (int64_t k_ = 0; k_ < (H); k_++)                                                        \
+            dq_[k_] = r_s * (dq_[k_] * gq_[k_] - u1_ - (xq_[k_] - m_) * r_s * u2_);                 \
+    }
+
 /* Its backward, t = T-1 .. 0 for each row: dL/dh_t = carry + rec * m + grad_t, where carry =
  * z_{t+1} dL/dh_{t+1} (on entry: the final state's gradient) and rec = dL/dq_{t+1} W_hh (this
- * row's, kept from the previous step; zero at t = T-1); grad (D, T, B, H) or NULL. Writes dxp
- * and dq = dL/dq (D, T, B, 3H) (without layer norm dL/dq = dL/dhp, the gradient of b_hh too);
- * with layer norm, dhp (D, T, B, 3H) = dL/dhp, and the gains' and biases' gradients (D, 3H)
- * each are added to sums = [g_hh | b_hh] in double (each thread's in thread order). On return
- * carry (D, B, H) = dL/dh_0. w (D, 3H, H) = W_hh. */
+ * row's, kept from the previous step; zero at t = T-1); grad (D, T, B, H) or NULL. Writes dxz
+ * = dL/dxz and dq = dL/dq (D, T, B, 3H) (without layer norm dL/dq = dL/dhp, the gradient of
+ * b_hh too); with layer norm of q, dhp (D, T, B, 3H) = dL/dhp. The gains' and biases' gradients
+ * (D, 3H) each are added to sums = [g_hh | b_hh | g_x | b_x] in double: a step's rows summed
+ * in T first (converting every product to double cost 3 ms a call at S3's size), each thread's
+ * added in thread order. On return carry (D, B, H) = dL/dh_0. w (D, 3H, H) = W_hh. */
 #define GRU_SEQ_BACKWARD(NAME, T)                                                                   \
     void NAME(int64_t D, int64_t steps, int64_t B, int64_t H, const T *gates, const T *hp,          \
-              const T *q, const T *mean, const T *rstd, const T *g_hh, const T *hs, const T *w,     \
-              const T *mask, const T *grad, T *carry, T *dxp, T *dhp, T *dq, double *sums) {        \
-        int64_t G = 3 * H, n_sums = 2 * D * G;                                                      \
+              const T *q, const T *xz, const T *stats, const T *g_hh, const T *g_x, const T *hs,    \
+              const T *w, const T *mask, const T *grad, T *carry, T *dxz, T *dhp, T *dq,            \
+              double *sums) {                                                                       \
+        int64_t G = 3 * H, n_sums = 4 * D * G, n_stats = D * steps * B * 3;                         \
         ROWS_BEGIN_AT(D * B, D * steps * B * G, step_min_work)                                      \
         T *rec = (T *)calloc((b1 - b0) * H + 1, sizeof(T));                                         \
-        double *own = (g_hh && nt_ > 1) ? (double *)calloc(n_sums, sizeof(double)) : NULL;         \
-        double *sum = own ? own : sums;                                                             \
-        /* a step's share, over this thread's rows, summed in T first: converting every product */ \
-        /* to double cost 3 ms a call at S3's size (the small gradients converted slowly) */       \
-        T *part = g_hh ? (T *)calloc(n_sums, sizeof(T)) : NULL;                                    \
+        T *part = (g_hh || g_x) ? (T *)calloc(n_sums, sizeof(T)) : NULL;                            \
+        double *own = part ? (double *)calloc(n_sums, sizeof(double)) : NULL;                       \
         for (int64_t t = steps - 1; t >= 0; t--) {                                                  \
             for (int64_t r0 = b0, n_rows; r0 < b1; r0 += n_rows) {                                  \
-                int64_t d0 = r0 / B, at0 = ((d0 * steps + t) * B + r0 % B) * G;                     \
-                n_rows = (d0 + 1) * B - r0 < b1 - r0 ? (d0 + 1) * B - r0 : b1 - r0;                 \
-                n_rows = n_rows < 4 ? n_rows : 4;                                                   \
-                for (int64_t r_ = r0; r_ < r0 + n_rows; r_++) {                                     \
-                int64_t d = r_ / B, b = r_ % B, at = ((d * steps + t) * B + b) * G, row = r_ * H;   \
-                const T *g = gates + at, *p = hp + at, *hb_prev = hs + ((d * (steps + 1) + t) * B + b) * H; \
-                T *rb = rec + (r_ - b0) * H, *cb = carry + row, *dx = dxp + at;                     \
-                T *dp = g_hh ? dhp + at : dq + at, *dqb = dq + at;                                  \
-                if (t < steps - 1) ROW_ADD_MUL(cb, rb, mask ? mask + row : NULL, H);                \
-                if (grad) ROW_ADD(cb, grad + ((d * steps + t) * B + b) * H, H);                     \
-                _Pragma("omp simd")                                                                 \
-                for (int64_t k = 0; k < H; k++) { /* cb[k] is dL/dh_t now */                        \
-                    T rg = g[k], z = g[H + k], n = g[2 * H + k], dh = cb[k];                        \
-                    T dn = dh * (1 - z) * (1 - n * n);                                              \
-                    T dz = dh * (hb_prev[k] - n) * z * (1 - z);                                     \
-                    T dr = dn * p[2 * H + k] * rg * (1 - rg);                                       \
-                    dx[k] = dr;                                                                     \
-                    dx[H + k] = dz;                                                                 \
-                    dx[2 * H + k] = dn;                                                             \
-                    dp[k] = dr;                                                                     \
-                    dp[H + k] = dz;                                                                 \
-                    dp[2 * H + k] = dn * rg;                                                        \
-                    cb[k] = dh * z;                                                                 \
-                }                                                                                   \
-                if (g_hh) {                                                                         \
-                    for (int64_t qg = 0; qg < 3; qg++) {                                            \
-                        int64_t wq = d * G + qg * H, sq = (at / G) * 3 + qg;                        \
-                        const T *dpq = dp + qg * H, *xq = q + at + qg * H, *gq = g_hh + wq;         \
-                        T m_ = mean[sq], r_s = rstd[sq], u1 = 0, u2 = 0, *dqq = dqb + qg * H;       \
-                        T *sg = part + wq, *sb = part + D * G + wq;                                 \
-                        _Pragma("omp simd reduction(+:u1, u2)")                                     \
-                        for (int64_t k = 0; k < H; k++) {                                           \
-                            T hat = (xq[k] - m_) * r_s;                                             \
-                            u1 += dpq[k] * gq[k];                                                   \
-                            u2 += dpq[k] * gq[k] * hat;                                             \
-                            sg[k] += dpq[k] * hat;                                                  \
-                            sb[k] += dpq[k];                                                        \
-                        }                                                                           \
-                        u1 /= H;                                                                    \
-                        u2 /= H;                                                                    \
-                        _Pragma("omp simd")                                                         \
-                        for (int64_t k = 0; k < H; k++)                                             \
-                            dqq[k] = r_s * (dpq[k] * gq[k] - u1 - (xq[k] - m_) * r_s * u2);         \
-                    }                                                                               \
-                }                                                                                   \
-                }                                                                                   \
+                ROW_BLOCK(r0, n_rows, b1, B)                                                        \
+                int64_t at0 = (d0 * steps + t) * B + r0 % B;                                        \
+                const T *h0_ = hs + ((d0 * (steps + 1) + t) * B + r0 % B) * H;                      \
                 T *rec0 = rec + (r0 - b0) * H;                                                      \
-                if (n_rows == 4) ROWS_VECMAT(T, 4, rec0, H, dq + at0, G, w + d0 * G * H, G, H);     \
-                else                                                                                \
-                    for (int64_t i = 0; i < n_rows; i++)                                            \
-                        ROWS_VECMAT(T, 1, rec0 + i * H, H, dq + at0 + i * G, G, w + d0 * G * H, G, H); \
+                for (int64_t i = 0; i < n_rows; i++) {                                              \
+                    int64_t row = at0 + i, at = row * G, r_ = r0 + i;                               \
+                    const T *g = gates + at, *p = hp + at, *hb_prev = h0_ + i * H;                  \
+                    T *rb = rec0 + i * H, *cb = carry + r_ * H, *dx = dxz + at;                     \
+                    T *dp = g_hh ? dhp + at : dq + at;                                              \
+                    if (t < steps - 1) ROW_ADD_MUL(cb, rb, mask ? mask + r_ * H : NULL, H);         \
+                    if (grad) ROW_ADD(cb, grad + row * H, H);                                       \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++) { /* cb[k] is dL/dh_t now */                    \
+                        T rg = g[k], z = g[H + k], n = g[2 * H + k], dh = cb[k];                    \
+                        T dn = dh * (1 - z) * (1 - n * n);                                          \
+                        T dz = dh * (hb_prev[k] - n) * z * (1 - z);                                 \
+                        T dr = dn * p[2 * H + k] * rg * (1 - rg);                                   \
+                        dx[k] = dr;                                                                 \
+                        dx[H + k] = dz;                                                             \
+                        dx[2 * H + k] = dn;                                                         \
+                        dp[k] = dr;                                                                 \
+                        dp[H + k] = dz;                                                             \
+                        dp[2 * H + k] = dn * rg;                                                    \
+                        cb[k] = dh * z;                                                             \
+                    }                                                                               \
+                    if (g_hh) {                                                                     \
+                        memcpy(dq + at, dp, sizeof(T) * G);                                         \
+                        GATE_NORM_ROW_BACKWARD(T, dq + at, q + at, g_hh + d0 * G, stats + row * 3,  \
+                                               stats + n_stats + row * 3, H, part + d0 * G,         \
+                                               part + D * G + d0 * G);                              \
+                    }                                                                               \
+                    if (g_x)                                                                        \
+                        GATE_NORM_ROW_BACKWARD(T, dx, xz + at, g_x + d0 * G, stats + 2 * n_stats + row * 3, \
+                                               stats + 3 * n_stats + row * 3, H, part + 2 * D * G + d0 * G, \
+                                               part + 3 * D * G + d0 * G);                          \
+                }                                                                                   \
+                BLOCK_VECMAT(T, n_rows, rec0, H, dq + at0 * G, G, w + d0 * G * H, G, H);            \
             }                                                                                       \
             if (part) {                                                                             \
                 _Pragma("omp simd")                                                                 \
                 for (int64_t j = 0; j < n_sums; j++) {                                              \
-                    sum[j] += part[j];                                                              \
+                    own[j] += part[j];                                                              \
                     part[j] = 0;                                                                    \
                 }                                                                                   \
             }                                                                                       \
@@ -412,10 +424,10 @@ static inline double tanh_f64(double x) { return tanh(x); }
             ROWS_IN_ORDER({                                                                         \
                 for (int64_t j = 0; j < n_sums; j++) sums[j] += own[j];                             \
             })                                                                                      \
-            free(own);                                                                              \
         }                                                                                           \
-        free(rec);                                                                                  \
+        free(own);                                                                                  \
         free(part);                                                                                 \
+        free(rec);                                                                                  \
         ROWS_END                                                                                    \
     }
 

@@ -142,8 +142,8 @@ def _declare(lib: ctypes.CDLL) -> None:
             I, I, I, P, I, P, P, I, P, P, P, P, I, P, P, P, P, P, I, P, P, I, P, I, P, P, P, I, P, P, P, P]
         getattr(lib, f"rnnkit_gate_norm_forward_{suffix}").argtypes = [I, I, I, I, real, P, I, P, P, P, P, I, P, P, I]
         getattr(lib, f"rnnkit_gate_norm_backward_{suffix}").argtypes = [I, I, I, I, P, I, P, I, P, P, I, P, P, I, P, P]
-        getattr(lib, f"rnnkit_gru_seq_forward_{suffix}").argtypes = [I, I, I, I, real] + [P] * 11
-        getattr(lib, f"rnnkit_gru_seq_backward_{suffix}").argtypes = [I, I, I, I] + [P] * 15
+        getattr(lib, f"rnnkit_gru_seq_forward_{suffix}").argtypes = [I, I, I, I, real] + [P] * 12
+        getattr(lib, f"rnnkit_gru_seq_backward_{suffix}").argtypes = [I, I, I, I] + [P] * 16
         getattr(lib, f"rnnkit_gru_rb_seq_forward_{suffix}").argtypes = [I, I, I, I] + [P] * 7
         getattr(lib, f"rnnkit_gru_rb_seq_backward_{suffix}").argtypes = [I, I, I, I] + [P] * 8
         getattr(lib, f"rnnkit_gru_forward_{suffix}").argtypes = [I, I, I, P, I, P, I, P, I, P, P, I, P, P]
@@ -450,24 +450,24 @@ class GRUResetBeforeSteps:
         return SimpleNamespace(back_state=back_state, back_gates=back_gates)
 
 
-def gru_sequence_forward(kernel, xp, wt, b_hh, g_hh, mask, q, mean, rstd, hp, gates, hs, ln_eps: float) -> None:
-    """One call of ``rnnkit_gru_seq_forward`` (see native.c) on contiguous buffers: xp, hp, gates and
-    (with layer norm) q (D, T, B, 3H); wt (D, H, 3H); b_hh, g_hh (D, 3H) or None; mask (D, B, H) or
-    None; mean, rstd (D, T, B, 3) or None; hs (D, T+1, B, H)."""
-    D, T, B, G = xp.shape
-    _check_contiguous(xp, wt, b_hh, g_hh, mask, q, mean, rstd, hp, gates, hs)
-    kernel(D, T, B, G // 3, ln_eps, *map(_ptr, (xp, wt, b_hh, g_hh, mask, q, mean, rstd, hp, gates, hs)))
+def gru_sequence_forward(kernel, xz, wt, b_hh, g_hh, g_x, b_x, mask, q, stats, hp, gates, hs, ln_eps: float) -> None:
+    """One call of ``rnnkit_gru_seq_forward`` (see native.c) on contiguous buffers: xz, hp, gates and
+    (with layer norm) q (D, T, B, 3H); wt (D, H, 3H); b_hh, g_hh, g_x, b_x (D, 3H) or None; mask
+    (D, B, H) or None; stats (4, D, T, B, 3) or None; hs (D, T+1, B, H)."""
+    D, T, B, G = xz.shape
+    _check_contiguous(xz, wt, b_hh, g_hh, g_x, b_x, mask, q, stats, hp, gates, hs)
+    kernel(D, T, B, G // 3, ln_eps, *map(_ptr, (xz, wt, b_hh, g_hh, g_x, b_x, mask, q, stats, hp, gates, hs)))
 
 
-def gru_sequence_backward(kernel, gates, hp, q, mean, rstd, g_hh, hs, w_hh, mask, grad_hs, carry, dxp, dhp, dq,
+def gru_sequence_backward(kernel, gates, hp, q, xz, stats, g_hh, g_x, hs, w_hh, mask, grad_hs, carry, dxz, dhp, dq,
                           sums) -> None:
     """One call of ``rnnkit_gru_seq_backward``: the buffers of :func:`gru_sequence_forward`, w_hh
     (D, 3H, H), the output gradient (D, T, B, H) or None, carry (D, B, H) (in: the final state's
-    gradient; out: dL/dh_0), dxp, dq and (with layer norm) dhp (D, T, B, 3H), and the float64
-    sums (2, D, 3H) of the gains' and biases' gradients, added to (with layer norm)."""
+    gradient; out: dL/dh_0), dxz, dq and (with layer norm) dhp (D, T, B, 3H), and the float64
+    sums (4, D, 3H) of the gains' and biases' gradients, added to (with layer norm)."""
     D, T, B, G = gates.shape
-    _check_contiguous(gates, hp, q, mean, rstd, g_hh, hs, w_hh, mask, grad_hs, carry, dxp, dhp, dq, sums)
-    kernel(D, T, B, G // 3, *map(_ptr, (gates, hp, q, mean, rstd, g_hh, hs, w_hh, mask, grad_hs, carry, dxp, dhp,
+    _check_contiguous(gates, hp, q, xz, stats, g_hh, g_x, hs, w_hh, mask, grad_hs, carry, dxz, dhp, dq, sums)
+    kernel(D, T, B, G // 3, *map(_ptr, (gates, hp, q, xz, stats, g_hh, g_x, hs, w_hh, mask, grad_hs, carry, dxz, dhp,
                                         dq, sums)))
 
 
