@@ -337,13 +337,9 @@ static inline double tanh_f64(double x) { return tanh(x); }
     for (int64_t qg_ = 0; qg_ < 3; qg_++) {                                                         \
         const T *xq_ = (x) + qg_ * (H), *gq_ = (gain) + qg_ * (H), m_ = (mean)[qg_], r_s = (rstd)[qg_]; \
         T *dq_ = (dy) + qg_ * (H), *sg_ = (sums_gain) + qg_ * (H), u1_ = 0, u2_ = 0;                \
-        _Pragma("omp simd reduction(+:u1_, u2_)")                                                   \
-        for (int64_t k_ = 0; k_ < (H); k_++) {                                                      \
-            T hat_ = (xq_[k_] - m_) * r_s;                                                          \
-            u1_ += dq_[k_] * gq_[k_];                                                               \
-            u2_ += dq_[k_] * gq_[k_] * hat_;                                                        \
-            sg_[k_] += dq_[k_] * hat_;                                                              \
-        }                                                                                           \
+        ROW_SUMS2(T, H, dq_[k_] * gq_[k_], dq_[k_] * gq_[k_] * ((xq_[k_] - m_) * r_s), u1_, u2_);   \
+        _Pragma("omp simd")                                                                         \
+        for (int64_t k_ = 0; k_ < (H); k_++) sg_[k_] += dq_[k_] * ((xq_[k_] - m_) * r_s);           \
         if (sums_bias) ROW_ADD((sums_bias) + qg_ * (H), dq_, H);                                    \
         u1_ /= (H);                                                                                 \
         u2_ /= (H);                                                                                 \
@@ -612,16 +608,42 @@ static inline double tanh_f64(double x) { return tanh(x); }
         STEP_ROWS_END                                                                               \
     }
 
+/* s1, s2 = the sums over k_ < n of the expressions E1, E2 (written in k_): 16 lanes summed by a
+ * plain element-wise loop, then the lanes in order. (GCC 12 left some `omp simd reduction`
+ * loops scalar inside these kernels; this form always vectorises.) */
+#define ROW_SUMS2(T, n, E1, E2, s1, s2)                                                             \
+    do {                                                                                            \
+        T l1_[16] = {0}, l2_[16] = {0};                                                             \
+        int64_t k0_ = 0;                                                                            \
+        for (; k0_ + 16 <= (n); k0_ += 16) {                                                        \
+            _Pragma("omp simd")                                                                     \
+            for (int64_t l_ = 0; l_ < 16; l_++) {                                                   \
+                int64_t k_ = k0_ + l_;                                                              \
+                l1_[l_] += (E1);                                                                    \
+                l2_[l_] += (E2);                                                                    \
+            }                                                                                       \
+        }                                                                                           \
+        for (int64_t k_ = k0_; k_ < (n); k_++) {                                                    \
+            l1_[k_ - k0_] += (E1);                                                                  \
+            l2_[k_ - k0_] += (E2);                                                                  \
+        }                                                                                           \
+        s1 = 0;                                                                                     \
+        s2 = 0;                                                                                     \
+        for (int l_ = 0; l_ < 16; l_++) {                                                           \
+            s1 += l1_[l_];                                                                          \
+            s2 += l2_[l_];                                                                          \
+        }                                                                                           \
+    } while (0)
+
 /* Mean and 1/sqrt(var + eps) of n values (two passes, as ATen's layer norm). */
 #define ROW_STATS(T, SQRT, v, n, eps, mean, rstd)                                                   \
     T mean, rstd;                                                                                   \
     {                                                                                               \
-        T s_ = 0, q_ = 0;                                                                           \
-        _Pragma("omp simd reduction(+:s_)")                                                         \
-        for (int64_t k_ = 0; k_ < (n); k_++) s_ += (v)[k_];                                         \
+        T s_, q_, unused_;                                                                          \
+        ROW_SUMS2(T, n, (v)[k_], 0, s_, unused_);                                                   \
         mean = s_ / (n);                                                                            \
-        _Pragma("omp simd reduction(+:q_)")                                                         \
-        for (int64_t k_ = 0; k_ < (n); k_++) q_ += ((v)[k_] - mean) * ((v)[k_] - mean);             \
+        ROW_SUMS2(T, n, ((v)[k_] - mean) * ((v)[k_] - mean), 0, q_, unused_);                       \
+        (void)unused_;                                                                              \
         rstd = 1 / SQRT(q_ / (n) + (eps));                                                          \
     }
 
@@ -647,18 +669,10 @@ static inline double tanh_f64(double x) { return tanh(x); }
             const T *xq = x + q * H, *pq = p + q * H, *gx = g_x + w, *gh = g_h + w;                 \
             T *aq = a + q * H;                                                                      \
             const T *bq = bias + w;                                                                 \
-            T sx = 0, sh = 0, vx = 0, vh = 0;                                                       \
-            _Pragma("omp simd reduction(+:sx, sh)")                                                 \
-            for (int64_t k = 0; k < H; k++) {                                                       \
-                sx += xq[k];                                                                        \
-                sh += pq[k];                                                                        \
-            }                                                                                       \
+            T sx, sh, vx, vh;                                                                       \
+            ROW_SUMS2(T, H, xq[k_], pq[k_], sx, sh);                                                \
             T mx = sx / H, mh = sh / H;                                                             \
-            _Pragma("omp simd reduction(+:vx, vh)")                                                 \
-            for (int64_t k = 0; k < H; k++) {                                                       \
-                vx += (xq[k] - mx) * (xq[k] - mx);                                                  \
-                vh += (pq[k] - mh) * (pq[k] - mh);                                                  \
-            }                                                                                       \
+            ROW_SUMS2(T, H, (xq[k_] - mx) * (xq[k_] - mx), (pq[k_] - mh) * (pq[k_] - mh), vx, vh);  \
             T rx = 1 / SQRT(vx / H + eps), rh = 1 / SQRT(vh / H + eps);                             \
             mean_x[s] = mx;                                                                         \
             rstd_x[s] = rx;                                                                         \
@@ -719,15 +733,16 @@ static inline double tanh_f64(double x) { return tanh(x); }
             T *dwb = sum + D * 12 * H + d * H, *dbb = sum + D * 13 * H + d * H;                     \
             if (mask) ROW_MUL(dh, dh, mask + row, H);                                               \
             if (grad) ROW_ADD(dh, grad + d * grad_d + b * H, H);                                    \
-            T mc = mean_c[d * sc_d + b], rc = rstd_c[d * sc_d + b], s1 = 0, s2 = 0;                 \
-            _Pragma("omp simd reduction(+:s1, s2)")                                                 \
+            T mc = mean_c[d * sc_d + b], rc = rstd_c[d * sc_d + b], s1, s2;                         \
+            T *dtb = dpb; /* dL/d(LN(c) w_c + b_c), in dhp's row until the gates' loop below */   \
+            _Pragma("omp simd")                                                                     \
             for (int64_t k = 0; k < H; k++) {                                                       \
                 T dt = dh[k] * a[k] * (1 - tb[k] * tb[k]), hat = (cb[k] - mc) * rc;                 \
-                s1 += dt * wc[k];                                                                   \
-                s2 += dt * wc[k] * hat;                                                             \
+                dtb[k] = dt;                                                                        \
                 dwb[k] += dt * hat;                                                                 \
                 dbb[k] += dt;                                                                       \
             }                                                                                       \
+            ROW_SUMS2(T, H, dtb[k_] * wc[k_], dtb[k_] * wc[k_] * ((cb[k_] - mc) * rc), s1, s2);    \
             s1 /= H;                                                                                \
             s2 /= H;                                                                                \
             _Pragma("omp simd")                                                                     \
@@ -747,16 +762,14 @@ static inline double tanh_f64(double x) { return tanh(x); }
                 T *daq = dab + q * H, *dpq = dpb + q * H;                                           \
                 T mx = mean_x[s], rx = rstd_x[s], mh = mean_h[s], rh = rstd_h[s];                   \
                 T *sgh = sum + w, *sgx = sum + D * 4 * H + w, *sbq = sum + D * 8 * H + w;           \
-                T u1x = 0, u2x = 0, u1h = 0, u2h = 0;                                               \
-                _Pragma("omp simd reduction(+:u1x, u2x, u1h, u2h)")                                 \
+                T u1x, u2x, u1h, u2h;                                                               \
+                ROW_SUMS2(T, H, daq[k_] * gx[k_], daq[k_] * gx[k_] * ((xq[k_] - mx) * rx), u1x, u2x);  \
+                ROW_SUMS2(T, H, daq[k_] * gh[k_], daq[k_] * gh[k_] * ((pq[k_] - mh) * rh), u1h, u2h);  \
+                _Pragma("omp simd")                                                                 \
                 for (int64_t k = 0; k < H; k++) {                                                   \
-                    T e = daq[k], hx = (xq[k] - mx) * rx, hh = (pq[k] - mh) * rh;                   \
-                    u1x += e * gx[k];                                                               \
-                    u2x += e * gx[k] * hx;                                                          \
-                    u1h += e * gh[k];                                                               \
-                    u2h += e * gh[k] * hh;                                                          \
-                    sgx[k] += e * hx;                                                               \
-                    sgh[k] += e * hh;                                                               \
+                    T e = daq[k];                                                                   \
+                    sgx[k] += e * ((xq[k] - mx) * rx);                                              \
+                    sgh[k] += e * ((pq[k] - mh) * rh);                                              \
                     sbq[k] += e;                                                                    \
                 }                                                                                   \
                 u1x /= H;                                                                           \
@@ -795,13 +808,8 @@ static inline double tanh_f64(double x) { return tanh(x); }
                 for (int64_t q = 0; q < G; q++) {                                                   \
                     int64_t at = (n * G + q) * H, s = d * s_d + n * G + q;                          \
                     const T *xq = x + d * x_d + at, *gq = gain + (d * G + q) * H;                   \
-                    T *yq = y + d * y_d + at, sum = 0, var = 0;                                     \
-                    _Pragma("omp simd reduction(+:sum)")                                            \
-                    for (int64_t k = 0; k < H; k++) sum += xq[k];                                   \
-                    T m = sum / H;                                                                  \
-                    _Pragma("omp simd reduction(+:var)")                                            \
-                    for (int64_t k = 0; k < H; k++) var += (xq[k] - m) * (xq[k] - m);               \
-                    T r = 1 / SQRT(var / H + eps);                                                  \
+                    T *yq = y + d * y_d + at;                                                       \
+                    ROW_STATS(T, SQRT, xq, H, eps, m, r)                                            \
                     mean[s] = m;                                                                    \
                     rstd[s] = r;                                                                    \
                     _Pragma("omp simd")                                                             \
@@ -831,14 +839,12 @@ static inline double tanh_f64(double x) { return tanh(x); }
                     for (int64_t q = 0; q < G; q++) {                                               \
                         int64_t at = (n * G + q) * H, s = d * s_d + n * G + q, w = (d * G + q) * H; \
                         const T *dyq = dy + d * dy_d + at, *xq = x + d * x_d + at, *gq = gain + w;  \
-                        T *dxq = dx + d * dx_d + at, m = mean[s], r = rstd[s], u1 = 0, u2 = 0;      \
+                        T *dxq = dx + d * dx_d + at, m = mean[s], r = rstd[s], u1, u2;              \
                         T *pgq = pg + w, *pbq = pb + w;                                             \
-                        _Pragma("omp simd reduction(+:u1, u2)")                                     \
+                        ROW_SUMS2(T, H, dyq[k_] * gq[k_], dyq[k_] * gq[k_] * ((xq[k_] - m) * r), u1, u2); \
+                        _Pragma("omp simd")                                                         \
                         for (int64_t k = 0; k < H; k++) {                                           \
-                            T hat = (xq[k] - m) * r;                                                \
-                            u1 += dyq[k] * gq[k];                                                   \
-                            u2 += dyq[k] * gq[k] * hat;                                             \
-                            pgq[k] += dyq[k] * hat;                                                 \
+                            pgq[k] += dyq[k] * ((xq[k] - m) * r);                                   \
                             pbq[k] += dyq[k];                                                       \
                         }                                                                           \
                         u1 /= H;                                                                    \
