@@ -695,6 +695,9 @@ class LSTMFunction(torch.autograd.Function):
         D, T, B, _ = xs.shape
         H = h0.shape[-1]
         ctx.set_materialize_grads(False)  # unused outputs (hs when only h_T is used) give None
+        ctx.sequence = _lstm_sequence_kernels(xs, H)
+        if ctx.sequence is not None:
+            return _lstm_sequence_forward(ctx, xs, w_ih, bias, h0, c0, w_hh, mask)
         gates = xs.new_empty(D, T, B, 4 * H)  # pre-activations, then activations in place
         w_ih2, wt, bias2 = _double_g_rows(w_ih, w_hh, bias)
         hs, cs = xs.new_empty(D, T + 1, B, H), xs.new_empty(D, T + 1, B, H)  # cs: -2 c_t (see below)
@@ -739,6 +742,8 @@ class LSTMFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_hs, grad_h, grad_c):
+        if ctx.sequence is not None:
+            return _lstm_sequence_backward(ctx, grad_hs, grad_h, grad_c)
         xs, w_ih, w_hh = ctx.saved_tensors
         gates, cs, tc, hm, mask = ctx.gates, ctx.cs, ctx.tc, ctx.hm, ctx.mask
         D, T, B, G = gates.shape
@@ -783,6 +788,51 @@ class LSTMFunction(torch.autograd.Function):
         dxs = torch.bmm(da.view(D, T * B, G), w_ih).view(xs.shape) if need[0] else None
         dw_ih, dw_hh, db = _lstm_weight_grads(da, xs, hm, need[1], ctx.has_bias and need[2])
         return dxs, dw_ih, db, dh, dc, dw_hh, None
+
+
+# The LSTM sequence kernels (rnnkit_lstm_seq_*: each thread runs its rows through every step,
+# the recurrent matmul in C, 4 rows per load of the weights) against the step kernels (a BLAS
+# bmm a step). Measured (2 threads, one training step of the layer): see BENCHMARKS.md.
+LSTM_SEQUENCE_MAX_HIDDEN = 128
+
+
+def _lstm_sequence_kernels(like: Tensor, H: int):
+    """The LSTM sequence kernels for ``like``'s dtype when they are available and pay, else None."""
+    return _native("lstm_seq", like) if H <= LSTM_SEQUENCE_MAX_HIDDEN else None
+
+
+def _lstm_sequence_forward(ctx, xs, w_ih, bias, h0, c0, w_hh, mask):
+    """LSTMFunction's forward in one native call (plain cells: xz = xs W_ih^T + bias, c and tanh(c) kept)."""
+    D, T, B, _ = xs.shape
+    H = h0.shape[-1]
+    xz = _project(xs, w_ih, bias).contiguous()
+    gates, tc = xs.new_empty(D, T, B, 4 * H), xs.new_empty(D, T, B, H)
+    hs, cs = xs.new_empty(D, T + 1, B, H), xs.new_empty(D, T + 1, B, H)
+    hs[:, 0], cs[:, 0] = h0, c0
+    mask = None if mask is None else mask.contiguous()
+    native.lstm_sequence_forward(ctx.sequence[0], xz, w_hh.transpose(1, 2).contiguous(), None, None, None, None, None,
+                                 mask, None, None, gates, cs, tc, hs, LN_EPS)
+    ctx.save_for_backward(xs, w_ih, w_hh)
+    ctx.gates, ctx.cs, ctx.tc, ctx.hs, ctx.mask, ctx.has_bias = gates, cs, tc, hs, mask, bias is not None
+    return hs[:, 1:], hs[:, -1].clone(), cs[:, -1].clone()
+
+
+def _lstm_sequence_backward(ctx, grad_hs, grad_h, grad_c):
+    xs, w_ih, w_hh = ctx.saved_tensors
+    gates, hs, mask = ctx.gates, ctx.hs, ctx.mask
+    D, T, B, G = gates.shape
+    contiguous = torch.contiguous_format
+    dh = gates.new_zeros(D, B, G // 4) if grad_h is None else grad_h.clone(memory_format=contiguous)
+    dc = gates.new_zeros(D, B, G // 4) if grad_c is None else grad_c.clone(memory_format=contiguous)
+    da = _workspace(gates)
+    native.lstm_sequence_backward(ctx.sequence[1], gates, None, None, None, None, None, None, ctx.cs, ctx.tc, hs,
+                                  w_hh.contiguous(), mask, None if grad_hs is None else grad_hs.contiguous(), dh, dc,
+                                  da, None, None)
+    hm = hs[:, :-1] if mask is None else hs[:, :-1] * mask[:, None]
+    need = ctx.needs_input_grad
+    dxs = torch.bmm(da.view(D, T * B, G), w_ih).view(xs.shape) if need[0] else None
+    dw_ih, dw_hh, db = _lstm_weight_grads(da, xs, hm, need[1], ctx.has_bias and need[2])
+    return dxs, dw_ih, db, dh, dc, dw_hh, None
 
 
 def _double_g_rows(w_ih: Tensor, w_hh: Tensor, bias: Optional[Tensor]):
@@ -924,6 +974,14 @@ class LSTMNormFunction(torch.autograd.Function):
         assert (kernels is None) == (g_x is None), "the input projection is normalised by the native kernels only"
         ctx.save_for_backward(w_hh, g_hh, w_c)
         ctx.gates, ctx.hp, ctx.cs, ctx.tc, ctx.hm = gates, hp, cs, tc, hm
+        ctx.sequence = None if g_x is None else _lstm_sequence_kernels(xin, H)
+        if ctx.sequence is not None:  # the whole loop, matmul and layer norms included, in one native call
+            xin, mask = xin.contiguous(), None if mask is None else mask.contiguous()
+            stats = xin.new_empty(18 * D * T * B)  # mean, 1/std: of xz and hp per gate (4 each), of c
+            weights = [None if w is None else w.contiguous() for w in (g_x, bias, g_hh, w_c, b_c)]
+            native.lstm_sequence_forward(ctx.sequence[0], xin, wt, *weights, mask, hp, stats, gates, cs, tc, hs, LN_EPS)
+            ctx.xz, ctx.g_x, ctx.has_bias, ctx.mask, ctx.stats, ctx.hs = xin, weights[0], bias is not None, mask, stats, hs
+            return hs[:, 1:], hs[:, -1].clone(), cs[:, -1].clone()
         if kernels is not None:  # after each step's matmul, the rest of the step in one native call
             xin, mask = xin.contiguous(), None if mask is None else mask.contiguous()
             stats = [xin.new_empty(D, T, B, 4) for _ in range(4)] + [xin.new_empty(D, T, B) for _ in range(2)]
@@ -968,6 +1026,8 @@ class LSTMNormFunction(torch.autograd.Function):
         gates, hp, cs, tc, hm, mask = ctx.gates, ctx.hp, ctx.cs, ctx.tc, ctx.hm, ctx.mask
         D, T, B, G = gates.shape
         H = G // 4
+        if ctx.sequence is not None:
+            return _lstm_norm_sequence_backward(ctx, w_hh, g_hh, w_c, grad_hs, grad_h, grad_c)
         if ctx.native is not None:
             return _lstm_norm_native_backward(ctx, w_hh, g_hh, w_c, grad_hs, grad_h, grad_c)
         dh = gates.new_zeros(D, B, H) if grad_h is None else grad_h.clone()
@@ -1027,6 +1087,24 @@ def _norm_gain_grads(da, hp, cs, dtc, mean_h, rstd_h, mean_c, rstd_c):
         c_hat = (cs[:, 1:][:, s] - mean_c[:, s]).mul_(rstd_c[:, s])
         dw_c += (dtc[:, s] * c_hat).sum((1, 2))
     return dg_hh.view(D, G), dw_c
+
+
+def _lstm_norm_sequence_backward(ctx, w_hh, g_hh, w_c, grad_hs, grad_h, grad_c):
+    """LSTMNormFunction's backward in one native call (the recurrent matmul and layer norms inside)."""
+    gates, hs, mask = ctx.gates, ctx.hs, ctx.mask
+    D, T, B, G = gates.shape
+    H = G // 4
+    contiguous = torch.contiguous_format
+    dh = gates.new_zeros(D, B, H) if grad_h is None else grad_h.clone(memory_format=contiguous)
+    dc = gates.new_zeros(D, B, H) if grad_c is None else grad_c.clone(memory_format=contiguous)
+    dxz, dq = torch.empty_like(gates), _workspace(gates)
+    sums = gates.new_zeros(D * 14 * H, dtype=torch.float64)  # g_hh, g_x, bias (D, 4H); w_c, b_c (D, H)
+    native.lstm_sequence_backward(ctx.sequence[1], gates, ctx.xz, ctx.hp, ctx.stats, ctx.g_x, g_hh.contiguous(),
+                                  w_c.contiguous(), ctx.cs, ctx.tc, hs, w_hh.contiguous(), mask,
+                                  None if grad_hs is None else grad_hs.contiguous(), dh, dc, dxz, dq, sums)
+    hm = hs[:, :-1] if mask is None else hs[:, :-1] * mask[:, None]
+    dg_hh, dg_x, dbias, dw_c, db_c = (x.view(D, -1).to(gates.dtype) for x in sums.split([D * G] * 3 + [D * H] * 2))
+    return (dxz, dh, dc, _weight_grad(dq, hm), dg_x, dbias if ctx.has_bias else None, dg_hh, dw_c, db_c, None)
 
 
 def _lstm_norm_native_backward(ctx, w_hh, g_hh, w_c, grad_hs, grad_h, grad_c):

@@ -543,6 +543,202 @@ static inline double tanh_f64(double x) { return tanh(x); }
         ROWS_END                                                                                    \
     }
 
+/* LSTM over a whole sequence, the recurrent matmul inside, plain or layer-normed (see
+ * LSTMFunction and LSTMNormFunction in bptt.py; as GRU_SEQ_FORWARD, each thread runs its rows
+ * through all steps, 4 rows per load of the weights). Gates in the order (o, i, f, g):
+ *   plain:        a = xz + hm W_hh^T                      (xz = x W_ih^T + b_ih + b_hh)
+ *   layer norm:   a = LN_gate(xz) g_x + b_x + LN_gate(q) g_h,  q = hm W_hh^T   (when g_h is not NULL)
+ *   o, i, f = sigmoid(a_o, a_i, a_f), g = tanh(a_g),  c_t = f c_{t-1} + i g,
+ *   h_t = o tc,  tc = tanh(c_t), or tanh(LN(c_t) w_c + b_c) with layer norm;  hm = h_{t-1} m.
+ * xz (D, T, B, 4H); wt (D, H, 4H) = W_hh^T; g_x, b_x, g_h (D, 4H) and w_c, b_c (D, H), or NULL
+ * (b_x may be NULL with layer norm); mask (D, B, H) or NULL; cs, hs (D, T+1, B, H) with c_0, h_0
+ * at t = 0. Writes gates (activations), cs and hs [1..T], tc (D, T, B, H); with layer norm also
+ * q (D, T, B, 4H) and stats = [mean, 1/std of xz (D, T, B, 4) | of q (D, T, B, 4) | of c (D, T, B)]. */
+#define LSTM_SEQ_FORWARD(NAME, T, SIGMOID, TANH, SQRT)                                              \
+    void NAME(int64_t D, int64_t steps, int64_t B, int64_t H, T eps, const T *xz, const T *wt,      \
+              const T *g_x, const T *b_x, const T *g_h, const T *w_c, const T *b_c, const T *mask,  \
+              T *q, T *stats, T *gates, T *cs, T *tc, T *hs) {                                      \
+        int64_t G = 4 * H, n4 = D * steps * B * 4, n1 = D * steps * B;                              \
+        T *mean_x = stats, *rstd_x = stats + n4, *mean_h = stats + 2 * n4, *rstd_h = stats + 3 * n4; \
+        T *mean_c = stats + 4 * n4, *rstd_c = stats + 4 * n4 + n1;                                  \
+        ROWS_BEGIN_AT(D * B, D * steps * B * G, step_min_work)                                      \
+        T *hin = (T *)malloc(sizeof(T) * 4 * H);                                                    \
+        for (int64_t t = 0; t < steps; t++)                                                         \
+            for (int64_t r0 = b0, n_rows; r0 < b1; r0 += n_rows) {                                  \
+                ROW_BLOCK(r0, n_rows, b1, B)                                                        \
+                int64_t at0 = (d0 * steps + t) * B + r0 % B, st0 = (d0 * (steps + 1) + t) * B + r0 % B; \
+                const T *h0_ = hs + st0 * H;                                                        \
+                if (mask) ROW_MUL(hin, h0_, mask + r0 * H, n_rows * H);                             \
+                else memcpy(hin, h0_, sizeof(T) * n_rows * H);                                      \
+                BLOCK_VECMAT(T, n_rows, (g_h ? q : gates) + at0 * G, G, hin, H, wt + d0 * H * G, H, G); \
+                for (int64_t i = 0; i < n_rows; i++) {                                              \
+                    int64_t row = at0 + i, at = row * G;                                            \
+                    const T *x = xz + at, *cp = cs + (st0 + i) * H;                                 \
+                    T *a = gates + at, *cb = (T *)cp + B * H, *tb = tc + row * H;                   \
+                    T *hb = (T *)h0_ + (B + i) * H;                                                 \
+                    if (g_h) {                                                                      \
+                        for (int64_t qg = 0; qg < 4; qg++) {                                        \
+                            int64_t w = d0 * G + qg * H, s = row * 4 + qg;                          \
+                            const T *xq = x + qg * H, *pq = q + at + qg * H, *gx = g_x + w, *gh = g_h + w; \
+                            T *aq = a + qg * H, sx, sh, vx, vh;                                     \
+                            ROW_SUMS2(T, H, xq[k_], pq[k_], sx, sh);                                \
+                            T mx = sx / H, mh = sh / H;                                             \
+                            ROW_SUMS2(T, H, (xq[k_] - mx) * (xq[k_] - mx), (pq[k_] - mh) * (pq[k_] - mh), vx, vh); \
+                            T rx = 1 / SQRT(vx / H + eps), rh = 1 / SQRT(vh / H + eps);             \
+                            mean_x[s] = mx;                                                         \
+                            rstd_x[s] = rx;                                                         \
+                            mean_h[s] = mh;                                                         \
+                            rstd_h[s] = rh;                                                         \
+                            _Pragma("omp simd")                                                     \
+                            for (int64_t k = 0; k < H; k++)                                         \
+                                aq[k] = (xq[k] - mx) * rx * gx[k] + (pq[k] - mh) * rh * gh[k];      \
+                            if (b_x) ROW_ADD(aq, b_x + w, H);                                       \
+                        }                                                                           \
+                    } else {                                                                        \
+                        ROW_ADD(a, x, G);                                                           \
+                    }                                                                               \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < 3 * H; k++) a[k] = SIGMOID(a[k]);                       \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 3 * H; k < 4 * H; k++) a[k] = TANH(a[k]);                      \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++) cb[k] = a[2 * H + k] * cp[k] + a[H + k] * a[3 * H + k]; \
+                    if (g_h) {                                                                      \
+                        const T *wc = w_c + d0 * H, *bc = b_c + d0 * H;                             \
+                        ROW_STATS(T, SQRT, cb, H, eps, mc, rc)                                      \
+                        mean_c[row] = mc;                                                           \
+                        rstd_c[row] = rc;                                                           \
+                        _Pragma("omp simd")                                                         \
+                        for (int64_t k = 0; k < H; k++) tb[k] = TANH((cb[k] - mc) * rc * wc[k] + bc[k]); \
+                    } else {                                                                        \
+                        _Pragma("omp simd")                                                         \
+                        for (int64_t k = 0; k < H; k++) tb[k] = TANH(cb[k]);                        \
+                    }                                                                               \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++) hb[k] = a[k] * tb[k];                           \
+                }                                                                                   \
+            }                                                                                       \
+        free(hin);                                                                                  \
+        ROWS_END                                                                                    \
+    }
+
+/* Its backward, t = T-1 .. 0 for each row: dL/dh_t = rec m + grad_t (at t = T-1: dh (D, B, H)
+ * on entry, the final state's gradient), rec = dL/dq_{t+1} W_hh (this row's, kept from the
+ * previous step); dc (D, B, H): dL/dc_T on entry, carried back, dL/dc_0 on return; dh: dL/dh_0
+ * on return. Writes dxz = dL/dxz (D, T, B, 4H) (plain: dL/da, also dL/dq and the bias's
+ * gradient) and, with layer norm, dq = dL/dq (D, T, B, 4H), adding the parameters' gradients to
+ * sums = [g_h | g_x | b_x (D, 4H) | w_c | b_c (D, H)] in double (a step's rows summed in T
+ * first, each thread's added in thread order). w (D, 4H, H) = W_hh; grad (D, T, B, H) or NULL. */
+#define LSTM_SEQ_BACKWARD(NAME, T)                                                                  \
+    void NAME(int64_t D, int64_t steps, int64_t B, int64_t H, const T *gates, const T *xz,          \
+              const T *q, const T *stats, const T *g_x, const T *g_h, const T *w_c, const T *cs,    \
+              const T *tc, const T *hs, const T *w, const T *mask, const T *grad, T *dh, T *dc,     \
+              T *dxz, T *dq, double *sums) {                                                        \
+        int64_t G = 4 * H, n4 = D * steps * B * 4, n1 = D * steps * B, n_sums = D * 14 * H;          \
+        const T *mean_x = stats, *rstd_x = stats + n4, *mean_h = stats + 2 * n4, *rstd_h = stats + 3 * n4; \
+        const T *mean_c = stats + 4 * n4, *rstd_c = stats + 4 * n4 + n1;                            \
+        ROWS_BEGIN_AT(D * B, D * steps * B * G, step_min_work)                                      \
+        T *rec = (T *)calloc((b1 - b0) * H + H, sizeof(T)), *dt = rec + (b1 - b0) * H;              \
+        T *part = g_h ? (T *)calloc(n_sums, sizeof(T)) : NULL;                                      \
+        double *own = part ? (double *)calloc(n_sums, sizeof(double)) : NULL;                       \
+        for (int64_t t = steps - 1; t >= 0; t--) {                                                  \
+            for (int64_t r0 = b0, n_rows; r0 < b1; r0 += n_rows) {                                  \
+                ROW_BLOCK(r0, n_rows, b1, B)                                                        \
+                int64_t at0 = (d0 * steps + t) * B + r0 % B, st0 = (d0 * (steps + 1) + t) * B + r0 % B; \
+                T *rec0 = rec + (r0 - b0) * H, *dq0 = (g_h ? dq : dxz) + at0 * G;                   \
+                for (int64_t i = 0; i < n_rows; i++) {                                              \
+                    int64_t row = at0 + i, at = row * G, r_ = r0 + i;                               \
+                    const T *a = gates + at, *cp = cs + (st0 + i) * H, *cb = cp + B * H;            \
+                    const T *tb = tc + row * H;                                                     \
+                    T *dhb = dh + r_ * H, *dcb = dc + r_ * H, *da = dxz + at, *rb = rec0 + i * H;   \
+                    if (t < steps - 1) {                                                            \
+                        if (mask) ROW_MUL(dhb, rb, mask + r_ * H, H);                               \
+                        else memcpy(dhb, rb, sizeof(T) * H);                                        \
+                    }                                                                               \
+                    if (grad) ROW_ADD(dhb, grad + row * H, H);                                      \
+                    if (g_h) { /* dc += dL/dc_t through tc = tanh(LN(c) w_c + b_c) */               \
+                        const T *wc = w_c + d0 * H;                                                 \
+                        T mc = mean_c[row], rc = rstd_c[row], s1, s2;                               \
+                        T *swc = part + D * 12 * H + d0 * H, *sbc = part + D * 13 * H + d0 * H;     \
+                        _Pragma("omp simd")                                                         \
+                        for (int64_t k = 0; k < H; k++) {                                           \
+                            T dtk = dhb[k] * a[k] * (1 - tb[k] * tb[k]);                            \
+                            dt[k] = dtk;                                                            \
+                            swc[k] += dtk * ((cb[k] - mc) * rc);                                    \
+                            sbc[k] += dtk;                                                          \
+                        }                                                                           \
+                        ROW_SUMS2(T, H, dt[k_] * wc[k_], dt[k_] * wc[k_] * ((cb[k_] - mc) * rc), s1, s2); \
+                        s1 /= H;                                                                    \
+                        s2 /= H;                                                                    \
+                        _Pragma("omp simd")                                                         \
+                        for (int64_t k = 0; k < H; k++)                                             \
+                            dcb[k] += rc * (dt[k] * wc[k] - s1 - (cb[k] - mc) * rc * s2);           \
+                    } else {                                                                        \
+                        _Pragma("omp simd")                                                         \
+                        for (int64_t k = 0; k < H; k++) dcb[k] += dhb[k] * a[k] * (1 - tb[k] * tb[k]); \
+                    }                                                                               \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < H; k++) {                                               \
+                        T o = a[k], ig = a[H + k], f = a[2 * H + k], g = a[3 * H + k], dck = dcb[k]; \
+                        da[k] = dhb[k] * tb[k] * o * (1 - o);                                       \
+                        da[H + k] = dck * g * ig * (1 - ig);                                        \
+                        da[2 * H + k] = dck * cp[k] * f * (1 - f);                                  \
+                        da[3 * H + k] = dck * ig * (1 - g * g);                                     \
+                        dcb[k] = dck * f;                                                           \
+                    }                                                                               \
+                    if (g_h) {                                                                      \
+                        for (int64_t qg = 0; qg < 4; qg++) {                                        \
+                            int64_t w_ = d0 * G + qg * H, s = row * 4 + qg;                         \
+                            const T *xq = xz + at + qg * H, *pq = q + at + qg * H;                  \
+                            const T *gx = g_x + w_, *gh = g_h + w_;                                 \
+                            T *daq = da + qg * H, *dqq = dq + at + qg * H;                          \
+                            T mx = mean_x[s], rx = rstd_x[s], mh = mean_h[s], rh = rstd_h[s];       \
+                            T *sgh = part + w_, *sgx = part + D * 4 * H + w_, *sbx = part + D * 8 * H + w_; \
+                            T u1x, u2x, u1h, u2h;                                                   \
+                            ROW_SUMS2(T, H, daq[k_] * gx[k_], daq[k_] * gx[k_] * ((xq[k_] - mx) * rx), u1x, u2x); \
+                            ROW_SUMS2(T, H, daq[k_] * gh[k_], daq[k_] * gh[k_] * ((pq[k_] - mh) * rh), u1h, u2h); \
+                            u1x /= H;                                                               \
+                            u2x /= H;                                                               \
+                            u1h /= H;                                                               \
+                            u2h /= H;                                                               \
+                            _Pragma("omp simd")                                                     \
+                            for (int64_t k = 0; k < H; k++) {                                       \
+                                T e = daq[k];                                                       \
+                                sgx[k] += e * ((xq[k] - mx) * rx);                                  \
+                                sgh[k] += e * ((pq[k] - mh) * rh);                                  \
+                                sbx[k] += e;                                                        \
+                                dqq[k] = rh * (e * gh[k] - u1h - (pq[k] - mh) * rh * u2h);          \
+                                daq[k] = rx * (e * gx[k] - u1x - (xq[k] - mx) * rx * u2x);          \
+                            }                                                                       \
+                        }                                                                           \
+                    }                                                                               \
+                }                                                                                   \
+                BLOCK_VECMAT(T, n_rows, rec0, H, dq0, G, w + d0 * G * H, G, H);                     \
+            }                                                                                       \
+            if (part) {                                                                             \
+                _Pragma("omp simd")                                                                 \
+                for (int64_t j = 0; j < n_sums; j++) {                                              \
+                    own[j] += part[j];                                                              \
+                    part[j] = 0;                                                                    \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+        for (int64_t r_ = b0; r_ < b1; r_++) { /* dL/dh_0 = rec_0 m */                              \
+            T *dhb = dh + r_ * H, *rb = rec + (r_ - b0) * H;                                        \
+            if (mask) ROW_MUL(dhb, rb, mask + r_ * H, H);                                           \
+            else memcpy(dhb, rb, sizeof(T) * H);                                                    \
+        }                                                                                           \
+        if (own) {                                                                                  \
+            ROWS_IN_ORDER({                                                                         \
+                for (int64_t j = 0; j < n_sums; j++) sums[j] += own[j];                             \
+            })                                                                                      \
+        }                                                                                           \
+        free(own);                                                                                  \
+        free(part);                                                                                 \
+        free(rec);                                                                                  \
+        ROWS_END                                                                                    \
+    }
+
 /* GRU (reset_after=True, gate order r, z, n; see GRUFunction in bptt.py), forward, one step.
  * xp = x W_ih^T + b_ih and hp = (h_{t-1} m) W_hh^T + b_hh (D, B, 3H) in; writes the activations
  * r, z, n to gates, h_t = n + z (h_{t-1} - n) to h, and h_t * mask to hm (D, B, H) contiguous
@@ -609,7 +805,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
     }
 
 /* s1, s2 = the sums over k_ < n of the expressions E1, E2 (written in k_): 16 lanes summed by a
- * plain element-wise loop, then the lanes in order. (GCC 12 left some `omp simd reduction`
+ * plain element-wise loop, then the lanes pairwise. (GCC 12 left some `omp simd reduction`
  * loops scalar inside these kernels; this form always vectorises.) */
 #define ROW_SUMS2(T, n, E1, E2, s1, s2)                                                             \
     do {                                                                                            \
@@ -627,12 +823,15 @@ static inline double tanh_f64(double x) { return tanh(x); }
             l1_[k_ - k0_] += (E1);                                                                  \
             l2_[k_ - k0_] += (E2);                                                                  \
         }                                                                                           \
-        s1 = 0;                                                                                     \
-        s2 = 0;                                                                                     \
-        for (int l_ = 0; l_ < 16; l_++) {                                                           \
-            s1 += l1_[l_];                                                                          \
-            s2 += l2_[l_];                                                                          \
+        for (int w_ = 8; w_ >= 1; w_ /= 2) { /* the lanes pairwise: 4 vector adds, not 15 in a chain */ \
+            _Pragma("omp simd")                                                                     \
+            for (int l_ = 0; l_ < w_; l_++) {                                                       \
+                l1_[l_] += l1_[l_ + w_];                                                            \
+                l2_[l_] += l2_[l_ + w_];                                                            \
+            }                                                                                       \
         }                                                                                           \
+        s1 = l1_[0];                                                                                \
+        s2 = l2_[0];                                                                                \
     } while (0)
 
 /* Mean and 1/sqrt(var + eps) of n values (two passes, as ATen's layer norm). */
@@ -1136,6 +1335,10 @@ GRU_RB_SEQ_FORWARD(rnnkit_gru_rb_seq_forward_f32, float, sigmoid_f32, tanh_f32)
 GRU_RB_SEQ_FORWARD(rnnkit_gru_rb_seq_forward_f64, double, sigmoid_f64, tanh_f64)
 GRU_RB_SEQ_BACKWARD(rnnkit_gru_rb_seq_backward_f32, float)
 GRU_RB_SEQ_BACKWARD(rnnkit_gru_rb_seq_backward_f64, double)
+LSTM_SEQ_FORWARD(rnnkit_lstm_seq_forward_f32, float, sigmoid_f32, tanh_f32, sqrtf)
+LSTM_SEQ_FORWARD(rnnkit_lstm_seq_forward_f64, double, sigmoid_f64, tanh_f64, sqrt)
+LSTM_SEQ_BACKWARD(rnnkit_lstm_seq_backward_f32, float)
+LSTM_SEQ_BACKWARD(rnnkit_lstm_seq_backward_f64, double)
 GRU_FORWARD(rnnkit_gru_forward_f32, float, sigmoid_f32, tanh_f32)
 GRU_FORWARD(rnnkit_gru_forward_f64, double, sigmoid_f64, tanh_f64)
 GRU_BACKWARD(rnnkit_gru_backward_f32, float)
@@ -1161,4 +1364,4 @@ MINGRU_X_FORWARD(rnnkit_mingru_x_forward_f64, double, sigmoid_f64)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f32, float, sigmoid_f32)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f64, double, sigmoid_f64)
 
-int rnnkit_native_abi(void) { return 19; }
+int rnnkit_native_abi(void) { return 20; }

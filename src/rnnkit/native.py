@@ -43,7 +43,7 @@ from torch import Tensor
 NATIVE_ENV = "RNNKIT_NATIVE"
 CACHE_ENV = "RNNKIT_CACHE"
 SOURCE = Path(__file__).with_name("native.c")
-ABI = 19  # rnnkit_native_abi() of the source this module expects
+ABI = 20  # rnnkit_native_abi() of the source this module expects
 _FLAGS = ["-O3", "-fPIC", "-shared"]
 # Tried in order: OpenMP (the library then uses the libgomp torch has loaded, and its threads),
 # else only the SIMD pragmas; -march=native where the compiler takes it.
@@ -146,6 +146,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"rnnkit_gru_seq_backward_{suffix}").argtypes = [I, I, I, I] + [P] * 16
         getattr(lib, f"rnnkit_gru_rb_seq_forward_{suffix}").argtypes = [I, I, I, I] + [P] * 7
         getattr(lib, f"rnnkit_gru_rb_seq_backward_{suffix}").argtypes = [I, I, I, I] + [P] * 8
+        getattr(lib, f"rnnkit_lstm_seq_forward_{suffix}").argtypes = [I, I, I, I, real] + [P] * 14
+        getattr(lib, f"rnnkit_lstm_seq_backward_{suffix}").argtypes = [I, I, I, I] + [P] * 18
         getattr(lib, f"rnnkit_gru_forward_{suffix}").argtypes = [I, I, I, P, I, P, I, P, I, P, P, I, P, P]
         getattr(lib, f"rnnkit_gru_backward_{suffix}").argtypes = [I, I, I, P, I, P, I, P, I, P, P, P, I, P, P, P, I]
         getattr(lib, f"rnnkit_gru_rb_gates_{suffix}").argtypes = [I, I, I, P, I, P, I, P, I]
@@ -203,7 +205,7 @@ PARTS = {"gru_rb": ("gates", "state", "back_state", "back_gates")}  # default: (
 def kernels(name: str, dtype: torch.dtype):
     """The kernels of ``name`` for ``dtype``, or None when the library is unavailable or the dtype
     is not float32/float64: (forward, backward) of "lstm", "lstm_ln" or "gru" (one step), of
-    "gru_seq" and "gru_rb_seq" (a whole GRU sequence, its recurrent matmuls included), of
+    "lstm_seq", "gru_seq" and "gru_rb_seq" (a whole sequence, the recurrent matmuls included), of
     "gate_norm" (the layer norm per gate of N rows: one step's or a whole input projection) and of
     "mingru", "mingru_x" or "minlstm" (a whole sequence); the four of "gru_rb" (``PARTS``)."""
     lib = library()
@@ -448,6 +450,29 @@ class GRUResetBeforeSteps:
         def back_gates(t: int) -> None:
             gates_kernel(D, B, H, g0 + t * gb, gd, h0 + t * hb, hd, m_ptr, du_ptr, a0 + t * ab, ad, rec_ptr)
         return SimpleNamespace(back_state=back_state, back_gates=back_gates)
+
+
+def lstm_sequence_forward(kernel, xz, wt, g_x, b_x, g_h, w_c, b_c, mask, q, stats, gates, cs, tc, hs,
+                          ln_eps: float) -> None:
+    """One call of ``rnnkit_lstm_seq_forward`` (see native.c) on contiguous buffers: xz, gates and
+    (with layer norm) q (D, T, B, 4H); wt (D, H, 4H); g_x, b_x, g_h (D, 4H) and w_c, b_c (D, H), or
+    None without layer norm; mask (D, B, H) or None; stats (flat, 18 DTB values) or None;
+    cs, hs (D, T+1, B, H); tc (D, T, B, H)."""
+    D, T, B, G = xz.shape
+    _check_contiguous(xz, wt, g_x, b_x, g_h, w_c, b_c, mask, q, stats, gates, cs, tc, hs)
+    kernel(D, T, B, G // 4, ln_eps, *map(_ptr, (xz, wt, g_x, b_x, g_h, w_c, b_c, mask, q, stats, gates, cs, tc, hs)))
+
+
+def lstm_sequence_backward(kernel, gates, xz, q, stats, g_x, g_h, w_c, cs, tc, hs, w_hh, mask, grad_hs, dh, dc, dxz,
+                           dq, sums) -> None:
+    """One call of ``rnnkit_lstm_seq_backward``: the buffers of :func:`lstm_sequence_forward`, w_hh
+    (D, 4H, H), the output gradient (D, T, B, H) or None, dh and dc (D, B, H) (in: the final
+    state's gradients; out: dL/dh_0, dL/dc_0), dxz and (with layer norm) dq (D, T, B, 4H), and
+    the float64 sums (D * 14H) of the layer norms' parameters' gradients, added to."""
+    D, T, B, G = gates.shape
+    _check_contiguous(gates, xz, q, stats, g_x, g_h, w_c, cs, tc, hs, w_hh, mask, grad_hs, dh, dc, dxz, dq, sums)
+    kernel(D, T, B, G // 4, *map(_ptr, (gates, xz, q, stats, g_x, g_h, w_c, cs, tc, hs, w_hh, mask, grad_hs, dh, dc,
+                                        dxz, dq, sums)))
 
 
 def gru_sequence_forward(kernel, xz, wt, b_hh, g_hh, g_x, b_x, mask, q, stats, hp, gates, hs, ln_eps: float) -> None:
