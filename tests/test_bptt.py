@@ -183,3 +183,21 @@ def test_predicate_truth_table():
     assert "layer_norm" in bptt.bptt_unsupported_reason(Recurrent("gru", 3, 4, layer_norm=True, reset_after=False), x)
     assert "layer_norm" in bptt.bptt_unsupported_reason(Recurrent("rnn", 3, 4, layer_norm=True), x)
     assert "dtype" in bptt.bptt_unsupported_reason(Recurrent("rnn", 3, 4), x.half())
+
+
+@pytest.mark.skipif(native.unavailable_reason() is not None, reason="the LSTM sequence kernel needs the native kernels")
+def test_auto_takes_the_lstm_sequence_kernel_only_to_train_in_float32():
+    """"auto": the sequence kernel when training in float32 (faster than oneDNN here); oneDNN for
+    inference, under bfloat16 autocast (which it runs in bfloat16) and above its hidden size."""
+    layer, x = Recurrent("lstm", 3, 16), torch.randn(2, 5, 3)
+    layer(x)
+    assert layer.last_path == "bptt"
+    with torch.no_grad():
+        layer(x)
+    assert layer.last_path == "fused"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(x)
+    assert layer.last_path == "fused"
+    wide = Recurrent("lstm", 3, bptt.LSTM_SEQUENCE_MAX_HIDDEN + 1)
+    wide(x)
+    assert wide.last_path == "fused"

@@ -336,7 +336,7 @@ def test_same_seed_same_weights_and_optimizers():
         assert not torch.equal(a.state_dict()["head.weight"], init.state_dict()["head.weight"]), opt
 
 
-@pytest.mark.parametrize("cell,use_fused,path", [("lstm", "auto", "fused"), ("gru", "auto", "bptt"),
+@pytest.mark.parametrize("cell,use_fused,path", [("lstm", "true", "fused"), ("gru", "auto", "bptt"),
                                                  ("lstm", "false", "bptt")])
 def test_bf16_precision_trains_close_to_fp32_with_fp32_weights_and_state(cell, use_fused, path):
     """precision=bf16 autocasts forward and loss; weights, carried state and outputs stay fp32."""
@@ -361,13 +361,15 @@ def test_bf16_precision_trains_close_to_fp32_with_fp32_weights_and_state(cell, u
     assert runs["bf16"] == pytest.approx(runs["fp32"], rel=3e-2)
 
 
-def test_non_fused_paths_ignore_autocast_exactly():
+@pytest.mark.parametrize("path", ["bptt", "reference"])
+def test_non_fused_paths_ignore_autocast_exactly(path):
     """Under autocast the loops keep fp32: the same numbers as without autocast."""
     torch.manual_seed(0)
     layer = GRU(3, 5, num_layers=2, bidirectional=True, layer_norm=True)
+    layer.force_path = path
     x = torch.randn(2, 7, 3)
     y0, h0 = layer(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y1, h1 = layer(x)
-    assert layer.last_path == "reference" and y1.dtype == torch.float32
+    assert layer.last_path == path and y1.dtype == torch.float32
     assert torch.equal(y0, y1) and torch.equal(h0, h1)

@@ -72,11 +72,23 @@ def bptt_unsupported_reason(layer, x: Tensor, lengths: Optional[Tensor] = None) 
 
 
 # Whether "auto" prefers torch's fused kernel over this path when both can serve, by
-# measurement (tmp micro-benchmarks, 1 thread, process time, B/T/H of the S3/S5 shapes on the
-# loaded 2-core CPU; see BENCHMARKS.md for the suite): oneDNN's LSTM is faster than this
-# path (130-160 vs 220-255 ms), torch's generic GRU loop is slower (167 vs 147 ms), and
-# torch's RNN kernel is as fast on the short S1 shape (2.4 vs 3.1 ms).
+# measurement (see BENCHMARKS.md for the suite): torch's generic GRU loop is slower than this
+# path; torch's RNN kernel is as fast on the short S1 shape (2.4 vs 3.1 ms); oneDNN's LSTM is
+# faster than the per-step loop, but slower than the LSTM sequence kernel when training in
+# float32 (one S5 training step, 2 threads: 124 against 154 ms; S2 4.6 against 4.7 ms); it
+# stays ahead without gradients (S5 forward 60 against 75 ms) and under bfloat16 autocast,
+# which it runs in bfloat16 (~1.9x faster on this AMX CPU) and this path in float32.
 FUSED_FIRST = {"lstm": True, "gru": False, "rnn": True}
+
+
+def prefers_fused(layer, x: Tensor) -> bool:
+    """Whether "auto" takes torch's fused kernel for ``layer`` on ``x`` when both paths serve."""
+    if layer.cell != "lstm":
+        return FUSED_FIRST[layer.cell]
+    if torch.is_autocast_enabled(x.device.type):
+        return True
+    training = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layer.parameters()))
+    return not (training and _lstm_sequence_kernels(x, layer.hidden_size) is not None)
 
 
 def _stack(tensors):
