@@ -201,3 +201,16 @@ def test_auto_takes_the_lstm_sequence_kernel_only_to_train_in_float32():
     wide = Recurrent("lstm", 3, bptt.LSTM_SEQUENCE_MAX_HIDDEN + 1)
     wide(x)
     assert wide.last_path == "fused"
+
+
+@pytest.mark.skipif(native.unavailable_reason() is not None, reason="the RNN sequence kernel needs the native kernels")
+def test_auto_takes_the_rnn_sequence_kernel_except_under_autocast():
+    layer, x = Recurrent("rnn", 3, 16), torch.randn(2, 5, 3)
+    layer(x)
+    assert layer.last_path == "bptt"
+    with torch.no_grad():
+        layer(x)
+    assert layer.last_path == "bptt"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(x)
+    assert layer.last_path == "fused"

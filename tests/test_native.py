@@ -18,7 +18,7 @@ def _run(layer, x, state, use_native, monkeypatch):
         if not use_native:
             m.setattr(bptt, "_native", lambda cell, like: None)
         else:
-            assert bptt._native(layer.cell, x) is not None
+            assert native.unavailable_reason() is None
         layer.zero_grad()
         x = x.clone().requires_grad_()
         state = tuple(s.clone().requires_grad_() for s in state)
@@ -90,27 +90,36 @@ def test_native_layer_norm_gru_equals_the_reference_loop(dtype, tol, recurrent_d
         torch.testing.assert_close(a, b, rtol=0, atol=tol * max(1.0, b.abs().max().item()))
 
 
+SEQUENCE_CONFIGS = {"gru": dict(cell="gru"), "gru-layer-norm": dict(cell="gru", layer_norm=True),
+                    "gru-reset-before": dict(cell="gru", reset_after=False), "lstm": dict(cell="lstm"),
+                    "lstm-layer-norm": dict(cell="lstm", layer_norm=True), "rnn-tanh": dict(cell="rnn"),
+                    "rnn-relu": dict(cell="rnn", nonlinearity="relu")}
+
+
 @needs_compiler
-@pytest.mark.parametrize("layer_norm,reset_after", [(False, True), (True, True), (False, False)])
-def test_gru_sequence_kernels_in_row_blocks_and_on_threads(layer_norm, reset_after, monkeypatch):
-    """H = 70: column blocks plus a tail, 4-row blocks plus a remainder (B = 6); float64 against the
-    reference loop; float32 on two threads (rows split) against one thread: the same bits without
-    layer norm, where each row is one thread's, and within rounding with it (the gain sums)."""
+@pytest.mark.parametrize("config", list(SEQUENCE_CONFIGS))
+def test_sequence_kernels_in_row_blocks_and_on_threads(config, monkeypatch):
+    """The whole-sequence kernels at H = 70: column blocks plus a tail, 4-row blocks plus a
+    remainder (B = 6); float64 against the reference loop; float32 on two threads (rows split)
+    against one thread: the same bits without layer norm, where each row is one thread's, and
+    within rounding with it (the gain sums)."""
+    options = dict(SEQUENCE_CONFIGS[config])
+    cell, layer_norm = options.pop("cell"), options.get("layer_norm", False)
     torch.manual_seed(0)
-    layer = Recurrent("gru", 5, 70, bidirectional=True, recurrent_dropout=0.3, layer_norm=layer_norm,
-                      reset_after=reset_after).double()
+    layer = Recurrent(cell, 5, 70, bidirectional=True, recurrent_dropout=0.3, **options).double()
     with torch.no_grad():
         for name, p in layer.named_parameters():
             if "ln" in name:
                 p.add_(0.3 * torch.randn_like(p))
-    x, state = torch.randn(6, 5, 5, dtype=torch.float64), (torch.randn(2, 6, 70, dtype=torch.float64),)
+    x = torch.randn(6, 5, 5, dtype=torch.float64)
+    state = tuple(torch.randn(2, 6, 70, dtype=torch.float64) for _ in range(layer.state_size))
     got = _run(layer, x, state, True, monkeypatch)
     with monkeypatch.context() as m:
         m.setattr(bptt, "bptt_forward", lambda layer, x, state: layer.reference_forward(x, state, None))
         want = _run(layer, x, state, True, monkeypatch)
     for a, b in zip(got[0] + got[1], want[0] + want[1]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    layer, x, state = layer.float(), x.float(), (state[0].float(),)
+    layer, x, state = layer.float(), x.float(), tuple(s.float() for s in state)
     threads = torch.get_num_threads()
     try:
         runs = []

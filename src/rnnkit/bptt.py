@@ -71,22 +71,23 @@ def bptt_unsupported_reason(layer, x: Tensor, lengths: Optional[Tensor] = None) 
     return None
 
 
-# Whether "auto" prefers torch's fused kernel over this path when both can serve, by
-# measurement (see BENCHMARKS.md for the suite): torch's generic GRU loop is slower than this
-# path; torch's RNN kernel is as fast on the short S1 shape (2.4 vs 3.1 ms); oneDNN's LSTM is
-# faster than the per-step loop, but slower than the LSTM sequence kernel when training in
-# float32 (one S5 training step, 2 threads: 124 against 154 ms; S2 4.6 against 4.7 ms); it
-# stays ahead without gradients (S5 forward 60 against 75 ms) and under bfloat16 autocast,
-# which it runs in bfloat16 (~1.9x faster on this AMX CPU) and this path in float32.
-FUSED_FIRST = {"lstm": True, "gru": False, "rnn": True}
-
-
 def prefers_fused(layer, x: Tensor) -> bool:
-    """Whether "auto" takes torch's fused kernel for ``layer`` on ``x`` when both paths serve."""
-    if layer.cell != "lstm":
-        return FUSED_FIRST[layer.cell]
+    """Whether "auto" takes torch's fused kernel for ``layer`` on ``x`` when both paths serve.
+
+    By measurement (2 threads; the suite's numbers are in BENCHMARKS.md): torch's generic GRU
+    loop is slower than this path. torch's RNN kernel is slower than the RNN sequence kernel
+    (an S1 training step 1.7 against 2.4 ms; its forward alone 0.46 against 0.55 ms). oneDNN's
+    LSTM is slower than the LSTM sequence kernel when training in float32 (S5: 124 against
+    154 ms; S2 level) but faster without gradients (S5 forward 60 against 75 ms). Under
+    bfloat16 autocast the fused kernels run their matmuls in bfloat16 (the LSTM's ~1.9x faster
+    on this AMX CPU) and this path keeps float32, so they stay.
+    """
+    if layer.cell == "gru":
+        return False
     if torch.is_autocast_enabled(x.device.type):
         return True
+    if layer.cell == "rnn":
+        return _rnn_sequence_kernels(x, layer.hidden_size) is None
     training = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layer.parameters()))
     return not (training and _lstm_sequence_kernels(x, layer.hidden_size) is not None)
 
@@ -277,6 +278,14 @@ def _accumulate_recurrent(out: Tensor, da: Tensor, w: Tensor, mask, tmp: Tensor)
 
 
 # -- Elman RNN ---------------------------------------------------------------------------------
+RNN_SEQUENCE_MAX_HIDDEN = 256  # the sequence kernel (rnnkit_rnn_seq_*) up to this size; see GRU_SEQUENCE_MAX_HIDDEN
+
+
+def _rnn_sequence_kernels(like: Tensor, H: int):
+    return _native("rnn_seq", like) if H <= RNN_SEQUENCE_MAX_HIDDEN else None
+
+
+
 class RNNFunction(torch.autograd.Function):
     """``h_t = act(xp_t + b_hh + (h_{t-1} * m) W_hh^T)``, act = tanh or relu.
 
@@ -291,6 +300,13 @@ class RNNFunction(torch.autograd.Function):
         wt = w_hh.transpose(1, 2).contiguous()  # (D, H, H)
         hs = xp.new_empty(D, T + 1, B, H)
         hs[:, 0] = h0
+        ctx.sequence = _rnn_sequence_kernels(xp, H)
+        if ctx.sequence is not None:  # the whole loop, recurrent matmul included, in one native call
+            mask = None if mask is None else mask.contiguous()
+            native.rnn_sequence_forward(ctx.sequence[0], pre.contiguous(), wt, mask, hs, nonlinearity == "relu")
+            ctx.hs, ctx.mask, ctx.nonlinearity, ctx.has_bias = hs, mask, nonlinearity, b_hh is not None
+            ctx.save_for_backward(w_hh)
+            return hs[:, 1:], hs[:, -1].clone()
         hm = xp.new_empty(D, B, H)
         act = torch.Tensor.tanh_ if nonlinearity == "tanh" else torch.Tensor.relu_
         for t in range(T):
@@ -307,6 +323,14 @@ class RNNFunction(torch.autograd.Function):
         hs, mask = ctx.hs, ctx.mask
         D, T1, B, H = hs.shape
         T = T1 - 1
+        if ctx.sequence is not None:
+            dh = hs.new_zeros(D, B, H) if grad_h is None else grad_h.contiguous().clone()
+            da = hs.new_empty(D, T, B, H)
+            native.rnn_sequence_backward(ctx.sequence[1], hs, w_hh.contiguous(), mask,
+                                         None if grad_hs is None else grad_hs.contiguous(), dh, da,
+                                         ctx.nonlinearity == "relu")
+            hm = hs[:, :-1] if mask is None else hs[:, :-1] * mask[:, None]
+            return da, dh, _weight_grad(da, hm), da.sum((1, 2)) if ctx.has_bias else None, None, None
         out = hs[:, 1:]
         deriv = 1 - out * out if ctx.nonlinearity == "tanh" else (out > 0).to(out.dtype)  # (D, T, B, H)
         da = torch.empty_like(out)  # dL/d(pre-activation), all steps

@@ -739,6 +739,76 @@ static inline double tanh_f64(double x) { return tanh(x); }
         ROWS_END                                                                                    \
     }
 
+/* Elman RNN over a whole sequence, the recurrent matmul inside (see RNNFunction in bptt.py; as
+ * GRU_SEQ_FORWARD, each thread runs its rows through all steps, 4 rows per load of the weights):
+ *   h_t = act(pre_t + (h_{t-1} m) W_hh^T),  act = tanh (relu = 0) or relu (relu = 1).
+ * pre (D, T, B, H) = x W_ih^T + b_ih + b_hh; wt (D, H, H) = W_hh^T; mask (D, B, H) or NULL;
+ * hs (D, T+1, B, H) with h_0 at t = 0; writes hs[1..T]. */
+#define RNN_SEQ_FORWARD(NAME, T, TANH)                                                              \
+    void NAME(int64_t D, int64_t steps, int64_t B, int64_t H, int64_t relu, const T *pre,           \
+              const T *wt, const T *mask, T *hs) {                                                  \
+        ROWS_BEGIN_AT(D * B, D * steps * B * H, step_min_work)                                      \
+        T *hin = (T *)malloc(sizeof(T) * 4 * H);                                                    \
+        for (int64_t t = 0; t < steps; t++)                                                         \
+            for (int64_t r0 = b0, n_rows; r0 < b1; r0 += n_rows) {                                  \
+                ROW_BLOCK(r0, n_rows, b1, B)                                                        \
+                int64_t at0 = (d0 * steps + t) * B + r0 % B;                                        \
+                const T *h0_ = hs + ((d0 * (steps + 1) + t) * B + r0 % B) * H;                      \
+                T *out = (T *)h0_ + B * H;                                                          \
+                if (mask) ROW_MUL(hin, h0_, mask + r0 * H, n_rows * H);                             \
+                else memcpy(hin, h0_, sizeof(T) * n_rows * H);                                      \
+                BLOCK_VECMAT(T, n_rows, out, H, hin, H, wt + d0 * H * H, H, H);                     \
+                ROW_ADD(out, pre + at0 * H, n_rows * H);                                            \
+                if (relu) {                                                                         \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < n_rows * H; k++) out[k] = out[k] > 0 ? out[k] : 0;      \
+                } else {                                                                            \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < n_rows * H; k++) out[k] = TANH(out[k]);                 \
+                }                                                                                   \
+            }                                                                                       \
+        free(hin);                                                                                  \
+        ROWS_END                                                                                    \
+    }
+
+/* Its backward, t = T-1 .. 0 for each row: dL/dh_t = rec m + grad_t (at t = T-1: dh (D, B, H) on
+ * entry, the final state's gradient), da_t = dL/dh_t act'(h_t) = dL/dpre_t (written to da
+ * (D, T, B, H)), rec = da_t W_hh (this row's). On return dh = dL/dh_0. w (D, H, H) = W_hh;
+ * grad (D, T, B, H) or NULL. */
+#define RNN_SEQ_BACKWARD(NAME, T)                                                                   \
+    void NAME(int64_t D, int64_t steps, int64_t B, int64_t H, int64_t relu, const T *hs,            \
+              const T *w, const T *mask, const T *grad, T *dh, T *da) {                             \
+        ROWS_BEGIN_AT(D * B, D * steps * B * H, step_min_work)                                      \
+        T *rec = (T *)calloc((b1 - b0) * H + 1, sizeof(T));                                         \
+        for (int64_t t = steps - 1; t >= 0; t--)                                                    \
+            for (int64_t r0 = b0, n_rows; r0 < b1; r0 += n_rows) {                                  \
+                ROW_BLOCK(r0, n_rows, b1, B)                                                        \
+                int64_t at0 = (d0 * steps + t) * B + r0 % B;                                        \
+                const T *hb = hs + ((d0 * (steps + 1) + t + 1) * B + r0 % B) * H;                   \
+                T *rec0 = rec + (r0 - b0) * H, *dh0_ = dh + r0 * H, *da0 = da + at0 * H;            \
+                if (t < steps - 1) {                                                                \
+                    if (mask) ROW_MUL(dh0_, rec0, mask + r0 * H, n_rows * H);                       \
+                    else memcpy(dh0_, rec0, sizeof(T) * n_rows * H);                                \
+                }                                                                                   \
+                if (grad) ROW_ADD(dh0_, grad + at0 * H, n_rows * H);                                \
+                if (relu) {                                                                         \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < n_rows * H; k++) da0[k] = hb[k] > 0 ? dh0_[k] : 0;      \
+                } else {                                                                            \
+                    _Pragma("omp simd")                                                             \
+                    for (int64_t k = 0; k < n_rows * H; k++) da0[k] = dh0_[k] * (1 - hb[k] * hb[k]); \
+                }                                                                                   \
+                BLOCK_VECMAT(T, n_rows, rec0, H, da0, H, w + d0 * H * H, H, H);                     \
+            }                                                                                       \
+        for (int64_t r_ = b0; r_ < b1; r_++) { /* dL/dh_0 = rec_0 m */                              \
+            T *dhb = dh + r_ * H, *rb = rec + (r_ - b0) * H;                                        \
+            if (mask) ROW_MUL(dhb, rb, mask + r_ * H, H);                                           \
+            else memcpy(dhb, rb, sizeof(T) * H);                                                    \
+        }                                                                                           \
+        free(rec);                                                                                  \
+        ROWS_END                                                                                    \
+    }
+
 /* GRU (reset_after=True, gate order r, z, n; see GRUFunction in bptt.py), forward, one step.
  * xp = x W_ih^T + b_ih and hp = (h_{t-1} m) W_hh^T + b_hh (D, B, 3H) in; writes the activations
  * r, z, n to gates, h_t = n + z (h_{t-1} - n) to h, and h_t * mask to hm (D, B, H) contiguous
@@ -1339,6 +1409,10 @@ LSTM_SEQ_FORWARD(rnnkit_lstm_seq_forward_f32, float, sigmoid_f32, tanh_f32, sqrt
 LSTM_SEQ_FORWARD(rnnkit_lstm_seq_forward_f64, double, sigmoid_f64, tanh_f64, sqrt)
 LSTM_SEQ_BACKWARD(rnnkit_lstm_seq_backward_f32, float)
 LSTM_SEQ_BACKWARD(rnnkit_lstm_seq_backward_f64, double)
+RNN_SEQ_FORWARD(rnnkit_rnn_seq_forward_f32, float, tanh_f32)
+RNN_SEQ_FORWARD(rnnkit_rnn_seq_forward_f64, double, tanh_f64)
+RNN_SEQ_BACKWARD(rnnkit_rnn_seq_backward_f32, float)
+RNN_SEQ_BACKWARD(rnnkit_rnn_seq_backward_f64, double)
 GRU_FORWARD(rnnkit_gru_forward_f32, float, sigmoid_f32, tanh_f32)
 GRU_FORWARD(rnnkit_gru_forward_f64, double, sigmoid_f64, tanh_f64)
 GRU_BACKWARD(rnnkit_gru_backward_f32, float)
@@ -1364,4 +1438,4 @@ MINGRU_X_FORWARD(rnnkit_mingru_x_forward_f64, double, sigmoid_f64)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f32, float, sigmoid_f32)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f64, double, sigmoid_f64)
 
-int rnnkit_native_abi(void) { return 20; }
+int rnnkit_native_abi(void) { return 21; }

@@ -43,7 +43,7 @@ from torch import Tensor
 NATIVE_ENV = "RNNKIT_NATIVE"
 CACHE_ENV = "RNNKIT_CACHE"
 SOURCE = Path(__file__).with_name("native.c")
-ABI = 20  # rnnkit_native_abi() of the source this module expects
+ABI = 21  # rnnkit_native_abi() of the source this module expects
 _FLAGS = ["-O3", "-fPIC", "-shared"]
 # Tried in order: OpenMP (the library then uses the libgomp torch has loaded, and its threads),
 # else only the SIMD pragmas; -march=native where the compiler takes it.
@@ -148,6 +148,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"rnnkit_gru_rb_seq_backward_{suffix}").argtypes = [I, I, I, I] + [P] * 8
         getattr(lib, f"rnnkit_lstm_seq_forward_{suffix}").argtypes = [I, I, I, I, real] + [P] * 14
         getattr(lib, f"rnnkit_lstm_seq_backward_{suffix}").argtypes = [I, I, I, I] + [P] * 18
+        getattr(lib, f"rnnkit_rnn_seq_forward_{suffix}").argtypes = [I, I, I, I, I, P, P, P, P]
+        getattr(lib, f"rnnkit_rnn_seq_backward_{suffix}").argtypes = [I, I, I, I, I, P, P, P, P, P, P]
         getattr(lib, f"rnnkit_gru_forward_{suffix}").argtypes = [I, I, I, P, I, P, I, P, I, P, P, I, P, P]
         getattr(lib, f"rnnkit_gru_backward_{suffix}").argtypes = [I, I, I, P, I, P, I, P, I, P, P, P, I, P, P, P, I]
         getattr(lib, f"rnnkit_gru_rb_gates_{suffix}").argtypes = [I, I, I, P, I, P, I, P, I]
@@ -205,7 +207,8 @@ PARTS = {"gru_rb": ("gates", "state", "back_state", "back_gates")}  # default: (
 def kernels(name: str, dtype: torch.dtype):
     """The kernels of ``name`` for ``dtype``, or None when the library is unavailable or the dtype
     is not float32/float64: (forward, backward) of "lstm", "lstm_ln" or "gru" (one step), of
-    "lstm_seq", "gru_seq" and "gru_rb_seq" (a whole sequence, the recurrent matmuls included), of
+    "rnn_seq", "lstm_seq", "gru_seq" and "gru_rb_seq" (a whole sequence, the recurrent matmuls
+    included), of
     "gate_norm" (the layer norm per gate of N rows: one step's or a whole input projection) and of
     "mingru", "mingru_x" or "minlstm" (a whole sequence); the four of "gru_rb" (``PARTS``)."""
     lib = library()
@@ -450,6 +453,22 @@ class GRUResetBeforeSteps:
         def back_gates(t: int) -> None:
             gates_kernel(D, B, H, g0 + t * gb, gd, h0 + t * hb, hd, m_ptr, du_ptr, a0 + t * ab, ad, rec_ptr)
         return SimpleNamespace(back_state=back_state, back_gates=back_gates)
+
+
+def rnn_sequence_forward(kernel, pre, wt, mask, hs, relu: bool) -> None:
+    """One call of ``rnnkit_rnn_seq_forward``: pre (D, T, B, H), wt (D, H, H), mask (D, B, H) or
+    None, hs (D, T+1, B, H), all contiguous."""
+    D, T, B, H = pre.shape
+    _check_contiguous(pre, wt, mask, hs)
+    kernel(D, T, B, H, int(relu), *map(_ptr, (pre, wt, mask, hs)))
+
+
+def rnn_sequence_backward(kernel, hs, w_hh, mask, grad_hs, dh, da, relu: bool) -> None:
+    """One call of ``rnnkit_rnn_seq_backward``: dh (D, B, H) in: the final state's gradient, out:
+    dL/dh_0; da (D, T, B, H) = dL/dpre written."""
+    D, T1, B, H = hs.shape
+    _check_contiguous(hs, w_hh, mask, grad_hs, dh, da)
+    kernel(D, T1 - 1, B, H, int(relu), *map(_ptr, (hs, w_hh, mask, grad_hs, dh, da)))
 
 
 def lstm_sequence_forward(kernel, xz, wt, g_x, b_x, g_h, w_c, b_c, mask, q, stats, gates, cs, tc, hs,
