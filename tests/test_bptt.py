@@ -198,7 +198,7 @@ def test_auto_takes_the_lstm_sequence_kernel_only_to_train_in_float32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         layer(x)
     assert layer.last_path == "fused"
-    wide = Recurrent("lstm", 3, bptt.LSTM_SEQUENCE_MAX_HIDDEN + 1)
+    wide = Recurrent("lstm", 3, bptt.LSTM_SEQUENCE_BEATS_FUSED_MAX_HIDDEN + 1)
     wide(x)
     assert wide.last_path == "fused"
 

@@ -88,6 +88,8 @@ def prefers_fused(layer, x: Tensor) -> bool:
         return True
     if layer.cell == "rnn":
         return _rnn_sequence_kernels(x, layer.hidden_size) is None
+    if layer.hidden_size > LSTM_SEQUENCE_BEATS_FUSED_MAX_HIDDEN:
+        return True
     training = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layer.parameters()))
     return not (training and _lstm_sequence_kernels(x, layer.hidden_size) is not None)
 
@@ -828,8 +830,11 @@ class LSTMFunction(torch.autograd.Function):
 
 # The LSTM sequence kernels (rnnkit_lstm_seq_*: each thread runs its rows through every step,
 # the recurrent matmul in C, 4 rows per load of the weights) against the step kernels (a BLAS
-# bmm a step). Measured (2 threads, one training step of the layer): see BENCHMARKS.md.
-LSTM_SEQUENCE_MAX_HIDDEN = 128
+# bmm a step), one training step, 2 threads: 0.80x at S5 (H = 128), 0.87x at S4 (2 x H = 256),
+# 0.92x at B = 64, H = 192, T = 200. Against oneDNN's fused LSTM they win only up to H = 128
+# (S5 0.81x; S4 1.09x), which is where "auto" takes them (``prefers_fused``).
+LSTM_SEQUENCE_MAX_HIDDEN = 256
+LSTM_SEQUENCE_BEATS_FUSED_MAX_HIDDEN = 128
 
 
 def _lstm_sequence_kernels(like: Tensor, H: int):

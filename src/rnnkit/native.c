@@ -221,10 +221,11 @@ static inline double tanh_f64(double x) { return tanh(x); }
         ROWS_END                                                                                    \
     }
 
-/* out = in W for R rows at once (R = 1 or 4; row strides os, is), W row-major (K, N): the rows'
- * recurrent matmul in the sequence kernels. The columns go in blocks of VB whose sums a local
- * array holds (registers, once the compiler unrolls the block), so each weight is loaded once
- * per block of rows and no partial sum is stored and reloaded. */
+/* out = in W for R rows at once (R = 1 or 4; row strides os, is): the rows' recurrent matmul in
+ * the sequence kernels. W (K, N) comes packed by PACK_COLUMNS: blocks of VB columns, each block
+ * its K rows contiguous, so the loop streams through memory. The columns of a block have their
+ * sums in a local array (registers, once the compiler unrolls the block), so each weight is
+ * loaded once per block of rows and no partial sum is stored and reloaded. */
 #define VB(T) ((int64_t)(256 / sizeof(T)))
 #define ROWS_VECMAT(T, R, out, os, in, is, w, K, N)                                                 \
     do {                                                                                            \
@@ -236,7 +237,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
                 for (int64_t j_ = 0; j_ < VB(T); j_++) acc_[i_][j_] = 0;                            \
             }                                                                                       \
             for (int64_t k_ = 0; k_ < (K); k_++) {                                                  \
-                const T *wr_ = (w) + k_ * (N) + j0_;                                                \
+                const T *wr_ = (w) + j0_ * (K) + k_ * VB(T);                                        \
                 for (int64_t i_ = 0; i_ < (R); i_++) {                                              \
                     const T x_ = (in)[i_ * (is) + k_];                                              \
                     _Pragma("omp simd")                                                             \
@@ -253,12 +254,31 @@ static inline double tanh_f64(double x) { return tanh(x); }
             _Pragma("omp simd")                                                                     \
             for (int64_t j_ = j0_; j_ < (N); j_++) o_[j_] = 0;                                      \
             for (int64_t k_ = 0; k_ < (K); k_++) {                                                  \
-                const T x_ = (in)[i_ * (is) + k_], *wr_ = (w) + k_ * (N);                           \
+                const T x_ = (in)[i_ * (is) + k_], *wr_ = (w) + j0_ * (K) + k_ * ((N) - j0_) - j0_; \
                 _Pragma("omp simd")                                                                 \
                 for (int64_t j_ = j0_; j_ < (N); j_++) o_[j_] += x_ * wr_[j_];                      \
             }                                                                                       \
         }                                                                                           \
     } while (0)
+
+/* W (D, K, N) row-major, copied into the layout ROWS_VECMAT reads: for each direction, the
+ * blocks of VB columns one after the other, each its K rows of (up to) VB values. */
+#define PACK_COLUMNS_FN(NAME, T)                                                                    \
+    static T *NAME(const T *w, int64_t D, int64_t K, int64_t N) {                                   \
+        T *p = (T *)malloc(sizeof(T) * D * K * N);                                                  \
+        for (int64_t d = 0; d < D; d++)                                                             \
+            for (int64_t j0 = 0; j0 < N; j0 += VB(T)) {                                             \
+                int64_t width = N - j0 < VB(T) ? N - j0 : VB(T);                                    \
+                for (int64_t k = 0; k < K; k++)                                                     \
+                    memcpy(p + d * K * N + j0 * K + k * width, w + d * K * N + k * N + j0, sizeof(T) * width); \
+            }                                                                                       \
+        return p;                                                                                   \
+    }
+PACK_COLUMNS_FN(pack_columns_f32, float)
+PACK_COLUMNS_FN(pack_columns_f64, double)
+#define PACK_COLUMNS(w, D, K, N)                                                                    \
+    _Generic((w), float *: pack_columns_f32, const float *: pack_columns_f32,                       \
+             double *: pack_columns_f64, const double *: pack_columns_f64)(w, D, K, N)
 
 /* GRU (reset_after=True) over a whole sequence, the recurrent matmul inside (see GRUFunction and
  * GRUNormFunction in bptt.py). Each thread runs its own rows (d, b) through all T steps: a row's
@@ -281,6 +301,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
               const T *b_hh, const T *g_hh, const T *g_x, const T *b_x, const T *mask, T *q,        \
               T *stats, T *hp, T *gates, T *hs) {                                                   \
         int64_t G = 3 * H, n_stats = D * steps * B * 3;                                             \
+        T *wp = PACK_COLUMNS(wt, D, H, G);                                                          \
         ROWS_BEGIN_AT(D * B, D * steps * B * G, step_min_work)                                      \
         T *hin = (T *)malloc(sizeof(T) * (4 * H + G)), *xn = hin + 4 * H;                           \
         for (int64_t t = 0; t < steps; t++)                                                         \
@@ -290,7 +311,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
                 const T *h0_ = hs + ((d0 * (steps + 1) + t) * B + r0 % B) * H;                      \
                 if (mask) ROW_MUL(hin, h0_, mask + r0 * H, n_rows * H);                             \
                 else memcpy(hin, h0_, sizeof(T) * n_rows * H);                                      \
-                BLOCK_VECMAT(T, n_rows, (g_hh ? q : hp) + at0 * G, G, hin, H, wt + d0 * H * G, H, G); \
+                BLOCK_VECMAT(T, n_rows, (g_hh ? q : hp) + at0 * G, G, hin, H, wp + d0 * H * G, H, G); \
                 for (int64_t i = 0; i < n_rows; i++) {                                              \
                     int64_t row = at0 + i, at = row * G;                                            \
                     const T *hb_prev = h0_ + i * H, *x = xz + at;                                   \
@@ -317,6 +338,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
             }                                                                                       \
         free(hin);                                                                                  \
         ROWS_END                                                                                    \
+        free(wp);                                                                                   \
     }
 
 /* y = LN_gate(x) gain for one row of 3 gates of H values; the statistics to mean[0..2], rstd[0..2]. */
@@ -362,6 +384,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
               const T *w, const T *mask, const T *grad, T *carry, T *dxz, T *dhp, T *dq,            \
               double *sums) {                                                                       \
         int64_t G = 3 * H, n_sums = 4 * D * G, n_stats = D * steps * B * 3;                         \
+        T *wp = PACK_COLUMNS(w, D, G, H);                                                           \
         ROWS_BEGIN_AT(D * B, D * steps * B * G, step_min_work)                                      \
         T *rec = (T *)calloc((b1 - b0) * H + 1, sizeof(T));                                         \
         T *part = (g_hh || g_x) ? (T *)calloc(n_sums, sizeof(T)) : NULL;                            \
@@ -404,7 +427,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
                                                stats + 3 * n_stats + row * 3, H, part + 2 * D * G + d0 * G, \
                                                part + 3 * D * G + d0 * G);                          \
                 }                                                                                   \
-                BLOCK_VECMAT(T, n_rows, rec0, H, dq + at0 * G, G, w + d0 * G * H, G, H);            \
+                BLOCK_VECMAT(T, n_rows, rec0, H, dq + at0 * G, G, wp + d0 * G * H, G, H);            \
             }                                                                                       \
             if (part) {                                                                             \
                 _Pragma("omp simd")                                                                 \
@@ -425,6 +448,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
         free(part);                                                                                 \
         free(rec);                                                                                  \
         ROWS_END                                                                                    \
+        free(wp);                                                                                   \
     }
 
 /* The rows [r0, r0 + n_rows) of one direction that a thread's sequence loop takes together at a
@@ -453,6 +477,8 @@ static inline double tanh_f64(double x) { return tanh(x); }
     void NAME(int64_t D, int64_t steps, int64_t B, int64_t H, const T *pre, const T *wt_rz,         \
               const T *wt_n, const T *mask, T *gates, T *u, T *hs) {                                \
         int64_t G = 3 * H;                                                                          \
+        T *wp_rz = PACK_COLUMNS(wt_rz, D, H, 2 * H);                                                \
+        T *wp_n = PACK_COLUMNS(wt_n, D, H, H);                                                      \
         ROWS_BEGIN_AT(D * B, D * steps * B * G, step_min_work)                                      \
         T *hin = (T *)malloc(sizeof(T) * 4 * H);                                                    \
         for (int64_t t = 0; t < steps; t++)                                                         \
@@ -462,7 +488,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
                 const T *h0_ = hs + ((d0 * (steps + 1) + t) * B + r0 % B) * H;                      \
                 if (mask) ROW_MUL(hin, h0_, mask + r0 * H, n_rows * H);                             \
                 else memcpy(hin, h0_, sizeof(T) * n_rows * H);                                      \
-                BLOCK_VECMAT(T, n_rows, gates + at0 * G, G, hin, H, wt_rz + d0 * H * 2 * H, H, 2 * H); \
+                BLOCK_VECMAT(T, n_rows, gates + at0 * G, G, hin, H, wp_rz + d0 * H * 2 * H, H, 2 * H); \
                 for (int64_t i = 0; i < n_rows; i++) {                                              \
                     T *g = gates + (at0 + i) * G, *ub = u + (at0 + i) * H;                          \
                     const T *x = pre + (at0 + i) * G, *hi = hin + i * H;                            \
@@ -471,7 +497,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
                     _Pragma("omp simd")                                                             \
                     for (int64_t k = 0; k < H; k++) ub[k] = g[k] * hi[k];                           \
                 }                                                                                   \
-                BLOCK_VECMAT(T, n_rows, gates + at0 * G + 2 * H, G, u + at0 * H, H, wt_n + d0 * H * H, H, H); \
+                BLOCK_VECMAT(T, n_rows, gates + at0 * G + 2 * H, G, u + at0 * H, H, wp_n + d0 * H * H, H, H); \
                 for (int64_t i = 0; i < n_rows; i++) {                                              \
                     T *g = gates + (at0 + i) * G, *hb = (T *)h0_ + (B + i) * H;                     \
                     const T *x = pre + (at0 + i) * G, *hp_ = h0_ + i * H;                           \
@@ -485,6 +511,8 @@ static inline double tanh_f64(double x) { return tanh(x); }
             }                                                                                       \
         free(hin);                                                                                  \
         ROWS_END                                                                                    \
+        free(wp_rz);                                                                                \
+        free(wp_n);                                                                                 \
     }
 
 /* Its backward, t = T-1 .. 0 for each row: dL/dh_t = carry + rec m + grad_t (carry = z_{t+1}
@@ -496,6 +524,8 @@ static inline double tanh_f64(double x) { return tanh(x); }
     void NAME(int64_t D, int64_t steps, int64_t B, int64_t H, const T *gates, const T *hs,          \
               const T *w_rz, const T *w_n, const T *mask, const T *grad, T *carry, T *da) {         \
         int64_t G = 3 * H;                                                                          \
+        T *wp_rz = PACK_COLUMNS(w_rz, D, 2 * H, H);                                                 \
+        T *wp_n = PACK_COLUMNS(w_n, D, H, H);                                                       \
         ROWS_BEGIN_AT(D * B, D * steps * B * G, step_min_work)                                      \
         T *rec = (T *)calloc((b1 - b0) * H + 4 * H, sizeof(T)), *du = rec + (b1 - b0) * H;          \
         for (int64_t t = steps - 1; t >= 0; t--)                                                    \
@@ -518,7 +548,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
                         cb[k] = dh * z;                                                             \
                     }                                                                               \
                 }                                                                                   \
-                BLOCK_VECMAT(T, n_rows, du, H, da + at0 * G + 2 * H, G, w_n + d0 * H * H, H, H);    \
+                BLOCK_VECMAT(T, n_rows, du, H, da + at0 * G + 2 * H, G, wp_n + d0 * H * H, H, H);    \
                 for (int64_t i = 0; i < n_rows; i++) {                                              \
                     const T *g = gates + (at0 + i) * G, *pb = h0_ + i * H, *dub = du + i * H;       \
                     const T *mk = mask ? mask + (r0 + i) * H : NULL;                                \
@@ -529,7 +559,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
                         dab[k] = dub[k] * hin * rg * (1 - rg);                                      \
                     }                                                                               \
                 }                                                                                   \
-                BLOCK_VECMAT(T, n_rows, rec0, H, da + at0 * G, G, w_rz + d0 * 2 * H * H, 2 * H, H);  \
+                BLOCK_VECMAT(T, n_rows, rec0, H, da + at0 * G, G, wp_rz + d0 * 2 * H * H, 2 * H, H);  \
                 for (int64_t i = 0; i < n_rows; i++) {                                              \
                     const T *g = gates + (at0 + i) * G, *dub = du + i * H;                          \
                     T *rb = rec0 + i * H;                                                           \
@@ -541,6 +571,8 @@ static inline double tanh_f64(double x) { return tanh(x); }
             ROW_ADD_MUL(carry + r_ * H, rec + (r_ - b0) * H, mask ? mask + r_ * H : NULL, H);       \
         free(rec);                                                                                  \
         ROWS_END                                                                                    \
+        free(wp_rz);                                                                                \
+        free(wp_n);                                                                                 \
     }
 
 /* LSTM over a whole sequence, the recurrent matmul inside, plain or layer-normed (see
@@ -561,6 +593,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
         int64_t G = 4 * H, n4 = D * steps * B * 4, n1 = D * steps * B;                              \
         T *mean_x = stats, *rstd_x = stats + n4, *mean_h = stats + 2 * n4, *rstd_h = stats + 3 * n4; \
         T *mean_c = stats + 4 * n4, *rstd_c = stats + 4 * n4 + n1;                                  \
+        T *wp = PACK_COLUMNS(wt, D, H, G);                                                          \
         ROWS_BEGIN_AT(D * B, D * steps * B * G, step_min_work)                                      \
         T *hin = (T *)malloc(sizeof(T) * 4 * H);                                                    \
         for (int64_t t = 0; t < steps; t++)                                                         \
@@ -570,7 +603,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
                 const T *h0_ = hs + st0 * H;                                                        \
                 if (mask) ROW_MUL(hin, h0_, mask + r0 * H, n_rows * H);                             \
                 else memcpy(hin, h0_, sizeof(T) * n_rows * H);                                      \
-                BLOCK_VECMAT(T, n_rows, (g_h ? q : gates) + at0 * G, G, hin, H, wt + d0 * H * G, H, G); \
+                BLOCK_VECMAT(T, n_rows, (g_h ? q : gates) + at0 * G, G, hin, H, wp + d0 * H * G, H, G); \
                 for (int64_t i = 0; i < n_rows; i++) {                                              \
                     int64_t row = at0 + i, at = row * G;                                            \
                     const T *x = xz + at, *cp = cs + (st0 + i) * H;                                 \
@@ -620,6 +653,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
             }                                                                                       \
         free(hin);                                                                                  \
         ROWS_END                                                                                    \
+        free(wp);                                                                                   \
     }
 
 /* Its backward, t = T-1 .. 0 for each row: dL/dh_t = rec m + grad_t (at t = T-1: dh (D, B, H)
@@ -637,6 +671,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
         int64_t G = 4 * H, n4 = D * steps * B * 4, n1 = D * steps * B, n_sums = D * 14 * H;          \
         const T *mean_x = stats, *rstd_x = stats + n4, *mean_h = stats + 2 * n4, *rstd_h = stats + 3 * n4; \
         const T *mean_c = stats + 4 * n4, *rstd_c = stats + 4 * n4 + n1;                            \
+        T *wp = PACK_COLUMNS(w, D, G, H);                                                           \
         ROWS_BEGIN_AT(D * B, D * steps * B * G, step_min_work)                                      \
         T *rec = (T *)calloc((b1 - b0) * H + H, sizeof(T)), *dt = rec + (b1 - b0) * H;              \
         T *part = g_h ? (T *)calloc(n_sums, sizeof(T)) : NULL;                                      \
@@ -713,7 +748,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
                         }                                                                           \
                     }                                                                               \
                 }                                                                                   \
-                BLOCK_VECMAT(T, n_rows, rec0, H, dq0, G, w + d0 * G * H, G, H);                     \
+                BLOCK_VECMAT(T, n_rows, rec0, H, dq0, G, wp + d0 * G * H, G, H);                     \
             }                                                                                       \
             if (part) {                                                                             \
                 _Pragma("omp simd")                                                                 \
@@ -737,6 +772,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
         free(part);                                                                                 \
         free(rec);                                                                                  \
         ROWS_END                                                                                    \
+        free(wp);                                                                                   \
     }
 
 /* Elman RNN over a whole sequence, the recurrent matmul inside (see RNNFunction in bptt.py; as
@@ -747,6 +783,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
 #define RNN_SEQ_FORWARD(NAME, T, TANH)                                                              \
     void NAME(int64_t D, int64_t steps, int64_t B, int64_t H, int64_t relu, const T *pre,           \
               const T *wt, const T *mask, T *hs) {                                                  \
+        T *wp = PACK_COLUMNS(wt, D, H, H);                                                          \
         ROWS_BEGIN_AT(D * B, D * steps * B * H, step_min_work)                                      \
         T *hin = (T *)malloc(sizeof(T) * 4 * H);                                                    \
         for (int64_t t = 0; t < steps; t++)                                                         \
@@ -757,7 +794,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
                 T *out = (T *)h0_ + B * H;                                                          \
                 if (mask) ROW_MUL(hin, h0_, mask + r0 * H, n_rows * H);                             \
                 else memcpy(hin, h0_, sizeof(T) * n_rows * H);                                      \
-                BLOCK_VECMAT(T, n_rows, out, H, hin, H, wt + d0 * H * H, H, H);                     \
+                BLOCK_VECMAT(T, n_rows, out, H, hin, H, wp + d0 * H * H, H, H);                     \
                 ROW_ADD(out, pre + at0 * H, n_rows * H);                                            \
                 if (relu) {                                                                         \
                     _Pragma("omp simd")                                                             \
@@ -769,6 +806,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
             }                                                                                       \
         free(hin);                                                                                  \
         ROWS_END                                                                                    \
+        free(wp);                                                                                   \
     }
 
 /* Its backward, t = T-1 .. 0 for each row: dL/dh_t = rec m + grad_t (at t = T-1: dh (D, B, H) on
@@ -778,6 +816,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
 #define RNN_SEQ_BACKWARD(NAME, T)                                                                   \
     void NAME(int64_t D, int64_t steps, int64_t B, int64_t H, int64_t relu, const T *hs,            \
               const T *w, const T *mask, const T *grad, T *dh, T *da) {                             \
+        T *wp = PACK_COLUMNS(w, D, H, H);                                                           \
         ROWS_BEGIN_AT(D * B, D * steps * B * H, step_min_work)                                      \
         T *rec = (T *)calloc((b1 - b0) * H + 1, sizeof(T));                                         \
         for (int64_t t = steps - 1; t >= 0; t--)                                                    \
@@ -798,7 +837,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
                     _Pragma("omp simd")                                                             \
                     for (int64_t k = 0; k < n_rows * H; k++) da0[k] = dh0_[k] * (1 - hb[k] * hb[k]); \
                 }                                                                                   \
-                BLOCK_VECMAT(T, n_rows, rec0, H, da0, H, w + d0 * H * H, H, H);                     \
+                BLOCK_VECMAT(T, n_rows, rec0, H, da0, H, wp + d0 * H * H, H, H);                     \
             }                                                                                       \
         for (int64_t r_ = b0; r_ < b1; r_++) { /* dL/dh_0 = rec_0 m */                              \
             T *dhb = dh + r_ * H, *rb = rec + (r_ - b0) * H;                                        \
@@ -807,6 +846,7 @@ static inline double tanh_f64(double x) { return tanh(x); }
         }                                                                                           \
         free(rec);                                                                                  \
         ROWS_END                                                                                    \
+        free(wp);                                                                                   \
     }
 
 /* GRU (reset_after=True, gate order r, z, n; see GRUFunction in bptt.py), forward, one step.
