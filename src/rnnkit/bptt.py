@@ -15,10 +15,12 @@ cell kind has a ``torch.autograd.Function`` whose
   ``dW_hh = sum_t da_t^T (h_{t-1} * mask) = dA^T Hm`` with ``dA`` (T*B, G*H);
 * both directions of a bidirectional layer run together: every tensor carries a leading
   direction axis D, recurrent matmuls are ``torch.baddbmm`` over stacked ``(D, ...)`` weights;
-* on CPU the element-wise part of each LSTM, layer-normed LSTM and GRU step, forward and
-  backward, is one call of a native kernel (``rnnkit/native.c``, loaded by
-  :mod:`rnnkit.native`) around the step's matmul; where the kernels are unavailable the same
-  arithmetic runs as torch ops (tests/test_native.py: same numbers).
+* on CPU, for hidden sizes up to 256 (``*_SEQUENCE_MAX_HIDDEN``), a layer's whole loop is one
+  call of a native sequence kernel each way (``rnnkit/native.c``, loaded by :mod:`rnnkit.native`):
+  the recurrent matmul, the element-wise step and the layer norms inside, each OpenMP thread
+  running its own rows of the batch through every step. Wider layers keep torch's per-step
+  matmul with one native call for the element-wise rest of each step. Where the kernels are
+  unavailable the same arithmetic runs as torch ops (tests/test_native.py: same numbers).
 
 Layout inside: ``(D, T, B, X)`` (time-major, so a step is one contiguous slice), the reverse
 direction stored in its own (reversed) time order; between layers ``(T, B, D*H)``. Where
@@ -29,12 +31,9 @@ variational recurrent-dropout mask ``m`` (D, B, H) on ``h_{t-1}`` where it enter
 recurrent projection. Values and gradients equal the reference loop (tests/test_bptt.py).
 
 Not handled here (the predicate ``bptt_unsupported_reason`` says so and the layer falls back
-to the fused kernel or the reference loop): variable ``lengths``, ``layer_norm`` for RNN/GRU.
-``layer_norm`` for LSTM is here (``LSTMNormFunction``); measured 2-thread CPU time vs
-torch.nn+ftz (``python -m benchmarks.micro --shapes S4,S5 --peers "torch.nn+ftz,rnnkit
-layer_norm" --threads 2 --wall``), with the native step kernels: S4 1.51x, S5 2.19x (before
-them: 1.57x and 3.09x). The layer norm of the input projection and the gains' gradients run
-as torch ops over all steps; issue 8's 1.3x is not met for layer norm.
+to the fused kernel or the reference loop): variable ``lengths``; ``layer_norm`` for the Elman
+RNN and the reset_after=False GRU; a layer-normed GRU without the native kernels. Measured
+costs against the other paths are in BENCHMARKS.md.
 """
 
 from __future__ import annotations

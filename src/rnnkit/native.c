@@ -1,12 +1,16 @@
-/* rnnkit's native kernels: the element-wise part of one LSTM, layer-normed LSTM or GRU (both
- * forms) step, forward and backward; and the whole minGRU or minLSTM recurrence.
- *
- * Why: in the explicit-BPTT loop (rnnkit/bptt.py) the recurrent matmul of a step is one torch
- * call, but the gate arithmetic around it was ~6 torch calls forward and ~5 backward, each a
- * pass over (B, H) or (B, 4H) values plus its dispatch; at pixel-MNIST size (B=64, H=128, 784
- * steps) those small passes cost more than the matmuls. Here each step's element-wise work is
- * one call and one pass. rnnkit/native.py compiles this file with the system C compiler on
- * first use and loads it with ctypes; without a compiler the torch loop runs instead.
+/* rnnkit's native kernels, used by rnnkit/bptt.py and rnnkit/scan.py:
+ *   - sequence kernels (RNN_SEQ_*, LSTM_SEQ_*, GRU_SEQ_*, GRU_RB_SEQ_*): a layer's whole loop,
+ *     its recurrent matmul included, one call forward and one backward, for hidden sizes up to
+ *     256. A row of the batch needs only its own previous state, so each OpenMP thread runs its
+ *     own rows through every step without waiting for the others; 4 rows share each load of
+ *     the (packed) weights. For small H a step's matmul is too small for the BLAS to run well,
+ *     and the per-step Python and dispatch cost as much as the arithmetic.
+ *   - step kernels (LSTM_*, LSTM_LN_*, GRU_*, GRU_RB_*, GATE_NORM_*): for wider layers, the
+ *     element-wise part of one step around torch's per-step matmul, one call instead of ~6
+ *     torch ops.
+ *   - scans (MINGRU_*, MINLSTM_*): the whole minGRU or minLSTM recurrence in one pass.
+ * rnnkit/native.py compiles this file with the system C compiler on first use and loads it
+ * with ctypes; without a compiler the torch code runs instead (same numbers, tested).
  *
  * Layout (see LSTMFunction in bptt.py): gates in the order (o, i, f, g) along the last axis,
  * the g pre-activation doubled (the forward gets g = tanh(a) = 2 sigmoid(2a) - 1 from the same
@@ -457,13 +461,26 @@ PACK_COLUMNS_FN(pack_columns_f64, double)
     int64_t d0 = (r0) / (B);                                                                        \
     n_rows = (d0 + 1) * (B) - (r0) < (b1) - (r0) ? (d0 + 1) * (B) - (r0) : (b1) - (r0);             \
     n_rows = n_rows < 4 ? n_rows : 4;
-/* ROWS_VECMAT for n_rows (1..4) rows. */
+/* The matmul of 1 or 4 rows as functions, not expanded at each of the sequence kernels' call
+ * sites (which made the file take ~25 s to compile); a call does K x N multiply-adds per row. */
+#define ROWS_VECMAT_FN(NAME, T, R)                                                                  \
+    __attribute__((noinline)) static void NAME(T *out, int64_t os, const T *in, int64_t is,         \
+                                               const T *w, int64_t K, int64_t N) {                  \
+        ROWS_VECMAT(T, R, out, os, in, is, w, K, N);                                                \
+    }
+ROWS_VECMAT_FN(rows_vecmat1_f32, float, 1)
+ROWS_VECMAT_FN(rows_vecmat4_f32, float, 4)
+ROWS_VECMAT_FN(rows_vecmat1_f64, double, 1)
+ROWS_VECMAT_FN(rows_vecmat4_f64, double, 4)
+/* ROWS_VECMAT for n_rows (1..4) rows of type T (float or double). */
 #define BLOCK_VECMAT(T, n_rows, out, os, in, is, w, K, N)                                           \
     do {                                                                                            \
-        if ((n_rows) == 4) ROWS_VECMAT(T, 4, out, os, in, is, w, K, N);                             \
+        if ((n_rows) == 4)                                                                          \
+            _Generic((out), float *: rows_vecmat4_f32, double *: rows_vecmat4_f64)(out, os, in, is, w, K, N); \
         else                                                                                        \
             for (int64_t i_b = 0; i_b < (n_rows); i_b++)                                            \
-                ROWS_VECMAT(T, 1, (out) + i_b * (os), os, (in) + i_b * (is), is, w, K, N);          \
+                _Generic((out), float *: rows_vecmat1_f32, double *: rows_vecmat1_f64)(             \
+                    (out) + i_b * (os), os, (in) + i_b * (is), is, w, K, N);                        \
     } while (0)
 
 /* GRU with reset_after=False over a whole sequence, the two recurrent matmuls inside (see
@@ -1426,56 +1443,62 @@ PACK_COLUMNS_FN(pack_columns_f64, double)
     }
 
 LSTM_FORWARD(rnnkit_lstm_forward_f32, float, sigmoid_f32)
-LSTM_FORWARD(rnnkit_lstm_forward_f64, double, sigmoid_f64)
 LSTM_BACKWARD(rnnkit_lstm_backward_f32, float)
-LSTM_BACKWARD(rnnkit_lstm_backward_f64, double)
 LSTM_LN_FORWARD(rnnkit_lstm_ln_forward_f32, float, sigmoid_f32, tanh_f32, sqrtf)
-LSTM_LN_FORWARD(rnnkit_lstm_ln_forward_f64, double, sigmoid_f64, tanh_f64, sqrt)
 LSTM_LN_BACKWARD(rnnkit_lstm_ln_backward_f32, float)
-LSTM_LN_BACKWARD(rnnkit_lstm_ln_backward_f64, double)
 GATE_NORM_FORWARD(rnnkit_gate_norm_forward_f32, float, sqrtf)
-GATE_NORM_FORWARD(rnnkit_gate_norm_forward_f64, double, sqrt)
 GATE_NORM_BACKWARD(rnnkit_gate_norm_backward_f32, float)
-GATE_NORM_BACKWARD(rnnkit_gate_norm_backward_f64, double)
 GRU_SEQ_FORWARD(rnnkit_gru_seq_forward_f32, float, sigmoid_f32, tanh_f32, sqrtf)
-GRU_SEQ_FORWARD(rnnkit_gru_seq_forward_f64, double, sigmoid_f64, tanh_f64, sqrt)
 GRU_SEQ_BACKWARD(rnnkit_gru_seq_backward_f32, float)
-GRU_SEQ_BACKWARD(rnnkit_gru_seq_backward_f64, double)
 GRU_RB_SEQ_FORWARD(rnnkit_gru_rb_seq_forward_f32, float, sigmoid_f32, tanh_f32)
-GRU_RB_SEQ_FORWARD(rnnkit_gru_rb_seq_forward_f64, double, sigmoid_f64, tanh_f64)
 GRU_RB_SEQ_BACKWARD(rnnkit_gru_rb_seq_backward_f32, float)
-GRU_RB_SEQ_BACKWARD(rnnkit_gru_rb_seq_backward_f64, double)
 LSTM_SEQ_FORWARD(rnnkit_lstm_seq_forward_f32, float, sigmoid_f32, tanh_f32, sqrtf)
-LSTM_SEQ_FORWARD(rnnkit_lstm_seq_forward_f64, double, sigmoid_f64, tanh_f64, sqrt)
 LSTM_SEQ_BACKWARD(rnnkit_lstm_seq_backward_f32, float)
-LSTM_SEQ_BACKWARD(rnnkit_lstm_seq_backward_f64, double)
 RNN_SEQ_FORWARD(rnnkit_rnn_seq_forward_f32, float, tanh_f32)
-RNN_SEQ_FORWARD(rnnkit_rnn_seq_forward_f64, double, tanh_f64)
 RNN_SEQ_BACKWARD(rnnkit_rnn_seq_backward_f32, float)
-RNN_SEQ_BACKWARD(rnnkit_rnn_seq_backward_f64, double)
 GRU_FORWARD(rnnkit_gru_forward_f32, float, sigmoid_f32, tanh_f32)
-GRU_FORWARD(rnnkit_gru_forward_f64, double, sigmoid_f64, tanh_f64)
 GRU_BACKWARD(rnnkit_gru_backward_f32, float)
-GRU_BACKWARD(rnnkit_gru_backward_f64, double)
 GRU_RB_FORWARD_A(rnnkit_gru_rb_gates_f32, float, sigmoid_f32)
-GRU_RB_FORWARD_A(rnnkit_gru_rb_gates_f64, double, sigmoid_f64)
 GRU_RB_FORWARD_B(rnnkit_gru_rb_state_f32, float, tanh_f32)
-GRU_RB_FORWARD_B(rnnkit_gru_rb_state_f64, double, tanh_f64)
 GRU_RB_BACKWARD_C(rnnkit_gru_rb_back_state_f32, float)
-GRU_RB_BACKWARD_C(rnnkit_gru_rb_back_state_f64, double)
 GRU_RB_BACKWARD_D(rnnkit_gru_rb_back_gates_f32, float)
-GRU_RB_BACKWARD_D(rnnkit_gru_rb_back_gates_f64, double)
 MINGRU_FORWARD(rnnkit_mingru_forward_f32, float, sigmoid_f32)
-MINGRU_FORWARD(rnnkit_mingru_forward_f64, double, sigmoid_f64)
 MINGRU_BACKWARD(rnnkit_mingru_backward_f32, float, sigmoid_f32)
-MINGRU_BACKWARD(rnnkit_mingru_backward_f64, double, sigmoid_f64)
 MINLSTM_FORWARD(rnnkit_minlstm_forward_f32, float, sigmoid_f32, exp_f32)
-MINLSTM_FORWARD(rnnkit_minlstm_forward_f64, double, sigmoid_f64, exp)
 MINLSTM_BACKWARD(rnnkit_minlstm_backward_f32, float, sigmoid_f32, exp_f32)
-MINLSTM_BACKWARD(rnnkit_minlstm_backward_f64, double, sigmoid_f64, exp)
 MINGRU_X_FORWARD(rnnkit_mingru_x_forward_f32, float, sigmoid_f32)
-MINGRU_X_FORWARD(rnnkit_mingru_x_forward_f64, double, sigmoid_f64)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f32, float, sigmoid_f32)
+
+/* The float64 kernels serve tests and float64 models, where exactness matters more than speed:
+ * built at -O1, which halves the time the first use spends compiling this file. */
+#pragma GCC push_options
+#pragma GCC optimize("O1")
+LSTM_FORWARD(rnnkit_lstm_forward_f64, double, sigmoid_f64)
+LSTM_BACKWARD(rnnkit_lstm_backward_f64, double)
+LSTM_LN_FORWARD(rnnkit_lstm_ln_forward_f64, double, sigmoid_f64, tanh_f64, sqrt)
+LSTM_LN_BACKWARD(rnnkit_lstm_ln_backward_f64, double)
+GATE_NORM_FORWARD(rnnkit_gate_norm_forward_f64, double, sqrt)
+GATE_NORM_BACKWARD(rnnkit_gate_norm_backward_f64, double)
+GRU_SEQ_FORWARD(rnnkit_gru_seq_forward_f64, double, sigmoid_f64, tanh_f64, sqrt)
+GRU_SEQ_BACKWARD(rnnkit_gru_seq_backward_f64, double)
+GRU_RB_SEQ_FORWARD(rnnkit_gru_rb_seq_forward_f64, double, sigmoid_f64, tanh_f64)
+GRU_RB_SEQ_BACKWARD(rnnkit_gru_rb_seq_backward_f64, double)
+LSTM_SEQ_FORWARD(rnnkit_lstm_seq_forward_f64, double, sigmoid_f64, tanh_f64, sqrt)
+LSTM_SEQ_BACKWARD(rnnkit_lstm_seq_backward_f64, double)
+RNN_SEQ_FORWARD(rnnkit_rnn_seq_forward_f64, double, tanh_f64)
+RNN_SEQ_BACKWARD(rnnkit_rnn_seq_backward_f64, double)
+GRU_FORWARD(rnnkit_gru_forward_f64, double, sigmoid_f64, tanh_f64)
+GRU_BACKWARD(rnnkit_gru_backward_f64, double)
+GRU_RB_FORWARD_A(rnnkit_gru_rb_gates_f64, double, sigmoid_f64)
+GRU_RB_FORWARD_B(rnnkit_gru_rb_state_f64, double, tanh_f64)
+GRU_RB_BACKWARD_C(rnnkit_gru_rb_back_state_f64, double)
+GRU_RB_BACKWARD_D(rnnkit_gru_rb_back_gates_f64, double)
+MINGRU_FORWARD(rnnkit_mingru_forward_f64, double, sigmoid_f64)
+MINGRU_BACKWARD(rnnkit_mingru_backward_f64, double, sigmoid_f64)
+MINLSTM_FORWARD(rnnkit_minlstm_forward_f64, double, sigmoid_f64, exp)
+MINLSTM_BACKWARD(rnnkit_minlstm_backward_f64, double, sigmoid_f64, exp)
+MINGRU_X_FORWARD(rnnkit_mingru_x_forward_f64, double, sigmoid_f64)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f64, double, sigmoid_f64)
+#pragma GCC pop_options
 
 int rnnkit_native_abi(void) { return 21; }

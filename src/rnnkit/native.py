@@ -1,10 +1,10 @@
 """Native kernels: ``native.c`` compiled with the system C compiler on first use, loaded with ctypes.
 
-What they do and why: see ``native.c`` (the element-wise part of one LSTM step, forward and
-backward, as one call instead of ~6 torch calls; the whole minGRU recurrence in one pass over
-memory instead of ~10). The explicit-BPTT LSTM loop in :mod:`rnnkit.bptt` and the minGRU scan
-in :mod:`rnnkit.scan` use them when :func:`unavailable_reason` returns None, and their torch
-code otherwise; both give the same numbers (tests/test_native.py).
+What they do and why: see ``native.c`` (a layer's whole recurrence, recurrent matmul included,
+in one call each way for hidden sizes up to 256; one call per step around torch's matmul for
+wider layers; the minGRU and minLSTM scans in one pass). :mod:`rnnkit.bptt` and
+:mod:`rnnkit.scan` use them when :func:`unavailable_reason` returns None, and their torch code
+otherwise; both give the same numbers (tests/test_native.py).
 
 The classes at the end (``LSTMSteps``, ``GRUSteps``, ...) bind the kernels to the buffers of
 one call of a :mod:`rnnkit.bptt` Function.
