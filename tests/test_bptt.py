@@ -1,5 +1,7 @@
 """The explicit-BPTT path (rnnkit.bptt) equals the reference loop: values and gradients, float64."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -185,32 +187,20 @@ def test_predicate_truth_table():
     assert "dtype" in bptt.bptt_unsupported_reason(Recurrent("rnn", 3, 4), x.half())
 
 
-@pytest.mark.skipif(native.unavailable_reason() is not None, reason="the LSTM sequence kernel needs the native kernels")
-def test_auto_takes_the_lstm_sequence_kernel_only_to_train_in_float32():
-    """"auto": the sequence kernel when training in float32 (faster than oneDNN here); oneDNN for
-    inference, under bfloat16 autocast (which it runs in bfloat16) and above its hidden size."""
-    layer, x = Recurrent("lstm", 3, 16), torch.randn(2, 5, 3)
-    layer(x)
-    assert layer.last_path == "bptt"
-    with torch.no_grad():
-        layer(x)
-    assert layer.last_path == "fused"
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        layer(x)
-    assert layer.last_path == "fused"
-    wide = Recurrent("lstm", 3, bptt.LSTM_SEQUENCE_BEATS_FUSED_MAX_HIDDEN + 1)
-    wide(x)
-    assert wide.last_path == "fused"
-
-
-@pytest.mark.skipif(native.unavailable_reason() is not None, reason="the RNN sequence kernel needs the native kernels")
-def test_auto_takes_the_rnn_sequence_kernel_except_under_autocast():
-    layer, x = Recurrent("rnn", 3, 16), torch.randn(2, 5, 3)
-    layer(x)
-    assert layer.last_path == "bptt"
-    with torch.no_grad():
-        layer(x)
-    assert layer.last_path == "bptt"
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        layer(x)
-    assert layer.last_path == "fused"
+@pytest.mark.skipif(native.unavailable_reason() is not None, reason="the sequence kernels need the native kernels")
+@pytest.mark.parametrize("cell,inference", [("lstm", "fused"), ("rnn", "bptt")])
+def test_auto_takes_the_sequence_kernels_where_they_are_faster(cell, inference):
+    """"auto": the sequence kernel to train in float32 (faster than torch's kernels here); for
+    inference oneDNN's LSTM but still the RNN kernel; torch's kernels under bfloat16 autocast
+    (which they run in bfloat16) and for LSTMs wider than where the kernel measured faster."""
+    layer, x = Recurrent(cell, 3, 16), torch.randn(2, 5, 3)
+    paths = []
+    for context in (contextlib.nullcontext(), torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16)):
+        with context:
+            layer(x)
+        paths.append(layer.last_path)
+    assert paths == ["bptt", inference, "fused"]
+    if cell == "lstm":
+        wide = Recurrent("lstm", 3, bptt.LSTM_SEQUENCE_BEATS_FUSED_MAX_HIDDEN + 1)
+        wide(x)
+        assert wide.last_path == "fused"
