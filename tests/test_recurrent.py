@@ -361,3 +361,8 @@ def test_property_matches_torch_nn(cell, B, T, F, H, L, bidirectional, data):
     x = torch.randn(B, T, F, dtype=F64, requires_grad=True)
     state = random_state(cell, L, ours.num_directions, B, H) if data.draw(st.booleans()) else None
     assert_same_forward_backward(ours, ref, x, state, lengths)
+
+
+def test_a_sequence_without_steps_is_a_clear_error():
+    with pytest.raises(ValueError, match="no time steps"):
+        Recurrent("gru", 4, 8)(torch.randn(3, 0, 4))

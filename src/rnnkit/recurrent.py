@@ -283,6 +283,8 @@ class Recurrent(nn.Module):
         """Run the stack. x: (B, T, F) -> outputs (B, T, D*H), state (L*D, B, H) / (h, c)."""
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"x must have shape (B, T, {self.input_size}), got {tuple(x.shape)}")
+        if x.shape[1] == 0:
+            raise ValueError("x has no time steps (T = 0); a recurrent layer needs at least one")
         lengths = check_lengths(lengths, x.shape[0], x.shape[1])
         # Under torch.autocast only the fused kernel runs in lower precision (its matmuls); the
         # loops keep full precision, where c_t = f*c + i*g accumulated in bf16 would drift.
