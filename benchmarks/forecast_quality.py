@@ -104,7 +104,7 @@ def plot_forecast(f: Forecaster, path: Path) -> None:
     """History + the forecast from the test part's first origin + the truth."""
     series, (_, val_end, _) = f.splits.history, f.task_state["borders"]
     L, K, C = f.config.lookback, f.config.horizon, len(f.task_state["columns"])
-    pred = f.predict(K, series[:val_end])
+    pred = f.predict(K, series[:val_end]).values
     truth = series.values[val_end : val_end + K, :C]
     f.plot(path, series.values[max(0, val_end - 3 * L) : val_end, :C], pred, truth, origin=val_end)
 

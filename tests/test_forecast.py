@@ -305,10 +305,12 @@ def test_forecaster_fit_save_load_predict(tmp_path):
     report = f.evaluate("test")
     assert set(report) >= {"model", "naive", "seasonal_naive", "linear"}
     g = artifacts.load(tmp_path / "run")
-    np.testing.assert_allclose(g.predict(6), f.predict(6))
+    np.testing.assert_allclose(g.predict(6).values, f.predict(6).values)
+    ahead = g.predict(6)  # labels "m0".."m119" are neither dates nor integers: steps 1..6
+    assert ahead.values.shape == (6, 1) and ahead.columns == ["y"] and list(ahead.time) == [1, 2, 3, 4, 5, 6]
     origins, fc = g.historical_forecasts(Series(vals), start=100, horizon=6, stride=5)
     assert list(origins) == [100, 105, 110] and fc.shape == (3, 6, 1)
-    np.testing.assert_allclose(fc[-1], g.predict(6, Series(vals[:110])))
+    np.testing.assert_allclose(fc[-1], g.predict(6, Series(vals[:110])).values)
     assert g.attach(str(csv)).backtest()["origins"] == 4
 
 
@@ -324,7 +326,7 @@ def test_ensemble_artifact_round_trip(tmp_path, capsys):
     f.fit(Series(vals), out=tmp_path / "run")
     g = artifacts.load(tmp_path / "run")
     assert len(g.model.nets) == 2
-    np.testing.assert_allclose(g.predict(3, Series(vals)), f.predict(3, Series(vals)))
+    np.testing.assert_allclose(g.predict(3, Series(vals)).values, f.predict(3, Series(vals)).values)
     assert main(["info", str(tmp_path / "run")]) == 0
     assert "parameters in an ensemble of 2" in capsys.readouterr().out
 
@@ -389,3 +391,11 @@ def test_cli_train_predict_evaluate_backtest(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "rnnkit: error: --horizon must be >= 1, got 0"
     assert main(["evaluate", str(run), "--split", "test", "--backtest", "--stride", "0"]) == 2
     assert capsys.readouterr().err.strip() == "rnnkit: error: stride must be >= 1, got 0"
+
+
+def test_predict_continues_the_time_labels():
+    from rnnkit.tasks.forecast import _future_labels
+
+    assert list(_future_labels(["1949-11-01", "1949-12-01"], 2)) == ["1950-01-01", "1950-02-01"]
+    assert list(_future_labels(np.arange(10, 20), 3)) == [20, 21, 22]
+    assert list(_future_labels(["a", "b"], 2)) == [1, 2]

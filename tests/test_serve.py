@@ -159,7 +159,7 @@ def test_forecast_predict_matches_facade(runs):
         assert status == 200
         from rnnkit.data.series import Series
 
-        np.testing.assert_allclose(out["forecast"], fc.predict(5, Series(history)), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out["forecast"], fc.predict(5, Series(history)).values, rtol=1e-5, atol=1e-6)
         status, payload = srv.request("POST", "/predict", {"history": [1.0, 2.0]})
         assert status == 422 and "expected 12 to" in payload["error"]
         status, payload = srv.request("POST", "/predict", {"history": [1.0] * 11 + [float("nan")]})

@@ -535,17 +535,23 @@ class Forecaster:
         return self.model
 
     # -- job verbs -------------------------------------------------------------------------
-    def predict(self, n: Optional[int] = None, series: Optional[Series] = None) -> np.ndarray:
-        """The next ``n`` values (n, C) on the original scale after the end of ``series``
-        (default: the end of the data the model was trained on)."""
+    def predict(self, n: Optional[int] = None, series: Optional[Series] = None) -> Series:
+        """The next ``n`` steps after the end of ``series`` (default: the end of the data the
+        model was trained on), as a Series: values (n, C) on the original scale, the target
+        columns' names, and the time labels that continue the history's (regular ISO dates go
+        on at their spacing, integer steps count on; otherwise steps 1..n)."""
         model = self._require_model()
         L = self.task_state["lookback"]
-        values = series.values if series is not None else np.asarray(self.task_state["history"]["values"])
+        if series is not None:
+            values, time = series.values, series.time
+        else:
+            values, time = np.asarray(self.task_state["history"]["values"]), self.task_state["history"]["time"]
         if len(values) < L:
             raise UserError(f"predict needs at least lookback={L} steps of history, got {len(values)}")
+        n = n or self.task_state["horizon"]
         z = self.scaler.transform(values[-L:])[None]  # (1, L, F)
-        y = predict_windows(model, z, n or self.task_state["horizon"])[0]  # (n, C)
-        return self._target_scaler().inverse_transform(y)
+        y = self._target_scaler().inverse_transform(predict_windows(model, z, n)[0])  # (n, C)
+        return Series(y, _future_labels(time, n), list(self.task_state["columns"]))
 
     def _target_scaler(self) -> Scaler:
         return self.scaler.select(range(len(self.task_state["columns"])))
@@ -694,6 +700,18 @@ def plot_forecast(path, history: np.ndarray, forecast: np.ndarray, truth: Option
     plt.close(fig)
 
 
+def _future_labels(time, n: int) -> np.ndarray:
+    """The n time labels after ``time``: ISO dates continued at their spacing, integers counted
+    on, else the step numbers 1..n."""
+    dates = future_times(time, n)
+    if dates is not None:
+        return np.asarray(dates)
+    time = np.asarray(time)
+    if len(time) and np.issubdtype(time.dtype, np.integer):
+        return time[-1] + np.arange(1, n + 1)
+    return np.arange(1, n + 1)
+
+
 def _cli_predict(f: Forecaster, args) -> int:
     """``rnnkit predict DIR [--data CSV] [--horizon K] [--out forecast.csv] [--plot forecast.png]``."""
     import csv
@@ -706,7 +724,7 @@ def _cli_predict(f: Forecaster, args) -> int:
     K = f.task_state["horizon"] if args.horizon is None else args.horizon
     if K < 1:
         raise UserError(f"--horizon must be >= 1, got {K}")
-    pred = f.predict(K, series)  # (K, C)
+    pred = f.predict(K, series).values  # (K, C)
     columns = f.task_state["columns"]
     C, L = len(columns), f.task_state["lookback"]
     if series is not None:
