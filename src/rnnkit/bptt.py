@@ -229,7 +229,7 @@ def _run(layer, xs, ws, first, mask):
     if layer.cell == "gru" and layer.layer_norm:  # reset_after=True (bptt_unsupported_reason)
         xz, g_x, b_x = _project(xs, w_ih, None), _stack([w.ln_ih for w in ws]), _stack([w.bias_ih for w in ws])
         recurrent = (_stack([w.ln_hh for w in ws]), _stack([w.bias_hh for w in ws]), mask)
-        if _sequence_kernels(xz) is not None:  # the sequence kernel normalises xz too
+        if _gru_sequence_kernels(xz) is not None:  # the sequence kernel normalises xz too
             hs, h_last = GRUNormFunction.apply(xz, first[0], w_hh, g_x, b_x, *recurrent)
         else:
             hs, h_last = GRUNormFunction.apply(_input_gate_norm(xz, g_x, b_x, 3), first[0], w_hh, None, None, *recurrent)
@@ -365,7 +365,7 @@ class GRUFunction(torch.autograd.Function):
         gates = xp.new_empty(D, T, B, G)  # r, z, n after their activations
         ctx.save_for_backward(w_hh)
         ctx.has_bias = b_hh is not None
-        sequence = ctx.sequence = _sequence_kernels(xp)
+        sequence = ctx.sequence = _gru_sequence_kernels(xp)
         if sequence is not None:  # the whole loop, recurrent matmul included, in one native call
             xp, mask = xp.contiguous(), None if mask is None else mask.contiguous()
             b = None if b_hh is None else b_hh.contiguous()
@@ -444,7 +444,7 @@ class GRUFunction(torch.autograd.Function):
 GRU_SEQUENCE_MAX_HIDDEN = 256
 
 
-def _sequence_kernels(xp: Tensor, name: str = "gru_seq"):
+def _gru_sequence_kernels(xp: Tensor, name: str = "gru_seq"):
     """The GRU sequence kernels ``name`` for xp (D, T, B, 3H) when they are available and pay, else None."""
     return _native(name, xp) if xp.shape[-1] // 3 <= GRU_SEQUENCE_MAX_HIDDEN else None
 
@@ -497,7 +497,7 @@ class GRUNormFunction(torch.autograd.Function):
         r, z = sigmoid(xp_r + hp_r), sigmoid(xp_z + hp_z);  n = tanh(xp_n + r * hp_n)
         h_t  = n + z (h_{t-1} - n)
 
-    With the sequence kernel (``_sequence_kernels``: one native call each way, both layer norms
+    With the sequence kernel (``_gru_sequence_kernels``: one native call each way, both layer norms
     inside), ``xin`` is xz and g_x (D, 3H), b_x (D, 3H) | None are arguments. With the step
     kernels (a bmm, a gate-norm call and a GRU call a step), ``xin`` is xp, computed outside,
     and g_x, b_x are None. h0 (D, B, H); w_hh (D, 3H, H); g_hh (D, 3H); b_hh (D, 3H) | None;
@@ -519,7 +519,7 @@ class GRUNormFunction(torch.autograd.Function):
         ctx.save_for_backward(w_hh, g_hh, g_x)
         ctx.hs, ctx.q, ctx.hp, ctx.gates, ctx.stats, ctx.mask = hs, q, hp, gates, stats, mask
         ctx.has_bias, ctx.has_x_bias = b_hh is not None, b_x is not None
-        ctx.sequence = None if g_x is None else _sequence_kernels(xin)
+        ctx.sequence = None if g_x is None else _gru_sequence_kernels(xin)
         assert (ctx.sequence is None) == (g_x is None), "the sequence kernel normalises the input projection"
         if ctx.sequence is not None:  # the whole loop, recurrent matmul and layer norms included, in one call
             ctx.xz = xin
@@ -593,7 +593,7 @@ class GRUResetBeforeFunction(torch.autograd.Function):
         gates = xp.new_empty(D, T, B, G)  # r, z, n after their activations
         u = xp.new_empty(D, T, B, H)  # r * h * m, the input of W_hn
         ctx.save_for_backward(w_hh)
-        ctx.has_bias, ctx.sequence = b_hh is not None, _sequence_kernels(xp, "gru_rb_seq")
+        ctx.has_bias, ctx.sequence = b_hh is not None, _gru_sequence_kernels(xp, "gru_rb_seq")
         if ctx.sequence is not None:  # the whole loop, both recurrent matmuls included, in one native call
             mask = None if mask is None else mask.contiguous()
             native.gru_reset_before_sequence_forward(ctx.sequence[0], pre.contiguous(), wt_rz, wt_n, mask, gates, u, hs)
