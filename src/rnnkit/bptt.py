@@ -79,8 +79,11 @@ def prefers_fused(layer, x: Tensor) -> bool:
     LSTM is slower than the LSTM sequence kernel when training in float32 (S5: 124 against
     154 ms; S2 level) but faster without gradients (S5 forward 60 against 75 ms). Under
     bfloat16 autocast the fused kernels run their matmuls in bfloat16 (the LSTM's ~1.9x faster
-    on this AMX CPU) and this path keeps float32, so they stay.
+    on this AMX CPU) and this path keeps float32, so they stay. Off the CPU (cuDNN) the fused
+    kernels always serve first: this path's native kernels are CPU-only.
     """
+    if x.device.type != "cpu":
+        return True
     if layer.cell == "gru":
         return False
     if torch.is_autocast_enabled(x.device.type):
