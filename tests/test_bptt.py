@@ -109,16 +109,20 @@ def test_bptt_equals_reference_over_several_chunks(cfg):
     _assert_bptt_equals_reference(layer, x, state)
 
 
+def _ln_params_away_from_init(layer):
+    with torch.no_grad():  # gains and LN(c) affine away from their 1/0 init, so their gradients matter
+        for name, p in layer.named_parameters():
+            if name.startswith("ln_"):
+                p.copy_(torch.empty_like(p).uniform_(0.5, 1.5) if "bias" not in name else 0.3 * torch.randn_like(p))
+
+
 @pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)])
 @pytest.mark.parametrize("recurrent_dropout", [0.0, 0.3])
 @pytest.mark.parametrize("bias", [True, False])
 def test_layer_norm_lstm_equals_reference(layers, bidirectional, recurrent_dropout, bias):
     layer = _layer(dict(cell="lstm"), layer_norm=True, num_layers=layers, bidirectional=bidirectional,
                    recurrent_dropout=recurrent_dropout, bias=bias)
-    with torch.no_grad():  # gains and LN(c) affine away from their 1/0 init, so their gradients matter
-        for name, p in layer.named_parameters():
-            if name.startswith("ln_"):
-                p.copy_(torch.empty_like(p).uniform_(0.5, 1.5) if "bias" not in name else 0.3 * torch.randn_like(p))
+    _ln_params_away_from_init(layer)
     g = torch.Generator().manual_seed(5)
     x = torch.randn(3, 6, 3, generator=g, dtype=torch.float64)
     D = 2 if bidirectional else 1
@@ -126,13 +130,6 @@ def test_layer_norm_lstm_equals_reference(layers, bidirectional, recurrent_dropo
     _assert_bptt_equals_reference(layer, x, state)
     x.requires_grad_()
     assert torch.autograd.gradcheck(lambda inp: bptt.bptt_forward(layer.eval(), inp, state)[0], (x,))
-
-
-def _ln_params_away_from_init(layer):
-    with torch.no_grad():  # gains and LN(c) affine away from their 1/0 init, so their gradients matter
-        for name, p in layer.named_parameters():
-            if name.startswith("ln_"):
-                p.copy_(torch.empty_like(p).uniform_(0.5, 1.5) if "bias" not in name else 0.3 * torch.randn_like(p))
 
 
 @pytest.mark.skipif(native.unavailable_reason() is not None, reason="GRU layer norm's explicit BPTT needs the native kernels")
