@@ -116,34 +116,22 @@ def _ln_params_away_from_init(layer):
                 p.copy_(torch.empty_like(p).uniform_(0.5, 1.5) if "bias" not in name else 0.3 * torch.randn_like(p))
 
 
+NEEDS_NATIVE = pytest.mark.skipif(native.unavailable_reason() is not None,
+                                  reason="GRU layer norm's explicit BPTT needs the native kernels")
+
+
+@pytest.mark.parametrize("cell", ["lstm", pytest.param("gru", marks=NEEDS_NATIVE)])
 @pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)])
 @pytest.mark.parametrize("recurrent_dropout", [0.0, 0.3])
 @pytest.mark.parametrize("bias", [True, False])
-def test_layer_norm_lstm_equals_reference(layers, bidirectional, recurrent_dropout, bias):
-    layer = _layer(dict(cell="lstm"), layer_norm=True, num_layers=layers, bidirectional=bidirectional,
+def test_layer_norm_equals_reference(cell, layers, bidirectional, recurrent_dropout, bias):
+    layer = _layer(dict(cell=cell), layer_norm=True, num_layers=layers, bidirectional=bidirectional,
                    recurrent_dropout=recurrent_dropout, bias=bias)
     _ln_params_away_from_init(layer)
     g = torch.Generator().manual_seed(5)
     x = torch.randn(3, 6, 3, generator=g, dtype=torch.float64)
     D = 2 if bidirectional else 1
-    state = tuple(0.5 * torch.randn(layers * D, 3, 4, generator=g, dtype=torch.float64) for _ in range(2))
-    _assert_bptt_equals_reference(layer, x, state)
-    x.requires_grad_()
-    assert torch.autograd.gradcheck(lambda inp: bptt.bptt_forward(layer.eval(), inp, state)[0], (x,))
-
-
-@pytest.mark.skipif(native.unavailable_reason() is not None, reason="GRU layer norm's explicit BPTT needs the native kernels")
-@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)])
-@pytest.mark.parametrize("recurrent_dropout", [0.0, 0.3])
-@pytest.mark.parametrize("bias", [True, False])
-def test_layer_norm_gru_equals_reference(layers, bidirectional, recurrent_dropout, bias):
-    layer = _layer(dict(cell="gru"), layer_norm=True, num_layers=layers, bidirectional=bidirectional,
-                   recurrent_dropout=recurrent_dropout, bias=bias)
-    _ln_params_away_from_init(layer)
-    g = torch.Generator().manual_seed(5)
-    x = torch.randn(3, 6, 3, generator=g, dtype=torch.float64)
-    D = 2 if bidirectional else 1
-    state = (0.5 * torch.randn(layers * D, 3, 4, generator=g, dtype=torch.float64),)
+    state = tuple(0.5 * torch.randn(layers * D, 3, 4, generator=g, dtype=torch.float64) for _ in range(layer.state_size))
     _assert_bptt_equals_reference(layer, x, state)
     x.requires_grad_()
     assert torch.autograd.gradcheck(lambda inp: bptt.bptt_forward(layer.eval(), inp, state)[0], (x,))
