@@ -180,7 +180,7 @@ class GateNormFunction(torch.autograd.Function):
         y = torch.empty_like(z)
         mean, rstd = z.new_empty(D, T * B, num_gates), z.new_empty(D, T * B, num_gates)
         gain_c, bias_c = gain.contiguous(), None if bias is None else bias.contiguous()
-        steps.forward(z.view(D, T * B, GH), None, gain_c, bias_c, y.view(D, T * B, GH), mean, rstd, LN_EPS)
+        steps.forward(z.view(D, T * B, GH), gain_c, bias_c, y.view(D, T * B, GH), mean, rstd, LN_EPS)
         ctx.save_for_backward(z, gain_c, mean, rstd)
         ctx.steps, ctx.has_bias = steps, bias is not None
         return y
@@ -1012,11 +1012,10 @@ class LSTMNormFunction(torch.autograd.Function):
         hs, cs = xin.new_empty(D, T + 1, B, H), xin.new_empty(D, T + 1, B, H)
         hs[:, 0], cs[:, 0] = h0, c0
         tc = xin.new_empty(D, T, B, H)  # tanh(LN(c_t) w_c + b_c)
-        hm = hs[:, :-1] if mask is None else xin.new_empty(D, T, B, H)
         kernels = ctx.native = None if g_x is None else _native("lstm_ln", xin)
         assert (kernels is None) == (g_x is None), "the input projection is normalised by the native kernels only"
         ctx.save_for_backward(w_hh, g_hh, w_c)
-        ctx.gates, ctx.hp, ctx.cs, ctx.tc, ctx.hm = gates, hp, cs, tc, hm
+        ctx.gates, ctx.hp, ctx.cs, ctx.tc = gates, hp, cs, tc
         ctx.sequence = None if g_x is None else _lstm_sequence_kernels(xin, H)
         if ctx.sequence is not None:  # the whole loop, matmul and layer norms included, in one native call
             xin, mask = xin.contiguous(), None if mask is None else mask.contiguous()
@@ -1025,6 +1024,7 @@ class LSTMNormFunction(torch.autograd.Function):
             native.lstm_sequence_forward(ctx.sequence[0], xin, wt, *weights, mask, hp, stats, gates, cs, tc, hs, LN_EPS)
             ctx.xz, ctx.g_x, ctx.has_bias, ctx.mask, ctx.stats, ctx.hs = xin, weights[0], bias is not None, mask, stats, hs
             return hs[:, 1:], hs[:, -1].clone(), cs[:, -1].clone()
+        hm = ctx.hm = hs[:, :-1] if mask is None else xin.new_empty(D, T, B, H)  # the recurrent matmul's input
         if kernels is not None:  # after each step's matmul, the rest of the step in one native call
             xin, mask = xin.contiguous(), None if mask is None else mask.contiguous()
             stats = [xin.new_empty(D, T, B, 4) for _ in range(4)] + [xin.new_empty(D, T, B) for _ in range(2)]
@@ -1066,11 +1066,11 @@ class LSTMNormFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_hs, grad_h, grad_c):
         w_hh, g_hh, w_c = ctx.saved_tensors
+        if ctx.sequence is not None:
+            return _lstm_norm_sequence_backward(ctx, w_hh, g_hh, w_c, grad_hs, grad_h, grad_c)
         gates, hp, cs, tc, hm, mask = ctx.gates, ctx.hp, ctx.cs, ctx.tc, ctx.hm, ctx.mask
         D, T, B, G = gates.shape
         H = G // 4
-        if ctx.sequence is not None:
-            return _lstm_norm_sequence_backward(ctx, w_hh, g_hh, w_c, grad_hs, grad_h, grad_c)
         if ctx.native is not None:
             return _lstm_norm_native_backward(ctx, w_hh, g_hh, w_c, grad_hs, grad_h, grad_c)
         dh = gates.new_zeros(D, B, H) if grad_h is None else grad_h.clone()

@@ -1118,15 +1118,15 @@ ROWS_VECMAT_FN(rows_vecmat4_f64, double, 4)
     }
 
 /* Layer norm per gate (gate_norm in cells.py) over D directions of N rows, each row G gates of
- * H values:  y = add + (x - mean) rstd gain + bias,  rstd = 1 / sqrt(var + eps),  mean and var
- * over each (row, gate)'s H values, written to mean, rstd (D, N, G) at direction stride s_d.
- * x and y, add (rows of G*H contiguous; direction strides x_d and y_d, add laid out as y, NULL
- * for none, not y itself); gain (D, G*H) contiguous; bias (D, G*H) or NULL. Used for one step's
+ * H values:  y = (x - mean) rstd gain + bias,  rstd = 1 / sqrt(var + eps),  mean and var over
+ * each (row, gate)'s H values, written to mean, rstd (D, N, G) at direction stride s_d.
+ * x and y (rows of G*H contiguous; direction strides x_d and y_d); gain (D, G*H) contiguous;
+ * bias (D, G*H) or NULL. Used for one step's
  * recurrent projection (N = B) and for a whole input projection (N = T B; rows split over the
  * threads when the call does enough work). */
 #define GATE_NORM_FORWARD(NAME, T, SQRT)                                                            \
     void NAME(int64_t D, int64_t N, int64_t G, int64_t H, T eps, const T *x, int64_t x_d,           \
-              const T *add, const T *gain, const T *bias, T *y, int64_t y_d, T *mean, T *rstd,      \
+              const T *gain, const T *bias, T *y, int64_t y_d, T *mean, T *rstd,                    \
               int64_t s_d) {                                                                        \
         ROWS_BEGIN(N, D * N * G * H)                                                                \
         for (int64_t d = 0; d < D; d++)                                                             \
@@ -1141,7 +1141,6 @@ ROWS_VECMAT_FN(rows_vecmat4_f64, double, 4)
                     _Pragma("omp simd")                                                             \
                     for (int64_t k = 0; k < H; k++) yq[k] = (xq[k] - m) * r * gq[k];                \
                     if (bias) ROW_ADD(yq, bias + (d * G + q) * H, H);                               \
-                    if (add) ROW_ADD(yq, add + d * y_d + at, H);                                    \
                 }                                                                                   \
         ROWS_END                                                                                    \
     }
@@ -1501,4 +1500,4 @@ MINGRU_X_FORWARD(rnnkit_mingru_x_forward_f64, double, sigmoid_f64)
 MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f64, double, sigmoid_f64)
 #pragma GCC pop_options
 
-int rnnkit_native_abi(void) { return 21; }
+int rnnkit_native_abi(void) { return 22; }

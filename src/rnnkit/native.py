@@ -43,7 +43,7 @@ from torch import Tensor
 NATIVE_ENV = "RNNKIT_NATIVE"
 CACHE_ENV = "RNNKIT_CACHE"
 SOURCE = Path(__file__).with_name("native.c")
-ABI = 21  # rnnkit_native_abi() of the source this module expects
+ABI = 22  # rnnkit_native_abi() of the source this module expects
 _FLAGS = ["-O3", "-fPIC", "-shared"]
 # Tried in order: OpenMP (the library then uses the libgomp torch has loaded, and its threads),
 # else only the SIMD pragmas; -march=native where the compiler takes it.
@@ -140,7 +140,7 @@ def _declare(lib: ctypes.CDLL) -> None:
             I, I, I, real, P, P, I, P, P, P, P, P, P, I, P, P, P, P, I, P, P, I, P, P, I, P, I, P, I, P, P, I]
         getattr(lib, f"rnnkit_lstm_ln_backward_{suffix}").argtypes = [
             I, I, I, P, I, P, P, I, P, P, P, P, I, P, P, P, P, P, I, P, P, I, P, I, P, P, P, I, P, P, P, P]
-        getattr(lib, f"rnnkit_gate_norm_forward_{suffix}").argtypes = [I, I, I, I, real, P, I, P, P, P, P, I, P, P, I]
+        getattr(lib, f"rnnkit_gate_norm_forward_{suffix}").argtypes = [I, I, I, I, real, P, I, P, P, P, I, P, P, I]
         getattr(lib, f"rnnkit_gate_norm_backward_{suffix}").argtypes = [I, I, I, I, P, I, P, I, P, P, I, P, P, I, P, P]
         getattr(lib, f"rnnkit_gru_seq_forward_{suffix}").argtypes = [I, I, I, I, real] + [P] * 12
         getattr(lib, f"rnnkit_gru_seq_backward_{suffix}").argtypes = [I, I, I, I] + [P] * 16
@@ -360,24 +360,22 @@ class GateNormSteps:
     buffers, one step at a time (``bind_forward``/``bind_backward``), or called on whole
     (D, N, G*H) tensors (``forward``/``backward``).
 
-    y = add + LN_gate(x) * gain + bias; stats mean, rstd (D, T, B, G) or (D, N, G); gain, bias
+    y = LN_gate(x) * gain + bias; stats mean, rstd (D, T, B, G) or (D, N, G); gain, bias
     (D, G*H); the gradient sums dgain, dbias (D, G*H) are float64 and added to.
     """
 
     def __init__(self, forward, backward, num_gates: int):
         self._forward, self._backward, self.G = forward, backward, num_gates
 
-    def forward(self, x, add, gain, bias, y, mean, rstd, eps: float) -> None:
+    def forward(self, x, gain, bias, y, mean, rstd, eps: float) -> None:
         D, N, GH = x.shape
-        for z in (x, y, mean, rstd, gain) + (() if add is None else (add,)) + (() if bias is None else (bias,)):
-            assert z.is_contiguous()
-        self._forward(D, N, self.G, GH // self.G, eps, x.data_ptr(), N * GH, _ptr(add), gain.data_ptr(),
-                      _ptr(bias), y.data_ptr(), N * GH, mean.data_ptr(), rstd.data_ptr(), N * self.G)
+        _check_contiguous(x, y, mean, rstd, gain, bias)
+        self._forward(D, N, self.G, GH // self.G, eps, x.data_ptr(), N * GH, gain.data_ptr(), _ptr(bias),
+                      y.data_ptr(), N * GH, mean.data_ptr(), rstd.data_ptr(), N * self.G)
 
     def backward(self, dy, x, mean, rstd, gain, dx, dgain, dbias) -> None:
         D, N, GH = x.shape
-        for z in (dy, x, mean, rstd, gain, dx):
-            assert z.is_contiguous()
+        _check_contiguous(dy, x, mean, rstd, gain, dx)
         self._backward(D, N, self.G, GH // self.G, dy.data_ptr(), N * GH, x.data_ptr(), N * GH, mean.data_ptr(),
                        rstd.data_ptr(), N * self.G, gain.data_ptr(), dx.data_ptr(), N * GH, _ptr(dgain), _ptr(dbias))
 
@@ -389,7 +387,7 @@ class GateNormSteps:
         kernel, G = self._forward, self.G
 
         def step(t: int) -> None:
-            kernel(D, B, G, GH // G, eps, x0 + t * xb, xd, None, gain_ptr, bias_ptr, y0 + t * yb, yd,
+            kernel(D, B, G, GH // G, eps, x0 + t * xb, xd, gain_ptr, bias_ptr, y0 + t * yb, yd,
                    m0 + t * sb, r0 + t * sb, sd)
         step.keep = weights  # contiguous copies must live as long as the pointers into them
         return step
