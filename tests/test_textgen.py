@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import rnnkit
+from rnnkit import native
 from rnnkit.cli.main import main as cli_main
 from rnnkit.data.text import CharVocab, TextStream, WordVocab, split_text
 from rnnkit.errors import UserError
@@ -89,12 +90,15 @@ def test_validation_pass_matches_direct_computation():
 
 
 # -- sampling ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_stepper_matches_full_forward(cell):
+@pytest.mark.parametrize("cell,native_kernels", [("lstm", True), ("lstm", False), ("gru", True), ("rnn", True)])
+def test_stepper_matches_full_forward(cell, native_kernels, monkeypatch):
+    if not native_kernels:  # the LSTM's torch.lstm_cell way
+        monkeypatch.setattr(native, "kernels_for", lambda name, like: None)
     gen = _generator(cell)
     ids = gen.vocab.encode("the cat sat")
     step = _Stepper(gen.model)
     assert step.direct
+    assert (step.kernel is not None) == (cell == "lstm" and native_kernels and native.unavailable_reason() is None)
     with torch.no_grad():
         full, _ = gen.model(ids.view(1, -1))
         _, state = gen.model(ids[:1].view(1, -1))
@@ -104,6 +108,30 @@ def test_stepper_matches_full_forward(cell):
             out, state = step(ids[t : t + 1], state)
             logits.append(out)
     torch.testing.assert_close(torch.stack(logits, 1), full[:, 1:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(native.unavailable_reason() is not None, reason="the LSTM sampling step needs the native kernels")
+@pytest.mark.parametrize("bias", [True, False])
+def test_native_lstm_sampling_step_equals_the_layer_in_float64(bias):
+    """The joined-weights native step (gates reordered, g doubled, c carried as -2c) for a
+    batch of 3 streams, checked step by step against the model's own layer in float64."""
+    torch.manual_seed(1)
+    vocab = CharVocab.from_text(TEXT)
+    model = SequenceModel(ModelConfig(cell="lstm", hidden_size=20, num_layers=2, embedding_dim=6,
+                                      input_size=len(vocab), output_size=len(vocab)))
+    if not bias:
+        model.rnn = rnnkit.Recurrent("lstm", 6, 20, 2, bias=False)
+    model = model.double().eval()
+    step = _Stepper(model)
+    assert step.kernel is not None
+    tokens = torch.tensor([[1, 4, 2, 7, 3], [0, 0, 5, 5, 1], [6, 2, 2, 3, 4]])
+    with torch.no_grad():
+        full, _ = model(tokens)
+        _, state = model(tokens[:, :1])
+        state = step.split_state(state)
+        for t in range(1, tokens.shape[1]):
+            out, state = step(tokens[:, t], state)
+            torch.testing.assert_close(out, full[:, t], rtol=1e-12, atol=1e-12)
 
 
 def test_sampling_is_deterministic_with_a_seed():

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnkit import fused
+from rnnkit import fused, native
 from rnnkit.data.batching import Batch
 from rnnkit.data.text import CharVocab, TextStream, make_vocab, split_text
 from rnnkit.errors import UserError
@@ -200,11 +200,21 @@ class _Stepper:
     """One generation step: token ids (B,) + state -> logits (B, V) + state, with minimal overhead.
 
     When torch's fused kernels compute this model exactly (``fused.fused_unsupported_reason``),
-    each layer is one call of torch's single-step cell kernel (``torch.lstm_cell`` etc., C++
-    from end to end), skipping the layer's Python checks. The sequence kernel (``torch._VF.lstm``)
-    is not used here: on CPU its oneDNN path re-prepares the weights on every call, which made
-    a T=1 call ~100x slower than ``torch.lstm_cell`` (measured). Otherwise the model's own
-    layer runs (same numbers, tested).
+    the layer's Python checks are skipped (``direct``), in one of two ways:
+
+    * a unidirectional LSTM with rnnkit's native kernels (``kernel``): per layer ONE matmul,
+      ``a = [x_t | h_{t-1}] W^T + b`` with ``W = [W_ih | W_hh]`` (its rows in the native
+      kernel's gate order o, i, f, g, the g rows doubled: the kernel takes ``g = 2 sigmoid(2a) - 1``),
+      then one call of ``rnnkit_lstm_forward_*`` for the activations, ``c_t`` and ``h_t``. The cell
+      state travels as ``m = -2 c`` (the kernel's form). Against ``torch.lstm_cell`` (two matmuls
+      and ~10 element-wise ops a layer) this sampled 1.5x faster at batch 1 and at batch 64 here.
+    * otherwise each layer is one call of torch's single-step cell kernel (``torch.lstm_cell``
+      etc., C++ from end to end).
+
+    The sequence kernel (``torch._VF.lstm``) is not used here: on CPU its oneDNN path
+    re-prepares the weights on every call, which made a T=1 call ~100x slower than
+    ``torch.lstm_cell`` (measured). Otherwise the model's own layer runs. Every way gives the
+    same numbers (tested).
     """
 
     def __init__(self, model: SequenceModel):
@@ -213,19 +223,29 @@ class _Stepper:
         self.head_w, self.head_b = model.head.weight, model.head.bias  # (V, D*H), (V,)
         probe = self.embedding.new_zeros(1, 1, self.embedding.shape[1])
         self.direct = rnn.use_fused is not False and fused.fused_unsupported_reason(rnn, probe) is None
-        if self.direct:
-            n = 4 if rnn.bias else 2
-            flat = rnn.flat_weights()
-            self.layers = [flat[k * n : (k + 1) * n] + ([None, None] if n == 2 else []) for k in range(rnn.num_layers)]
-            self.cell = _CELL_KERNELS[rnn.cell if rnn.cell != "rnn" else f"rnn_{rnn.nonlinearity}"]
+        self.kernel = None
+        if not self.direct:
+            return
+        n = 4 if rnn.bias else 2
+        flat = rnn.flat_weights()
+        self.layers = [flat[k * n : (k + 1) * n] + ([None, None] if n == 2 else []) for k in range(rnn.num_layers)]
+        self.cell = _CELL_KERNELS[rnn.cell if rnn.cell != "rnn" else f"rnn_{rnn.nonlinearity}"]
+        if rnn.cell == "lstm" and not rnn.bidirectional:
+            self.kernel = native.kernels_for("lstm", self.embedding)
+            self.kernel = None if self.kernel is None else self.kernel[0]
+        if self.kernel is not None:
+            with torch.no_grad():
+                self.joined = [_joined_lstm_weights(*w) for w in self.layers]  # [(W^T (F+H, 4H), b (4H,))]
 
     def __call__(self, tokens: Tensor, state):
         """tokens (B,) -> logits (B, V). ``state`` is the model's state for the model's own
-        layer, and a list of per-layer states (``split_state``) for the direct path."""
+        layer, and what ``split_state`` makes of it for the direct paths."""
         if not self.direct:
             x = F.embedding(tokens.unsqueeze(1), self.embedding)  # (B, 1, E)
             y, state = self.model.rnn(x, state)
             return torch.addmm(self.head_b, y[:, 0], self.head_w.t()), state  # (B, V)
+        if self.kernel is not None:
+            return self._kernel_step(tokens, state), state
         x = F.embedding(tokens, self.embedding)  # (B, E)
         lstm = self.model.rnn.cell == "lstm"
         for k, w in enumerate(self.layers):
@@ -233,13 +253,52 @@ class _Stepper:
             x = state[k][0] if lstm else state[k]  # (B, H)
         return torch.addmm(self.head_b, x, self.head_w.t()), state  # (B, V)
 
+    def _kernel_step(self, tokens: Tensor, state: list) -> Tensor:
+        """The native LSTM step for every layer. ``state``: per layer [xh, m, m_next] (updated
+        in place), with xh (B, F+H) = [input | h_{t-1}], m = -2 c_{t-1} (B, H), plus the
+        buffers ``gates`` (B, 4H), ``u``, ``h`` (B, H) at the end of the list."""
+        *layers, gates, u, h = state
+        B, H = h.shape
+        layers[0][0][:, : self.embedding.shape[1]] = self.embedding[tokens]
+        for k, ((wt, b), lay) in enumerate(zip(self.joined, layers)):
+            xh, m, m_next = lay
+            torch.addmm(b, xh, wt, out=gates)
+            self.kernel(1, B, H, gates.data_ptr(), 0, m.data_ptr(), m_next.data_ptr(), 0, u.data_ptr(), 0,
+                        h.data_ptr(), 0, None, None, 0)
+            lay[1], lay[2] = m_next, m
+            xh[:, -H:] = h
+            if k + 1 < len(layers):
+                layers[k + 1][0][:, :H] = h
+        return torch.addmm(self.head_b, h, self.head_w.t())  # (B, V)
+
     def split_state(self, state):
         """The model's state ((L, B, H) or (h, c)) -> what ``__call__`` carries."""
         if not self.direct:
             return state
+        if self.kernel is not None:
+            h, c = state
+            L, B, H = h.shape
+            layers = []
+            for k in range(L):
+                F_ = self.joined[k][0].shape[0] - H
+                xh = h.new_zeros(B, F_ + H)
+                xh[:, F_:] = h[k]
+                layers.append([xh, -2 * c[k], torch.empty_like(c[k])])
+            return layers + [h.new_empty(B, 4 * H), h.new_empty(B, H), h.new_empty(B, H)]
         if isinstance(state, tuple):
             return [(h, c) for h, c in zip(state[0].unbind(0), state[1].unbind(0))]
         return list(state.unbind(0))
+
+
+def _joined_lstm_weights(w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor]):
+    """torch's LSTM weights (gates i, f, g, o) -> ([W_ih | W_hh]^T (F+H, 4H), bias (4H,)) with
+    the gates in the native kernel's order (o, i, f, g) and the g rows doubled."""
+    def reordered(w: Tensor) -> Tensor:
+        i, f, g, o = w.chunk(4, 0)
+        return torch.cat([o, i, f, 2 * g], 0)
+
+    bias = w_ih.new_zeros(w_ih.shape[0]) if b_ih is None else b_ih + b_hh
+    return reordered(torch.cat([w_ih, w_hh], 1)).t().contiguous(), reordered(bias)
 
 
 _CELL_KERNELS = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn_tanh": torch.rnn_tanh_cell,
