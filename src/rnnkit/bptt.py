@@ -75,12 +75,14 @@ def prefers_fused(layer, x: Tensor) -> bool:
 
     By measurement (2 threads; the suite's numbers are in BENCHMARKS.md): torch's generic GRU
     loop is slower than this path. torch's RNN kernel is slower than the RNN sequence kernel
-    (an S1 training step 1.7 against 2.4 ms; its forward alone 0.46 against 0.55 ms). oneDNN's
-    LSTM is slower than the LSTM sequence kernel when training in float32 (S5: 124 against
-    154 ms; S2 level) but faster without gradients (S5 forward 60 against 75 ms). Under
-    bfloat16 autocast the fused kernels run their matmuls in bfloat16 (the LSTM's ~1.9x faster
-    on this AMX CPU) and this path keeps float32, so they stay. Off the CPU (cuDNN) the fused
-    kernels always serve first: this path's native kernels are CPU-only.
+    (an S1 training step 1.7 against 2.4 ms; its forward alone 0.46 against 0.55 ms). On the
+    Intel Xeon, oneDNN's LSTM is slower than the LSTM sequence kernel when training in float32
+    up to 128 units (S5: 124 against 154 ms; S2 level) but faster without gradients (S5
+    forward 60 against 75 ms); on the AMD EPYC it is level or faster at every size measured
+    (``LSTM_SEQUENCE_BEATS_FUSED_MAX_HIDDEN``). Under bfloat16 autocast the fused kernels run
+    their matmuls in bfloat16 (the LSTM's ~1.9x faster on the Xeon's AMX) and this path keeps
+    float32, so they stay. Off the CPU (cuDNN) the fused kernels always serve first: this
+    path's native kernels are CPU-only.
     """
     if x.device.type != "cpu":
         return True
@@ -834,9 +836,11 @@ class LSTMFunction(torch.autograd.Function):
 # the recurrent matmul in C, 4 rows per load of the weights) against the step kernels (a BLAS
 # bmm a step), one training step, 2 threads: 0.80x at S5 (H = 128), 0.87x at S4 (2 x H = 256),
 # 0.92x at B = 64, H = 192, T = 200. Against oneDNN's fused LSTM they win only up to H = 128
-# (S5 0.81x; S4 1.09x), which is where "auto" takes them (``prefers_fused``).
+# (S5 0.81x; S4 1.09x) on the Intel Xeon, and at no size on the AMD EPYC (Zen 4: 0.96-1.35x
+# oneDNN's time at 32-128 units), which is where "auto" takes them (``prefers_fused``). CPUs
+# not measured keep oneDNN.
 LSTM_SEQUENCE_MAX_HIDDEN = 256
-LSTM_SEQUENCE_BEATS_FUSED_MAX_HIDDEN = 128
+LSTM_SEQUENCE_BEATS_FUSED_MAX_HIDDEN = 128 if native.cpu_vendor() == "GenuineIntel" else 0
 
 
 def _lstm_sequence_kernels(like: Tensor, H: int):

@@ -73,6 +73,18 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor id on Linux ("GenuineIntel", "AuthenticAMD", ...), else ""."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def _compile(cc: str, out: Path) -> Optional[str]:
     """Build the library at ``out`` (atomically); returns None or the compiler's complaint."""
     out.parent.mkdir(parents=True, exist_ok=True)
