@@ -1441,63 +1441,43 @@ ROWS_VECMAT_FN(rows_vecmat4_f64, double, 4)
         ROWS_END                                                                                    \
     }
 
-LSTM_FORWARD(rnnkit_lstm_forward_f32, float, sigmoid_f32)
-LSTM_BACKWARD(rnnkit_lstm_backward_f32, float)
-LSTM_LN_FORWARD(rnnkit_lstm_ln_forward_f32, float, sigmoid_f32, tanh_f32, sqrtf)
-LSTM_LN_BACKWARD(rnnkit_lstm_ln_backward_f32, float)
-GATE_NORM_FORWARD(rnnkit_gate_norm_forward_f32, float, sqrtf)
-GATE_NORM_BACKWARD(rnnkit_gate_norm_backward_f32, float)
-GRU_SEQ_FORWARD(rnnkit_gru_seq_forward_f32, float, sigmoid_f32, tanh_f32, sqrtf)
-GRU_SEQ_BACKWARD(rnnkit_gru_seq_backward_f32, float)
-GRU_RB_SEQ_FORWARD(rnnkit_gru_rb_seq_forward_f32, float, sigmoid_f32, tanh_f32)
-GRU_RB_SEQ_BACKWARD(rnnkit_gru_rb_seq_backward_f32, float)
-LSTM_SEQ_FORWARD(rnnkit_lstm_seq_forward_f32, float, sigmoid_f32, tanh_f32, sqrtf)
-LSTM_SEQ_BACKWARD(rnnkit_lstm_seq_backward_f32, float)
-RNN_SEQ_FORWARD(rnnkit_rnn_seq_forward_f32, float, tanh_f32)
-RNN_SEQ_BACKWARD(rnnkit_rnn_seq_backward_f32, float)
-GRU_FORWARD(rnnkit_gru_forward_f32, float, sigmoid_f32, tanh_f32)
-GRU_BACKWARD(rnnkit_gru_backward_f32, float)
-GRU_RB_FORWARD_A(rnnkit_gru_rb_gates_f32, float, sigmoid_f32)
-GRU_RB_FORWARD_B(rnnkit_gru_rb_state_f32, float, tanh_f32)
-GRU_RB_BACKWARD_C(rnnkit_gru_rb_back_state_f32, float)
-GRU_RB_BACKWARD_D(rnnkit_gru_rb_back_gates_f32, float)
-MINGRU_FORWARD(rnnkit_mingru_forward_f32, float, sigmoid_f32)
-MINGRU_BACKWARD(rnnkit_mingru_backward_f32, float, sigmoid_f32)
-MINLSTM_FORWARD(rnnkit_minlstm_forward_f32, float, sigmoid_f32, exp_f32)
-MINLSTM_BACKWARD(rnnkit_minlstm_backward_f32, float, sigmoid_f32, exp_f32)
-MINGRU_X_FORWARD(rnnkit_mingru_x_forward_f32, float, sigmoid_f32)
-MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f32, float, sigmoid_f32)
+/* Every kernel of this file for one element type: S the name suffix (also of the sigmoid_ and
+ * tanh_ helpers), T the type, SQRT and EXP its square root and exponential. */
+#define ALL_KERNELS(S, T, SQRT, EXP)                                                                    \
+    LSTM_FORWARD(rnnkit_lstm_forward_##S, T, sigmoid_##S)                                           \
+    LSTM_BACKWARD(rnnkit_lstm_backward_##S, T)                                                      \
+    LSTM_LN_FORWARD(rnnkit_lstm_ln_forward_##S, T, sigmoid_##S, tanh_##S, SQRT)                     \
+    LSTM_LN_BACKWARD(rnnkit_lstm_ln_backward_##S, T)                                                \
+    GATE_NORM_FORWARD(rnnkit_gate_norm_forward_##S, T, SQRT)                                        \
+    GATE_NORM_BACKWARD(rnnkit_gate_norm_backward_##S, T)                                            \
+    GRU_SEQ_FORWARD(rnnkit_gru_seq_forward_##S, T, sigmoid_##S, tanh_##S, SQRT)                     \
+    GRU_SEQ_BACKWARD(rnnkit_gru_seq_backward_##S, T)                                                \
+    GRU_RB_SEQ_FORWARD(rnnkit_gru_rb_seq_forward_##S, T, sigmoid_##S, tanh_##S)                     \
+    GRU_RB_SEQ_BACKWARD(rnnkit_gru_rb_seq_backward_##S, T)                                          \
+    LSTM_SEQ_FORWARD(rnnkit_lstm_seq_forward_##S, T, sigmoid_##S, tanh_##S, SQRT)                   \
+    LSTM_SEQ_BACKWARD(rnnkit_lstm_seq_backward_##S, T)                                              \
+    RNN_SEQ_FORWARD(rnnkit_rnn_seq_forward_##S, T, tanh_##S)                                        \
+    RNN_SEQ_BACKWARD(rnnkit_rnn_seq_backward_##S, T)                                                \
+    GRU_FORWARD(rnnkit_gru_forward_##S, T, sigmoid_##S, tanh_##S)                                   \
+    GRU_BACKWARD(rnnkit_gru_backward_##S, T)                                                        \
+    GRU_RB_FORWARD_A(rnnkit_gru_rb_gates_##S, T, sigmoid_##S)                                       \
+    GRU_RB_FORWARD_B(rnnkit_gru_rb_state_##S, T, tanh_##S)                                          \
+    GRU_RB_BACKWARD_C(rnnkit_gru_rb_back_state_##S, T)                                              \
+    GRU_RB_BACKWARD_D(rnnkit_gru_rb_back_gates_##S, T)                                              \
+    MINGRU_FORWARD(rnnkit_mingru_forward_##S, T, sigmoid_##S)                                       \
+    MINGRU_BACKWARD(rnnkit_mingru_backward_##S, T, sigmoid_##S)                                     \
+    MINLSTM_FORWARD(rnnkit_minlstm_forward_##S, T, sigmoid_##S, EXP)                                \
+    MINLSTM_BACKWARD(rnnkit_minlstm_backward_##S, T, sigmoid_##S, EXP)                              \
+    MINGRU_X_FORWARD(rnnkit_mingru_x_forward_##S, T, sigmoid_##S)                                   \
+    MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_##S, T, sigmoid_##S)
+
+ALL_KERNELS(f32, float, sqrtf, exp_f32)
 
 /* The float64 kernels serve tests and float64 models, where exactness matters more than speed:
  * built at -O1, which halves the time the first use spends compiling this file. */
 #pragma GCC push_options
 #pragma GCC optimize("O1")
-LSTM_FORWARD(rnnkit_lstm_forward_f64, double, sigmoid_f64)
-LSTM_BACKWARD(rnnkit_lstm_backward_f64, double)
-LSTM_LN_FORWARD(rnnkit_lstm_ln_forward_f64, double, sigmoid_f64, tanh_f64, sqrt)
-LSTM_LN_BACKWARD(rnnkit_lstm_ln_backward_f64, double)
-GATE_NORM_FORWARD(rnnkit_gate_norm_forward_f64, double, sqrt)
-GATE_NORM_BACKWARD(rnnkit_gate_norm_backward_f64, double)
-GRU_SEQ_FORWARD(rnnkit_gru_seq_forward_f64, double, sigmoid_f64, tanh_f64, sqrt)
-GRU_SEQ_BACKWARD(rnnkit_gru_seq_backward_f64, double)
-GRU_RB_SEQ_FORWARD(rnnkit_gru_rb_seq_forward_f64, double, sigmoid_f64, tanh_f64)
-GRU_RB_SEQ_BACKWARD(rnnkit_gru_rb_seq_backward_f64, double)
-LSTM_SEQ_FORWARD(rnnkit_lstm_seq_forward_f64, double, sigmoid_f64, tanh_f64, sqrt)
-LSTM_SEQ_BACKWARD(rnnkit_lstm_seq_backward_f64, double)
-RNN_SEQ_FORWARD(rnnkit_rnn_seq_forward_f64, double, tanh_f64)
-RNN_SEQ_BACKWARD(rnnkit_rnn_seq_backward_f64, double)
-GRU_FORWARD(rnnkit_gru_forward_f64, double, sigmoid_f64, tanh_f64)
-GRU_BACKWARD(rnnkit_gru_backward_f64, double)
-GRU_RB_FORWARD_A(rnnkit_gru_rb_gates_f64, double, sigmoid_f64)
-GRU_RB_FORWARD_B(rnnkit_gru_rb_state_f64, double, tanh_f64)
-GRU_RB_BACKWARD_C(rnnkit_gru_rb_back_state_f64, double)
-GRU_RB_BACKWARD_D(rnnkit_gru_rb_back_gates_f64, double)
-MINGRU_FORWARD(rnnkit_mingru_forward_f64, double, sigmoid_f64)
-MINGRU_BACKWARD(rnnkit_mingru_backward_f64, double, sigmoid_f64)
-MINLSTM_FORWARD(rnnkit_minlstm_forward_f64, double, sigmoid_f64, exp)
-MINLSTM_BACKWARD(rnnkit_minlstm_backward_f64, double, sigmoid_f64, exp)
-MINGRU_X_FORWARD(rnnkit_mingru_x_forward_f64, double, sigmoid_f64)
-MINGRU_X_BACKWARD(rnnkit_mingru_x_backward_f64, double, sigmoid_f64)
+ALL_KERNELS(f64, double, sqrt, exp)
 #pragma GCC pop_options
 
 int rnnkit_native_abi(void) { return 22; }
