@@ -8,7 +8,7 @@
 on the last step, Adam 1e-3, batch 32, 100 epochs, weights chosen on validation MSE; the same
 ``sines`` panel (7,000/2,000/1,000 series, seed 42) as the presets. Every run prints one JSON
 line per model with test MSE (all K steps and the last step), the training seconds and the
-baselines (naive, linear) on the same test windows.
+baselines (naive, seasonal naive, linear, NLinear) on the same test windows.
 """
 
 from __future__ import annotations

@@ -253,6 +253,36 @@ def test_baselines_on_a_hand_made_series():
                                [105, 106], atol=1e-4)
 
 
+def test_nlinear_baseline_works_relative_to_the_last_value():
+    ramp = np.arange(40.0)[:, None]
+    X, Y = make_windows(ramp, ramp, 5, 2)
+    nlin = fm.LinearBaseline(normalize="last").fit(X, Y)
+    assert nlin.channel_independent
+    np.testing.assert_allclose(nlin.predict(np.array([[[100.0], [101], [102], [103], [104]]]))[0, :, 0],
+                               [105, 106], atol=1e-6)
+    # a window shifted by a constant gets the same forecast shifted by it
+    x = np.random.default_rng(0).normal(size=(3, 5, 2))
+    np.testing.assert_allclose(nlin.predict(x + 7.0), nlin.predict(x) + 7.0, atol=1e-9)
+
+
+def test_nlinear_ridge_is_chosen_on_validation():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(200, 1))
+    X, Y = make_windows(noise, noise, 20, 3)
+    Xv, Yv = make_windows(rng.normal(size=(80, 1)), rng.normal(size=(80, 1)), 20, 3)
+    # targets unrelated to inputs: the strongest penalty generalises best
+    assert fm.LinearBaseline().fit(X, Y, (Xv, Yv)).ridge == max(fm.LinearBaseline.RIDGE_GRID)
+    wave = np.sin(np.arange(300) * 0.3)[:, None] + 0.01 * rng.normal(size=(300, 1))
+    X, Y = make_windows(wave[:200], wave[:200], 20, 3)
+    Xv, Yv = make_windows(wave[200:], wave[200:], 20, 3)
+    chosen = fm.LinearBaseline(normalize="last").fit(X, Y, (Xv, Yv))
+    assert chosen.ridge < 0.1  # a clean signal wants little shrinkage
+    best = np.mean((chosen.predict(Xv) - Yv) ** 2)
+    for ridge in fm.LinearBaseline.RIDGE_GRID:
+        other = fm.LinearBaseline(normalize="last", ridge=ridge).fit(X, Y)
+        assert best <= np.mean((other.predict(Xv) - Yv) ** 2) + 1e-15
+
+
 def test_detect_period():
     t = np.arange(240)
     assert fm.detect_period(np.sin(2 * np.pi * t / 12) + 0.01 * t, 40) == 12
@@ -303,7 +333,7 @@ def test_forecaster_fit_save_load_predict(tmp_path):
     f.fit(str(csv), out=tmp_path / "run")
     assert f.task_state["period"] == 12 and f.task_state["borders"] == [84, 96, 120]
     report = f.evaluate("test")
-    assert set(report) >= {"model", "naive", "seasonal_naive", "linear"}
+    assert set(report) >= {"model", "naive", "seasonal_naive", "linear", "nlinear"}
     g = artifacts.load(tmp_path / "run")
     np.testing.assert_allclose(g.predict(6).values, f.predict(6).values)
     ahead = g.predict(6)  # labels "m0".."m119" are neither dates nor integers: steps 1..6

@@ -20,7 +20,7 @@ Models (``ForecastModel`` wraps one of them):
 shared weights (no covariates then).
 
 Metrics: ``mse``/``mae`` (and ``mse_last``, the last horizon step) on scaled data; on the
-original scale MAE/RMSE/sMAPE/MASE; beside them the naive, seasonal naive and linear baselines
+original scale MAE/RMSE/sMAPE/MASE; beside them the naive, seasonal naive, linear and NLinear baselines
 on the same windows.
 
 Façade: :class:`Forecaster` — ``fit(series)``, ``predict(n)``, ``historical_forecasts``,
@@ -579,8 +579,11 @@ class Forecaster:
     def evaluate(self, part: str = "test") -> dict:
         """Model vs baselines on one part of the training data's split (needs ``fit`` or the data).
 
-        Returns {"model": {...}, "naive": {...}, "seasonal_naive": {...}, "linear": {...}};
-        each with scaled ``mse``/``mae``/``mse_last`` and original-scale ``orig_*`` metrics.
+        Returns {"model": {...}, "naive": {...}, "seasonal_naive": {...}, "linear": {...},
+        "nlinear": {...}}; each with scaled ``mse``/``mae``/``mse_last`` and original-scale
+        ``orig_*`` metrics. ``linear`` is least squares on the window; ``nlinear`` the same on the
+        window minus its last value, channel-independent, with a ridge penalty chosen on the
+        validation windows (NLinear, Zeng et al. 2023).
         """
         model, sp = self._require_model(), self.splits
         if sp is None or part not in sp.X:
@@ -589,9 +592,11 @@ class Forecaster:
         C, K, ci = Y.shape[-1], Y.shape[1], self.task_state["spec"]["channel_independent"]
         period = min(self.task_state["period"], X.shape[1])
         lin = fm.LinearBaseline(ci or X.shape[-1] == 1).fit(sp.X["train"][..., :C] if ci else sp.X["train"], sp.Y["train"])
+        val = (sp.X["val"][..., :C], sp.Y["val"]) if "val" in sp.X else None
+        nlin = fm.LinearBaseline(normalize="last").fit(sp.X["train"][..., :C], sp.Y["train"], val)
         preds = {"model": predict_windows(model, X), "naive": fm.naive_forecast(X[..., :C], K),
                  "seasonal_naive": fm.seasonal_naive_forecast(X[..., :C], K, period),
-                 "linear": lin.predict(X[..., :C] if ci else X)}
+                 "linear": lin.predict(X[..., :C] if ci else X), "nlinear": nlin.predict(X[..., :C])}
         inv = self._target_scaler().inverse_transform
         scale = float(np.mean(self.task_state["mase_scale"]))
         report = {}

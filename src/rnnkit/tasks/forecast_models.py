@@ -7,6 +7,7 @@ Shapes: look-back window ``x`` (B, L, C), forecast ``y`` (B, K, C); ``W`` segmen
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -134,36 +135,62 @@ class LinearBaseline:
     """Least squares from the flattened window (and a bias) to the K*C future values.
 
     ``channel_independent``: one shared map (L,) -> (K,) fitted on every channel's windows.
-    A tiny ridge term (1e-8 * trace / features) keeps the normal equations well posed.
+    ``normalize="last"``: each channel's window and targets are taken relative to the window's
+    last value (NLinear, Zeng et al. 2023; implies channel-independent).
+    ``ridge``: penalty ``ridge * mean(diag(A^T A))`` on the weights; with validation windows
+    passed to :meth:`fit` it is chosen from ``RIDGE_GRID`` by validation MSE instead. A tiny
+    floor (1e-8) keeps the normal equations well posed.
     """
 
-    def __init__(self, channel_independent: bool = False):
-        self.channel_independent = channel_independent
+    RIDGE_GRID = (0.0, 1e-3, 1e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
+
+    def __init__(self, channel_independent: bool = False, normalize: str = "none", ridge: float = 0.0):
+        if normalize not in ("none", "last"):
+            raise ValueError(f"normalize: expected none or last, got {normalize!r}")
+        self.channel_independent = channel_independent or normalize == "last"
+        self.normalize, self.ridge = normalize, ridge
         self.coef = None
 
-    def _design(self, x: np.ndarray) -> np.ndarray:
+    def _design(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """x (N, L, C) -> design matrix with a bias column, and the offset added back to outputs."""
         if self.channel_independent:
             x = x.transpose(0, 2, 1).reshape(-1, x.shape[1])  # (N*C, L)
         else:
             x = x.reshape(len(x), -1)  # (N, L*C)
-        return np.hstack([x, np.ones((len(x), 1))])
+        offset = x[:, -1:] if self.normalize == "last" else np.zeros((len(x), 1))
+        return np.hstack([x - offset, np.ones((len(x), 1))]), offset
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> "LinearBaseline":
-        A = self._design(x)
+    def _targets(self, y: np.ndarray, offset: np.ndarray) -> np.ndarray:
         if self.channel_independent:
-            t = y.transpose(0, 2, 1).reshape(-1, y.shape[1])  # (N*C, K)
-        else:
-            t = y.reshape(len(y), -1)  # (N, K*C)
-        G = A.T @ A
-        G += np.eye(len(G)) * 1e-8 * np.trace(G) / len(G)
-        self.coef = np.linalg.solve(G, A.T @ t)
+            return y.transpose(0, 2, 1).reshape(-1, y.shape[1]) - offset  # (N*C, K)
+        return y.reshape(len(y), -1)  # (N, K*C)
+
+    def fit(self, x: np.ndarray, y: np.ndarray, val: Optional[tuple] = None) -> "LinearBaseline":
+        """Fit on windows x (N, L, C) -> y (N, K, C); ``val=(x_val, y_val)`` chooses the ridge."""
+        A, offset = self._design(x)
+        G, R = A.T @ A, A.T @ self._targets(y, offset)
+        scale = np.trace(G) / len(G)
+
+        def solve(ridge: float) -> np.ndarray:
+            return np.linalg.solve(G + np.eye(len(G)) * (max(ridge, 1e-8) * scale), R)
+
+        if val is None or len(val[0]) == 0:
+            self.coef = solve(self.ridge)
+            return self
+        scores = []
+        for ridge in self.RIDGE_GRID:
+            self.coef, self.ridge = solve(ridge), ridge
+            scores.append((float(np.mean((self.predict(val[0]) - val[1]) ** 2)), ridge))
+        self.ridge = min(scores)[1]
+        self.coef = solve(self.ridge)
         return self
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         N, _, C = x.shape
-        out = self._design(x) @ self.coef
+        A, offset = self._design(x)
+        out = A @ self.coef
         if self.channel_independent:
-            return out.reshape(N, C, -1).transpose(0, 2, 1)  # (N, K, C)
+            return (out + offset).reshape(N, C, -1).transpose(0, 2, 1)  # (N, K, C)
         return out.reshape(N, -1, C)
 
 
