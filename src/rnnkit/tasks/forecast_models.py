@@ -138,8 +138,9 @@ class LinearBaseline:
     ``normalize="last"``: each channel's window and targets are taken relative to the window's
     last value (NLinear, Zeng et al. 2023; implies channel-independent).
     ``ridge``: penalty ``ridge * mean(diag(A^T A))`` on the weights; with validation windows
-    passed to :meth:`fit` it is chosen from ``RIDGE_GRID`` by validation MSE instead. A tiny
-    floor (1e-8) keeps the normal equations well posed.
+    passed to :meth:`fit` it is chosen from ``RIDGE_GRID`` by validation MSE instead. The bias is
+    shrunk too, so with ``normalize="last"`` a strong penalty pulls the forecast toward the last
+    value (the naive forecast). A tiny floor (1e-8) keeps the normal equations well posed.
     """
 
     RIDGE_GRID = (0.0, 1e-3, 1e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
