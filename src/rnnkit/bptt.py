@@ -216,7 +216,7 @@ def _run(layer, xs, ws, first, mask):
     """One layer, all directions. Returns hs (D, T, B, H) and the final state tuple of (D, B, H)."""
     H = layer.hidden_size
     if layer.cell == "lstm":  # the LSTM Function keeps its gates in the order (o, i, f, g)
-        ws = [_lstm_reordered(w, H) for w in ws]
+        ws = [_lstm_reordered(w) for w in ws]
         w_ih, w_hh = _stack([w.weight_ih for w in ws]), _stack([w.weight_hh for w in ws])
         bias = _stack([_sum_biases(w) for w in ws])
         if layer.layer_norm:
@@ -700,11 +700,18 @@ def _gru_reset_before_native_backward(ctx, w_rz, w_n, grad_hs, grad_h, da):
 # 3H columns, one tanh over the last H, and the three gates driven by dc (i, f, g) contiguous.
 # The rows of the (small) weights are reordered before the input projection, so the large
 # per-step tensors never are; autograd maps the gradients back through the reordering.
-def _lstm_reordered(w, H: int):
-    """The parameters of one direction with gate rows reordered from (i, f, g, o) to (o, i, f, g)."""
-    def reorder(p):
-        return None if p is None else torch.cat([p[3 * H :], p[: 3 * H]])
+def lstm_gates_to_kernel_order(p: Optional[Tensor]) -> Optional[Tensor]:
+    """A copy of ``p`` (4H, ...) with its gate blocks reordered from torch's (i, f, g, o) to
+    the kernels' (o, i, f, g); None stays None."""
+    if p is None:
+        return None
+    H = p.shape[0] // 4
+    return torch.cat([p[3 * H :], p[: 3 * H]])
 
+
+def _lstm_reordered(w):
+    """The parameters of one direction with gate rows reordered from (i, f, g, o) to (o, i, f, g)."""
+    reorder = lstm_gates_to_kernel_order
     return SimpleNamespace(weight_ih=reorder(w.weight_ih), weight_hh=reorder(w.weight_hh),
                            bias_ih=reorder(w.bias_ih), bias_hh=reorder(w.bias_hh),
                            ln_ih=reorder(w.ln_ih), ln_hh=reorder(w.ln_hh), ln_c_weight=w.ln_c_weight,

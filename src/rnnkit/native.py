@@ -61,28 +61,24 @@ def cache_dir() -> Path:
     return Path(base) / "rnnkit"
 
 
-def _cpu_flags() -> str:
-    """The CPU feature line on Linux (part of the cache key, because of ``-march=native``)."""
+def _cpuinfo_line(*prefixes: str) -> Optional[str]:
+    """The first line of /proc/cpuinfo (Linux) that starts with one of ``prefixes``, else None."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return line
+            return next((line for line in f if line.startswith(prefixes)), None)
     except OSError:
-        pass
-    return platform.processor()
+        return None
+
+
+def _cpu_flags() -> str:
+    """The CPU feature line on Linux (part of the cache key, because of ``-march=native``)."""
+    return _cpuinfo_line("flags", "Features") or platform.processor()
 
 
 def cpu_vendor() -> str:
     """The CPU's vendor id on Linux ("GenuineIntel", "AuthenticAMD", ...), else ""."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    line = _cpuinfo_line("vendor_id")
+    return line.split(":", 1)[1].strip() if line else ""
 
 
 def _compile(cc: str, out: Path) -> Optional[str]:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnkit import fused, native
+from rnnkit import bptt, fused, native
 from rnnkit.data.batching import Batch
 from rnnkit.data.text import CharVocab, TextStream, make_vocab, split_text
 from rnnkit.errors import UserError
@@ -231,8 +231,8 @@ class _Stepper:
         self.layers = [flat[k * n : (k + 1) * n] + ([None, None] if n == 2 else []) for k in range(rnn.num_layers)]
         self.cell = _CELL_KERNELS[rnn.cell if rnn.cell != "rnn" else f"rnn_{rnn.nonlinearity}"]
         if rnn.cell == "lstm" and not rnn.bidirectional:
-            self.kernel = native.kernels_for("lstm", self.embedding)
-            self.kernel = None if self.kernel is None else self.kernel[0]
+            kernels = native.kernels_for("lstm", self.embedding)
+            self.kernel = kernels[0] if kernels else None
         if self.kernel is not None:
             with torch.no_grad():
                 self.joined = [_joined_lstm_weights(*w) for w in self.layers]  # [(W^T (F+H, 4H), b (4H,))]
@@ -293,12 +293,12 @@ class _Stepper:
 def _joined_lstm_weights(w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor]):
     """torch's LSTM weights (gates i, f, g, o) -> ([W_ih | W_hh]^T (F+H, 4H), bias (4H,)) with
     the gates in the native kernel's order (o, i, f, g) and the g rows doubled."""
-    def reordered(w: Tensor) -> Tensor:
-        i, f, g, o = w.chunk(4, 0)
-        return torch.cat([o, i, f, 2 * g], 0)
-
     bias = w_ih.new_zeros(w_ih.shape[0]) if b_ih is None else b_ih + b_hh
-    return reordered(torch.cat([w_ih, w_hh], 1)).t().contiguous(), reordered(bias)
+    w, b = (bptt.lstm_gates_to_kernel_order(p) for p in (torch.cat([w_ih, w_hh], 1), bias))
+    H = w_hh.shape[1]
+    w[3 * H :] *= 2  # g = tanh(a) = 2 sigmoid(2a) - 1 (see bptt._double_g_rows)
+    b[3 * H :] *= 2
+    return w.t().contiguous(), b
 
 
 _CELL_KERNELS = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn_tanh": torch.rnn_tanh_cell,
