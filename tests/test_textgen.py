@@ -224,3 +224,124 @@ def test_bundled_texts():
     assert bundled_text("pangrams").startswith("The quick brown fox")
     with pytest.raises(UserError, match="unknown bundled text"):
         bundled_text("nope")
+
+
+# -- ensembles -----------------------------------------------------------------------------------
+def _ensemble(members=3, cell="lstm", seed=0):
+    from rnnkit.tasks.textgen import LanguageModelEnsemble
+
+    torch.manual_seed(seed)
+    vocab = CharVocab.from_text(TEXT)
+    config = ModelConfig(cell=cell, hidden_size=12, num_layers=2, embedding_dim=6, input_size=len(vocab),
+                         output_size=len(vocab))
+    return LanguageModelEnsemble(config, members), vocab
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_ensemble_averages_the_members_probabilities(cell):
+    model, vocab = _ensemble(cell=cell)
+    model.eval()
+    ids = vocab.encode("the cat sat on").view(1, -1)
+    with torch.no_grad():
+        mixed, state = model(ids)
+        probs = [F.softmax(net(ids)[0], -1) for net in model.members]
+        direct = torch.stack(probs).mean(0).log()
+        torch.testing.assert_close(mixed, direct, rtol=1e-5, atol=1e-6)
+        # the state is the members' (L, B, H) states stacked: continuing from it = continuing each member
+        more = vocab.encode(" the mat").view(1, -1)
+        cont, _ = model(more, state)
+        parts = model.split_state(state)
+        each = [F.softmax(net(more, s)[0], -1) for net, s in zip(model.members, parts)]
+        torch.testing.assert_close(cont, torch.stack(each).mean(0).log(), rtol=1e-5, atol=1e-6)
+    h = state[0] if isinstance(state, tuple) else state
+    assert h.shape == (3 * 2, 1, 12)
+
+
+def test_ensemble_members_train_on_their_own_rows_and_are_clipped_alone():
+    from rnnkit.training.trainer import clip_gradients
+
+    model, vocab = _ensemble(members=2)
+    model.train()
+    ids = torch.randint(0, len(vocab), (4, 5))  # 2 members x 2 rows
+    torch.manual_seed(0)
+    out, state = model(ids)
+    assert out.shape == (4, 5, len(vocab)) and state[0].shape == (4, 2, 12)
+    torch.manual_seed(0)
+    alone = [model.members[0](ids[:2])[0], model.members[1](ids[2:])[0]]
+    torch.testing.assert_close(out, torch.cat(alone))  # same dropout draws: dropout is 0 here anyway
+    # mean loss -> member m's gradient is g_m / 2; clipping each at max_norm / 2 = g_m clipped at max_norm, halved
+    targets = torch.randint(0, len(vocab), (4, 5))
+    grads = []
+    for m, rows in enumerate((slice(0, 2), slice(2, 4))):
+        model.zero_grad()
+        F.cross_entropy(model.members[m](ids[rows])[0].flatten(0, 1), targets[rows].flatten()).backward()
+        g = [p.grad.clone() for p in model.members[m].parameters()]
+        norm = torch.sqrt(sum((x**2).sum() for x in g))
+        grads.append([x * min(1.0, 0.1 / float(norm)) / 2 for x in g])
+    model.zero_grad()
+    F.cross_entropy(model(ids)[0].flatten(0, 1), targets.flatten()).backward()
+    reported = clip_gradients(model, 0.1)
+    member_norms = [float(torch.sqrt(sum((x**2).sum() for x in g))) * 2 for g in grads]
+    assert reported >= 0.1 and all(n == pytest.approx(0.1) for n in member_norms)  # both were above 0.1
+    for m, expected in enumerate(grads):
+        for p, e in zip(model.members[m].parameters(), expected):
+            torch.testing.assert_close(p.grad, e, rtol=1e-5, atol=1e-7)
+
+
+def test_ensemble_sampling_steps_equal_the_full_forward():
+    from rnnkit.tasks.textgen import _EnsembleStepper
+
+    model, vocab = _ensemble()
+    model.eval()
+    ids = vocab.encode("the cat sat")
+    step = _EnsembleStepper(model)
+    with torch.no_grad():
+        full, _ = model(ids.view(1, -1))
+        _, state = model(ids[:1].view(1, -1))
+        state = step.split_state(state)
+        logits = []
+        for t in range(1, len(ids)):
+            out, state = step(ids[t : t + 1], state)
+            logits.append(out)
+    torch.testing.assert_close(torch.stack(logits, 1), full[:, 1:], rtol=1e-5, atol=1e-5)
+
+
+def test_ensemble_trains_saves_loads_samples_and_exports(tmp_path, capsys):
+    out = tmp_path / "ens"
+    args = ["train", "textgen", "--data", "hello-world", "--ensemble", "2", "--seq-len", "4", "--batch-size", "2",
+            "--val-fraction", "0", "--batching", "windows", "--cell", "lstm", "--hidden-size", "8",
+            "--epochs", "2", "--out", str(out)]
+    assert cli_main(args) == 0
+    gen = rnnkit.load(out)
+    assert len(gen.model.members) == 2
+    a, b = (net.head.weight for net in gen.model.members)
+    assert not torch.allclose(a, b)  # own initialisation
+    assert gen.sample("hel", 5, seed=1) == gen.sample("hel", 5, seed=1)
+    m = gen.evaluate("hello world")
+    assert m["tokens"] == 10 and math.isfinite(m["loss"])
+    capsys.readouterr()
+    assert cli_main(["info", str(out)]) == 0
+    assert "in an ensemble of 2" in capsys.readouterr().out
+    pytest.importorskip("onnx")
+    from rnnkit.export import export_onnx
+
+    _, side = export_onnx(out)
+    import json
+
+    state = json.loads(side.read_text())["state"]
+    assert state["num_layers"] == 2 * gen.model.members[0].rnn.num_layers and state["members"] == 2
+
+
+def test_ensemble_members_each_read_the_whole_text_as_their_own_streams():
+    prep = prepare_text(TextgenConfig(seq_len=5, batch_size=3, val_fraction=0.0, ensemble=2), TEXT)
+    single = prepare_text(TextgenConfig(seq_len=5, batch_size=3, val_fraction=0.0), TEXT).train
+    assert len(prep.train) == len(single)  # an epoch: every member passes over the whole text once
+    for epoch in (0, 1):
+        stacked = list(prep.train.epoch(epoch, 7))
+        for m in (0, 1):  # member m's rows are a single model's batches with seed 7 + m
+            for got, want in zip(stacked, single.epoch(epoch, 7 + m)):
+                assert got.carries_state and torch.equal(got.inputs[3 * m : 3 * m + 3], want.inputs)
+                assert torch.equal(got.targets[3 * m : 3 * m + 3], want.targets)
+    assert prep.task_state["ensemble"] == 2
+    with pytest.raises(UserError, match="ensemble must be positive"):
+        prepare_text(TextgenConfig(ensemble=0), TEXT)

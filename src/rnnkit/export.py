@@ -84,6 +84,8 @@ def _state_layer(model: nn.Module, task: str) -> Optional[Recurrent]:
     """The Recurrent whose state is the graph's state (None: the graph keeps no state)."""
     if hasattr(model, "nets"):  # a forecast ensemble: its forward returns the members' mean, no state
         return None
+    if task == "textgen" and hasattr(model, "members"):  # an ensemble: M members' states stacked
+        return model.members[0].rnn
     net = getattr(model, "net", model)  # ForecastModel wraps a SequenceModel or a SegRNN
     return None if type(net).__name__ == "SegRNN" else net.rnn
 
@@ -144,9 +146,12 @@ def sidecar(art: artifacts.Artifact, sig: dict, outputs: tuple, layer: Optional[
 
     state = None
     if layer is not None:
-        state = {"cell": layer.cell, "num_layers": layer.num_layers, "directions": layer.num_directions,
+        members = art.task_state.get("ensemble", 1) if art.task == "textgen" else 1
+        state = {"cell": layer.cell, "num_layers": members * layer.num_layers, "directions": layer.num_directions,
                  "hidden_size": layer.hidden_size, "shape": "(num_layers * directions, state_batch, hidden_size)",
                  "start": "zeros"}
+        if members > 1:  # outputs: log of the members' mean next-token distribution
+            state["members"] = members  # member m's layers are rows [m*L, (m+1)*L) of the state
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "rnnkit_version": rnnkit.__version__,
         "model_file": onnx_name, "task": art.task, "source": str(art.path),

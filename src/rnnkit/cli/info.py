@@ -26,7 +26,8 @@ def run(args) -> int:
         print(json.dumps(doc))
         return 0
     m = art.meta["model"]
-    members = (art.task_state or {}).get("spec", {}).get("ensemble", 1)
+    state = art.task_state or {}
+    members = state.get("ensemble", state.get("spec", {}).get("ensemble", 1))  # textgen | forecast
     print(f"{args.dir}: {art.task} ({art.meta.get('status', '?')}, step {art.meta.get('step', '?')}), "
           f"format v{art.meta['format_version']}, rnnkit {art.meta.get('rnnkit_version', '?')}")
     print(f"  model: {m.get('num_layers')}x {m.get('cell')} H={m.get('hidden_size')}"

@@ -30,7 +30,7 @@ Façade: :class:`Forecaster` — ``fit(series)``, ``predict(n)``, ``historical_f
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
@@ -74,7 +74,8 @@ class ForecastConfig:
     segment_length: int = 48  # segrnn: W steps per segment
     window_norm: str = "none"  # rnn: "last" forecasts relative to the last seen value (causal; segrnn always does)
     period: int = 0  # seasonal naive period (0: detected on the training part)
-    ensemble: int = 1  # M independently initialised networks trained side by side; forecasts averaged
+    ensemble: int = field(default=1, metadata={"help": "M independently initialised networks trained side by "
+                                                       "side, each on its own loss; forecasts averaged"})
     sines_series: str = "7000,2000,1000"  # sines: train,val,test series counts
     data_seed: int = 42  # sines generator seed
 
@@ -252,6 +253,11 @@ class ForecastModel(nn.Module):
             if spec["decoding"] == "autoregressive" and spec["architecture"] == "rnn":
                 raise UserError("an ensemble needs direct decoding (autoregressive members carry their own state)")
             self.nets = nn.ModuleList(self._build(spec, model_config) for _ in range(members))
+
+    @property
+    def members(self) -> Optional[nn.ModuleList]:
+        """The ensemble's networks (the trainer clips each on its own), None for a single network."""
+        return getattr(self, "nets", None)
 
     @staticmethod
     def _build(spec: dict, model_config: ModelConfig) -> nn.Module:
