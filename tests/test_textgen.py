@@ -99,9 +99,14 @@ def test_stepper_matches_full_forward(cell, native_kernels, monkeypatch):
     step = _Stepper(gen.model)
     assert step.direct
     assert (step.kernel is not None) == (cell == "lstm" and native_kernels and native.unavailable_reason() is None)
+    _assert_steps_equal_full_forward(gen.model, step, ids)
+
+
+def _assert_steps_equal_full_forward(model, step, ids):
+    """Feeding ids[0] through the model, then ids[1:] one step at a time, gives the full run's logits."""
     with torch.no_grad():
-        full, _ = gen.model(ids.view(1, -1))
-        _, state = gen.model(ids[:1].view(1, -1))
+        full, _ = model(ids.view(1, -1))
+        _, state = model(ids[:1].view(1, -1))
         state = step.split_state(state)
         logits = []
         for t in range(1, len(ids)):
@@ -294,16 +299,7 @@ def test_ensemble_sampling_steps_equal_the_full_forward():
     model, vocab = _ensemble()
     model.eval()
     ids = vocab.encode("the cat sat")
-    step = _EnsembleStepper(model)
-    with torch.no_grad():
-        full, _ = model(ids.view(1, -1))
-        _, state = model(ids[:1].view(1, -1))
-        state = step.split_state(state)
-        logits = []
-        for t in range(1, len(ids)):
-            out, state = step(ids[t : t + 1], state)
-            logits.append(out)
-    torch.testing.assert_close(torch.stack(logits, 1), full[:, 1:], rtol=1e-5, atol=1e-5)
+    _assert_steps_equal_full_forward(model, _EnsembleStepper(model), ids)
 
 
 def test_ensemble_trains_saves_loads_samples_and_exports(tmp_path, capsys):
