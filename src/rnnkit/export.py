@@ -82,10 +82,9 @@ class StatefulGraph(nn.Module):
 
 def _state_layer(model: nn.Module, task: str) -> Optional[Recurrent]:
     """The Recurrent whose state is the graph's state (None: the graph keeps no state)."""
-    if hasattr(model, "nets"):  # a forecast ensemble: its forward returns the members' mean, no state
-        return None
-    if task == "textgen" and hasattr(model, "members"):  # an ensemble: M members' states stacked
-        return model.members[0].rnn
+    members = getattr(model, "members", None)  # an ensemble (textgen or forecast), else None
+    if members is not None:  # textgen: the members' states stacked; forecast: the members' mean, no state
+        return members[0].rnn if task == "textgen" else None
     net = getattr(model, "net", model)  # ForecastModel wraps a SequenceModel or a SegRNN
     return None if type(net).__name__ == "SegRNN" else net.rnn
 
