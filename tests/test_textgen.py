@@ -341,3 +341,77 @@ def test_ensemble_members_each_read_the_whole_text_as_their_own_streams():
     assert prep.task_state["ensemble"] == 2
     with pytest.raises(UserError, match="ensemble must be positive"):
         prepare_text(TextgenConfig(ensemble=0), TEXT)
+
+
+# -- ensembles trained in turn ---------------------------------------------------------------
+def test_member_shares_and_member_budgets():
+    from rnnkit.training.config import TrainConfig
+    from rnnkit.training.in_turn import member_shares, member_train_config
+
+    assert member_shares(3, 0.5) == [0.5, 0.25, 0.25]
+    assert member_shares(2, 0.6) == [0.6, pytest.approx(0.4)]
+    cfg = member_train_config(TrainConfig(seed=7, time_budget=3600, max_steps=40), 2, 0.25)
+    assert (cfg.seed, cfg.time_budget, cfg.max_steps) == (9, 900, 10)
+    for members, share, message in [(1, 0.5, "needs ensemble >= 2"), (3, 0.0, r"in \(0, 1\)"), (3, 1.0, r"in \(0, 1\)")]:
+        with pytest.raises(UserError, match=message):
+            member_shares(members, share)
+    with pytest.raises(UserError, match="set time_budget or max_steps"):
+        member_train_config(TrainConfig(), 0, 0.5)
+
+
+def _train_in_turn(out):
+    args = ["train", "textgen", "--data", "shakespeare-excerpt", "--ensemble", "3", "--ensemble-lead-share", "0.5",
+            "--seq-len", "16", "--batch-size", "4", "--cell", "lstm", "--hidden-size", "8", "--embedding-dim", "4",
+            "--max-steps", "12", "--eval-every", "3", "--quiet", "--out", str(out)]
+    assert cli_main(args) == 0
+
+
+def test_ensemble_in_turn_trains_each_member_for_its_share_and_saves_the_mixture(tmp_path):
+    out = tmp_path / "turn"
+    _train_in_turn(out)
+    gen = rnnkit.load(out)
+    for m, steps in enumerate([6, 3, 3]):  # 12 steps shared 0.5 / 0.25 / 0.25
+        member = rnnkit.load(out / "members" / str(m))  # each member is a single model's run directory
+        art = rnnkit.artifacts.read_artifact(out / "members" / str(m))
+        assert art.meta["step"] == steps and art.train_config.seed == m
+        for k, v in member.model.state_dict().items():  # the ensemble holds each member's kept weights
+            assert torch.equal(gen.model.members[m].state_dict()[k], v), k
+    a, b = (net.head.weight for net in gen.model.members[:2])
+    assert not torch.allclose(a, b)
+    art = rnnkit.artifacts.read_artifact(out)
+    val = bundled_text("shakespeare-excerpt")
+    _, val_ids = split_text(gen.vocab.encode(val), 0.1)
+    assert art.metrics["val_loss"] == pytest.approx(gen.evaluate(gen.vocab.decode(val_ids))["loss"], rel=1e-6)
+    assert art.meta["step"] == 12 and art.task_state["ensemble"] == 3
+    assert cli_main(["resume", str(out)]) == 0  # complete: nothing to do
+
+
+def test_ensemble_in_turn_resumes_at_the_member_it_stopped_in(tmp_path):
+    import shutil
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    _train_in_turn(whole)
+    shutil.copytree(whole, cut)
+    shutil.rmtree(cut / "members" / "2")  # stopped before the last member began ...
+    for name in ("artifact.json", "model.safetensors", "history.json"):  # ... so no ensemble artifact yet
+        (cut / name).unlink()
+    assert cli_main(["resume", str(cut), "--quiet"]) == 0
+    want, got = rnnkit.load(whole).model.state_dict(), rnnkit.load(cut).model.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_ensemble_in_turn_from_python_and_its_input_errors(tmp_path, capsys):
+    from rnnkit.training.config import TrainConfig
+
+    gen = TextGenerator(TextgenConfig(seq_len=8, batch_size=2, ensemble=2, ensemble_lead_share=0.5),
+                        ModelConfig(hidden_size=6, embedding_dim=4), TrainConfig(max_steps=4))
+    gen.fit(TEXT)
+    assert gen.history.stop_reason == "2 members trained in turn" and len(gen.model.members) == 2
+    assert gen.history.best["loss"] == pytest.approx(gen.metrics["loss"])
+    base = ["train", "textgen", "--data", "hello-world", "--out", str(tmp_path / "x")]
+    for extra, message in [(["--ensemble-lead-share", "0.5"], "needs ensemble >= 2"),
+                           (["--ensemble", "2", "--ensemble-lead-share", "1.5"], r"must be in \(0, 1\)")]:
+        capsys.readouterr()
+        assert cli_main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert message.replace("\\", "") in err.replace("\\", "") and err.count("\n") == 1

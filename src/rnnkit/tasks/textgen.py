@@ -37,6 +37,7 @@ from rnnkit.data.text import CharVocab, TextStream, make_vocab, split_text
 from rnnkit.errors import UserError
 from rnnkit.models import ModelConfig, SequenceModel
 from rnnkit.tasks.base import PreparedData, Task
+from rnnkit.training.in_turn import fit_in_turn, member_shares
 
 BUNDLED_TEXTS = ("hello-world", "pangrams", "shakespeare-excerpt")
 _EVAL_CHUNK = 1024  # steps per validation batch; any length gives the same numbers (state carried)
@@ -56,6 +57,9 @@ class TextgenConfig:
     eval_streams: int = 1  # validation streams; 1 = every validation token scored with its full history
     ensemble: int = field(default=1, metadata={"help": "M language models trained side by side, each on its own "
                                                        "batch_size streams; their probabilities averaged"})
+    ensemble_lead_share: float = field(default=0.0, metadata={
+        "help": "0: the members train side by side; s in (0, 1): one after another, the first for the fraction s "
+                "of the budget (time_budget, max_steps), the others sharing the rest equally"})
 
 
 def bundled_text(name: str) -> str:
@@ -82,11 +86,13 @@ def prepare_text(config: TextgenConfig, text: str, vocab: Optional[CharVocab] = 
     for name in ("eval_streams", "ensemble"):
         if getattr(config, name) < 1:
             raise UserError(f"{name} must be positive, got {getattr(config, name)}")
+    if config.ensemble_lead_share:
+        member_shares(config.ensemble, config.ensemble_lead_share)  # checks both
     vocab = vocab or make_vocab(text, config.level)
     train_ids, val_ids = split_text(vocab.encode(text), config.val_fraction)
     train = TextStream(train_ids, config.batch_size, config.seq_len, mode=config.batching, shuffle=True)
-    if config.ensemble > 1:  # member m reads the whole text as its own batch_size streams (own offsets)
-        train = StackedSource([train] * config.ensemble)
+    if config.ensemble > 1 and not config.ensemble_lead_share:  # side by side: member m reads the whole
+        train = StackedSource([train] * config.ensemble)  # text as its own batch_size streams (own offsets)
     val = None
     if val_ids is not None:
         val = TextStream(val_ids, config.eval_streams, _EVAL_CHUNK, mode="streams", shuffle=False)
@@ -486,7 +492,11 @@ class TextGenerator:
                 "task_state": prepared.task_state, "data": {"name": "<text>", "chars": len(text)}}
         val = prepared.val
         evaluate = (lambda m: TASK.evaluate(m, val)) if val is not None else None
-        self.history = Trainer(train).fit(self.model, prepared.train, TASK.loss, evaluate, run_dir=out, meta=meta)
+        if self.config.ensemble_lead_share:
+            shares = member_shares(self.config.ensemble, self.config.ensemble_lead_share)
+            self.history = fit_in_turn(self.model, train, shares, prepared.train, TASK.loss, evaluate, out, meta)
+        else:
+            self.history = Trainer(train).fit(self.model, prepared.train, TASK.loss, evaluate, run_dir=out, meta=meta)
         self.metrics = TASK.evaluate(self.model, val) if val is not None else {}
         self.model.eval()
         return self

@@ -18,7 +18,7 @@ from rnnkit.data.sources import resolve, sha256_file
 from rnnkit.errors import UserError
 from rnnkit.models import ModelConfig
 from rnnkit.tasks import get_task
-from rnnkit.training import distributed
+from rnnkit.training import distributed, in_turn
 from rnnkit.training.callbacks import CurvesPlot, ProgressBar
 from rnnkit.training.config import TrainConfig
 from rnnkit.training.trainer import History, Trainer
@@ -59,8 +59,20 @@ def train_task(task_name: str, data: str, out, model: Optional[ModelConfig] = No
     net = task.new_model(mc, prep.task_state, task_config, train.seed)
     meta = {"task": task.name, "model": dataclasses.asdict(mc), "task_config": dataclasses.asdict(task_config),
             "task_state": prep.task_state, "data": {"source": str(data), **(prep.data_info or {})}}
+    return _fit(task, net, prep, train, task_config, out, meta, progress)
+
+
+def _fit(task, net, prep, train: TrainConfig, task_config, out: Path, meta: dict, progress: bool,
+         resume: bool = False) -> History:
+    """The one Trainer on ``net``; an ensemble with ``ensemble_lead_share`` trains member by member."""
+    loss_fn, evaluate_fn = task.loss_fn(task_config), _evaluate_fn(task, prep.val, train)
+    lead_share = getattr(task_config, "ensemble_lead_share", 0)
+    if lead_share:
+        shares = in_turn.member_shares(len(net.members), lead_share)
+        return in_turn.fit_in_turn(net, train, shares, prep.train, loss_fn, evaluate_fn, run_dir=out, meta=meta,
+                                   callbacks=lambda cfg: _callbacks(cfg, progress))
     trainer = Trainer(train, _callbacks(train, progress))
-    return trainer.fit(net, prep.train, task.loss_fn(task_config), _evaluate_fn(task, prep.val, train), run_dir=out, meta=meta)
+    return trainer.fit(net, prep.train, loss_fn, evaluate_fn, run_dir=out, meta=meta, resume=resume)
 
 
 RESUME_OVERRIDES = ("epochs", "max_steps", "time_budget")
@@ -82,10 +94,17 @@ def _check_data(art: artifacts.Artifact, data: str) -> None:
 def resume_run(run_dir, overrides: Optional[dict] = None, progress: bool = True) -> Optional[History]:
     """Continue an interrupted run from ``run_dir/checkpoint``; None when there is nothing left to do."""
     run_dir = Path(run_dir)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    first_member = run_dir / in_turn.MEMBERS_DIR / "0"
+    if not (run_dir / artifacts.ARTIFACT_JSON).exists() and (first_member / artifacts.ARTIFACT_JSON).exists():
+        return _resume_in_turn(run_dir, artifacts.read_artifact(first_member), overrides, progress)
     art = artifacts.read_artifact(run_dir)
+    if "in_turn" in art.meta:  # the ensemble artifact is written once its last member is done
+        if overrides:
+            raise UserError(f"{run_dir}: an ensemble trained in turn is complete; its budget cannot be extended")
+        return None
     if not (run_dir / artifacts.CHECKPOINT / "trainer_state.json").exists():
         raise UserError(f"{run_dir}: no checkpoint/ to resume from")
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if art.meta.get("status") == "complete" and not overrides and not art.meta.get("stop_reason", "").startswith("time budget"):
         return None
     task = get_task(art.task)
@@ -98,9 +117,24 @@ def resume_run(run_dir, overrides: Optional[dict] = None, progress: bool = True)
     prep = task.prepare(task_config, data, train.seed)
     net = task.build_model(art.model_config, art.task_state)
     meta = {k: art.meta[k] for k in ("task", "model", "task_config", "task_state", "data") if k in art.meta}
-    trainer = Trainer(train, _callbacks(train, progress))
-    return trainer.fit(net, prep.train, task.loss_fn(task_config), _evaluate_fn(task, prep.val, train), run_dir=run_dir,
-                       meta=meta, resume=True)
+    return _fit(task, net, prep, train, task_config, run_dir, meta, progress, resume=True)
+
+
+def _resume_in_turn(run_dir: Path, member: artifacts.Artifact, overrides: dict, progress: bool) -> History:
+    """Continue an ensemble trained in turn (see :mod:`rnnkit.training.in_turn`) that has no
+    ensemble artifact yet, from what its first member's artifact records of the whole run."""
+    from rnnkit.training.config import from_dict
+
+    task = get_task(member.task)
+    train = dataclasses.replace(from_dict(TrainConfig, member.meta["in_turn"]["train"], f"{member.path} [in_turn]"),
+                                **overrides)
+    data = member.data.get("source")
+    _check_data(member, data)
+    task_config = member.task_config
+    prep = task.prepare(task_config, data, train.seed)
+    net = task.new_model(member.model_config, prep.task_state, task_config, train.seed)
+    meta = {k: member.meta[k] for k in ("task", "model", "task_config", "data") if k in member.meta}
+    return _fit(task, net, prep, train, task_config, run_dir, {**meta, "task_state": prep.task_state}, progress)
 
 
 def evaluate_run(run_dir, data: Optional[str] = None, split: str = "val") -> dict:

@@ -1,0 +1,91 @@
+"""Ensembles trained in turn: member after member, each with its own share of the budget.
+
+``--ensemble M`` alone trains the M members side by side, each for the whole run. With
+``ensemble_lead_share = s`` (0 < s < 1) they train one after another instead: member 0 (the
+lead) for the fraction s of the budget (``time_budget`` and ``max_steps``), members 1..M-1 for
+(1 - s) / (M - 1) each, every one a complete run of the one :class:`Trainer` with its own
+schedule, seed ``seed + m``, validation and kept weights. Members that trained for different
+lengths make different errors, so their average gains more than that of equal members
+(measured on Tiny Shakespeare; see BENCHMARKS.md).
+
+Layout of the run directory ``out``: ``out/members/<m>/`` is member m's own run directory (a
+loadable single-model artifact, with its checkpoint); ``out/`` gets the ensemble's artifact
+(the members' kept weights as one model, its validation metrics) once the last member is done.
+An interrupted run resumes at the member it stopped in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Optional
+
+from rnnkit import artifacts
+from rnnkit.errors import UserError
+from rnnkit.training.config import TrainConfig
+from rnnkit.training.trainer import History, Trainer
+
+MEMBERS_DIR = "members"
+
+
+def member_shares(members: int, lead_share: float) -> list[float]:
+    """[s, (1-s)/(M-1), ...]: each member's fraction of the budget."""
+    if members < 2:
+        raise UserError(f"ensemble_lead_share needs ensemble >= 2, got ensemble {members}")
+    if not 0 < lead_share < 1:
+        raise UserError(f"ensemble_lead_share must be in (0, 1), got {lead_share}")
+    return [lead_share] + [(1 - lead_share) / (members - 1)] * (members - 1)
+
+
+def member_train_config(train: TrainConfig, m: int, share: float) -> TrainConfig:
+    """Member m's training: seed + m, and ``share`` of the time budget and of max_steps."""
+    if train.time_budget is None and train.max_steps is None:
+        raise UserError("an ensemble trained in turn shares a budget: set time_budget or max_steps")
+    return dataclasses.replace(
+        train, seed=train.seed + m,
+        time_budget=None if train.time_budget is None else train.time_budget * share,
+        max_steps=None if train.max_steps is None else max(1, round(train.max_steps * share)))
+
+
+def fit_in_turn(ensemble, train: TrainConfig, shares: list[float], source, loss_fn: Callable,
+                evaluate_fn: Optional[Callable], run_dir=None, meta: Optional[dict] = None,
+                callbacks: Callable[[TrainConfig], list] = lambda cfg: []) -> History:
+    """Train ``ensemble.members`` (freshly initialised, or as a resumed run left them) one
+    after another (member m on ``source`` with :func:`member_train_config`), then evaluate the
+    whole ensemble and write its artifact.
+
+    ``source`` is a single member's batch source; ``meta`` the ensemble's artifact metadata.
+    Returns the ensemble's history: one evaluation (the ensemble's) and the members' own
+    histories under ``members``.
+    """
+    run_dir = Path(run_dir) if run_dir is not None else None
+    meta = dict(meta or {})
+    member_meta = {**meta, "task_state": {k: v for k, v in meta.get("task_state", {}).items() if k != "ensemble"},
+                   "in_turn": {"shares": shares, "train": dataclasses.asdict(train)}}
+    histories = []
+    for m, (net, share) in enumerate(zip(ensemble.members, shares)):
+        cfg = member_train_config(train, m, share)
+        where = None if run_dir is None else run_dir / MEMBERS_DIR / str(m)
+        started = where is not None and (where / artifacts.CHECKPOINT / "trainer_state.json").exists()
+        if started and artifacts.read_meta(where).get("status") == "complete":
+            net.load_state_dict(artifacts.read_artifact(where).state_dict())
+            histories.append(History.from_dict(artifacts._read_json(where / "history.json", "history")))
+            continue
+        print(f"member {m + 1}/{len(shares)}: {share:.0%} of the budget", flush=True)
+        histories.append(Trainer(cfg, callbacks(cfg)).fit(net, source, loss_fn, evaluate_fn, run_dir=where,
+                                                         meta={**member_meta, "in_turn": {**member_meta["in_turn"], "member": m}},
+                                                         resume=started))
+    ensemble.eval()
+    metrics = evaluate_fn(ensemble) if evaluate_fn is not None else {}
+    steps = sum(h.train[-1]["step"] if h.train else 0 for h in histories)
+    record = {"step": steps, "epoch": 0, **metrics}
+    history = History(eval=[record] if metrics else [], best=record if metrics else None,
+                      stop_reason=f"{len(shares)} members trained in turn")
+    if run_dir is not None:
+        summary = {**meta, "train": dataclasses.asdict(train), "status": "complete", "step": steps, "epoch": 0,
+                   "stop_reason": history.stop_reason, "in_turn": {"shares": shares},
+                   "metrics": {f"val_{k}": v for k, v in metrics.items()}}
+        files = artifacts.snapshot_files(summary, ensemble.state_dict(),
+                                         {**history.to_dict(), "members": [h.to_dict() for h in histories]})
+        artifacts.write_run(run_dir, files, keep_extras=True)
+    return history
