@@ -359,10 +359,10 @@ def test_member_shares_and_member_budgets():
         member_train_config(TrainConfig(), 0, 0.5)
 
 
-def _train_in_turn(out):
+def _train_in_turn(out, *extra):
     args = ["train", "textgen", "--data", "shakespeare-excerpt", "--ensemble", "3", "--ensemble-lead-share", "0.5",
             "--seq-len", "16", "--batch-size", "4", "--cell", "lstm", "--hidden-size", "8", "--embedding-dim", "4",
-            "--max-steps", "12", "--eval-every", "3", "--quiet", "--out", str(out)]
+            "--max-steps", "12", "--eval-every", "6", "--quiet", "--out", str(out), *extra]
     assert cli_main(args) == 0
 
 
@@ -384,6 +384,8 @@ def test_ensemble_in_turn_trains_each_member_for_its_share_and_saves_the_mixture
     assert art.metrics["val_loss"] == pytest.approx(gen.evaluate(gen.vocab.decode(val_ids))["loss"], rel=1e-6)
     assert art.meta["step"] == 12 and art.task_state["ensemble"] == 3
     assert cli_main(["resume", str(out)]) == 0  # complete: nothing to do
+    _train_in_turn(out, "--overwrite", "--seed", "5")  # a new run retrains every member
+    assert [rnnkit.artifacts.read_artifact(out / "members" / str(m)).train_config.seed for m in range(3)] == [5, 6, 7]
 
 
 def test_ensemble_in_turn_resumes_at_the_member_it_stopped_in(tmp_path):

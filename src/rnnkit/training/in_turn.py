@@ -49,13 +49,14 @@ def member_train_config(train: TrainConfig, m: int, share: float) -> TrainConfig
 
 def fit_in_turn(ensemble, train: TrainConfig, shares: list[float], source, loss_fn: Callable,
                 evaluate_fn: Optional[Callable], run_dir=None, meta: Optional[dict] = None,
-                callbacks: Callable[[TrainConfig], list] = lambda cfg: []) -> History:
+                callbacks: Callable[[TrainConfig], list] = lambda cfg: [], resume: bool = False) -> History:
     """Train ``ensemble.members`` (freshly initialised, or as a resumed run left them) one
     after another (member m on ``source`` with :func:`member_train_config`), then evaluate the
     whole ensemble and write its artifact.
 
     ``source`` is a single member's batch source; ``meta`` the ensemble's artifact metadata.
-    Returns the ensemble's history: one evaluation (the ensemble's) and the members' own
+    With ``resume``, members already done in ``run_dir`` are loaded and an interrupted one
+    continues; otherwise every member starts afresh. Returns the ensemble's history: one evaluation (the ensemble's) and the members' own
     histories under ``members``.
     """
     run_dir = Path(run_dir) if run_dir is not None else None
@@ -66,7 +67,7 @@ def fit_in_turn(ensemble, train: TrainConfig, shares: list[float], source, loss_
     for m, (net, share) in enumerate(zip(ensemble.members, shares)):
         cfg = member_train_config(train, m, share)
         where = None if run_dir is None else run_dir / MEMBERS_DIR / str(m)
-        started = where is not None and (where / artifacts.CHECKPOINT / "trainer_state.json").exists()
+        started = resume and where is not None and (where / artifacts.CHECKPOINT / "trainer_state.json").exists()
         if started and artifacts.read_meta(where).get("status") == "complete":
             net.load_state_dict(artifacts.read_artifact(where).state_dict())
             histories.append(History.from_dict(artifacts._read_json(where / "history.json", "history")))

@@ -70,7 +70,7 @@ def _fit(task, net, prep, train: TrainConfig, task_config, out: Path, meta: dict
     if lead_share:
         shares = in_turn.member_shares(len(net.members), lead_share)
         return in_turn.fit_in_turn(net, train, shares, prep.train, loss_fn, evaluate_fn, run_dir=out, meta=meta,
-                                   callbacks=lambda cfg: _callbacks(cfg, progress))
+                                   callbacks=lambda cfg: _callbacks(cfg, progress), resume=resume)
     trainer = Trainer(train, _callbacks(train, progress))
     return trainer.fit(net, prep.train, loss_fn, evaluate_fn, run_dir=out, meta=meta, resume=resume)
 
@@ -134,7 +134,8 @@ def _resume_in_turn(run_dir: Path, member: artifacts.Artifact, overrides: dict, 
     prep = task.prepare(task_config, data, train.seed)
     net = task.new_model(member.model_config, prep.task_state, task_config, train.seed)
     meta = {k: member.meta[k] for k in ("task", "model", "task_config", "data") if k in member.meta}
-    return _fit(task, net, prep, train, task_config, run_dir, {**meta, "task_state": prep.task_state}, progress)
+    return _fit(task, net, prep, train, task_config, run_dir, {**meta, "task_state": prep.task_state}, progress,
+                resume=True)
 
 
 def evaluate_run(run_dir, data: Optional[str] = None, split: str = "val") -> dict:
