@@ -383,6 +383,7 @@ def test_ensemble_in_turn_trains_each_member_for_its_share_and_saves_the_mixture
     _, val_ids = split_text(gen.vocab.encode(val), 0.1)
     assert art.metrics["val_loss"] == pytest.approx(gen.evaluate(gen.vocab.decode(val_ids))["loss"], rel=1e-6)
     assert art.meta["step"] == 12 and art.task_state["ensemble"] == 3
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # every member's curves
     assert cli_main(["resume", str(out)]) == 0  # complete: nothing to do
     _train_in_turn(out, "--overwrite", "--seed", "5")  # a new run retrains every member
     assert [rnnkit.artifacts.read_artifact(out / "members" / str(m)).train_config.seed for m in range(3)] == [5, 6, 7]

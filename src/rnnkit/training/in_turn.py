@@ -10,7 +10,8 @@ lengths make different errors, so their average gains more than that of equal me
 
 Layout of the run directory ``out``: ``out/members/<m>/`` is member m's own run directory (a
 loadable single-model artifact, with its checkpoint); ``out/`` gets the ensemble's artifact
-(the members' kept weights as one model, its validation metrics) once the last member is done.
+(the members' kept weights as one model, its validation metrics, every member's curves in
+``curves.png``) once the last member is done.
 An interrupted run resumes at the member it stopped in.
 """
 
@@ -86,7 +87,10 @@ def fit_in_turn(ensemble, train: TrainConfig, shares: list[float], source, loss_
         summary = {**meta, "train": dataclasses.asdict(train), "status": "complete", "step": steps, "epoch": 0,
                    "stop_reason": history.stop_reason, "in_turn": {"shares": shares},
                    "metrics": {f"val_{k}": v for k, v in metrics.items()}}
-        files = artifacts.snapshot_files(summary, ensemble.state_dict(),
-                                         {**history.to_dict(), "members": [h.to_dict() for h in histories]})
+        members = [h.to_dict() for h in histories]
+        files = artifacts.snapshot_files(summary, ensemble.state_dict(), {**history.to_dict(), "members": members})
+        from rnnkit.plots import members_curves_png
+
+        files["curves.png"] = members_curves_png(members, metrics.get("loss"))
         artifacts.write_run(run_dir, files, keep_extras=True)
     return history
