@@ -12,7 +12,9 @@ with the state carried through it: ``loss`` = ``nats_per_char`` (mean -ln p(next
 ``ensemble = M > 1`` trains M language models with their own initialisation side by side
 (:class:`LanguageModelEnsemble`): each reads the whole text as its own B streams (its own random
 offsets each epoch) and learns from its own loss; for
-evaluation and sampling their next-token probabilities are averaged.
+evaluation and sampling their next-token probabilities are averaged. With
+``ensemble_lead_share`` the members train one after another instead, the first for a larger
+share of the budget (:mod:`rnnkit.training.in_turn`).
 
 Façade: :class:`TextGenerator` (``fit(text)``, ``sample(prime, length, ...)``, ``evaluate``).
 Sampling is stateful, as in char-rnn: the prime is fed through once, then one step per

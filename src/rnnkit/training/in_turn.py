@@ -50,14 +50,16 @@ def member_train_config(train: TrainConfig, m: int, share: float) -> TrainConfig
 
 def fit_in_turn(ensemble, train: TrainConfig, shares: list[float], source, loss_fn: Callable,
                 evaluate_fn: Optional[Callable], run_dir=None, meta: Optional[dict] = None,
-                callbacks: Callable[[TrainConfig], list] = lambda cfg: [], resume: bool = False) -> History:
+                callbacks: Callable[[TrainConfig], list] = lambda cfg: [], resume: bool = False,
+                announce: bool = False) -> History:
     """Train ``ensemble.members`` (freshly initialised, or as a resumed run left them) one
     after another (member m on ``source`` with :func:`member_train_config`), then evaluate the
     whole ensemble and write its artifact.
 
     ``source`` is a single member's batch source; ``meta`` the ensemble's artifact metadata.
     With ``resume``, members already done in ``run_dir`` are loaded and an interrupted one
-    continues; otherwise every member starts afresh. Returns the ensemble's history: one evaluation (the ensemble's) and the members' own
+    continues; otherwise every member starts afresh. ``announce`` prints a line as each member
+    starts. Returns the ensemble's history: one evaluation (the ensemble's) and the members' own
     histories under ``members``.
     """
     run_dir = Path(run_dir) if run_dir is not None else None
@@ -73,7 +75,8 @@ def fit_in_turn(ensemble, train: TrainConfig, shares: list[float], source, loss_
             net.load_state_dict(artifacts.read_artifact(where).state_dict())
             histories.append(History.from_dict(artifacts._read_json(where / "history.json", "history")))
             continue
-        print(f"member {m + 1}/{len(shares)}: {share:.0%} of the budget", flush=True)
+        if announce:
+            print(f"member {m + 1}/{len(shares)}: {share:.0%} of the budget", flush=True)
         histories.append(Trainer(cfg, callbacks(cfg)).fit(net, source, loss_fn, evaluate_fn, run_dir=where,
                                                          meta={**member_meta, "in_turn": {**member_meta["in_turn"], "member": m}},
                                                          resume=started))

@@ -70,7 +70,8 @@ def _fit(task, net, prep, train: TrainConfig, task_config, out: Path, meta: dict
     if lead_share:
         shares = in_turn.member_shares(len(net.members), lead_share)
         return in_turn.fit_in_turn(net, train, shares, prep.train, loss_fn, evaluate_fn, run_dir=out, meta=meta,
-                                   callbacks=lambda cfg: _callbacks(cfg, progress), resume=resume)
+                                   callbacks=lambda cfg: _callbacks(cfg, progress), resume=resume,
+                                   announce=progress)
     trainer = Trainer(train, _callbacks(train, progress))
     return trainer.fit(net, prep.train, loss_fn, evaluate_fn, run_dir=out, meta=meta, resume=resume)
 
