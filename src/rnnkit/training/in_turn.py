@@ -64,8 +64,7 @@ def fit_in_turn(ensemble, train: TrainConfig, shares: list[float], source, loss_
     """
     run_dir = Path(run_dir) if run_dir is not None else None
     meta = dict(meta or {})
-    member_meta = {**meta, "task_state": {k: v for k, v in meta.get("task_state", {}).items() if k != "ensemble"},
-                   "in_turn": {"shares": shares, "train": dataclasses.asdict(train)}}
+    single_state = {k: v for k, v in meta.get("task_state", {}).items() if k != "ensemble"}  # a member loads alone
     histories = []
     for m, (net, share) in enumerate(zip(ensemble.members, shares)):
         cfg = member_train_config(train, m, share)
@@ -77,9 +76,10 @@ def fit_in_turn(ensemble, train: TrainConfig, shares: list[float], source, loss_
             continue
         if announce:
             print(f"member {m + 1}/{len(shares)}: {share:.0%} of the budget", flush=True)
-        histories.append(Trainer(cfg, callbacks(cfg)).fit(net, source, loss_fn, evaluate_fn, run_dir=where,
-                                                         meta={**member_meta, "in_turn": {**member_meta["in_turn"], "member": m}},
-                                                         resume=started))
+        member_meta = {**meta, "task_state": single_state,
+                       "in_turn": {"member": m, "shares": shares, "train": dataclasses.asdict(train)}}
+        trainer = Trainer(cfg, callbacks(cfg))
+        histories.append(trainer.fit(net, source, loss_fn, evaluate_fn, run_dir=where, meta=member_meta, resume=started))
     ensemble.eval()
     metrics = evaluate_fn(ensemble) if evaluate_fn is not None else {}
     steps = sum(h.train[-1]["step"] if h.train else 0 for h in histories)
