@@ -39,7 +39,7 @@ from rnnkit.data.text import CharVocab, TextStream, make_vocab, split_text
 from rnnkit.errors import UserError
 from rnnkit.models import ModelConfig, SequenceModel
 from rnnkit.tasks.base import PreparedData, Task
-from rnnkit.training.in_turn import fit_in_turn, member_shares
+from rnnkit.training.in_turn import member_shares
 
 BUNDLED_TEXTS = ("hello-world", "pangrams", "shakespeare-excerpt")
 _EVAL_CHUNK = 1024  # steps per validation batch; any length gives the same numbers (state carried)
@@ -483,7 +483,7 @@ class TextGenerator:
         """Train on ``text`` with the shared Trainer (validation loss selects the best weights);
         ``out``, a run directory, also receives the artifact."""
         from rnnkit.training.config import TrainConfig
-        from rnnkit.training.trainer import Trainer
+        from rnnkit.training.runner import fit_prepared
 
         prepared = prepare_text(self.config, text)
         self.vocab = CharVocab.from_dict(prepared.task_state["vocab"])
@@ -492,13 +492,8 @@ class TextGenerator:
         self.model = TASK.new_model(model_config, prepared.task_state, self.config, train.seed)
         meta = {"task": TASK.name, "model": asdict(model_config), "task_config": asdict(self.config),
                 "task_state": prepared.task_state, "data": {"name": "<text>", "chars": len(text)}}
+        self.history = fit_prepared(TASK, self.model, prepared, train, self.config, out, meta, progress=False)
         val = prepared.val
-        evaluate = (lambda m: TASK.evaluate(m, val)) if val is not None else None
-        if self.config.ensemble_lead_share:
-            shares = member_shares(self.config.ensemble, self.config.ensemble_lead_share)
-            self.history = fit_in_turn(self.model, train, shares, prepared.train, TASK.loss, evaluate, out, meta)
-        else:
-            self.history = Trainer(train).fit(self.model, prepared.train, TASK.loss, evaluate, run_dir=out, meta=meta)
         self.metrics = TASK.evaluate(self.model, val) if val is not None else {}
         self.model.eval()
         return self

@@ -59,12 +59,13 @@ def train_task(task_name: str, data: str, out, model: Optional[ModelConfig] = No
     net = task.new_model(mc, prep.task_state, task_config, train.seed)
     meta = {"task": task.name, "model": dataclasses.asdict(mc), "task_config": dataclasses.asdict(task_config),
             "task_state": prep.task_state, "data": {"source": str(data), **(prep.data_info or {})}}
-    return _fit(task, net, prep, train, task_config, out, meta, progress)
+    return fit_prepared(task, net, prep, train, task_config, out, meta, progress)
 
 
-def _fit(task, net, prep, train: TrainConfig, task_config, out: Path, meta: dict, progress: bool,
-         resume: bool = False) -> History:
-    """The one Trainer on ``net``; an ensemble with ``ensemble_lead_share`` trains member by member."""
+def fit_prepared(task, net, prep, train: TrainConfig, task_config, out, meta: dict, progress: bool,
+                 resume: bool = False) -> History:
+    """Train ``net`` on prepared data with the one Trainer (an ensemble with
+    ``ensemble_lead_share`` member by member); the CLI's runs and the facades' ``fit`` share it."""
     loss_fn, evaluate_fn = task.loss_fn(task_config), _evaluate_fn(task, prep.val, train)
     lead_share = getattr(task_config, "ensemble_lead_share", 0)
     if lead_share:
@@ -118,7 +119,7 @@ def resume_run(run_dir, overrides: Optional[dict] = None, progress: bool = True)
     prep = task.prepare(task_config, data, train.seed)
     net = task.build_model(art.model_config, art.task_state)
     meta = {k: art.meta[k] for k in ("task", "model", "task_config", "task_state", "data") if k in art.meta}
-    return _fit(task, net, prep, train, task_config, run_dir, meta, progress, resume=True)
+    return fit_prepared(task, net, prep, train, task_config, run_dir, meta, progress, resume=True)
 
 
 def _resume_in_turn(run_dir: Path, member: artifacts.Artifact, overrides: dict, progress: bool) -> History:
@@ -135,7 +136,7 @@ def _resume_in_turn(run_dir: Path, member: artifacts.Artifact, overrides: dict, 
     prep = task.prepare(task_config, data, train.seed)
     net = task.new_model(member.model_config, prep.task_state, task_config, train.seed)
     meta = {k: member.meta[k] for k in ("task", "model", "task_config", "data") if k in member.meta}
-    return _fit(task, net, prep, train, task_config, run_dir, {**meta, "task_state": prep.task_state}, progress,
+    return fit_prepared(task, net, prep, train, task_config, run_dir, {**meta, "task_state": prep.task_state}, progress,
                 resume=True)
 
 
