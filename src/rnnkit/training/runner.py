@@ -20,7 +20,7 @@ from rnnkit.models import ModelConfig
 from rnnkit.tasks import get_task
 from rnnkit.training import distributed, in_turn
 from rnnkit.training.callbacks import CurvesPlot, ProgressBar
-from rnnkit.training.config import TrainConfig
+from rnnkit.training.config import TrainConfig, from_dict
 from rnnkit.training.trainer import History, Trainer
 
 
@@ -80,6 +80,15 @@ def fit_prepared(task, net, prep, train: TrainConfig, task_config, out, meta: di
 RESUME_OVERRIDES = ("epochs", "max_steps", "time_budget")
 
 
+def _resume_source(art: artifacts.Artifact) -> str:
+    """The data source ``art`` was trained on, checked to be unchanged."""
+    data = art.data.get("source")
+    if not data:
+        raise UserError(f"{art.path / artifacts.ARTIFACT_JSON}: no data source recorded; cannot resume")
+    _check_data(art, data)
+    return data
+
+
 def _check_data(art: artifacts.Artifact, data: str) -> None:
     stored = art.data.get("sha256")
     if not stored:
@@ -111,10 +120,7 @@ def resume_run(run_dir, overrides: Optional[dict] = None, progress: bool = True)
         return None
     task = get_task(art.task)
     train = dataclasses.replace(art.train_config, **overrides)
-    data = art.data.get("source")
-    if not data:
-        raise UserError(f"{run_dir / artifacts.ARTIFACT_JSON}: no data source recorded; cannot resume")
-    _check_data(art, data)
+    data = _resume_source(art)
     task_config = art.task_config
     prep = task.prepare(task_config, data, train.seed)
     net = task.build_model(art.model_config, art.task_state)
@@ -125,19 +131,16 @@ def resume_run(run_dir, overrides: Optional[dict] = None, progress: bool = True)
 def _resume_in_turn(run_dir: Path, member: artifacts.Artifact, overrides: dict, progress: bool) -> History:
     """Continue an ensemble trained in turn (see :mod:`rnnkit.training.in_turn`) that has no
     ensemble artifact yet, from what its first member's artifact records of the whole run."""
-    from rnnkit.training.config import from_dict
-
     task = get_task(member.task)
     train = dataclasses.replace(from_dict(TrainConfig, member.meta["in_turn"]["train"], f"{member.path} [in_turn]"),
                                 **overrides)
-    data = member.data.get("source")
-    _check_data(member, data)
+    data = _resume_source(member)
     task_config = member.task_config
     prep = task.prepare(task_config, data, train.seed)
     net = task.new_model(member.model_config, prep.task_state, task_config, train.seed)
     meta = {k: member.meta[k] for k in ("task", "model", "task_config", "data") if k in member.meta}
-    return fit_prepared(task, net, prep, train, task_config, run_dir, {**meta, "task_state": prep.task_state}, progress,
-                resume=True)
+    return fit_prepared(task, net, prep, train, task_config, run_dir, {**meta, "task_state": prep.task_state},
+                        progress, resume=True)
 
 
 def evaluate_run(run_dir, data: Optional[str] = None, split: str = "val") -> dict:
