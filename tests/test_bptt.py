@@ -194,3 +194,18 @@ def test_auto_takes_the_sequence_kernels_where_they_are_faster(cell, inference, 
         monkeypatch.setattr(bptt, "LSTM_SEQUENCE_BEATS_FUSED_MAX_HIDDEN", 0)  # the AMD EPYC's figure
         layer(x)
         assert layer.last_path == "fused"
+
+
+def test_auto_takes_torchs_gru_only_under_autocast_and_when_wide():
+    """GRU: the explicit BPTT path trains in float32 at every width; under bfloat16 autocast
+    torch's kernel (bfloat16 matmuls) serves from GRU_FUSED_UNDER_AUTOCAST_MIN_HIDDEN units up."""
+    wide = bptt.GRU_FUSED_UNDER_AUTOCAST_MIN_HIDDEN
+    x = torch.randn(2, 3, 4)
+    paths = {}
+    for hidden in (wide - 1, wide):
+        layer = Recurrent("gru", 4, hidden)
+        for name, context in (("fp32", contextlib.nullcontext()), ("bf16", torch.autocast("cpu", dtype=torch.bfloat16))):
+            with context:
+                layer(x)
+            paths[hidden, name] = layer.last_path
+    assert paths == {(wide - 1, "fp32"): "bptt", (wide - 1, "bf16"): "bptt", (wide, "fp32"): "bptt", (wide, "bf16"): "fused"}

@@ -160,6 +160,22 @@ def test_mae_training_loss_is_the_mean_absolute_error():
         ForecastConfig(loss="l3")
 
 
+def test_ensemble_members_can_train_on_their_own_losses():
+    """loss="mse,mae" with 2 members: the mean of member 0's squared and member 1's absolute error."""
+    batch = Batch(torch.randn(4, 6, 2), torch.randn(4, 3, 2))
+    out = torch.randn(8, 3, 2)  # (M*B, K, C): member 0 then member 1
+    config = ForecastConfig(loss="mse, mae", ensemble=2)
+    assert config.loss_kinds == ("mse", "mae")
+    expected = (((out[:4] - batch.targets) ** 2).mean() + (out[4:] - batch.targets).abs().mean()) / 2
+    torch.testing.assert_close(TASK.loss_fn(config)(out, batch), expected)
+    same = ((out.view(2, 4, 3, 2) - batch.targets).abs().mean(dim=(1, 2, 3))).mean()
+    torch.testing.assert_close(TASK.loss_fn(ForecastConfig(loss="mae", ensemble=2))(out, batch), same)
+    with pytest.raises(UserError, match=r"one per ensemble member \(3\)"):
+        ForecastConfig(loss="mse,mae", ensemble=3)
+    with pytest.raises(UserError, match="got 'huber'"):
+        ForecastConfig(loss="mse,huber", ensemble=2)
+
+
 @pytest.mark.parametrize("window_norm", ["none", "last"])
 def test_model_output_at_step_t_ignores_later_inputs(window_norm):
     """A per-step forecast that saw a later input (a leak) would change when it changes."""
@@ -190,6 +206,29 @@ def test_channel_independent_models_keep_channels_apart():
         assert y1.shape == (2, 4, 3)
         torch.testing.assert_close(y1[..., [0, 2]], y2[..., [0, 2]])
         assert not torch.allclose(y1[..., 1], y2[..., 1])
+
+
+def test_segrnn_window_normalisation_is_undone_on_the_forecast():
+    """last: forecast(x + b) = forecast(x) + b; revin also follows scale,
+    forecast(a x + b) = a forecast(x) + b (exact up to RevIN's 1e-5 in the variance), and its
+    statistics are the window's own mean and population standard deviation."""
+    torch.manual_seed(0)
+    x, a, b = torch.randn(3, 12, 2, dtype=torch.float64) * 10, 3.0, -7.0
+    outs = {}
+    for norm in ("last", "revin"):
+        net = fm.SegRNN(fm.SegRNNConfig(12, 5, 2, 4, 8, "gru", 0.0, norm)).double().eval()
+        outs[norm] = net(x)[0]
+        torch.testing.assert_close(net(x + b)[0], outs[norm] + b)
+        if norm == "revin":
+            torch.testing.assert_close(net(a * x + b)[0], a * outs[norm] + b, rtol=1e-5, atol=1e-8)
+            shift, scale = net._window_stats(x)
+            torch.testing.assert_close(shift[0, 0, 1], x[0, :, 1].mean())
+            torch.testing.assert_close(scale[0, 0, 1], torch.tensor(np.std(x[0, :, 1].numpy())), rtol=1e-6, atol=0)
+        else:
+            assert not torch.allclose(net(a * x)[0], a * outs[norm])  # the last value shifts, nothing scales
+    assert not torch.allclose(outs["last"], outs["revin"])
+    with pytest.raises(UserError, match="revin is for the segrnn"):
+        model_spec(ForecastConfig(lookback=12, window_norm="revin"), 1, 1)
 
 
 @pytest.mark.parametrize("arch", ["rnn", "segrnn"])

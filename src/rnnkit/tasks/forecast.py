@@ -68,11 +68,13 @@ class ForecastConfig:
     architecture: str = "rnn"  # rnn | segrnn
     decoding: str = "direct"  # direct (K outputs at once) | autoregressive (K=1 fed back)
     dense_targets: bool = True  # rnn: train the K-ahead forecast at every input step, not only the last
-    loss: str = "mse"  # training loss: mse | mae (SegRNN's choice; validation still selects on MSE)
+    loss: str = "mse"  # training loss: mse | mae (SegRNN's choice), or one per ensemble member ("mse,mae");
+    # validation still selects on MSE
     burn_in: int = 0  # dense targets: the first N input steps only warm the state (no loss on their forecasts)
     channel_independent: bool = False  # each channel its own univariate series, shared weights
     segment_length: int = 48  # segrnn: W steps per segment
-    window_norm: str = "none"  # rnn: "last" forecasts relative to the last seen value (causal; segrnn always does)
+    window_norm: str = "none"  # rnn: "last" forecasts relative to the last seen value (causal; segrnn
+    # always does, or with "revin" relative to the window's mean in units of its standard deviation)
     period: int = 0  # seasonal naive period (0: detected on the training part)
     ensemble: int = field(default=1, metadata={"help": "M independently initialised networks trained side by "
                                                        "side, each on its own loss; forecasts averaged"})
@@ -82,12 +84,21 @@ class ForecastConfig:
     def __post_init__(self):
         _choice("architecture", self.architecture, ("rnn", "segrnn"))
         _choice("decoding", self.decoding, ("direct", "autoregressive"))
-        _choice("window_norm", self.window_norm, ("none", "last"))
-        _choice("loss", self.loss, ("mse", "mae"))
+        _choice("window_norm", self.window_norm, ("none", "last", "revin"))
+        for kind in self.loss.split(","):
+            _choice("loss", kind.strip(), ("mse", "mae"))
+        if len(self.loss_kinds) not in (1, self.ensemble):
+            raise UserError(f"loss {self.loss!r}: give one loss, or one per ensemble member ({self.ensemble})")
         check_at_least(self, 1, ("lookback", "horizon", "batch_size", "segment_length", "ensemble"))
         check_at_least(self, 0, ("val", "test", "rows", "period"))
         if not 0 <= self.burn_in < self.lookback:
             raise ValueError(f"burn_in must be in [0, lookback={self.lookback}), got {self.burn_in}")
+
+
+    @property
+    def loss_kinds(self) -> tuple:
+        """The training loss of each ensemble member (one entry: every member's)."""
+        return tuple(kind.strip() for kind in self.loss.split(","))
 
 
 def _choice(name: str, value: str, valid: tuple) -> None:
@@ -218,6 +229,8 @@ def model_spec(config: ForecastConfig, channels: int, inputs: int) -> dict:
         raise UserError("autoregressive decoding needs no covariates (their future is unknown)")
     if config.architecture == "segrnn" and inputs != channels:
         raise UserError("the segrnn architecture is channel-independent: it cannot use covariates")
+    if config.window_norm == "revin" and config.architecture != "segrnn":
+        raise UserError("window_norm revin is for the segrnn architecture (rnn: none or last)")
     auto = config.decoding == "autoregressive"
     return {"architecture": config.architecture, "horizon": config.horizon, "lookback": config.lookback,
             "channels": channels, "inputs": inputs, "decoding": config.decoding,
@@ -264,7 +277,8 @@ class ForecastModel(nn.Module):
         if spec["architecture"] == "segrnn":
             return fm.SegRNN(fm.SegRNNConfig(
                 spec["lookback"], spec["horizon"], spec["channels"], spec["segment_length"],
-                model_config.hidden_size, model_config.cell, model_config.head_dropout))
+                model_config.hidden_size, model_config.cell, model_config.head_dropout,
+                "revin" if spec.get("window_norm") == "revin" else "last"))
         return SequenceModel(model_config)
 
     def _flat(self, x: Tensor) -> Tensor:
@@ -357,19 +371,25 @@ def dense_targets(batch: Batch, step_horizon: int, channels: int) -> Tensor:
     return full[:, 1:].unfold(1, step_horizon, 1)[:, :L].transpose(-1, -2)  # (B, L, K', C)
 
 
-def forecast_loss(outputs: Tensor, batch: Batch, kind: str = "mse") -> Tensor:
+def forecast_loss(outputs: Tensor, batch: Batch, kind="mse") -> Tensor:
     """Mean squared (``kind="mse"``) or absolute (``"mae"``) error; outputs (B, K', C), or dense
     outputs (B, L', K', C) against the last L' steps of :func:`dense_targets` (L' = L - burn_in
     in training). An ensemble's training outputs (M*B, ...) are each scored against the same
-    targets: the mean of the M member losses."""
+    targets: the mean of the M member losses, member m's by ``kind[m]`` when ``kind`` is a
+    tuple of M kinds."""
     if outputs.dim() == 4:
         target = dense_targets(batch, outputs.shape[2], outputs.shape[3])[:, -outputs.shape[1] :]
     else:
         target = batch.targets[:, : outputs.shape[1]]
-    if outputs.shape[0] != target.shape[0]:  # an ensemble in training: (M*B, ...), members stacked
-        target = target.repeat(outputs.shape[0] // target.shape[0], *[1] * (target.dim() - 1))
-    error = outputs - target
-    return torch.mean(error.abs() if kind == "mae" else error**2)
+    members = outputs.shape[0] // target.shape[0]  # an ensemble in training: (M*B, ...), members stacked
+    error = (outputs.view(members, *target.shape) - target).flatten(1)  # (M, B * ...)
+    kinds = (kind,) * members if isinstance(kind, str) else tuple(kind)
+    if len(kinds) == 1:
+        kinds = kinds * members
+    if len(kinds) != members:
+        raise ValueError(f"{len(kinds)} losses for {members} ensemble members")
+    per_member = [e.abs().mean() if k == "mae" else (e**2).mean() for e, k in zip(error, kinds)]
+    return torch.stack(per_member).mean()
 
 
 def predict_windows(model: ForecastModel, X, horizon: Optional[int] = None, batch_size: int = 4096) -> np.ndarray:
@@ -448,7 +468,7 @@ class ForecastTask(Task):
         return forecast_loss(outputs, batch)
 
     def loss_fn(self, config: ForecastConfig):
-        return functools.partial(forecast_loss, kind=config.loss)
+        return functools.partial(forecast_loss, kind=config.loss_kinds)
 
     def evaluate(self, model: ForecastModel, batches) -> dict:
         """Forecast metrics on scaled data over a full pass: loss = mse (all K steps, C channels)."""

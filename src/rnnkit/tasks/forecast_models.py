@@ -31,6 +31,7 @@ class SegRNNConfig:
     hidden_size: int = 512  # d
     cell: str = "gru"
     dropout: float = 0.0  # on the decoder output before the segment projection
+    norm: str = "last"  # window normalisation: last (x - x_L) | revin ((x - mean) / std of the window)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -39,7 +40,9 @@ class SegRNNConfig:
 class SegRNN(nn.Module):
     """Channel-independent segment RNN with position-embedding ("PMF") parallel decoding.
 
-    1. Last-value normalisation per channel: ``x' = x - x[:, -1]`` (added back at the end).
+    1. Window normalisation per channel, undone on the forecast: last value ``x' = x - x_L``,
+       or ``norm="revin"`` (RevIN without affine terms, Kim et al. 2022, as in SegRNN's
+       scripts): ``x' = (x - mean) / sqrt(var + 1e-5)`` over the window's L steps.
     2. Each channel's window (L,) is cut into N segments of W steps and embedded:
        ``e_n = ReLU(W_e s_n + b_e)``, (B*C, N, d); one recurrent pass over the N segments
        gives the final state ``h_N`` (1, B*C, d).
@@ -67,8 +70,8 @@ class SegRNN(nn.Module):
     def forward(self, x: Tensor, state=None, lengths=None):
         c, W = self.config, self.config.segment_length
         B, L, C = x.shape
-        last = x[:, -1:, :].detach()  # (B, 1, C)
-        z = (x - last).permute(0, 2, 1).reshape(B * C, L)  # (B*C, L)
+        shift, scale = self._window_stats(x)  # (B, 1, C) each
+        z = ((x - shift) / scale).permute(0, 2, 1).reshape(B * C, L)  # (B*C, L)
         pad = self.n_in * W - L
         if pad:  # left-pad with the first value so segments align with the forecast origin
             z = torch.cat([z[:, :1].expand(-1, pad), z], dim=1)
@@ -87,7 +90,15 @@ class SegRNN(nn.Module):
         out, _ = self.rnn(dec_in, h0)  # (B*C*M, 1, d)
         y = self.project(self.drop(out[:, 0]))  # (B*C*M, W)
         y = y.view(B, C, M * W)[:, :, : c.horizon].permute(0, 2, 1)  # (B, K, C)
-        return y + last, None
+        return y * scale + shift, None
+
+    def _window_stats(self, x: Tensor):
+        """(shift, scale), each (B, 1, C), constants to the gradient (as in RevIN)."""
+        if self.config.norm == "revin":
+            mean = x.mean(1, keepdim=True)
+            std = torch.sqrt(x.var(1, keepdim=True, unbiased=False) + 1e-5)
+            return mean.detach(), std.detach()
+        return x[:, -1:, :].detach(), x.new_ones(())
 
 
 # ----------------------------------------------------------------------------- baselines
