@@ -392,8 +392,10 @@ def forecast_loss(outputs: Tensor, batch: Batch, kind="mse") -> Tensor:
     return torch.stack(per_member).mean()
 
 
-def predict_windows(model: ForecastModel, X, horizon: Optional[int] = None, batch_size: int = 4096) -> np.ndarray:
-    """Scaled windows (N, L, F) -> scaled forecasts (N, K, C), in eval mode, batched."""
+def predict_windows(model: ForecastModel, X, horizon: Optional[int] = None, batch_size: int = 256) -> np.ndarray:
+    """Scaled windows (N, L, F) -> scaled forecasts (N, K, C), in eval mode, ``batch_size``
+    windows at a time (a SegRNN's activations grow with windows x channels x segments: 4,096
+    ETTh1 windows at horizon 720 needed ~10 GB per network)."""
     was = model.training
     model.eval()
     X = torch.as_tensor(np.asarray(X), dtype=torch.float32)
