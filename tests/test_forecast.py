@@ -11,7 +11,7 @@ from rnnkit.errors import UserError
 from rnnkit.models import ModelConfig
 from rnnkit.tasks import forecast_models as fm
 from rnnkit.tasks.forecast import (ForecastConfig, Forecaster, ForecastModel, TASK, dense_targets, model_spec,
-                                   split_series)
+                                   predict_windows, split_series)
 
 
 def _csv(tmp_path, text, name="s.csv"):
@@ -266,6 +266,21 @@ def test_ensemble_trains_members_apart_and_forecasts_their_mean(arch):
         (((ref(x0)[0] - batch.targets) ** 2).mean() / 3).backward()
         for p, q in zip(net.parameters(), ref.net.parameters()):
             torch.testing.assert_close(p.grad, q.grad)
+
+
+def test_predict_windows_runs_in_chunks_and_restores_the_mode():
+    """Windows go through the model batch_size at a time (a whole test part at once can need
+    tens of GB), in eval mode, and the forecasts equal one pass over all of them."""
+    cfg = ForecastConfig(lookback=8, horizon=3, architecture="segrnn", segment_length=4, channel_independent=True)
+    spec = model_spec(cfg, 2, 2)
+    torch.manual_seed(0)
+    model = ForecastModel(spec, TASK.model_config({"spec": spec}, cfg, ModelConfig(encoder="identity", cell="gru", hidden_size=8)))
+    X = np.random.default_rng(0).normal(size=(10, 8, 2))
+    sizes, forecast = [], model.forecast
+    model.forecast = lambda x, k=None: sizes.append(len(x)) or forecast(x, k)
+    chunked = predict_windows(model, X, batch_size=4)
+    assert sizes == [4, 4, 2] and model.training
+    np.testing.assert_allclose(chunked, predict_windows(model, X, batch_size=10), rtol=1e-6, atol=1e-7)
 
 
 def test_ensemble_rejects_autoregressive_members_and_counts_below_one():

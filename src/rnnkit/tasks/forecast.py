@@ -94,7 +94,6 @@ class ForecastConfig:
         if not 0 <= self.burn_in < self.lookback:
             raise ValueError(f"burn_in must be in [0, lookback={self.lookback}), got {self.burn_in}")
 
-
     @property
     def loss_kinds(self) -> tuple:
         """The training loss of each ensemble member (one entry: every member's)."""
@@ -383,9 +382,8 @@ def forecast_loss(outputs: Tensor, batch: Batch, kind="mse") -> Tensor:
         target = batch.targets[:, : outputs.shape[1]]
     members = outputs.shape[0] // target.shape[0]  # an ensemble in training: (M*B, ...), members stacked
     error = (outputs.view(members, *target.shape) - target).flatten(1)  # (M, B * ...)
-    kinds = (kind,) * members if isinstance(kind, str) else tuple(kind)
-    if len(kinds) == 1:
-        kinds = kinds * members
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    kinds = kinds * members if len(kinds) == 1 else kinds
     if len(kinds) != members:
         raise ValueError(f"{len(kinds)} losses for {members} ensemble members")
     per_member = [e.abs().mean() if k == "mae" else (e**2).mean() for e, k in zip(error, kinds)]

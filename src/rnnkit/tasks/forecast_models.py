@@ -41,8 +41,8 @@ class SegRNN(nn.Module):
     """Channel-independent segment RNN with position-embedding ("PMF") parallel decoding.
 
     1. Window normalisation per channel, undone on the forecast: last value ``x' = x - x_L``,
-       or ``norm="revin"`` (RevIN without affine terms, Kim et al. 2022, as in SegRNN's
-       scripts): ``x' = (x - mean) / sqrt(var + 1e-5)`` over the window's L steps.
+       or ``norm="revin"`` (RevIN without affine terms, Kim et al. 2022; SegRNN's code
+       has it as an option): ``x' = (x - mean) / sqrt(var + 1e-5)`` over the window's L steps.
     2. Each channel's window (L,) is cut into N segments of W steps and embedded:
        ``e_n = ReLU(W_e s_n + b_e)``, (B*C, N, d); one recurrent pass over the N segments
        gives the final state ``h_N`` (1, B*C, d).
