@@ -85,8 +85,8 @@ class ForecastConfig:
         _choice("architecture", self.architecture, ("rnn", "segrnn"))
         _choice("decoding", self.decoding, ("direct", "autoregressive"))
         _choice("window_norm", self.window_norm, ("none", "last", "revin"))
-        for kind in self.loss.split(","):
-            _choice("loss", kind.strip(), ("mse", "mae"))
+        for kind in self.loss_kinds:
+            _choice("loss", kind, ("mse", "mae"))
         if len(self.loss_kinds) not in (1, self.ensemble):
             raise UserError(f"loss {self.loss!r}: give one loss, or one per ensemble member ({self.ensemble})")
         check_at_least(self, 1, ("lookback", "horizon", "batch_size", "segment_length", "ensemble"))
