@@ -21,6 +21,14 @@ def wants_log_scale(values) -> bool:
     return bool(values) and min(values) > 0 and max(values) / min(values) > LOG_SCALE_RATIO
 
 
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (80 dpi); the figure is closed."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def curves_png(history: dict, monitor: str = "loss") -> bytes:
     """Training curves as PNG bytes: train/val loss vs step, and the monitored val metric.
 
@@ -53,10 +61,7 @@ def curves_png(history: dict, monitor: str = "loss") -> bytes:
         ax2.grid(alpha=0.3)
         ax2.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def members_curves_png(members: list, ensemble_loss: Optional[float] = None) -> bytes:
@@ -77,7 +82,4 @@ def members_curves_png(members: list, ensemble_loss: Optional[float] = None) -> 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)

@@ -542,20 +542,9 @@ def _cli_evaluate(task: SeqclassTask, clf: "SequenceClassifier", args) -> int:
     return 0
 
 
-def _png(fig) -> bytes:
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def confusion_png(confusion: np.ndarray, label_names: Sequence[str], title: str = "") -> bytes:
     """The (C, C) confusion matrix (rows: true, columns: predicted) as PNG bytes, counts in cells."""
-    from rnnkit import plots  # noqa: F401  (selects the Agg backend)
+    from rnnkit import plots  # the Agg backend, and figure_png
     import matplotlib.pyplot as plt
 
     c = len(label_names)
@@ -573,12 +562,12 @@ def confusion_png(confusion: np.ndarray, label_names: Sequence[str], title: str 
                         color="white" if confusion[i, j] > top / 3 else "black")
     ax.set_title(title)
     fig.tight_layout()
-    return _png(fig)
+    return plots.figure_png(fig)
 
 
 def digit_grid_png(images: np.ndarray, captions: Sequence[str], columns: int = 8) -> bytes:
     """Images (N, 28, 28) in a grid with one caption each (e.g. "true -> predicted")."""
-    from rnnkit import plots  # noqa: F401
+    from rnnkit import plots
     import matplotlib.pyplot as plt
 
     n = max(1, len(images))
@@ -590,4 +579,4 @@ def digit_grid_png(images: np.ndarray, captions: Sequence[str], columns: int = 8
             ax.imshow(images[k], cmap="gray", vmin=0, vmax=255)
             ax.set_title(captions[k], fontsize=8)
     fig.tight_layout()
-    return _png(fig)
+    return plots.figure_png(fig)
