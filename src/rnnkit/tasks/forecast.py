@@ -68,13 +68,14 @@ class ForecastConfig:
     architecture: str = "rnn"  # rnn | segrnn
     decoding: str = "direct"  # direct (K outputs at once) | autoregressive (K=1 fed back)
     dense_targets: bool = True  # rnn: train the K-ahead forecast at every input step, not only the last
-    loss: str = "mse"  # training loss: mse | mae (SegRNN's choice), or one per ensemble member ("mse,mae");
-    # validation still selects on MSE
+    loss: str = field(default="mse", metadata={"help": "training loss: mse | mae, or one per ensemble member "
+                                                       "(mse,mae); validation still selects on MSE"})
     burn_in: int = 0  # dense targets: the first N input steps only warm the state (no loss on their forecasts)
     channel_independent: bool = False  # each channel its own univariate series, shared weights
     segment_length: int = 48  # segrnn: W steps per segment
-    window_norm: str = "none"  # rnn: "last" forecasts relative to the last seen value (causal; segrnn
-    # always does, or with "revin" relative to the window's mean in units of its standard deviation)
+    window_norm: str = field(default="none", metadata={"help": "none | last (rnn: forecasts relative to the last "
+                                                               "seen value; segrnn always does) | revin (segrnn: "
+                                                               "windows scaled by their own mean and std)"})
     period: int = 0  # seasonal naive period (0: detected on the training part)
     ensemble: int = field(default=1, metadata={"help": "M independently initialised networks trained side by "
                                                        "side, each on its own loss; forecasts averaged"})
