@@ -415,6 +415,58 @@ def test_ensemble_artifact_round_trip(tmp_path, capsys):
     assert "parameters in an ensemble of 2" in capsys.readouterr().out
 
 
+def test_ensemble_in_turn_trains_members_apart_on_their_own_losses(tmp_path):
+    """ensemble_lead_share: member after member, each its own seed, loss and kept weights, saved
+    as a single-network run; the ensemble forecasts their mean and resumes to the same weights."""
+    import shutil
+
+    from rnnkit import artifacts
+    from rnnkit.cli.main import main
+    from rnnkit.training.config import TrainConfig
+
+    vals = np.sin(np.arange(120) / 3.0) + 0.1 * np.cos(np.arange(120) * 1.7)
+    csv = _csv(tmp_path, "t,v\n" + "".join(f"{i},{v}\n" for i, v in enumerate(vals)))
+    f = Forecaster(ForecastConfig(lookback=12, horizon=3, batch_size=16, ensemble=2, ensemble_lead_share=0.5,
+                                  loss="mse,mae", architecture="segrnn", segment_length=4),
+                   ModelConfig(encoder="identity", cell="gru", hidden_size=6),
+                   TrainConfig(max_steps=8, lr=1e-2, optimizer="adam", log_every=0, eval_every=2))
+    f.fit(csv, out=tmp_path / "run")
+    assert f.history.stop_reason == "2 members trained in turn"
+    singles = []
+    for m in range(2):
+        art = artifacts.read_artifact(tmp_path / "run" / "members" / str(m))
+        assert art.train_config.seed == m and art.meta["step"] == 4 and art.task_state["spec"]["ensemble"] == 1
+        member = artifacts.load(tmp_path / "run" / "members" / str(m))  # loads alone
+        evals = member_history(tmp_path / "run", m)  # the member's own validation choice:
+        best = min(evals, key=lambda r: r["loss"])
+        assert [r["step"] for r in evals] == [2, 4] and art.metrics["best_step"] == best["step"]
+        member.splits = f.splits
+        assert member.evaluate("val")["model"]["mse"] == pytest.approx(best["loss"], rel=1e-5)
+        for k, v in member.model.net.state_dict().items():
+            assert torch.equal(f.model.nets[m].state_dict()[k], v), k
+        singles.append(member.model)
+    kinds = [TASK.member_loss_fn(f.config, m).keywords["kind"] for m in range(2)]
+    assert kinds == ["mse", "mae"]
+    x = torch.as_tensor(f.splits.X["test"][:5], dtype=torch.float32)
+    torch.testing.assert_close(f.model.forecast(x), (singles[0].forecast(x) + singles[1].forecast(x)) / 2)
+    cut = tmp_path / "cut"  # stopped before the second member began
+    shutil.copytree(tmp_path / "run", cut)
+    shutil.rmtree(cut / "members" / "1")
+    for name in ("artifact.json", "model.safetensors", "history.json"):
+        (cut / name).unlink()
+    assert main(["resume", str(cut), "--quiet"]) == 0
+    want, got = f.model.state_dict(), artifacts.load(cut).model.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    with pytest.raises(UserError, match="needs ensemble >= 2"):
+        ForecastConfig(ensemble_lead_share=0.5)
+
+
+def member_history(run, m: int) -> list:
+    import json
+
+    return json.loads((run / "members" / str(m) / "history.json").read_text())["eval"]
+
+
 def test_future_times_continue_regular_iso_dates_only():
     from rnnkit.data.series import future_times
 

@@ -94,6 +94,11 @@ class Task:
         """The training loss for this task config: ``loss`` unless the config chooses another."""
         return self.loss
 
+    def member_loss_fn(self, config: Any, m: int):
+        """Member m's training loss in an ensemble trained in turn: the task's loss unless the
+        config gives each member its own."""
+        return self.loss_fn(config)
+
     def evaluate(self, model, batches: Iterable[Batch]) -> dict:
         raise NotImplementedError
 

@@ -19,6 +19,11 @@ Models (``ForecastModel`` wraps one of them):
 ``channel_independent`` runs each of the C channels as its own univariate series through
 shared weights (no covariates then).
 
+``ensemble = M > 1`` averages the forecasts of M networks. Side by side (the default) they see
+the same batches and the weights are kept on the average's validation MSE; with
+``ensemble_lead_share`` they train one after another (:mod:`rnnkit.training.in_turn`), each with
+its own seed, data order, share of the budget and kept weights.
+
 Metrics: ``mse``/``mae`` (and ``mse_last``, the last horizon step) on scaled data; on the
 original scale MAE/RMSE/sMAPE/MASE; beside them the naive, seasonal naive, linear and NLinear baselines
 on the same windows.
@@ -46,6 +51,7 @@ from rnnkit.errors import UserError, check_at_least
 from rnnkit.models import ModelConfig, SequenceModel
 from rnnkit.tasks import forecast_models as fm
 from rnnkit.tasks.base import PreparedData, Task
+from rnnkit.training.in_turn import member_shares
 
 SINES = "sines"
 
@@ -77,8 +83,13 @@ class ForecastConfig:
                                                                "seen value; segrnn always does) | revin (segrnn: "
                                                                "windows scaled by their own mean and std)"})
     period: int = 0  # seasonal naive period (0: detected on the training part)
-    ensemble: int = field(default=1, metadata={"help": "M independently initialised networks trained side by "
-                                                       "side, each on its own loss; forecasts averaged"})
+    ensemble: int = field(default=1, metadata={"help": "M independently initialised networks, each on its own "
+                                                       "loss, forecasts averaged (side by side, or one after "
+                                                       "another with ensemble_lead_share)"})
+    ensemble_lead_share: float = field(default=0.0, metadata={
+        "help": "0: the members train side by side (one data order, weights kept on the average's validation "
+                "MSE); s in (0, 1): one after another, each with its own seed, data order and kept weights, the "
+                "first for the fraction s of the budget (1/M: equal shares)"})
     sines_series: str = "7000,2000,1000"  # sines: train,val,test series counts
     data_seed: int = 42  # sines generator seed
 
@@ -91,6 +102,8 @@ class ForecastConfig:
         if len(self.loss_kinds) not in (1, self.ensemble):
             raise UserError(f"loss {self.loss!r}: give one loss, or one per ensemble member ({self.ensemble})")
         check_at_least(self, 1, ("lookback", "horizon", "batch_size", "segment_length", "ensemble"))
+        if self.ensemble_lead_share:
+            member_shares(self.ensemble, self.ensemble_lead_share)  # checks both
         check_at_least(self, 0, ("val", "test", "rows", "period"))
         if not 0 <= self.burn_in < self.lookback:
             raise ValueError(f"burn_in must be in [0, lookback={self.lookback}), got {self.burn_in}")
@@ -253,15 +266,17 @@ class ForecastModel(nn.Module):
     training ``forward`` returns their outputs stacked on the batch axis, (M*B, ...), so each
     member is scored against the targets on its own (independent training: the mean of the
     member losses; Adam then sees each member's own gradient); in evaluation it returns their
-    mean. A single network lives in ``net``, as in artifacts written before ensembles existed.
+    mean. A single network lives in ``net``, as in artifacts written before ensembles existed;
+    ``member(m)`` is member m as a single-network ForecastModel sharing its weights (what an
+    ensemble trained in turn trains and saves member by member).
     """
 
-    def __init__(self, spec: dict, model_config: ModelConfig):
+    def __init__(self, spec: dict, model_config: ModelConfig, net: Optional[nn.Module] = None):
         super().__init__()
         self.spec, self.model_config = spec, model_config
         members = spec.get("ensemble", 1)
         if members == 1:
-            self.net = self._build(spec, model_config)
+            self.net = net if net is not None else self._build(spec, model_config)
         else:
             if spec["decoding"] == "autoregressive" and spec["architecture"] == "rnn":
                 raise UserError("an ensemble needs direct decoding (autoregressive members carry their own state)")
@@ -271,6 +286,15 @@ class ForecastModel(nn.Module):
     def members(self) -> Optional[nn.ModuleList]:
         """The ensemble's networks (the trainer clips each on its own), None for a single network."""
         return getattr(self, "nets", None)
+
+    def member(self, m: int) -> "ForecastModel":
+        """Member m alone: a single-network ForecastModel over ``nets[m]`` (the same parameters)."""
+        return ForecastModel(self.member_task_state({"spec": self.spec})["spec"], self.model_config, self.nets[m])
+
+    @staticmethod
+    def member_task_state(task_state: dict) -> dict:
+        """The task state a member's own artifact records: the spec of one network."""
+        return {**task_state, "spec": {**task_state["spec"], "ensemble": 1}}
 
     @staticmethod
     def _build(spec: dict, model_config: ModelConfig) -> nn.Module:
@@ -471,6 +495,10 @@ class ForecastTask(Task):
     def loss_fn(self, config: ForecastConfig):
         return functools.partial(forecast_loss, kind=config.loss_kinds)
 
+    def member_loss_fn(self, config: ForecastConfig, m: int):
+        kinds = config.loss_kinds
+        return functools.partial(forecast_loss, kind=kinds[m] if len(kinds) > 1 else kinds[0])
+
     def evaluate(self, model: ForecastModel, batches) -> dict:
         """Forecast metrics on scaled data over a full pass: loss = mse (all K steps, C channels)."""
         if hasattr(batches, "epoch"):
@@ -538,7 +566,7 @@ class Forecaster:
         """Train with the shared Trainer (validation MSE selects the best weights); ``out``, a
         run directory, also receives the artifact (weights, config, scaler, windows)."""
         from rnnkit.training.config import TrainConfig
-        from rnnkit.training.trainer import Trainer
+        from rnnkit.training.runner import fit_prepared
 
         self.splits, info = TASK.splits(self.config, data)
         prepared = prepared_from_splits(self.splits, self.config, info)
@@ -547,10 +575,9 @@ class Forecaster:
         train = self.train_config or TrainConfig()
         self.model = TASK.new_model(model_config, self.task_state, self.config, train.seed)
         meta = {"task": TASK.name, "model": asdict(model_config), "task_config": asdict(self.config),
-                "task_state": self.task_state, "data": info}
-        val = prepared.val
-        evaluate = (lambda m: TASK.evaluate(m, val)) if val is not None else None
-        self.history = Trainer(train).fit(self.model, prepared.train, TASK.loss_fn(self.config), evaluate, run_dir=out, meta=meta)
+                "task_state": self.task_state,
+                "data": info if isinstance(data, Series) else {"source": str(data), **info}}  # a file: resumable
+        self.history = fit_prepared(TASK, self.model, prepared, train, self.config, out, meta, progress=False)
         self.model.eval()
         self.metrics = {p: TASK.evaluate(self.model, src) for p, src in (("val", prepared.val), ("test", prepared.test))
                         if src is not None}

@@ -48,7 +48,7 @@ def member_train_config(train: TrainConfig, m: int, share: float) -> TrainConfig
         max_steps=None if train.max_steps is None else max(1, round(train.max_steps * share)))
 
 
-def fit_in_turn(ensemble, train: TrainConfig, shares: list[float], source, loss_fn: Callable,
+def fit_in_turn(ensemble, train: TrainConfig, shares: list[float], source, loss_fn,
                 evaluate_fn: Optional[Callable], run_dir=None, meta: Optional[dict] = None,
                 callbacks: Callable[[TrainConfig], list] = lambda cfg: [], resume: bool = False,
                 announce: bool = False) -> History:
@@ -56,6 +56,10 @@ def fit_in_turn(ensemble, train: TrainConfig, shares: list[float], source, loss_
     after another (member m on ``source`` with :func:`member_train_config`), then evaluate the
     whole ensemble and write its artifact.
 
+    Member m is ``ensemble.member(m)`` where the ensemble has that method (a single-network
+    model over the member's weights), else ``ensemble.members[m]``; its artifact records
+    ``ensemble.member_task_state(task_state)`` if defined, else the task state without
+    ``ensemble``. ``loss_fn`` is one loss for every member or a list of one per member.
     ``source`` is a single member's batch source; ``meta`` the ensemble's artifact metadata.
     With ``resume``, members already done in ``run_dir`` are loaded and an interrupted one
     continues; otherwise every member starts afresh. ``announce`` prints a line as each member
@@ -64,9 +68,13 @@ def fit_in_turn(ensemble, train: TrainConfig, shares: list[float], source, loss_
     """
     run_dir = Path(run_dir) if run_dir is not None else None
     meta = dict(meta or {})
-    single_state = {k: v for k, v in meta.get("task_state", {}).items() if k != "ensemble"}  # a member loads alone
+    task_state = meta.get("task_state", {})
+    single_state = (ensemble.member_task_state(task_state) if hasattr(ensemble, "member_task_state")
+                    else {k: v for k, v in task_state.items() if k != "ensemble"})  # a member loads alone
+    losses = loss_fn if isinstance(loss_fn, (list, tuple)) else [loss_fn] * len(shares)
     histories = []
-    for m, (net, share) in enumerate(zip(ensemble.members, shares)):
+    for m, share in enumerate(shares):
+        net = ensemble.member(m) if hasattr(ensemble, "member") else ensemble.members[m]
         cfg = member_train_config(train, m, share)
         where = None if run_dir is None else run_dir / MEMBERS_DIR / str(m)
         started = resume and where is not None and (where / artifacts.CHECKPOINT / "trainer_state.json").exists()
@@ -79,7 +87,7 @@ def fit_in_turn(ensemble, train: TrainConfig, shares: list[float], source, loss_
         member_meta = {**meta, "task_state": single_state,
                        "in_turn": {"member": m, "shares": shares, "train": dataclasses.asdict(train)}}
         trainer = Trainer(cfg, callbacks(cfg))
-        histories.append(trainer.fit(net, source, loss_fn, evaluate_fn, run_dir=where, meta=member_meta, resume=started))
+        histories.append(trainer.fit(net, source, losses[m], evaluate_fn, run_dir=where, meta=member_meta, resume=started))
     ensemble.eval()
     metrics = evaluate_fn(ensemble) if evaluate_fn is not None else {}
     steps = sum(h.train[-1]["step"] if h.train else 0 for h in histories)

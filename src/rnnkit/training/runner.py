@@ -70,7 +70,8 @@ def fit_prepared(task, net, prep, train: TrainConfig, task_config, out, meta: di
     lead_share = getattr(task_config, "ensemble_lead_share", 0)
     if lead_share:
         shares = in_turn.member_shares(len(net.members), lead_share)
-        return in_turn.fit_in_turn(net, train, shares, prep.train, loss_fn, evaluate_fn, run_dir=out, meta=meta,
+        loss_fns = [task.member_loss_fn(task_config, m) for m in range(len(shares))]
+        return in_turn.fit_in_turn(net, train, shares, prep.train, loss_fns, evaluate_fn, run_dir=out, meta=meta,
                                    callbacks=lambda cfg: _callbacks(cfg, progress), resume=resume,
                                    announce=progress)
     trainer = Trainer(train, _callbacks(train, progress))
