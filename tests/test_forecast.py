@@ -437,7 +437,7 @@ def test_ensemble_in_turn_trains_members_apart_on_their_own_losses(tmp_path):
         art = artifacts.read_artifact(tmp_path / "run" / "members" / str(m))
         assert art.train_config.seed == m and art.meta["step"] == 4 and art.task_state["spec"]["ensemble"] == 1
         member = artifacts.load(tmp_path / "run" / "members" / str(m))  # loads alone
-        evals = member_history(tmp_path / "run", m)  # the member's own validation choice:
+        evals = _member_history(tmp_path / "run", m)  # the member's own validation choice:
         best = min(evals, key=lambda r: r["loss"])
         assert [r["step"] for r in evals] == [2, 4] and art.metrics["best_step"] == best["step"]
         member.splits = f.splits
@@ -461,7 +461,7 @@ def test_ensemble_in_turn_trains_members_apart_on_their_own_losses(tmp_path):
         ForecastConfig(ensemble_lead_share=0.5)
 
 
-def member_history(run, m: int) -> list:
+def _member_history(run, m: int) -> list:
     import json
 
     return json.loads((run / "members" / str(m) / "history.json").read_text())["eval"]
