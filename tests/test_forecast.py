@@ -461,6 +461,46 @@ def test_ensemble_in_turn_trains_members_apart_on_their_own_losses(tmp_path):
         ForecastConfig(ensemble_lead_share=0.5)
 
 
+def test_member_weights_minimise_validation_mse_on_the_grid():
+    from rnnkit.tasks.forecast import member_weights_on
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(50, 4, 2))
+    e = rng.normal(size=y.shape)
+    assert member_weights_on(np.stack([y + e, y - e]), y) == [0.5, 0.5]  # errors cancel exactly
+    assert member_weights_on(np.stack([y + 1, y]), y) == [0.0, 1.0]
+    assert member_weights_on(np.stack([y + e, y + e]), y) == [0.5, 0.5]  # a tie: the equal weights
+    # errors e and 3e' (independent): MSE(w) = w^2 + 9 (1 - w)^2, least at w = 0.9
+    assert member_weights_on(np.stack([y + e, y + 3 * rng.normal(size=y.shape)]), y)[0] == pytest.approx(0.9, abs=0.051)
+    w = member_weights_on(np.stack([y + 2 * e, y - e, y + 5.0]), y)
+    assert w == pytest.approx([1 / 3, 2 / 3, 0], abs=0.051) and sum(w) == pytest.approx(1)
+
+
+def test_ensemble_in_turn_can_weight_its_members_on_validation(tmp_path):
+    from rnnkit import artifacts
+    from rnnkit.training.config import TrainConfig
+
+    vals = np.sin(np.arange(120) / 3.0) + 0.1 * np.cos(np.arange(120) * 1.7)
+    csv = _csv(tmp_path, "t,v\n" + "".join(f"{i},{v}\n" for i, v in enumerate(vals)))
+    f = Forecaster(ForecastConfig(lookback=12, horizon=3, batch_size=16, ensemble=2, ensemble_lead_share=0.5,
+                                  loss="mse,mae", member_weights="validation"),
+                   ModelConfig(encoder="identity", cell="gru", hidden_size=6),
+                   TrainConfig(max_steps=8, lr=1e-2, optimizer="adam", log_every=0))
+    f.fit(csv, out=tmp_path / "run")
+    w = f.model.spec["member_weights"]
+    assert len(w) == 2 and sum(w) == pytest.approx(1) and all(v >= 0 for v in w)
+    x = torch.as_tensor(f.splits.X["val"], dtype=torch.float32)
+    members = [f.model.member(m).forecast(x) for m in range(2)]
+    torch.testing.assert_close(f.model.forecast(x), w[0] * members[0] + w[1] * members[1])
+    val_mse = [((y.double().numpy() - f.splits.Y["val"]) ** 2).mean() for y in members]
+    assert f.metrics["val"]["mse"] <= min(val_mse) + 1e-9  # the grid holds each member alone
+    g = artifacts.load(tmp_path / "run")
+    assert g.model.spec["member_weights"] == w
+    np.testing.assert_allclose(g.predict(3).values, f.predict(3).values)
+    with pytest.raises(UserError, match="for an ensemble trained in turn"):
+        ForecastConfig(ensemble=2, member_weights="validation")
+
+
 def _member_history(run, m: int) -> list:
     import json
 

@@ -90,6 +90,9 @@ class ForecastConfig:
         "help": "0: the members train side by side (one data order, weights kept on the average's validation "
                 "MSE); s in (0, 1): one after another, each with its own seed, data order and kept weights, the "
                 "first for the fraction s of the budget (1/M: equal shares)"})
+    member_weights: str = field(default="equal", metadata={
+        "help": "equal | validation: an ensemble trained in turn forecasts the weighted mean of its members, "
+                "the weights (a 0.05 grid on the simplex) chosen on validation MSE once every member is done"})
     sines_series: str = "7000,2000,1000"  # sines: train,val,test series counts
     data_seed: int = 42  # sines generator seed
 
@@ -104,6 +107,9 @@ class ForecastConfig:
         check_at_least(self, 1, ("lookback", "horizon", "batch_size", "segment_length", "ensemble"))
         if self.ensemble_lead_share:
             member_shares(self.ensemble, self.ensemble_lead_share)  # checks both
+        _choice("member_weights", self.member_weights, ("equal", "validation"))
+        if self.member_weights == "validation" and not self.ensemble_lead_share:
+            raise UserError("member_weights validation is for an ensemble trained in turn (set ensemble_lead_share)")
         check_at_least(self, 0, ("val", "test", "rows", "period"))
         if not 0 <= self.burn_in < self.lookback:
             raise ValueError(f"burn_in must be in [0, lookback={self.lookback}), got {self.burn_in}")
@@ -327,7 +333,10 @@ class ForecastModel(nn.Module):
         outs = [self._forward_one(net, x)[0] for net in self.nets]  # M x (B, ...)
         if self.training:
             return torch.cat(outs, dim=0), None  # (M*B, ...): each member against the targets
-        return torch.stack(outs).mean(0), None
+        weights = self.spec.get("member_weights")
+        if weights is None:
+            return torch.stack(outs).mean(0), None
+        return sum(w * y for w, y in zip(weights, outs)), None
 
     def _forward_one(self, net: nn.Module, x: Tensor, state=None):
         if self.spec["architecture"] == "segrnn":
@@ -415,6 +424,32 @@ def forecast_loss(outputs: Tensor, batch: Batch, kind="mse") -> Tensor:
     return torch.stack(per_member).mean()
 
 
+def member_weights_on(preds: np.ndarray, truth: np.ndarray, step: float = 0.05) -> list:
+    """Weights w >= 0, sum 1, on a ``step`` grid, minimising the MSE of sum_m w_m preds[m] against
+    ``truth``; ties go to the weights nearest equal. preds (M, N, ...), truth (N, ...)."""
+    M, n = len(preds), round(1 / step)
+    flat, y = preds.reshape(M, -1), truth.reshape(-1)
+    gram, cross = flat @ flat.T, flat @ y  # MSE(w) * size = w'Gw - 2 w'c + y'y
+    best, best_w = None, None
+    for counts in _compositions(n, M):
+        w = np.array(counts) / n
+        loss = w @ gram @ w - 2 * w @ cross
+        spread = np.abs(w - 1 / M).sum()
+        if best is None or (loss, spread) < best:
+            best, best_w = (loss, spread), w
+    return [float(v) for v in best_w]
+
+
+def _compositions(n: int, parts: int):
+    """Every tuple of ``parts`` non-negative integers that sums to n."""
+    if parts == 1:
+        yield (n,)
+        return
+    for first in range(n + 1):
+        for rest in _compositions(n - first, parts - 1):
+            yield (first,) + rest
+
+
 def predict_windows(model: ForecastModel, X, horizon: Optional[int] = None, batch_size: int = 256) -> np.ndarray:
     """Scaled windows (N, L, F) -> scaled forecasts (N, K, C), in eval mode, ``batch_size``
     windows at a time (a SegRNN's activations grow with windows x channels x segments: 4,096
@@ -494,6 +529,18 @@ class ForecastTask(Task):
 
     def loss_fn(self, config: ForecastConfig):
         return functools.partial(forecast_loss, kind=config.loss_kinds)
+
+    def combine_members(self, model: ForecastModel, config: ForecastConfig, val) -> Optional[dict]:
+        """With ``member_weights="validation"``: the members' weights with the lowest validation MSE
+        of their weighted mean, set in the model's spec; returns the task state to record."""
+        if config.member_weights != "validation" or val is None:
+            return None
+        batches = list(val.epoch(0, 0))
+        truth = np.concatenate([b.targets.double().numpy() for b in batches])
+        preds = np.stack([np.concatenate([predict_windows(model.member(m), b.inputs) for b in batches])
+                          for m in range(len(model.nets))])  # (M, N, K, C)
+        model.spec["member_weights"] = member_weights_on(preds, truth)
+        return {"spec": model.spec}
 
     def member_loss_fn(self, config: ForecastConfig, m: int):
         kinds = config.loss_kinds

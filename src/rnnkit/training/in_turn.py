@@ -51,7 +51,7 @@ def member_train_config(train: TrainConfig, m: int, share: float) -> TrainConfig
 def fit_in_turn(ensemble, train: TrainConfig, shares: list[float], source, loss_fn,
                 evaluate_fn: Optional[Callable], run_dir=None, meta: Optional[dict] = None,
                 callbacks: Callable[[TrainConfig], list] = lambda cfg: [], resume: bool = False,
-                announce: bool = False) -> History:
+                announce: bool = False, combine: Optional[Callable] = None) -> History:
     """Train ``ensemble.members`` (freshly initialised, or as a resumed run left them) one
     after another (member m on ``source`` with :func:`member_train_config`), then evaluate the
     whole ensemble and write its artifact.
@@ -60,6 +60,8 @@ def fit_in_turn(ensemble, train: TrainConfig, shares: list[float], source, loss_
     model over the member's weights), else ``ensemble.members[m]``; its artifact records
     ``ensemble.member_task_state(task_state)`` if defined, else the task state without
     ``ensemble``. ``loss_fn`` is one loss for every member or a list of one per member.
+    ``combine(ensemble)``, once every member is done, may set how they are mixed and return the
+    task state to record (see ``Task.combine_members``).
     ``source`` is a single member's batch source; ``meta`` the ensemble's artifact metadata.
     With ``resume``, members already done in ``run_dir`` are loaded and an interrupted one
     continues; otherwise every member starts afresh. ``announce`` prints a line as each member
@@ -89,6 +91,9 @@ def fit_in_turn(ensemble, train: TrainConfig, shares: list[float], source, loss_
         trainer = Trainer(cfg, callbacks(cfg))
         histories.append(trainer.fit(net, source, losses[m], evaluate_fn, run_dir=where, meta=member_meta, resume=started))
     ensemble.eval()
+    combined = combine(ensemble) if combine is not None else None
+    if combined:
+        meta["task_state"] = {**task_state, **combined}
     metrics = evaluate_fn(ensemble) if evaluate_fn is not None else {}
     steps = sum(h.train[-1]["step"] if h.train else 0 for h in histories)
     record = {"step": steps, "epoch": 0, **metrics}

@@ -73,7 +73,7 @@ def fit_prepared(task, net, prep, train: TrainConfig, task_config, out, meta: di
         loss_fns = [task.member_loss_fn(task_config, m) for m in range(len(shares))]
         return in_turn.fit_in_turn(net, train, shares, prep.train, loss_fns, evaluate_fn, run_dir=out, meta=meta,
                                    callbacks=lambda cfg: _callbacks(cfg, progress), resume=resume,
-                                   announce=progress)
+                                   announce=progress, combine=lambda ens: task.combine_members(ens, task_config, prep.val))
     trainer = Trainer(train, _callbacks(train, progress))
     return trainer.fit(net, prep.train, loss_fn, evaluate_fn, run_dir=out, meta=meta, resume=resume)
 
