@@ -295,7 +295,7 @@ class ForecastModel(nn.Module):
 
     def member(self, m: int) -> "ForecastModel":
         """Member m alone: a single-network ForecastModel over ``nets[m]`` (the same parameters)."""
-        return ForecastModel(self.member_task_state({"spec": self.spec})["spec"], self.model_config, self.nets[m])
+        return ForecastModel({**self.spec, "ensemble": 1}, self.model_config, self.nets[m])
 
     @staticmethod
     def member_task_state(task_state: dict) -> dict:
