@@ -4,7 +4,8 @@
     flock /tmp/rnnkit-cpu.lock .venv/bin/python benchmarks/forecast_quality.py sines-next sines-10 > /tmp/fq.log 2>&1
     RNNKIT_DATA=... .venv/bin/python benchmarks/forecast_quality.py airline sunspots etth1 [--epochs N]
 
-``sines-handwritten``: the issue's reference, a plain ``torch.nn`` 2 x LSTM(64) -> Linear(64, K)
+``etth1-handwritten``: the issue's "plain GRU" on ETTh1 at the preset's budget (see
+``etth1_handwritten``). ``sines-handwritten``: the issue's reference, a plain ``torch.nn`` 2 x LSTM(64) -> Linear(64, K)
 on the last step, Adam 1e-3, batch 32, 100 epochs, weights chosen on validation MSE; the same
 ``sines`` panel (7,000/2,000/1,000 series, seed 42) as the presets. Every run prints one JSON
 line per model with test MSE (all K steps and the last step), the training seconds and the
@@ -25,14 +26,15 @@ from torch import nn
 
 import rnnkit  # noqa: F401  (flush denormals before torch's first parallel op)
 from rnnkit.models import ModelConfig
-from rnnkit.tasks.forecast import ForecastConfig, Forecaster, sines_splits
-from rnnkit.training.config import TrainConfig, from_dict, load_config_file
+from rnnkit.tasks.forecast import ForecastConfig, Forecaster, load_series, sines_splits, split_series
+from rnnkit.training.config import TrainConfig, for_horizon, from_dict, load_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def forecaster_from_preset(name: str, data_overrides: dict = (), train_overrides: dict = ()) -> tuple[Forecaster, str]:
     d = load_config_file(ROOT / "configs" / f"{name}.json")
+    d = for_horizon(d, dict(data_overrides).get("horizon", d.get("data", {}).get("horizon")))
     where = f"configs/{name}.json"
     config = from_dict(ForecastConfig, {**d.get("data", {}), **dict(data_overrides)}, where)
     model = from_dict(ModelConfig, d.get("model", {}), where)
@@ -82,6 +84,54 @@ def handwritten(horizon: int, epochs: int = 100, seed: int = 0, budget: float = 
             "val_mse": best, "test_mse": float(err.mean()), "test_mse_last": float(err[:, -1].mean())}
 
 
+def etth1_handwritten(horizon: int, hidden: int = 128, budget: float = 1140.0, seed: int = 0) -> dict:
+    """The issue's "plain GRU" on ETTh1: torch.nn GRU(7, hidden) over the whole L = 720 window ->
+    Linear(hidden, 7 K) from the last state; Adam 1e-3, batch 64, MSE; validated each epoch, best
+    weights kept, stopped at the first epoch end past ``budget`` seconds (the preset's). Same
+    windows, z-scores and test protocol as ``configs/etth1.json`` (rnnkit's ``split_series``)."""
+    config = forecaster_from_preset("etth1", {"horizon": horizon})[0].config
+    series, _ = load_series("etth1", config)
+    sp = split_series(series, config)
+    tensor = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+    (Xtr, Ytr), (Xva, Yva), (Xte, Yte) = ((tensor(sp.X[p]), tensor(sp.Y[p])) for p in ("train", "val", "test"))
+    C = Ytr.shape[-1]
+    torch.manual_seed(seed)
+    gru, head = nn.GRU(Xtr.shape[-1], hidden, batch_first=True), nn.Linear(hidden, horizon * C)
+    params = list(gru.parameters()) + list(head.parameters())
+    opt = torch.optim.Adam(params, 1e-3)
+
+    def run(x):
+        _, h = gru(x)
+        return head(h[-1]).view(len(x), horizon, C)
+
+    def scores(X, Y):
+        with torch.no_grad():
+            err = torch.cat([run(x) - y for x, y in zip(X.split(256), Y.split(256))])
+        return float((err ** 2).mean()), float(err.abs().mean())
+
+    best, best_state, t0, epochs = float("inf"), None, time.perf_counter(), 0
+    g = torch.Generator().manual_seed(seed)
+    while time.perf_counter() - t0 < budget:
+        epochs += 1
+        for idx in torch.randperm(len(Xtr), generator=g).split(64):
+            loss = ((run(Xtr[idx]) - Ytr[idx]) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        val = scores(Xva, Yva)[0]
+        print(f"epoch {epochs}: val mse {val:.4f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+        if val < best:
+            best, best_state = val, [p.detach().clone() for p in params]
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        for p, b in zip(params, best_state):
+            p.copy_(b)
+    mse, mae = scores(Xte, Yte)
+    return {"model": f"torch.nn GRU({hidden}) over L=720, last state -> Linear, K={horizon}", "dataset": "etth1",
+            "horizon": horizon, "epochs": epochs, "train_s": round(seconds, 1), "val_mse": round(best, 6),
+            "mse": round(mse, 6), "mae": round(mae, 6)}
+
+
 def preset(name: str, data_overrides=(), train_overrides=(), run_name: str = "") -> dict:
     f, dataset = forecaster_from_preset(name, data_overrides, train_overrides)
     out = Path("/tmp/rnnkit-runs") / (run_name or name)
@@ -117,6 +167,7 @@ JOBS = {
     "sines-tutorial": lambda a: [preset("sines-tutorial")],
     "airline": lambda a: [preset("airline")],
     "sunspots": lambda a: [preset("sunspots")],
+    "etth1-handwritten": lambda a: [etth1_handwritten(a.horizon)],
     "etth1": lambda a: [preset("etth1", {"horizon": a.horizon}, _train_overrides(a), f"etth1-{a.horizon}")],
 }
 

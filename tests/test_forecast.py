@@ -575,3 +575,25 @@ def test_predict_continues_the_time_labels():
     assert list(_future_labels(["1949-11-01", "1949-12-01"], 2)) == ["1950-01-01", "1950-02-01"]
     assert list(_future_labels(np.arange(10, 20), 3)) == [20, 21, 22]
     assert list(_future_labels(["a", "b"], 2)) == [1, 2]
+
+
+@pytest.mark.parametrize("name", ["sines-tutorial", "sines-next", "sines-10", "etth1", "airline", "sunspots"])
+def test_forecast_presets_resolve_at_every_horizon(name):
+    """Each preset builds valid configs; etth1's per-horizon entries reach only their horizon."""
+    from pathlib import Path
+
+    from rnnkit.cli.flags import resolve_configs
+    from rnnkit.training.config import TrainConfig
+
+    path = Path(__file__).resolve().parent.parent / "configs" / f"{name}.json"
+    classes = {"model": ModelConfig, "train": TrainConfig, "data": ForecastConfig}
+    for horizon in (96, 192, 336, 720) if name == "etth1" else (None,):
+        cfg, file = resolve_configs(classes, path, {} if horizon is None else {"horizon": str(horizon)})
+        assert file["task"] == "forecast" and "by_horizon" not in file
+        if name == "etth1":
+            in_turn = horizon in (192, 336)
+            assert cfg["data"].horizon == horizon and cfg["data"].lookback == 720 and cfg["data"].ensemble == 2
+            assert (cfg["data"].ensemble_lead_share > 0, cfg["data"].member_weights) == (
+                (True, "validation") if in_turn else (False, "equal"))
+            assert cfg["train"].eval_every == (62 if in_turn else 0)
+            assert cfg["train"].time_budget <= 1140

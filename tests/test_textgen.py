@@ -366,9 +366,10 @@ def _train_in_turn(out, *extra):
     assert cli_main(args) == 0
 
 
-def test_ensemble_in_turn_trains_each_member_for_its_share_and_saves_the_mixture(tmp_path):
+def test_ensemble_in_turn_trains_each_member_for_its_share_and_saves_the_mixture(tmp_path, capsys):
     out = tmp_path / "turn"
     _train_in_turn(out)
+    assert f"saved {out} (3 members trained in turn, 12 steps in all: loss " in capsys.readouterr().out
     gen = rnnkit.load(out)
     for m, steps in enumerate([6, 3, 3]):  # 12 steps shared 0.5 / 0.25 / 0.25
         member = rnnkit.load(out / "members" / str(m))  # each member is a single model's run directory

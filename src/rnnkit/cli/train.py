@@ -47,5 +47,7 @@ def run(args) -> int:
                          overwrite=args.overwrite, progress=not args.quiet)
     best = history.best or {}
     summary = ", ".join(f"{k} {v:.4g}" for k, v in best.items() if isinstance(v, float))
-    print(f"saved {args.out}" + (f" (best at step {best['step']}: {summary})" if best else ""))
+    in_turn = "trained in turn" in (history.stop_reason or "")  # the ensemble's one evaluation
+    where = f"{history.stop_reason}, {best.get('step')} steps in all" if in_turn else f"best at step {best.get('step')}"
+    print(f"saved {args.out}" + (f" ({where}: {summary})" if best else ""))
     return 0
