@@ -82,6 +82,8 @@ def test_by_horizon_sections_apply_to_their_horizon_only_and_flags_still_win(tmp
     assert at_336["train"].lr == 0.01 and "by_horizon" not in raw
     flagged, _ = resolve_configs(classes, f, {"horizon": "336", "eval_every": "10"})
     assert flagged["train"].eval_every == 10
+    with pytest.raises(UserError, match=r"c.json: \[by_horizon\] is for forecasting configs"):
+        resolve_configs(CLASSES, f, {})  # no data config with a horizon
 
 
 @pytest.mark.parametrize("table, message", [

@@ -78,7 +78,10 @@ def resolve_configs(classes: dict[str, type], config_path, flags: dict[str, str]
     """{section: instance} from defaults < config file sections (with its ``by_horizon`` entry for
     the horizon in force) < flags, plus the file dict so resolved."""
     file = load_config_file(config_path) if config_path else {}
-    file = for_horizon(file, _horizon_in_force(classes.get("data"), file, flags))
+    horizon = _horizon_in_force(classes.get("data"), file, flags)
+    if file.get("by_horizon") and horizon is None:
+        raise UserError(f"{config_path}: [by_horizon] is for forecasting configs (this task has no horizon)")
+    file = for_horizon(file, horizon)
     out = {}
     for section, cls in classes.items():
         obj = from_dict(cls, file.get(section, {}), f"{config_path} [{section}]") if section in file else cls()
