@@ -280,6 +280,7 @@ def for_horizon(d: dict, horizon) -> dict:
     overrides = d.pop("by_horizon", {})
     if horizon is None:
         return d
-    for section, values in overrides.get(str(int(horizon)), {}).items():
+    entry = next((v for k, v in overrides.items() if int(k) == int(horizon)), {})  # "096" is 96
+    for section, values in entry.items():
         d[section] = {**d.get(section, {}), **values}
     return d
