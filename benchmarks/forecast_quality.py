@@ -46,42 +46,18 @@ def handwritten(horizon: int, epochs: int = 100, seed: int = 0, budget: float = 
     """torch.nn 2 x LSTM(64) -> Linear(64, K) on the last step; Adam 1e-3; batch 32; stops after
     ``epochs`` or at the first epoch end past ``budget`` seconds (the presets' budget)."""
     sp = sines_splits(ForecastConfig(lookback=50, horizon=horizon, scaler="none"))
-    tensor = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
-    Xtr, Ytr = tensor(sp.X["train"]), tensor(sp.Y["train"][..., 0])
-    Xva, Yva = tensor(sp.X["val"]), tensor(sp.Y["val"][..., 0])
-    Xte, Yte = tensor(sp.X["test"]), tensor(sp.Y["test"][..., 0])
+    data = {p: (_tensor(sp.X[p]), _tensor(sp.Y[p][..., 0])) for p in ("train", "val", "test")}
     torch.manual_seed(seed)
     lstm, head = nn.LSTM(1, 64, 2, batch_first=True), nn.Linear(64, horizon)
-    params = list(lstm.parameters()) + list(head.parameters())
-    opt = torch.optim.Adam(params, 1e-3)
 
     def run(x):
         y, _ = lstm(x)
         return head(y[:, -1])
 
-    best, best_state, t0 = float("inf"), None, time.perf_counter()
-    g = torch.Generator().manual_seed(seed)
-    done = 0
-    for _ in range(epochs):
-        if time.perf_counter() - t0 > budget:
-            break
-        done += 1
-        for idx in torch.randperm(len(Xtr), generator=g).split(32):
-            loss = ((run(Xtr[idx]) - Ytr[idx]) ** 2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            val = float(((run(Xva) - Yva) ** 2).mean())
-        if val < best:
-            best, best_state = val, [p.detach().clone() for p in params]
-    seconds = time.perf_counter() - t0
-    with torch.no_grad():
-        for p, b in zip(params, best_state):
-            p.copy_(b)
-        err = (run(Xte) - Yte) ** 2
-    return {"model": f"torch.nn 2xLSTM(64) last-step head, K={horizon}", "epochs": done, "train_s": round(seconds, 1),
-            "val_mse": best, "test_mse": float(err.mean()), "test_mse_last": float(err[:, -1].mean())}
+    fit = fit_on_validation(run, list(lstm.parameters()) + list(head.parameters()), data, 32, epochs, budget, seed)
+    err = errors(run, *data["test"]) ** 2
+    return {"model": f"torch.nn 2xLSTM(64) last-step head, K={horizon}", **fit,
+            "test_mse": float(err.mean()), "test_mse_last": float(err[:, -1].mean())}
 
 
 def etth1_handwritten(horizon: int, hidden: int = 128, budget: float = 1140.0, seed: int = 0) -> dict:
@@ -90,46 +66,58 @@ def etth1_handwritten(horizon: int, hidden: int = 128, budget: float = 1140.0, s
     weights kept, stopped at the first epoch end past ``budget`` seconds (the preset's). Same
     windows, z-scores and test protocol as ``configs/etth1.json`` (rnnkit's ``split_series``)."""
     config = forecaster_from_preset("etth1", {"horizon": horizon})[0].config
-    series, _ = load_series("etth1", config)
-    sp = split_series(series, config)
-    tensor = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
-    (Xtr, Ytr), (Xva, Yva), (Xte, Yte) = ((tensor(sp.X[p]), tensor(sp.Y[p])) for p in ("train", "val", "test"))
-    C = Ytr.shape[-1]
+    sp = split_series(load_series("etth1", config)[0], config)
+    data = {p: (_tensor(sp.X[p]), _tensor(sp.Y[p])) for p in ("train", "val", "test")}
+    C = data["train"][1].shape[-1]
     torch.manual_seed(seed)
-    gru, head = nn.GRU(Xtr.shape[-1], hidden, batch_first=True), nn.Linear(hidden, horizon * C)
-    params = list(gru.parameters()) + list(head.parameters())
-    opt = torch.optim.Adam(params, 1e-3)
+    gru, head = nn.GRU(data["train"][0].shape[-1], hidden, batch_first=True), nn.Linear(hidden, horizon * C)
 
     def run(x):
         _, h = gru(x)
         return head(h[-1]).view(len(x), horizon, C)
 
-    def scores(X, Y):
-        with torch.no_grad():
-            err = torch.cat([run(x) - y for x, y in zip(X.split(256), Y.split(256))])
-        return float((err ** 2).mean()), float(err.abs().mean())
+    fit = fit_on_validation(run, list(gru.parameters()) + list(head.parameters()), data, 64, 10**6, budget, seed,
+                            log=True)
+    err = errors(run, *data["test"])
+    return {"model": f"torch.nn GRU({hidden}) over L=720, last state -> Linear, K={horizon}", "dataset": "etth1",
+            "horizon": horizon, **fit, "mse": float((err ** 2).mean()), "mae": float(err.abs().mean())}
 
-    best, best_state, t0, epochs = float("inf"), None, time.perf_counter(), 0
+
+def _tensor(a) -> torch.Tensor:
+    return torch.as_tensor(a, dtype=torch.float32)
+
+
+def errors(run, X, Y, chunk: int = 256) -> torch.Tensor:
+    """Forecast minus truth over all windows, ``chunk`` at a time, without gradients."""
+    with torch.no_grad():
+        return torch.cat([run(x) - y for x, y in zip(X.split(chunk), Y.split(chunk))])
+
+
+def fit_on_validation(run, params, data, batch_size, epochs, budget, seed, log=False) -> dict:
+    """The hand-written baselines' loop: Adam 1e-3 on MSE over shuffled batches, validation MSE
+    after each epoch, stop after ``epochs`` (at least one) or at the first epoch end past ``budget`` seconds;
+    the best validation weights are put back."""
+    (Xtr, Ytr), (Xva, Yva) = data["train"], data["val"]
+    opt = torch.optim.Adam(params, 1e-3)
+    best, best_state, t0, done = float("inf"), None, time.perf_counter(), 0
     g = torch.Generator().manual_seed(seed)
-    while time.perf_counter() - t0 < budget:
-        epochs += 1
-        for idx in torch.randperm(len(Xtr), generator=g).split(64):
+    while done < max(epochs, 1) and (done == 0 or time.perf_counter() - t0 <= budget):
+        done += 1
+        for idx in torch.randperm(len(Xtr), generator=g).split(batch_size):
             loss = ((run(Xtr[idx]) - Ytr[idx]) ** 2).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
-        val = scores(Xva, Yva)[0]
-        print(f"epoch {epochs}: val mse {val:.4f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+        val = float((errors(run, Xva, Yva) ** 2).mean())
+        if log:
+            print(f"epoch {done}: val mse {val:.4f} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
         if val < best:
             best, best_state = val, [p.detach().clone() for p in params]
     seconds = time.perf_counter() - t0
     with torch.no_grad():
         for p, b in zip(params, best_state):
             p.copy_(b)
-    mse, mae = scores(Xte, Yte)
-    return {"model": f"torch.nn GRU({hidden}) over L=720, last state -> Linear, K={horizon}", "dataset": "etth1",
-            "horizon": horizon, "epochs": epochs, "train_s": round(seconds, 1), "val_mse": round(best, 6),
-            "mse": round(mse, 6), "mae": round(mae, 6)}
+    return {"epochs": done, "train_s": round(seconds, 1), "val_mse": best}
 
 
 def preset(name: str, data_overrides=(), train_overrides=(), run_name: str = "") -> dict:
