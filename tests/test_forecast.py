@@ -424,8 +424,7 @@ def test_ensemble_in_turn_trains_members_apart_on_their_own_losses(tmp_path):
     from rnnkit.cli.main import main
     from rnnkit.training.config import TrainConfig
 
-    vals = np.sin(np.arange(120) / 3.0) + 0.1 * np.cos(np.arange(120) * 1.7)
-    csv = _csv(tmp_path, "t,v\n" + "".join(f"{i},{v}\n" for i, v in enumerate(vals)))
+    csv = _wavy_csv(tmp_path)
     f = Forecaster(ForecastConfig(lookback=12, horizon=3, batch_size=16, ensemble=2, ensemble_lead_share=0.5,
                                   loss="mse,mae", architecture="segrnn", segment_length=4),
                    ModelConfig(encoder="identity", cell="gru", hidden_size=6),
@@ -480,8 +479,7 @@ def test_ensemble_in_turn_can_weight_its_members_on_validation(tmp_path):
     from rnnkit import artifacts
     from rnnkit.training.config import TrainConfig
 
-    vals = np.sin(np.arange(120) / 3.0) + 0.1 * np.cos(np.arange(120) * 1.7)
-    csv = _csv(tmp_path, "t,v\n" + "".join(f"{i},{v}\n" for i, v in enumerate(vals)))
+    csv = _wavy_csv(tmp_path)
     f = Forecaster(ForecastConfig(lookback=12, horizon=3, batch_size=16, ensemble=2, ensemble_lead_share=0.5,
                                   loss="mse,mae", member_weights="validation"),
                    ModelConfig(encoder="identity", cell="gru", hidden_size=6),
@@ -499,6 +497,12 @@ def test_ensemble_in_turn_can_weight_its_members_on_validation(tmp_path):
     np.testing.assert_allclose(g.predict(3).values, f.predict(3).values)
     with pytest.raises(UserError, match="for an ensemble trained in turn"):
         ForecastConfig(ensemble=2, member_weights="validation")
+
+
+def _wavy_csv(tmp_path):
+    """120 rows of a sine with a faster cosine ripple, as columns t,v."""
+    vals = np.sin(np.arange(120) / 3.0) + 0.1 * np.cos(np.arange(120) * 1.7)
+    return _csv(tmp_path, "t,v\n" + "".join(f"{i},{v}\n" for i, v in enumerate(vals)))
 
 
 def _member_history(run, m: int) -> list:

@@ -48,6 +48,14 @@ def member_train_config(train: TrainConfig, m: int, share: float) -> TrainConfig
         max_steps=None if train.max_steps is None else max(1, round(train.max_steps * share)))
 
 
+STOP_REASON_SUFFIX = "members trained in turn"  # the ensemble's History.stop_reason: "M members ..."
+
+
+def is_in_turn(history: History) -> bool:
+    """Whether ``history`` is an in-turn ensemble's (one evaluation; its step is the members' sum)."""
+    return (history.stop_reason or "").endswith(STOP_REASON_SUFFIX)
+
+
 def fit_in_turn(ensemble, train: TrainConfig, shares: list[float], source, loss_fn,
                 evaluate_fn: Optional[Callable], run_dir=None, meta: Optional[dict] = None,
                 callbacks: Callable[[TrainConfig], list] = lambda cfg: [], resume: bool = False,
@@ -98,7 +106,7 @@ def fit_in_turn(ensemble, train: TrainConfig, shares: list[float], source, loss_
     steps = sum(h.train[-1]["step"] if h.train else 0 for h in histories)
     record = {"step": steps, "epoch": 0, **metrics}
     history = History(eval=[record] if metrics else [], best=record if metrics else None,
-                      stop_reason=f"{len(shares)} members trained in turn")
+                      stop_reason=f"{len(shares)} {STOP_REASON_SUFFIX}")
     if run_dir is not None:
         summary = {**meta, "train": dataclasses.asdict(train), "status": "complete", "step": steps, "epoch": 0,
                    "stop_reason": history.stop_reason, "in_turn": {"shares": shares},
