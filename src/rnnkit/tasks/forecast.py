@@ -91,6 +91,7 @@ class ForecastConfig:
                 "MSE); s in (0, 1): one after another, each with its own seed, data order and kept weights, the "
                 "first for the fraction s of the budget (1/M: equal shares)"})
     member_weights: str = field(default="equal", metadata={
+        "choices": ("equal", "validation"),
         "help": "equal | validation: an ensemble trained in turn forecasts the weighted mean of its members, "
                 "the weights (a 0.05 grid on the simplex) chosen on validation MSE once every member is done"})
     sines_series: str = "7000,2000,1000"  # sines: train,val,test series counts
