@@ -95,7 +95,7 @@ def run_preset(config_path: str, data: str, budget: float, keep: str | None = No
         vocab = CharVocab.from_dict(art.task_state["vocab"])
         text = Path(art.data["path"]).read_text(encoding="utf-8")
         _, val_ids = split_text(vocab.encode(text), task_config.val_fraction)
-        steps = history.train[-1]["step"] if history.train else (history.best or {}).get("step")  # in turn: all members
+        steps = history.train[-1]["step"] if history.train else (history.best or {}).get("step")
         return {"name": f"rnnkit preset {config_path}", "steps": steps, "train_s": round(train_s, 1),
                 "stop_reason": history.stop_reason, "val_curve": [(r["step"], round(r["loss"], 4)) for r in history.eval], **val_metrics(art.build_model(), val_ids)}
 

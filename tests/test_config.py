@@ -67,35 +67,11 @@ def test_snake_case_metric_names():
     assert [snake_case(k) for k in ("loss", "bitsPerChar", "top-5 acc", "MAE")] == ["loss", "bits_per_char", "top_5_acc", "mae"]
 
 
-def test_by_horizon_sections_apply_to_their_horizon_only_and_flags_still_win(tmp_path):
-    from rnnkit.tasks.forecast import ForecastConfig
 
-    classes = {**CLASSES, "data": ForecastConfig}
+
+def test_by_horizon_sections_are_gone(tmp_path):
+    """Per-horizon sections were removed with in-run ensembles: such a file names the key."""
     f = tmp_path / "c.json"
-    f.write_text('{"data": {"horizon": 96, "ensemble": 2}, "train": {"lr": 0.01, "eval_every": 0},'
-                 ' "by_horizon": {"336": {"train": {"eval_every": 62}, "data": {"ensemble_lead_share": 0.5}}}}')
-    at_96, _ = resolve_configs(classes, f, {})
-    assert (at_96["data"].horizon, at_96["train"].eval_every, at_96["data"].ensemble_lead_share) == (96, 0, 0.0)
-    at_336, raw = resolve_configs(classes, f, {"horizon": "336"})
-    assert at_336["data"].horizon == 336 and at_336["train"].eval_every == 62
-    assert at_336["data"].ensemble_lead_share == 0.5 and at_336["data"].ensemble == 2  # merged key by key
-    assert at_336["train"].lr == 0.01 and "by_horizon" not in raw
-    flagged, _ = resolve_configs(classes, f, {"horizon": "336", "eval_every": "10"})
-    assert flagged["train"].eval_every == 10
-    with pytest.raises(UserError, match=r"c.json: \[by_horizon\] is for forecasting configs"):
-        resolve_configs(CLASSES, f, {})  # no data config with a horizon
-
-
-@pytest.mark.parametrize("table, message", [
-    ('[]', "[by_horizon] must be a table/object keyed by horizon"),
-    ('{"x": {}}', "[by_horizon] key 'x' is not a horizon"),
-    ('{"0": {}}', "[by_horizon] key '0' is not a horizon"),
-    ('{"96": {"trian": {}}}', "c.json [by_horizon.96]: unknown key 'trian'; did you mean 'train'?"),
-    ('{"96": {"train": 3}}', "[by_horizon.96.train] must be a table/object, got 3"),
-])
-def test_by_horizon_errors(tmp_path, table, message):
-    f = tmp_path / "c.json"
-    f.write_text('{"by_horizon": %s}' % table)
-    with pytest.raises(UserError) as err:
+    f.write_text('{"by_horizon": {"96": {}}}')
+    with pytest.raises(UserError, match=r"c.json: unknown key 'by_horizon'"):
         load_config_file(f)
-    assert message in str(err.value)

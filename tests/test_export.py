@@ -46,8 +46,6 @@ def make_run(tmp_path, task):
     from rnnkit.tasks import get_task
 
     out = tmp_path / task
-    members = 2 if task == "forecast-ensemble" else 1
-    task = task.split("-")[0]
     cfg = get_task(task).Config
     if task == "textgen":
         data, tc, mc = tiny_text(tmp_path), cfg(seq_len=8, batch_size=4), ModelConfig(cell="lstm", hidden_size=8, embedding_dim=6, num_layers=2)
@@ -56,8 +54,8 @@ def make_run(tmp_path, task):
         mc = ModelConfig(cell="gru", hidden_size=8, embedding_dim=6, bidirectional=True, head="mean")
     elif task == "seqclass":
         data, tc, mc = tiny_sequences(tmp_path), cfg(batch_size=8), ModelConfig(cell="rnn", hidden_size=8, head="last")
-    else:  # forecast, or "forecast-ensemble": two members averaged, a graph without state
-        data, tc = "sines", cfg(lookback=12, horizon=3, batch_size=16, sines_series="40,10,10", ensemble=members)
+    else:
+        data, tc = "sines", cfg(lookback=12, horizon=3, batch_size=16, sines_series="40,10,10")
         mc = ModelConfig(cell="lstm", hidden_size=8)
     train_task(task, str(data), out, mc, TRAIN, tc, progress=False)
     return out
@@ -91,10 +89,9 @@ def reference(run, x):
     return [y, *parts]
 
 
-@pytest.mark.parametrize("task", ["textgen", "forecast", "forecast-ensemble", "textclass", "seqclass"])
+@pytest.mark.parametrize("task", ["textgen", "forecast", "textclass", "seqclass"])
 def test_onnxruntime_matches_rnnkit(tmp_path, task):
     run = make_run(tmp_path, task)
-    task = task.split("-")[0]
     onnx_path, side = export_onnx(run)
     assert onnx_path == run / "model.onnx" and side == run / "model.json"
     meta = json.loads(side.read_text())

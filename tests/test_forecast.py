@@ -160,22 +160,6 @@ def test_mae_training_loss_is_the_mean_absolute_error():
         ForecastConfig(loss="l3")
 
 
-def test_ensemble_members_can_train_on_their_own_losses():
-    """loss="mse,mae" with 2 members: the mean of member 0's squared and member 1's absolute error."""
-    batch = Batch(torch.randn(4, 6, 2), torch.randn(4, 3, 2))
-    out = torch.randn(8, 3, 2)  # (M*B, K, C): member 0 then member 1
-    config = ForecastConfig(loss="mse, mae", ensemble=2)
-    assert config.loss_kinds == ("mse", "mae")
-    expected = (((out[:4] - batch.targets) ** 2).mean() + (out[4:] - batch.targets).abs().mean()) / 2
-    torch.testing.assert_close(TASK.loss_fn(config)(out, batch), expected)
-    same = ((out.view(2, 4, 3, 2) - batch.targets).abs().mean(dim=(1, 2, 3))).mean()
-    torch.testing.assert_close(TASK.loss_fn(ForecastConfig(loss="mae", ensemble=2))(out, batch), same)
-    with pytest.raises(UserError, match=r"one per ensemble member \(3\)"):
-        ForecastConfig(loss="mse,mae", ensemble=3)
-    with pytest.raises(UserError, match="got 'huber'"):
-        ForecastConfig(loss="mse,huber", ensemble=2)
-
-
 @pytest.mark.parametrize("window_norm", ["none", "last"])
 def test_model_output_at_step_t_ignores_later_inputs(window_norm):
     """A per-step forecast that saw a later input (a leak) would change when it changes."""
@@ -231,43 +215,6 @@ def test_segrnn_window_normalisation_is_undone_on_the_forecast():
         model_spec(ForecastConfig(lookback=12, window_norm="revin"), 1, 1)
 
 
-@pytest.mark.parametrize("arch", ["rnn", "segrnn"])
-def test_ensemble_trains_members_apart_and_forecasts_their_mean(arch):
-    cfg = ForecastConfig(lookback=12, horizon=4, architecture=arch, segment_length=4, channel_independent=True,
-                         dense_targets=False, ensemble=3)
-    spec = model_spec(cfg, 2, 2)
-    torch.manual_seed(0)
-    mc = TASK.model_config({"spec": spec}, cfg, ModelConfig(encoder="identity", cell="gru", hidden_size=8))
-    model = ForecastModel(spec, mc)
-    assert len(model.nets) == 3 and not hasattr(model, "net")
-    first = [p for p in model.nets[0].parameters() if p.dim() > 1][0]
-    second = [p for p in model.nets[1].parameters() if p.dim() > 1][0]
-    assert not torch.equal(first, second)  # each member has its own initialisation
-    batch = Batch(torch.randn(5, 12, 2), torch.randn(5, 4, 2))
-    singles = []
-    for net in model.nets:  # each member on its own, as a one-network model with its weights
-        one = ForecastModel({**spec, "ensemble": 1}, mc)
-        one.net.load_state_dict(net.state_dict())
-        singles.append(one.eval().forecast(batch.inputs))
-    torch.testing.assert_close(model.eval().forecast(batch.inputs), torch.stack(singles).mean(0))
-    model.train()
-    for m in model.modules():  # no dropout here, so training outputs equal evaluation outputs
-        assert not isinstance(m, torch.nn.Dropout) or m.p == 0
-    out, _ = model(batch.inputs)  # (M*B, K, C)
-    assert out.shape == (15, 4, 2)
-    torch.testing.assert_close(out.view(3, 5, 4, 2), torch.stack(singles))
-    member_losses = torch.stack([((y - batch.targets) ** 2).mean() for y in singles])
-    torch.testing.assert_close(TASK.loss(out, batch), member_losses.mean())
-    TASK.loss(out, batch).backward()  # member m's gradient comes from member m's error only
-    x0 = batch.inputs
-    for m, net in enumerate(model.nets):
-        ref = ForecastModel({**spec, "ensemble": 1}, mc).train()
-        ref.net.load_state_dict(net.state_dict())
-        (((ref(x0)[0] - batch.targets) ** 2).mean() / 3).backward()
-        for p, q in zip(net.parameters(), ref.net.parameters()):
-            torch.testing.assert_close(p.grad, q.grad)
-
-
 def test_predict_windows_runs_in_chunks_and_restores_the_mode():
     """Windows go through the model batch_size at a time (a whole test part at once can need
     tens of GB), in eval mode, and the forecasts equal one pass over all of them."""
@@ -281,18 +228,6 @@ def test_predict_windows_runs_in_chunks_and_restores_the_mode():
     chunked = predict_windows(model, X, batch_size=4)
     assert sizes == [4, 4, 2] and model.training
     np.testing.assert_allclose(chunked, predict_windows(model, X, batch_size=10), rtol=1e-6, atol=1e-7)
-
-
-def test_ensemble_rejects_autoregressive_members_and_counts_below_one():
-    cfg = ForecastConfig(lookback=8, decoding="autoregressive", ensemble=2)
-    spec = model_spec(cfg, 1, 1)
-    with pytest.raises(UserError, match="ensemble needs direct decoding"):
-        ForecastModel(spec, TASK.model_config({"spec": spec}, cfg, ModelConfig(encoder="identity", hidden_size=8)))
-    with pytest.raises((UserError, ValueError), match="ensemble"):
-        ForecastConfig(ensemble=0)
-
-
-# ----------------------------------------------------------------------------- baselines, metrics
 
 
 def test_baselines_on_a_hand_made_series():
@@ -398,119 +333,6 @@ def test_forecaster_fit_save_load_predict(tmp_path):
     assert g.attach(str(csv)).backtest()["origins"] == 4
 
 
-def test_ensemble_artifact_round_trip(tmp_path, capsys):
-    from rnnkit import artifacts
-    from rnnkit.cli.main import main
-    from rnnkit.training.config import TrainConfig
-
-    vals = np.sin(np.arange(90) / 3.0)
-    f = Forecaster(ForecastConfig(lookback=12, horizon=3, batch_size=16, ensemble=2),
-                   ModelConfig(encoder="identity", cell="gru", hidden_size=6),
-                   TrainConfig(epochs=1, lr=1e-2, optimizer="adam", log_every=0))
-    f.fit(Series(vals), out=tmp_path / "run")
-    g = artifacts.load(tmp_path / "run")
-    assert len(g.model.nets) == 2
-    np.testing.assert_allclose(g.predict(3, Series(vals)).values, f.predict(3, Series(vals)).values)
-    assert main(["info", str(tmp_path / "run")]) == 0
-    assert "parameters in an ensemble of 2" in capsys.readouterr().out
-
-
-def test_ensemble_in_turn_trains_members_apart_on_their_own_losses(tmp_path):
-    """ensemble_lead_share: member after member, each its own seed, loss and kept weights, saved
-    as a single-network run; the ensemble forecasts their mean and resumes to the same weights."""
-    import shutil
-
-    from rnnkit import artifacts
-    from rnnkit.cli.main import main
-    from rnnkit.training.config import TrainConfig
-
-    csv = _wavy_csv(tmp_path)
-    f = Forecaster(ForecastConfig(lookback=12, horizon=3, batch_size=16, ensemble=2, ensemble_lead_share=0.5,
-                                  loss="mse,mae", architecture="segrnn", segment_length=4),
-                   ModelConfig(encoder="identity", cell="gru", hidden_size=6),
-                   TrainConfig(max_steps=8, lr=1e-2, optimizer="adam", log_every=0, eval_every=2))
-    f.fit(csv, out=tmp_path / "run")
-    assert f.history.stop_reason == "2 members trained in turn"
-    singles = []
-    for m in range(2):
-        art = artifacts.read_artifact(tmp_path / "run" / "members" / str(m))
-        assert art.train_config.seed == m and art.meta["step"] == 4 and art.task_state["spec"]["ensemble"] == 1
-        member = artifacts.load(tmp_path / "run" / "members" / str(m))  # loads alone
-        evals = _member_history(tmp_path / "run", m)  # the member's own validation choice:
-        best = min(evals, key=lambda r: r["loss"])
-        assert [r["step"] for r in evals] == [2, 4] and art.metrics["best_step"] == best["step"]
-        member.splits = f.splits
-        assert member.evaluate("val")["model"]["mse"] == pytest.approx(best["loss"], rel=1e-5)
-        for k, v in member.model.net.state_dict().items():
-            assert torch.equal(f.model.nets[m].state_dict()[k], v), k
-        singles.append(member.model)
-    kinds = [TASK.member_loss_fn(f.config, m).keywords["kind"] for m in range(2)]
-    assert kinds == ["mse", "mae"]
-    x = torch.as_tensor(f.splits.X["test"][:5], dtype=torch.float32)
-    torch.testing.assert_close(f.model.forecast(x), (singles[0].forecast(x) + singles[1].forecast(x)) / 2)
-    cut = tmp_path / "cut"  # stopped before the second member began
-    shutil.copytree(tmp_path / "run", cut)
-    shutil.rmtree(cut / "members" / "1")
-    for name in ("artifact.json", "model.safetensors", "history.json"):
-        (cut / name).unlink()
-    assert main(["resume", str(cut), "--quiet"]) == 0
-    want, got = f.model.state_dict(), artifacts.load(cut).model.state_dict()
-    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
-    with pytest.raises(UserError, match="needs ensemble >= 2"):
-        ForecastConfig(ensemble_lead_share=0.5)
-
-
-def test_member_weights_minimise_validation_mse_on_the_grid():
-    from rnnkit.tasks.forecast import member_weights_on
-
-    rng = np.random.default_rng(0)
-    y = rng.normal(size=(50, 4, 2))
-    e = rng.normal(size=y.shape)
-    assert member_weights_on(np.stack([y + e, y - e]), y) == [0.5, 0.5]  # errors cancel exactly
-    assert member_weights_on(np.stack([y + 1, y]), y) == [0.0, 1.0]
-    assert member_weights_on(np.stack([y + e, y + e]), y) == [0.5, 0.5]  # a tie: the equal weights
-    # errors e and 3e' (independent): MSE(w) = w^2 + 9 (1 - w)^2, least at w = 0.9
-    assert member_weights_on(np.stack([y + e, y + 3 * rng.normal(size=y.shape)]), y)[0] == pytest.approx(0.9, abs=0.051)
-    w = member_weights_on(np.stack([y + 2 * e, y - e, y + 5.0]), y)
-    assert w == pytest.approx([1 / 3, 2 / 3, 0], abs=0.051) and sum(w) == pytest.approx(1)
-
-
-def test_ensemble_in_turn_can_weight_its_members_on_validation(tmp_path):
-    from rnnkit import artifacts
-    from rnnkit.training.config import TrainConfig
-
-    csv = _wavy_csv(tmp_path)
-    f = Forecaster(ForecastConfig(lookback=12, horizon=3, batch_size=16, ensemble=2, ensemble_lead_share=0.5,
-                                  loss="mse,mae", member_weights="validation"),
-                   ModelConfig(encoder="identity", cell="gru", hidden_size=6),
-                   TrainConfig(max_steps=8, lr=1e-2, optimizer="adam", log_every=0))
-    f.fit(csv, out=tmp_path / "run")
-    w = f.model.spec["member_weights"]
-    assert len(w) == 2 and sum(w) == pytest.approx(1) and all(v >= 0 for v in w)
-    x = torch.as_tensor(f.splits.X["val"], dtype=torch.float32)
-    members = [f.model.member(m).forecast(x) for m in range(2)]
-    torch.testing.assert_close(f.model.forecast(x), w[0] * members[0] + w[1] * members[1])
-    val_mse = [((y.double().numpy() - f.splits.Y["val"]) ** 2).mean() for y in members]
-    assert f.metrics["val"]["mse"] <= min(val_mse) + 1e-9  # the grid holds each member alone
-    g = artifacts.load(tmp_path / "run")
-    assert g.model.spec["member_weights"] == w
-    np.testing.assert_allclose(g.predict(3).values, f.predict(3).values)
-    with pytest.raises(UserError, match="for an ensemble trained in turn"):
-        ForecastConfig(ensemble=2, member_weights="validation")
-
-
-def _wavy_csv(tmp_path):
-    """120 rows of a sine with a faster cosine ripple, as columns t,v."""
-    vals = np.sin(np.arange(120) / 3.0) + 0.1 * np.cos(np.arange(120) * 1.7)
-    return _csv(tmp_path, "t,v\n" + "".join(f"{i},{v}\n" for i, v in enumerate(vals)))
-
-
-def _member_history(run, m: int) -> list:
-    import json
-
-    return json.loads((run / "members" / str(m) / "history.json").read_text())["eval"]
-
-
 def test_future_times_continue_regular_iso_dates_only():
     from rnnkit.data.series import future_times
 
@@ -581,9 +403,10 @@ def test_predict_continues_the_time_labels():
     assert list(_future_labels(["a", "b"], 2)) == [1, 2]
 
 
-@pytest.mark.parametrize("name", ["sines-tutorial", "sines-next", "sines-10", "etth1", "airline", "sunspots"])
-def test_forecast_presets_resolve_at_every_horizon(name):
-    """Each preset builds valid configs; etth1's per-horizon entries reach only their horizon."""
+@pytest.mark.parametrize("name", ["sines-tutorial", "sines-next", "sines-10", "airline", "sunspots", "etth1-mse",
+                                  "etth1-mae"])
+def test_forecast_presets_resolve(name):
+    """Each preset builds valid configs."""
     from pathlib import Path
 
     from rnnkit.cli.flags import resolve_configs
@@ -591,13 +414,5 @@ def test_forecast_presets_resolve_at_every_horizon(name):
 
     path = Path(__file__).resolve().parent.parent / "configs" / f"{name}.json"
     classes = {"model": ModelConfig, "train": TrainConfig, "data": ForecastConfig}
-    for horizon in (96, 192, 336, 720) if name == "etth1" else (None,):
-        cfg, file = resolve_configs(classes, path, {} if horizon is None else {"horizon": str(horizon)})
-        assert file["task"] == "forecast" and "by_horizon" not in file
-        if name == "etth1":
-            in_turn = horizon in (192, 336)
-            assert cfg["data"].horizon == horizon and cfg["data"].lookback == 720 and cfg["data"].ensemble == 2
-            assert (cfg["data"].ensemble_lead_share > 0, cfg["data"].member_weights) == (
-                (True, "validation") if in_turn else (False, "equal"))
-            assert cfg["train"].eval_every == (62 if in_turn else 0)
-            assert cfg["train"].time_budget <= 1140
+    cfg, file = resolve_configs(classes, path, {})
+    assert file["task"] == "forecast" and isinstance(cfg["data"], ForecastConfig)

@@ -269,7 +269,34 @@ def read_meta(run_dir: str | Path) -> dict:
     for key in ("task", "model", "weights"):
         if key not in doc:
             raise UserError(f"{path}: damaged artifact (missing {key!r})")
-    return doc
+    return _read_v1(doc, path) if version == 1 else doc
+
+
+# task_config keys of format_version 1 for ensembles trained inside one run, which rnnkit no longer has
+_V1_ENSEMBLE_KEYS = ("ensemble", "ensemble_lead_share", "member_weights")
+
+
+def _v1_networks(doc: dict) -> int:
+    """How many networks a format_version 1 artifact's model holds (> 1: an ensemble in one model)."""
+    state = doc.get("task_state", {})
+    in_turn = doc.get("in_turn", {})
+    if in_turn and "member" not in in_turn:  # the ensemble of a run whose members trained in turn
+        return len(in_turn.get("shares", ())) or 2
+    return max(int(state.get("ensemble", 1)), int(state.get("spec", {}).get("ensemble", 1)))
+
+
+def _read_v1(doc: dict, path: Path) -> dict:
+    """A format_version 1 artifact.json as this rnnkit reads it: a single network keeps working (its
+    task_config without the ensemble keys; a member trained in turn keeps its own loss), an
+    ensemble inside one model is a one-line error."""
+    networks = _v1_networks(doc)
+    if networks > 1:
+        raise UserError(f"{path}: an ensemble of {networks} networks inside one model (format_version 1, rnnkit "
+                        f"{doc.get('rnnkit_version', '?')}), a layout this rnnkit no longer reads")
+    config = {k: v for k, v in doc.get("task_config", {}).items() if k not in _V1_ENSEMBLE_KEYS}
+    if "," in str(config.get("loss", "")):  # one loss per member: this member's
+        config["loss"] = config["loss"].split(",")[doc.get("in_turn", {}).get("member", 0)].strip()
+    return {**doc, "task_config": config}
 
 
 class Artifact:

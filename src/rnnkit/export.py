@@ -80,11 +80,8 @@ class StatefulGraph(nn.Module):
         return (y, *state) if self.lstm else (y, state)
 
 
-def _state_layer(model: nn.Module, task: str) -> Optional[Recurrent]:
+def _state_layer(model: nn.Module) -> Optional[Recurrent]:
     """The Recurrent whose state is the graph's state (None: the graph keeps no state)."""
-    members = getattr(model, "members", None)  # an ensemble (textgen or forecast), else None
-    if members is not None:  # textgen: the members' states stacked; forecast: the members' mean, no state
-        return members[0].rnn if task == "textgen" else None
     net = getattr(model, "net", model)  # ForecastModel wraps a SequenceModel or a SegRNN
     return None if type(net).__name__ == "SegRNN" else net.rnn
 
@@ -145,12 +142,9 @@ def sidecar(art: artifacts.Artifact, sig: dict, outputs: tuple, layer: Optional[
 
     state = None
     if layer is not None:
-        members = art.task_state.get("ensemble", 1) if art.task == "textgen" else 1
-        state = {"cell": layer.cell, "num_layers": members * layer.num_layers, "directions": layer.num_directions,
+        state = {"cell": layer.cell, "num_layers": layer.num_layers, "directions": layer.num_directions,
                  "hidden_size": layer.hidden_size, "shape": "(num_layers * directions, state_batch, hidden_size)",
                  "start": "zeros"}
-        if members > 1:  # outputs: log of the members' mean next-token distribution
-            state["members"] = members  # member m's layers are rows [m*L, (m+1)*L) of the state
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "rnnkit_version": rnnkit.__version__,
         "model_file": onnx_name, "task": art.task, "source": str(art.path),
@@ -174,7 +168,7 @@ def export_onnx(run_dir, out=None, opset: int = 17) -> tuple[Path, Path]:
         raise UserError(f"--out {out}: folder {out.parent} does not exist")
     model = art.build_model().eval()
     pin_fused(model, str(art.path))
-    layer = _state_layer(model, art.task)
+    layer = _state_layer(model)
     sig = signature(art, model, layer)
     graph = StatefulGraph(model, art.task in USES_LENGTHS, layer is not None and layer.cell == "lstm",
                           stateful=layer is not None).eval()

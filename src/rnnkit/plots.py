@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-from typing import Optional
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -60,26 +58,5 @@ def curves_png(history: dict, monitor: str = "loss") -> bytes:
         ax2.set_ylabel(monitor)
         ax2.grid(alpha=0.3)
         ax2.legend()
-    fig.tight_layout()
-    return figure_png(fig)
-
-
-def members_curves_png(members: list, ensemble_loss: Optional[float] = None) -> bytes:
-    """An ensemble trained in turn, as PNG bytes: each member's train and val loss against its
-    own steps (one colour per member), and the ensemble's validation loss as a level line."""
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for m, history in enumerate(members):
-        train, val = history.get("train", []), [e for e in history.get("eval", []) if "loss" in e]
-        if train:
-            ax.plot([r["step"] for r in train], [r["loss"] for r in train], "-", color=f"C{m}", alpha=0.5,
-                    label=f"member {m} train")
-        if val:
-            ax.plot([e["step"] for e in val], [e["loss"] for e in val], "o-", color=f"C{m}", label=f"member {m} val")
-    if ensemble_loss is not None:
-        ax.axhline(ensemble_loss, color="k", linestyle="--", label=f"ensemble val {ensemble_loss:.4f}")
-    ax.set_xlabel("step (each member's own)")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     fig.tight_layout()
     return figure_png(fig)

@@ -10,7 +10,7 @@ from typing import Any
 
 from rnnkit.errors import UserError
 from rnnkit.training.config import (
-    _base_type, coerce, field_choices, field_types, for_horizon, from_dict, load_config_file,
+    _base_type, coerce, field_choices, field_types, from_dict, load_config_file,
 )
 
 FLAG_PREFIX = "flag:"
@@ -75,29 +75,13 @@ def apply_flags(obj, flags: dict[str, Any]):
 
 
 def resolve_configs(classes: dict[str, type], config_path, flags: dict[str, str]) -> tuple[dict, dict]:
-    """{section: instance} from defaults < config file sections (with its ``by_horizon`` entry for
-    the horizon in force) < flags, plus the file dict so resolved."""
+    """{section: instance} from defaults < config file sections < flags, plus the file dict."""
     file = load_config_file(config_path) if config_path else {}
-    horizon = _horizon_in_force(classes.get("data"), file, flags)
-    if file.get("by_horizon") and horizon is None:
-        raise UserError(f"{config_path}: [by_horizon] is for forecasting configs (this task has no horizon)")
-    file = for_horizon(file, horizon)
     out = {}
     for section, cls in classes.items():
         obj = from_dict(cls, file.get(section, {}), f"{config_path} [{section}]") if section in file else cls()
         out[section] = apply_flags(obj, flags)
     return out, file
-
-
-def _horizon_in_force(data_cls, file: dict, flags: dict):
-    """--horizon, else the file's [data] horizon, else the data config's default; None if it has none."""
-    if data_cls is None or "horizon" not in field_types(data_cls):
-        return None
-    if "horizon" in flags:
-        return coerce(flags["horizon"], int, "--horizon")
-    if "horizon" in file.get("data", {}):
-        return coerce(file["data"]["horizon"], int, "[data] horizon")
-    return next(f.default for f in dataclasses.fields(data_cls) if f.name == "horizon")
 
 
 def unknown_option_error(extras: list[str], parser) -> UserError:

@@ -26,13 +26,11 @@ def run(args) -> int:
         print(json.dumps(doc))
         return 0
     m = art.meta["model"]
-    state = art.task_state or {}
-    members = state.get("ensemble", state.get("spec", {}).get("ensemble", 1))  # textgen | forecast
     print(f"{args.dir}: {art.task} ({art.meta.get('status', '?')}, step {art.meta.get('step', '?')}), "
           f"format v{art.meta['format_version']}, rnnkit {art.meta.get('rnnkit_version', '?')}")
     print(f"  model: {m.get('num_layers')}x {m.get('cell')} H={m.get('hidden_size')}"
           f"{' bidirectional' if m.get('bidirectional') else ''}, encoder {m.get('encoder')}, head {m.get('head')}, "
-          f"{n_params:,} parameters" + (f" in an ensemble of {members}" if members > 1 else ""))
+          f"{n_params:,} parameters")
     data = art.data
     print(f"  data: {data.get('source', data.get('name', '?'))}" + (f" sha256 {data['sha256'][:12]}..." if data.get("sha256") else ""))
     for k, v in (art.metrics or {}).items():

@@ -47,9 +47,5 @@ def run(args) -> int:
                          overwrite=args.overwrite, progress=not args.quiet)
     best = history.best or {}
     summary = ", ".join(f"{k} {v:.4g}" for k, v in best.items() if isinstance(v, float))
-    from rnnkit.training.in_turn import is_in_turn
-
-    where = (f"{history.stop_reason}, {best.get('step')} steps in all" if is_in_turn(history)
-             else f"best at step {best.get('step')}")
-    print(f"saved {args.out}" + (f" ({where}: {summary})" if best else ""))
+    print(f"saved {args.out}" + (f" (best at step {best.get('step')}: {summary})" if best else ""))
     return 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Iterator, Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -43,30 +43,6 @@ class Batch:
         if self.lengths is None:
             return self.inputs.shape[0] * self.inputs.shape[1]
         return int(self.lengths.sum())
-
-
-class StackedSource:
-    """M batch sources read in step, for an ensemble whose member m trains on source m.
-
-    Batch k of an epoch is the row-concatenation of the sources' batch k: member m's rows are
-    block m. Source m reads epoch e with seed ``seed + m``, so each member gets its own offsets
-    or order while every member still sees all of its source each epoch. The sources must give
-    the same number of batches per epoch.
-    """
-
-    def __init__(self, sources: Sequence):
-        if len({len(s) for s in sources}) != 1:
-            raise ValueError("stacked sources must have the same number of batches per epoch")
-        self.sources = list(sources)
-
-    def __len__(self) -> int:
-        return len(self.sources[0])
-
-    def epoch(self, epoch: int, seed: int) -> Iterator[Batch]:
-        for parts in zip(*(s.epoch(epoch, seed + m) for m, s in enumerate(self.sources))):
-            lengths = None if parts[0].lengths is None else torch.cat([p.lengths for p in parts])
-            yield Batch(torch.cat([p.inputs for p in parts]), torch.cat([p.targets for p in parts]),
-                        lengths, parts[0].carries_state)
 
 
 def pad_sequences(seqs: list, pad_value=0, dtype=torch.int64) -> tuple[Tensor, Tensor]:

@@ -94,17 +94,6 @@ class Task:
         """The training loss for this task config: ``loss`` unless the config chooses another."""
         return self.loss
 
-    def combine_members(self, model, config: Any, val) -> Optional[dict]:
-        """Called once every member of an ensemble trained in turn is done, before the ensemble is
-        evaluated and saved: may set how the members are combined, returning the task state to
-        record (None: nothing changed). Equal members by default."""
-        return None
-
-    def member_loss_fn(self, config: Any, m: int):
-        """Member m's training loss in an ensemble trained in turn: the task's loss unless the
-        config gives each member its own."""
-        return self.loss_fn(config)
-
     def evaluate(self, model, batches: Iterable[Batch]) -> dict:
         raise NotImplementedError
 

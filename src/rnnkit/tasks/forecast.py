@@ -19,11 +19,6 @@ Models (``ForecastModel`` wraps one of them):
 ``channel_independent`` runs each of the C channels as its own univariate series through
 shared weights (no covariates then).
 
-``ensemble = M > 1`` averages the forecasts of M networks. Side by side (the default) they see
-the same batches and the weights are kept on the average's validation MSE; with
-``ensemble_lead_share`` they train one after another (:mod:`rnnkit.training.in_turn`), each with
-its own seed, data order, share of the budget and kept weights.
-
 Metrics: ``mse``/``mae`` (and ``mse_last``, the last horizon step) on scaled data; on the
 original scale MAE/RMSE/sMAPE/MASE; beside them the naive, seasonal naive, linear and NLinear baselines
 on the same windows.
@@ -51,7 +46,6 @@ from rnnkit.errors import UserError, check_at_least
 from rnnkit.models import ModelConfig, SequenceModel
 from rnnkit.tasks import forecast_models as fm
 from rnnkit.tasks.base import PreparedData, Task
-from rnnkit.training.in_turn import member_shares
 
 SINES = "sines"
 
@@ -74,8 +68,8 @@ class ForecastConfig:
     architecture: str = "rnn"  # rnn | segrnn
     decoding: str = "direct"  # direct (K outputs at once) | autoregressive (K=1 fed back)
     dense_targets: bool = True  # rnn: train the K-ahead forecast at every input step, not only the last
-    loss: str = field(default="mse", metadata={"help": "training loss: mse | mae, or one per ensemble member "
-                                                       "(mse,mae); validation still selects on MSE"})
+    loss: str = field(default="mse", metadata={"choices": ("mse", "mae"),
+                                               "help": "training loss (validation still selects on MSE)"})
     burn_in: int = 0  # dense targets: the first N input steps only warm the state (no loss on their forecasts)
     channel_independent: bool = False  # each channel its own univariate series, shared weights
     segment_length: int = 48  # segrnn: W steps per segment
@@ -83,17 +77,6 @@ class ForecastConfig:
                                                                "seen value; segrnn always does) | revin (segrnn: "
                                                                "windows scaled by their own mean and std)"})
     period: int = 0  # seasonal naive period (0: detected on the training part)
-    ensemble: int = field(default=1, metadata={"help": "M independently initialised networks, each on its own "
-                                                       "loss, forecasts averaged (side by side, or one after "
-                                                       "another with ensemble_lead_share)"})
-    ensemble_lead_share: float = field(default=0.0, metadata={
-        "help": "0: the members train side by side (one data order, weights kept on the average's validation "
-                "MSE); s in (0, 1): one after another, each with its own seed, data order and kept weights, the "
-                "first for the fraction s of the budget (1/M: equal shares)"})
-    member_weights: str = field(default="equal", metadata={
-        "choices": ("equal", "validation"),
-        "help": "equal | validation: an ensemble trained in turn forecasts the weighted mean of its members, "
-                "the weights (a 0.05 grid on the simplex) chosen on validation MSE once every member is done"})
     sines_series: str = "7000,2000,1000"  # sines: train,val,test series counts
     data_seed: int = 42  # sines generator seed
 
@@ -101,24 +84,11 @@ class ForecastConfig:
         _choice("architecture", self.architecture, ("rnn", "segrnn"))
         _choice("decoding", self.decoding, ("direct", "autoregressive"))
         _choice("window_norm", self.window_norm, ("none", "last", "revin"))
-        for kind in self.loss_kinds:
-            _choice("loss", kind, ("mse", "mae"))
-        if len(self.loss_kinds) not in (1, self.ensemble):
-            raise UserError(f"loss {self.loss!r}: give one loss, or one per ensemble member ({self.ensemble})")
-        check_at_least(self, 1, ("lookback", "horizon", "batch_size", "segment_length", "ensemble"))
-        if self.ensemble_lead_share:
-            member_shares(self.ensemble, self.ensemble_lead_share)  # checks both
-        _choice("member_weights", self.member_weights, ("equal", "validation"))
-        if self.member_weights == "validation" and not self.ensemble_lead_share:
-            raise UserError("member_weights validation is for an ensemble trained in turn (set ensemble_lead_share)")
+        _choice("loss", self.loss, ("mse", "mae"))
+        check_at_least(self, 1, ("lookback", "horizon", "batch_size", "segment_length"))
         check_at_least(self, 0, ("val", "test", "rows", "period"))
         if not 0 <= self.burn_in < self.lookback:
             raise ValueError(f"burn_in must be in [0, lookback={self.lookback}), got {self.burn_in}")
-
-    @property
-    def loss_kinds(self) -> tuple:
-        """The training loss of each ensemble member (one entry: every member's)."""
-        return tuple(kind.strip() for kind in self.loss.split(","))
 
 
 def _choice(name: str, value: str, valid: tuple) -> None:
@@ -258,50 +228,22 @@ def model_spec(config: ForecastConfig, channels: int, inputs: int) -> dict:
             "dense_targets": bool(config.dense_targets or auto),
             "burn_in": config.burn_in if (config.dense_targets or auto) and config.architecture == "rnn" else 0,
             "channel_independent": bool(config.channel_independent), "segment_length": config.segment_length,
-            "window_norm": config.window_norm, "ensemble": config.ensemble}
+            "window_norm": config.window_norm}
 
 
 class ForecastModel(nn.Module):
-    """The trained network(s) plus the decoding rule.
+    """The trained network plus the decoding rule.
 
     ``forward(x (B, L, F)) -> (outputs, None)`` is what the loss sees: (B, L, K', C) per-step
     forecasts when dense (in training, (B, L - burn_in, K', C): the last steps only), else
     (B, K', C) (K' = K, or 1 when autoregressive).
     ``forecast(x (B, L, F), K) -> (B, K, C)`` is the prediction.
-
-    ``spec["ensemble"] = M > 1``: M networks with their own initialisation (``nets``). In
-    training ``forward`` returns their outputs stacked on the batch axis, (M*B, ...), so each
-    member is scored against the targets on its own (independent training: the mean of the
-    member losses; Adam then sees each member's own gradient); in evaluation it returns their
-    mean. A single network lives in ``net``, as in artifacts written before ensembles existed;
-    ``member(m)`` is member m as a single-network ForecastModel sharing its weights (what an
-    ensemble trained in turn trains and saves member by member).
     """
 
-    def __init__(self, spec: dict, model_config: ModelConfig, net: Optional[nn.Module] = None):
+    def __init__(self, spec: dict, model_config: ModelConfig):
         super().__init__()
         self.spec, self.model_config = spec, model_config
-        members = spec.get("ensemble", 1)
-        if members == 1:
-            self.net = net if net is not None else self._build(spec, model_config)
-        else:
-            if spec["decoding"] == "autoregressive" and spec["architecture"] == "rnn":
-                raise UserError("an ensemble needs direct decoding (autoregressive members carry their own state)")
-            self.nets = nn.ModuleList(self._build(spec, model_config) for _ in range(members))
-
-    @property
-    def members(self) -> Optional[nn.ModuleList]:
-        """The ensemble's networks (the trainer clips each on its own), None for a single network."""
-        return getattr(self, "nets", None)
-
-    def member(self, m: int) -> "ForecastModel":
-        """Member m alone: a single-network ForecastModel over ``nets[m]`` (the same parameters)."""
-        return ForecastModel({**self.spec, "ensemble": 1}, self.model_config, self.nets[m])
-
-    @staticmethod
-    def member_task_state(task_state: dict) -> dict:
-        """The task state a member's own artifact records: the spec of one network."""
-        return {**task_state, "spec": {**task_state["spec"], "ensemble": 1}}
+        self.net = self._build(spec, model_config)
 
     @staticmethod
     def _build(spec: dict, model_config: ModelConfig) -> nn.Module:
@@ -329,26 +271,15 @@ class ForecastModel(nn.Module):
         return y.view(*y.shape[:-1], Kp, C)
 
     def forward(self, x: Tensor, state=None, lengths=None):
-        if not hasattr(self, "nets"):
-            return self._forward_one(self.net, x, state)
-        outs = [self._forward_one(net, x)[0] for net in self.nets]  # M x (B, ...)
-        if self.training:
-            return torch.cat(outs, dim=0), None  # (M*B, ...): each member against the targets
-        weights = self.spec.get("member_weights")
-        if weights is None:
-            return torch.stack(outs).mean(0), None
-        return sum(w * y for w, y in zip(weights, outs)), None
-
-    def _forward_one(self, net: nn.Module, x: Tensor, state=None):
         if self.spec["architecture"] == "segrnn":
-            return net(x)
+            return self.net(x)
         C, dense = self.spec["channels"], self.spec["dense_targets"]
         seen = x[..., :C]  # (B, L, C)
         if self.spec.get("window_norm") == "last":
             # inputs relative to the window's first value, outputs relative to the value seen at
             # each step: both causal, so step t's forecast never depends on steps after t
             x = torch.cat([seen - seen[:, :1], x[..., C:]], dim=-1)
-        out, state = net(self._flat(x), state)  # (B', L, K'*C')
+        out, state = self.net(self._flat(x), state)  # (B', L, K'*C')
         if not dense:
             out = out[:, -1]  # (B', K'*C')
         y = self._unflat(out, x.shape[0])  # (B, [L,] K', C)
@@ -405,50 +336,16 @@ def dense_targets(batch: Batch, step_horizon: int, channels: int) -> Tensor:
     return full[:, 1:].unfold(1, step_horizon, 1)[:, :L].transpose(-1, -2)  # (B, L, K', C)
 
 
-def forecast_loss(outputs: Tensor, batch: Batch, kind="mse") -> Tensor:
+def forecast_loss(outputs: Tensor, batch: Batch, kind: str = "mse") -> Tensor:
     """Mean squared (``kind="mse"``) or absolute (``"mae"``) error; outputs (B, K', C), or dense
     outputs (B, L', K', C) against the last L' steps of :func:`dense_targets` (L' = L - burn_in
-    in training). An ensemble's training outputs (M*B, ...) are each scored against the same
-    targets: the mean of the M member losses, member m's by ``kind[m]`` when ``kind`` is a
-    tuple of M kinds."""
+    in training)."""
     if outputs.dim() == 4:
         target = dense_targets(batch, outputs.shape[2], outputs.shape[3])[:, -outputs.shape[1] :]
     else:
         target = batch.targets[:, : outputs.shape[1]]
-    members = outputs.shape[0] // target.shape[0]  # an ensemble in training: (M*B, ...), members stacked
-    error = (outputs.view(members, *target.shape) - target).flatten(1)  # (M, B * ...)
-    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
-    kinds = kinds * members if len(kinds) == 1 else kinds
-    if len(kinds) != members:
-        raise ValueError(f"{len(kinds)} losses for {members} ensemble members")
-    per_member = [e.abs().mean() if k == "mae" else (e**2).mean() for e, k in zip(error, kinds)]
-    return torch.stack(per_member).mean()
-
-
-def member_weights_on(preds: np.ndarray, truth: np.ndarray, step: float = 0.05) -> list:
-    """Weights w >= 0, sum 1, on a ``step`` grid, minimising the MSE of sum_m w_m preds[m] against
-    ``truth``; ties go to the weights nearest equal. preds (M, N, ...), truth (N, ...)."""
-    M, n = len(preds), round(1 / step)
-    flat, y = preds.reshape(M, -1), truth.reshape(-1)
-    gram, cross = flat @ flat.T, flat @ y  # MSE(w) * size = w'Gw - 2 w'c + y'y
-    best, best_w = None, None
-    for counts in _compositions(n, M):
-        w = np.array(counts) / n
-        loss = w @ gram @ w - 2 * w @ cross
-        spread = np.abs(w - 1 / M).sum()
-        if best is None or (loss, spread) < best:
-            best, best_w = (loss, spread), w
-    return [float(v) for v in best_w]
-
-
-def _compositions(n: int, parts: int):
-    """Every tuple of ``parts`` non-negative integers that sums to n."""
-    if parts == 1:
-        yield (n,)
-        return
-    for first in range(n + 1):
-        for rest in _compositions(n - first, parts - 1):
-            yield (first,) + rest
+    error = outputs - target
+    return error.abs().mean() if kind == "mae" else (error**2).mean()
 
 
 def predict_windows(model: ForecastModel, X, horizon: Optional[int] = None, batch_size: int = 256) -> np.ndarray:
@@ -529,23 +426,7 @@ class ForecastTask(Task):
         return forecast_loss(outputs, batch)
 
     def loss_fn(self, config: ForecastConfig):
-        return functools.partial(forecast_loss, kind=config.loss_kinds)
-
-    def combine_members(self, model: ForecastModel, config: ForecastConfig, val) -> Optional[dict]:
-        """With ``member_weights="validation"``: the members' weights with the lowest validation MSE
-        of their weighted mean, set in the model's spec; returns the task state to record."""
-        if config.member_weights != "validation" or val is None:
-            return None
-        batches = list(val.epoch(0, 0))
-        truth = np.concatenate([b.targets.double().numpy() for b in batches])
-        preds = np.stack([np.concatenate([predict_windows(model.member(m), b.inputs) for b in batches])
-                          for m in range(len(model.nets))])  # (M, N, K, C)
-        model.spec["member_weights"] = member_weights_on(preds, truth)
-        return {"spec": model.spec}
-
-    def member_loss_fn(self, config: ForecastConfig, m: int):
-        kinds = config.loss_kinds
-        return functools.partial(forecast_loss, kind=kinds[m] if len(kinds) > 1 else kinds[0])
+        return functools.partial(forecast_loss, kind=config.loss)
 
     def evaluate(self, model: ForecastModel, batches) -> dict:
         """Forecast metrics on scaled data over a full pass: loss = mse (all K steps, C channels)."""
@@ -734,12 +615,7 @@ class Forecaster:
         """Rebuild from a run directory read by :mod:`rnnkit.artifacts` (no training data needed)."""
         f = cls(artifact.task_config, artifact.model_config)
         f.task_state = artifact.task_state
-        f.model = ForecastModel(f.task_state["spec"], artifact.model_config)
-        try:
-            f.model.load_state_dict(artifact.state_dict())
-        except RuntimeError as exc:
-            raise UserError(f"{artifact.path}: weights do not fit the forecast model ({str(exc).splitlines()[0]})") from None
-        f.model.eval()
+        f.model = artifact.build_model()
         f.metrics = dict(artifact.metrics or {})
         f.data_info = dict(artifact.data or {})
         return f

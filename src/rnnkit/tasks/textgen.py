@@ -9,13 +9,6 @@ loss = mean cross-entropy of the next token. Metrics over one full pass of the v
 with the state carried through it: ``loss`` = ``nats_per_char`` (mean -ln p(next)),
 ``bits_per_char`` = nats / ln 2, ``perplexity`` = exp(nats) (per word for ``level="word"``).
 
-``ensemble = M > 1`` trains M language models with their own initialisation side by side
-(:class:`LanguageModelEnsemble`): each reads the whole text as its own B streams (its own random
-offsets each epoch) and learns from its own loss; for
-evaluation and sampling their next-token probabilities are averaged. With
-``ensemble_lead_share`` the members train one after another instead, the first for a larger
-share of the budget (:mod:`rnnkit.training.in_turn`).
-
 Façade: :class:`TextGenerator` (``fit(text)``, ``sample(prime, length, ...)``, ``evaluate``).
 Sampling is stateful, as in char-rnn: the prime is fed through once, then one step per
 generated token with the hidden state carried; no window is ever re-run.
@@ -31,15 +24,14 @@ from typing import Any, Iterable, Optional, Union
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from rnnkit import bptt, fused, native
-from rnnkit.data.batching import Batch, StackedSource
+from rnnkit.data.batching import Batch
 from rnnkit.data.text import CharVocab, TextStream, make_vocab, split_text
 from rnnkit.errors import UserError
 from rnnkit.models import ModelConfig, SequenceModel
 from rnnkit.tasks.base import PreparedData, Task
-from rnnkit.training.in_turn import member_shares
 
 BUNDLED_TEXTS = ("hello-world", "pangrams", "shakespeare-excerpt")
 _EVAL_CHUNK = 1024  # steps per validation batch; any length gives the same numbers (state carried)
@@ -57,11 +49,6 @@ class TextgenConfig:
     # streams: B contiguous streams, state carried (TBPTT); windows: every stride-1 window, zero state
     batching: str = field(default="streams", metadata={"choices": ("streams", "windows")})
     eval_streams: int = 1  # validation streams; 1 = every validation token scored with its full history
-    ensemble: int = field(default=1, metadata={"help": "M language models trained side by side, each on its own "
-                                                       "batch_size streams; their probabilities averaged"})
-    ensemble_lead_share: float = field(default=0.0, metadata={
-        "help": "0: the members train side by side; s in (0, 1): one after another, the first for the fraction s "
-                "of the budget (time_budget, max_steps), the others sharing the rest equally"})
 
 
 def bundled_text(name: str) -> str:
@@ -85,22 +72,15 @@ def read_text(data: str) -> tuple[str, dict]:
 
 def prepare_text(config: TextgenConfig, text: str, vocab: Optional[CharVocab] = None) -> PreparedData:
     """Vocabulary, train/val streams and task state for ``text``."""
-    for name in ("eval_streams", "ensemble"):
-        if getattr(config, name) < 1:
-            raise UserError(f"{name} must be positive, got {getattr(config, name)}")
-    if config.ensemble_lead_share:
-        member_shares(config.ensemble, config.ensemble_lead_share)  # checks both
+    if config.eval_streams < 1:
+        raise UserError(f"eval_streams must be positive, got {config.eval_streams}")
     vocab = vocab or make_vocab(text, config.level)
     train_ids, val_ids = split_text(vocab.encode(text), config.val_fraction)
     train = TextStream(train_ids, config.batch_size, config.seq_len, mode=config.batching, shuffle=True)
-    if config.ensemble > 1 and not config.ensemble_lead_share:  # side by side: member m reads the whole
-        train = StackedSource([train] * config.ensemble)  # text as its own batch_size streams (own offsets)
     val = None
     if val_ids is not None:
         val = TextStream(val_ids, config.eval_streams, _EVAL_CHUNK, mode="streams", shuffle=False)
     state = {"vocab": vocab.to_dict(), "train_tokens": len(train_ids), "val_tokens": 0 if val_ids is None else len(val_ids)}
-    if config.ensemble > 1:
-        state["ensemble"] = config.ensemble
     return PreparedData(train=train, val=val, test=None, task_state=state)
 
 
@@ -127,57 +107,6 @@ def full_pass_metrics(model: SequenceModel, batches: Iterable[Batch]) -> dict:
             "perplexity": math.exp(min(nats, 700.0)), "tokens": count}
 
 
-class LanguageModelEnsemble(nn.Module):
-    """M language models (``members``, each a :class:`SequenceModel` of ``config``) used as one.
-
-    ``forward(tokens (R, T), state) -> (outputs (R, T, V), state)``, state ``(h, c)`` or ``h``
-    of shape (M*L, B, H): member m's (L, B, H) state is block m.
-
-    * Training: the R = M*B rows are split, member m reads rows [m*B, (m+1)*B) (from
-      :class:`rnnkit.data.batching.StackedSource`: its own streams over the whole text), and the outputs
-      are the members' logits in the same rows. The mean cross-entropy over all rows is then the
-      mean of the member losses, so each member learns from its own loss and its own streams.
-    * Evaluation and sampling: every member reads all R = B rows, and the outputs are
-      ``log((1/M) sum_m softmax(z_m))``: log-probabilities of the averaged distribution, which
-      cross-entropy and softmax take as logits.
-    """
-
-    def __init__(self, config: ModelConfig, members: int):
-        super().__init__()
-        self.config = config
-        self.members = nn.ModuleList(SequenceModel(config) for _ in range(members))
-
-    def split_state(self, state) -> list:
-        """(M*L, B, H) state (or (h, c)) -> M member states."""
-        if state is None:
-            return [None] * len(self.members)
-        if isinstance(state, tuple):
-            return list(zip(*(s.chunk(len(self.members)) for s in state)))
-        return list(state.chunk(len(self.members)))
-
-    @staticmethod
-    def join_state(states: list):
-        if isinstance(states[0], tuple):
-            return tuple(torch.cat(parts) for parts in zip(*states))
-        return torch.cat(states)
-
-    def forward(self, inputs: Tensor, state=None, lengths=None):
-        M = len(self.members)
-        # a short last batch of windows (no state) is split as evenly as it goes
-        rows = inputs.tensor_split(M) if self.training else [inputs] * M
-        outs, states = zip(*(net(x, s) for net, x, s in zip(self.members, rows, self.split_state(state))))
-        if self.training:
-            even = len({len(x) for x in rows}) == 1  # else a short batch of windows, whose state is not carried
-            return torch.cat(outs), self.join_state(list(states)) if even else None  # (M*B, T, V)
-        return mix_logits(list(outs)), self.join_state(list(states))  # (B, T, V)
-
-
-def mix_logits(logits: list) -> Tensor:
-    """M logits (..., V) -> log of the mean of their softmaxes (..., V)."""
-    logp = torch.stack([F.log_softmax(z, dim=-1) for z in logits])
-    return torch.logsumexp(logp, dim=0) - math.log(len(logits))
-
-
 class TextgenTask(Task):
     """The textgen job: see the module docstring."""
 
@@ -195,10 +124,6 @@ class TextgenTask(Task):
             raise UserError("textgen needs a causal model: bidirectional must be false")
         V = len(task_state["vocab"]["tokens"])
         return replace(model, encoder="embedding", input_size=V, head="per_step", output_size=V)
-
-    def build_model(self, model_config: ModelConfig, task_state: dict):
-        members = task_state.get("ensemble", 1)
-        return SequenceModel(model_config) if members == 1 else LanguageModelEnsemble(model_config, members)
 
     def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
         """Mean next-token cross-entropy; outputs (B, T, V) logits, targets (B, T) ids."""
@@ -365,24 +290,6 @@ class _Stepper:
         return list(state.unbind(0))
 
 
-class _EnsembleStepper:
-    """One generation step of a :class:`LanguageModelEnsemble`: each member's ``_Stepper``,
-    then the members' next-token distributions averaged (:func:`mix_logits`)."""
-
-    def __init__(self, model: LanguageModelEnsemble):
-        self.model, self.steppers = model, [_Stepper(net) for net in model.members]
-
-    def __call__(self, tokens: Tensor, state: list):
-        logits = []
-        for k, step in enumerate(self.steppers):
-            z, state[k] = step(tokens, state[k])
-            logits.append(z)
-        return mix_logits(logits), state
-
-    def split_state(self, state) -> list:
-        return [step.split_state(s) for step, s in zip(self.steppers, self.model.split_state(state))]
-
-
 def _joined_lstm_weights(w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor]):
     """torch's LSTM weights (gates i, f, g, o) -> ([W_ih | W_hh]^T (F+H, 4H), bias (4H,)) with
     the gates in the native kernel's order (o, i, f, g) and the g rows doubled."""
@@ -417,7 +324,7 @@ def generate(model: SequenceModel, prime_ids: Tensor, length: int, temperature: 
     """
     B = num_samples
     model.eval()
-    step = _EnsembleStepper(model) if isinstance(model, LanguageModelEnsemble) else _Stepper(model)
+    step = _Stepper(model)
     with torch.inference_mode():
         logits, state = model(prime_ids.view(1, -1))  # (1, P, V)
         logits = logits[:, -1].expand(B, -1)  # (B, V)

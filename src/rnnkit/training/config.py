@@ -223,13 +223,12 @@ def to_dict(obj) -> dict:
 # ----------------------------------------------------------------------------- config files
 
 SECTIONS = ("model", "train", "data")
-TOP_LEVEL = ("task", "dataset", "by_horizon") + SECTIONS
+TOP_LEVEL = ("task", "dataset") + SECTIONS
 
 
 def load_config_file(path: str | Path) -> dict:
     """Read a JSON (``.json``) or TOML (anything else) config file; sections model/train/data,
-    top-level ``task`` and ``dataset``, and for forecasting ``by_horizon``: per-horizon sections
-    laid over the others (see ``for_horizon``). Unknown top-level keys are errors."""
+    top-level ``task`` and ``dataset``. Unknown top-level keys are errors."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -255,32 +254,4 @@ def load_config_file(path: str | Path) -> dict:
     for section in SECTIONS:
         if section in d and not isinstance(d[section], dict):
             raise UserError(f"{path}: [{section}] must be a table/object, got {d[section]!r}")
-    _check_by_horizon(d.get("by_horizon", {}), str(path))
-    return d
-
-
-def _check_by_horizon(table, where: str) -> None:
-    if not isinstance(table, dict):
-        raise UserError(f"{where}: [by_horizon] must be a table/object keyed by horizon, got {table!r}")
-    for horizon, sections in table.items():
-        if not str(horizon).isdigit() or int(horizon) < 1:
-            raise UserError(f"{where}: [by_horizon] key {horizon!r} is not a horizon (a positive whole number)")
-        if not isinstance(sections, dict):
-            raise UserError(f"{where}: [by_horizon.{horizon}] must be a table/object, got {sections!r}")
-        check_keys(sections, SECTIONS, f"{where} [by_horizon.{horizon}]")
-        for section, values in sections.items():
-            if not isinstance(values, dict):
-                raise UserError(f"{where}: [by_horizon.{horizon}.{section}] must be a table/object, got {values!r}")
-
-
-def for_horizon(d: dict, horizon) -> dict:
-    """Config-file dict ``d`` with ``d["by_horizon"][horizon]``'s sections laid key by key over its
-    own (``by_horizon`` removed). A preset tuned per horizon keeps one file: flags still win."""
-    d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
-    overrides = d.pop("by_horizon", {})
-    if horizon is None:
-        return d
-    entry = next((v for k, v in overrides.items() if int(k) == int(horizon)), {})  # "096" is 96
-    for section, values in entry.items():
-        d[section] = {**d.get(section, {}), **values}
     return d

@@ -18,9 +18,9 @@ from rnnkit.data.sources import resolve, sha256_file
 from rnnkit.errors import UserError
 from rnnkit.models import ModelConfig
 from rnnkit.tasks import get_task
-from rnnkit.training import distributed, in_turn
+from rnnkit.training import distributed
 from rnnkit.training.callbacks import CurvesPlot, ProgressBar
-from rnnkit.training.config import TrainConfig, from_dict
+from rnnkit.training.config import TrainConfig
 from rnnkit.training.trainer import History, Trainer
 
 
@@ -64,18 +64,10 @@ def train_task(task_name: str, data: str, out, model: Optional[ModelConfig] = No
 
 def fit_prepared(task, net, prep, train: TrainConfig, task_config, out, meta: dict, progress: bool,
                  resume: bool = False) -> History:
-    """Train ``net`` on prepared data with the one Trainer (an ensemble with
-    ``ensemble_lead_share`` member by member); the CLI's runs and the facades' ``fit`` share it."""
-    loss_fn, evaluate_fn = task.loss_fn(task_config), _evaluate_fn(task, prep.val, train)
-    lead_share = getattr(task_config, "ensemble_lead_share", 0)
-    if lead_share:
-        shares = in_turn.member_shares(len(net.members), lead_share)
-        loss_fns = [task.member_loss_fn(task_config, m) for m in range(len(shares))]
-        return in_turn.fit_in_turn(net, train, shares, prep.train, loss_fns, evaluate_fn, run_dir=out, meta=meta,
-                                   callbacks=lambda cfg: _callbacks(cfg, progress), resume=resume,
-                                   announce=progress, combine=lambda ens: task.combine_members(ens, task_config, prep.val))
+    """Train ``net`` on prepared data with the one Trainer; the CLI's runs and the facades' ``fit`` share it."""
     trainer = Trainer(train, _callbacks(train, progress))
-    return trainer.fit(net, prep.train, loss_fn, evaluate_fn, run_dir=out, meta=meta, resume=resume)
+    return trainer.fit(net, prep.train, task.loss_fn(task_config), _evaluate_fn(task, prep.val, train),
+                       run_dir=out, meta=meta, resume=resume)
 
 
 RESUME_OVERRIDES = ("epochs", "max_steps", "time_budget")
@@ -107,14 +99,7 @@ def resume_run(run_dir, overrides: Optional[dict] = None, progress: bool = True)
     """Continue an interrupted run from ``run_dir/checkpoint``; None when there is nothing left to do."""
     run_dir = Path(run_dir)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    first_member = run_dir / in_turn.MEMBERS_DIR / "0"
-    if not (run_dir / artifacts.ARTIFACT_JSON).exists() and (first_member / artifacts.ARTIFACT_JSON).exists():
-        return _resume_in_turn(run_dir, artifacts.read_artifact(first_member), overrides, progress)
     art = artifacts.read_artifact(run_dir)
-    if "in_turn" in art.meta:  # the ensemble artifact is written once its last member is done
-        if overrides:
-            raise UserError(f"{run_dir}: an ensemble trained in turn is complete; its budget cannot be extended")
-        return None
     if not (run_dir / artifacts.CHECKPOINT / "trainer_state.json").exists():
         raise UserError(f"{run_dir}: no checkpoint/ to resume from")
     if art.meta.get("status") == "complete" and not overrides and not art.meta.get("stop_reason", "").startswith("time budget"):
@@ -127,21 +112,6 @@ def resume_run(run_dir, overrides: Optional[dict] = None, progress: bool = True)
     net = task.build_model(art.model_config, art.task_state)
     meta = {k: art.meta[k] for k in ("task", "model", "task_config", "task_state", "data") if k in art.meta}
     return fit_prepared(task, net, prep, train, task_config, run_dir, meta, progress, resume=True)
-
-
-def _resume_in_turn(run_dir: Path, member: artifacts.Artifact, overrides: dict, progress: bool) -> History:
-    """Continue an ensemble trained in turn (see :mod:`rnnkit.training.in_turn`) that has no
-    ensemble artifact yet, from what its first member's artifact records of the whole run."""
-    task = get_task(member.task)
-    train = dataclasses.replace(from_dict(TrainConfig, member.meta["in_turn"]["train"], f"{member.path} [in_turn]"),
-                                **overrides)
-    data = _resume_source(member)
-    task_config = member.task_config
-    prep = task.prepare(task_config, data, train.seed)
-    net = task.new_model(member.model_config, prep.task_state, task_config, train.seed)
-    meta = {k: member.meta[k] for k in ("task", "model", "task_config", "data") if k in member.meta}
-    return fit_prepared(task, net, prep, train, task_config, run_dir, {**meta, "task_state": prep.task_state},
-                        progress, resume=True)
 
 
 def evaluate_run(run_dir, data: Optional[str] = None, split: str = "val") -> dict:

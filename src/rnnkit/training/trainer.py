@@ -147,20 +147,9 @@ def detach_state(state):
 
 
 def clip_gradients(model: torch.nn.Module, max_norm: Optional[float]) -> float:
-    """Clip to ``max_norm`` (None: no clipping) and return the gradient norm before clipping.
-
-    An ensemble (a model with a ``members`` ModuleList) trains on the mean of its M member
-    losses, so member m's gradient is g_m / M. Each member is clipped on its own at
-    ``max_norm / M``, which is g_m clipped at ``max_norm`` and scaled by 1/M: what the member
-    would get trained alone (Adam does not see the 1/M). The norm returned is then the largest
-    member's ||g_m||.
-    """
+    """Clip the global gradient norm to ``max_norm`` (None: no clipping); returns the norm before clipping."""
     limit = max_norm if max_norm is not None else math.inf
-    members = getattr(model, "members", None)
-    if not isinstance(members, torch.nn.ModuleList):
-        return float(torch.nn.utils.clip_grad_norm_(model.parameters(), limit))
-    M = len(members)
-    return max(M * float(torch.nn.utils.clip_grad_norm_(m.parameters(), limit / M)) for m in members)
+    return float(torch.nn.utils.clip_grad_norm_(model.parameters(), limit))
 
 
 def _flatten_state(state) -> dict[str, torch.Tensor]:
