@@ -396,11 +396,11 @@ def test_cli_train_predict_evaluate_backtest(tmp_path, capsys):
 
 
 def test_predict_continues_the_time_labels():
-    from rnnkit.tasks.forecast import _future_labels
+    from rnnkit.tasks.forecast_data import future_labels
 
-    assert list(_future_labels(["1949-11-01", "1949-12-01"], 2)) == ["1950-01-01", "1950-02-01"]
-    assert list(_future_labels(np.arange(10, 20), 3)) == [20, 21, 22]
-    assert list(_future_labels(["a", "b"], 2)) == [1, 2]
+    assert list(future_labels(["1949-11-01", "1949-12-01"], 2)) == ["1950-01-01", "1950-02-01"]
+    assert list(future_labels(np.arange(10, 20), 3)) == [20, 21, 22]
+    assert list(future_labels(["a", "b"], 2)) == [1, 2]
 
 
 @pytest.mark.parametrize("name", ["sines-tutorial", "sines-next", "sines-10", "airline", "sunspots", "etth1-mse",

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+from typing import Optional
+
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -60,3 +63,34 @@ def curves_png(history: dict, monitor: str = "loss") -> bytes:
         ax2.legend()
     fig.tight_layout()
     return figure_png(fig)
+
+
+def plot_forecast(path, history: np.ndarray, forecast: np.ndarray, truth: Optional[np.ndarray] = None,
+                  columns=(), origin: Optional[int] = None, times: Optional[tuple] = None) -> None:
+    """PNG: history (T_h, C) then forecast (K, C) (and the truth (K, C)) per target channel.
+
+    The x axis counts steps (the forecast starts at ``origin``, default T_h), or shows dates
+    when ``times`` = (T_h, K) datetime64 arrays for the history and the forecast."""
+    history, forecast = np.atleast_2d(history), np.atleast_2d(forecast)
+    C = forecast.shape[1]
+    t0 = len(history) if origin is None else origin
+    fig, axes = plt.subplots(C, 1, figsize=(9, 2.6 * C), squeeze=False)
+    th, tf = np.arange(t0 - len(history), t0), np.arange(t0, t0 + len(forecast))
+    if times is not None:
+        th, tf = times
+    for j, ax in enumerate(axes[:, 0]):
+        ax.plot(th, history[:, j], color="0.3", lw=1, label="history")
+        if truth is not None:
+            ax.plot(tf, np.atleast_2d(truth)[:, j], color="tab:green", lw=1.2, label="truth")
+        ax.plot(tf, forecast[:, j], color="tab:red", lw=1.5, label="forecast")
+        ax.set_title(columns[j] if j < len(columns) else f"channel {j}", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+        if times is not None:  # date ticks that do not collide ("Feb", "05", ... with the year once)
+            import matplotlib.dates as mdates
+
+            locator = mdates.AutoDateLocator()
+            ax.xaxis.set_major_locator(locator)
+            ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

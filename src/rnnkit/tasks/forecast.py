@@ -1,11 +1,9 @@
 """Time-series forecasting: look-back window L -> the next K values of C target channels.
 
-Data: a CSV (time column + numeric columns; ``target`` and ``covariates`` pick them) read into
-a :class:`~rnnkit.data.series.Series` and split chronologically into train/val/test; or the
-built-in ``sines`` panel (independent 2-sine series split by series, 7,000/2,000/1,000).
-Scaling is fitted on the training part only and stored in the task state. Val/test windows
-may reach back into the previous part for their inputs (the ETT protocol); their targets
-never leave their own part. Inputs are the C targets first, then the covariates.
+Data (:mod:`rnnkit.tasks.forecast_data`): a CSV read into a :class:`~rnnkit.data.series.Series`
+and split chronologically into train/val/test, or the built-in ``sines`` panel (independent
+2-sine series split by series, 7,000/2,000/1,000); scaling fitted on the training part only and
+stored in the task state. Inputs are the C targets first, then the covariates.
 
 Models (``ForecastModel`` wraps one of them):
 
@@ -30,9 +28,9 @@ Façade: :class:`Forecaster` — ``fit(series)``, ``predict(n)``, ``historical_f
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -40,15 +38,13 @@ from torch import Tensor, nn
 
 from rnnkit.data.batching import Batch
 from rnnkit.data.scaling import Scaler
-from rnnkit.data.series import (Series, future_times, generate_sines, make_windows, parse_times, read_csv,
-                                split_points)
+from rnnkit.data.series import Series, future_times, make_windows, parse_times
 from rnnkit.errors import UserError, check_at_least
 from rnnkit.models import ModelConfig, SequenceModel
 from rnnkit.tasks import forecast_models as fm
 from rnnkit.tasks.base import PreparedData, Task
-
-SINES = "sines"
-
+from rnnkit.tasks.forecast_data import (SINES, Splits, WindowBatches, future_labels, load_series, sines_splits,
+                                        split_series)
 
 @dataclass
 class ForecastConfig:
@@ -94,118 +90,6 @@ class ForecastConfig:
 def _choice(name: str, value: str, valid: tuple) -> None:
     if value not in valid:
         raise UserError(f"{name}: expected one of {', '.join(valid)}, got {value!r}")
-
-
-def _names(text: str) -> list:
-    return [s.strip() for s in text.split(",") if s.strip()]
-
-
-# ----------------------------------------------------------------------------- batches
-
-
-class WindowBatches:
-    """A BatchSource over windows X (N, L, F), Y (N, K, C): shuffled per (epoch, seed) or in order."""
-
-    def __init__(self, X: np.ndarray, Y: np.ndarray, batch_size: int, shuffle: bool):
-        self.X = torch.as_tensor(X, dtype=torch.float32)
-        self.Y = torch.as_tensor(Y, dtype=torch.float32)
-        self.batch_size, self.shuffle = batch_size, shuffle
-
-    def __len__(self) -> int:
-        return -(-len(self.X) // self.batch_size)
-
-    def epoch(self, epoch: int, seed: int) -> Iterator[Batch]:
-        n = len(self.X)
-        if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        else:
-            order = torch.arange(n)
-        for i in range(0, n, self.batch_size):
-            idx = order[i : i + self.batch_size]
-            yield Batch(self.X[idx], self.Y[idx])
-
-
-# ----------------------------------------------------------------------------- data
-
-
-@dataclass
-class Splits:
-    """Scaled windows of the three parts plus what the task state needs."""
-
-    X: dict  # part -> (N, L, F)
-    Y: dict  # part -> (N, K, C)
-    scaler: Scaler  # over the F input channels (targets first)
-    columns: list  # target names (C)
-    covariates: list
-    history: Series  # the whole unscaled series (inputs' channels), for predict()
-    train_values: np.ndarray  # unscaled training targets (T_train, C) for MASE/period
-    borders: Optional[list] = None  # [train_end, val_end, T] of a chronological split (None: sines panel)
-
-
-def load_series(data: Union[str, Path, Series], config: ForecastConfig) -> tuple[Series, dict]:
-    """A Series with the target columns first, then covariates; and the data info."""
-    if isinstance(data, Series):
-        series, info = data, {"name": "series"}
-    else:
-        path = _resolve(str(data))
-        series = read_csv(path, config.time_column or None, None, config.fill)
-        info = {"name": str(data), "path": str(path)}
-    covariates = _names(config.covariates)
-    targets = _names(config.target) or [c for c in series.columns if c not in covariates]
-    return series.select(targets + covariates), info
-
-
-def _resolve(data: str) -> Path:
-    path = Path(data)
-    if path.is_file():
-        return path
-    try:
-        from rnnkit.data import sources
-    except ImportError:
-        sources = None
-    resolve = getattr(sources, "resolve", None)
-    if resolve is None:
-        raise UserError(f"{data}: no such file (or built-in dataset: {SINES})")
-    return Path(resolve(data))
-
-
-def split_series(series: Series, config: ForecastConfig) -> Splits:
-    """Chronological split, scaler fitted on train, windows per part (inputs may reach back)."""
-    if config.rows:
-        series = series[: config.rows]
-    C = series.width - len(_names(config.covariates))
-    train_end, val_end = split_points(len(series), config.val, config.test)
-    scaler = Scaler(config.scaler).fit(series.values[:train_end])
-    z = scaler.transform(series.values)  # (T, F)
-    bounds = {"train": (0, train_end), "val": (train_end, val_end), "test": (val_end, len(series))}
-    X, Y = {}, {}
-    for part, (start, stop) in bounds.items():
-        if stop - start >= config.horizon and (part == "train" or stop > start):
-            try:
-                X[part], Y[part] = make_windows(z, z[:, :C], config.lookback, config.horizon, start, stop)
-            except UserError:
-                if part == "train":
-                    raise
-    return Splits(X, Y, scaler, series.columns[:C], series.columns[C:], series, series.values[:train_end, :C],
-                  [train_end, val_end, len(series)])
-
-
-def sines_splits(config: ForecastConfig) -> Splits:
-    """The tutorials' panel: independent series of L+K steps, split by series."""
-    counts = [int(s) for s in _names(config.sines_series)]
-    if len(counts) != 3:
-        raise UserError(f"sines_series: expected train,val,test counts, got {config.sines_series!r}")
-    L, K = config.lookback, config.horizon
-    x = generate_sines(sum(counts), L + K, config.data_seed)[..., None].astype(np.float64)  # (N, L+K, 1)
-    ends = np.cumsum(counts)
-    scaler = Scaler(config.scaler).fit(x[: ends[0]].reshape(-1, 1))
-    z = scaler.transform(x)
-    X, Y = {}, {}
-    for part, (a, b) in zip(("train", "val", "test"), ((0, ends[0]), (ends[0], ends[1]), (ends[1], ends[2]))):
-        if b > a:
-            X[part], Y[part] = z[a:b, :L], z[a:b, L:]
-    history = Series(x[ends[-1] - 1], None, ["value"])  # the last test series, for predict()
-    return Splits(X, Y, scaler, ["value"], [], history, x[: ends[0], :L, 0].T.reshape(-1, 1))
 
 
 # ----------------------------------------------------------------------------- the model
@@ -534,7 +418,7 @@ class Forecaster:
         n = n or self.task_state["horizon"]
         z = self.scaler.transform(values[-L:])[None]  # (1, L, F)
         y = self._target_scaler().inverse_transform(predict_windows(model, z, n)[0])  # (n, C)
-        return Series(y, _future_labels(time, n), list(self.task_state["columns"]))
+        return Series(y, future_labels(time, n), list(self.task_state["columns"]))
 
     def _target_scaler(self) -> Scaler:
         return self.scaler.select(range(len(self.task_state["columns"])))
@@ -637,62 +521,9 @@ class Forecaster:
 
     def plot(self, path, history: np.ndarray, forecast: np.ndarray, truth: Optional[np.ndarray] = None,
              origin: Optional[int] = None) -> None:
+        from rnnkit.plots import plot_forecast
+
         plot_forecast(path, history, forecast, truth, self.task_state.get("columns", []), origin)
-
-
-def _config_from(d) -> ForecastConfig:
-    if isinstance(d, ForecastConfig):
-        return d
-    known = {f.name for f in fields(ForecastConfig)}
-    return ForecastConfig(**{k: v for k, v in (d or {}).items() if k in known})
-
-
-def plot_forecast(path, history: np.ndarray, forecast: np.ndarray, truth: Optional[np.ndarray] = None,
-                  columns=(), origin: Optional[int] = None, times: Optional[tuple] = None) -> None:
-    """PNG: history (T_h, C) then forecast (K, C) (and the truth (K, C)) per target channel.
-
-    The x axis counts steps (the forecast starts at ``origin``, default T_h), or shows dates
-    when ``times`` = (T_h, K) datetime64 arrays for the history and the forecast."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    history, forecast = np.atleast_2d(history), np.atleast_2d(forecast)
-    C = forecast.shape[1]
-    t0 = len(history) if origin is None else origin
-    fig, axes = plt.subplots(C, 1, figsize=(9, 2.6 * C), squeeze=False)
-    th, tf = np.arange(t0 - len(history), t0), np.arange(t0, t0 + len(forecast))
-    if times is not None:
-        th, tf = times
-    for j, ax in enumerate(axes[:, 0]):
-        ax.plot(th, history[:, j], color="0.3", lw=1, label="history")
-        if truth is not None:
-            ax.plot(tf, np.atleast_2d(truth)[:, j], color="tab:green", lw=1.2, label="truth")
-        ax.plot(tf, forecast[:, j], color="tab:red", lw=1.5, label="forecast")
-        ax.set_title(columns[j] if j < len(columns) else f"channel {j}", fontsize=9)
-        ax.legend(fontsize=7, loc="upper left")
-        if times is not None:  # date ticks that do not collide ("Feb", "05", ... with the year once)
-            import matplotlib.dates as mdates
-
-            locator = mdates.AutoDateLocator()
-            ax.xaxis.set_major_locator(locator)
-            ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _future_labels(time, n: int) -> np.ndarray:
-    """The n time labels after ``time``: ISO dates continued at their spacing, integers counted
-    on, else the step numbers 1..n."""
-    dates = future_times(time, n)
-    if dates is not None:
-        return np.asarray(dates)
-    time = np.asarray(time)
-    if len(time) and np.issubdtype(time.dtype, np.integer):
-        return time[-1] + np.arange(1, n + 1)
-    return np.arange(1, n + 1)
 
 
 def _cli_predict(f: Forecaster, args) -> int:
@@ -725,6 +556,8 @@ def _cli_predict(f: Forecaster, args) -> int:
         if args.out:
             out.close()
     if args.plot:
+        from rnnkit.plots import plot_forecast
+
         plot_forecast(args.plot, hist, pred, None, columns,
                       times=(parse_times(hist_time), parse_times(times)) if times else None)
     if args.out:
