@@ -134,7 +134,7 @@ def test_newer_format_version_is_one_line_error(run):
     (run / "artifact.json").write_text(json.dumps(meta))
     with pytest.raises(UserError) as err:
         rnnkit.load(run)
-    assert str(err.value) == (f"{run / 'artifact.json'}: format_version 99 is newer than this rnnkit (1, rnnkit "
+    assert str(err.value) == (f"{run / 'artifact.json'}: format_version 99 is newer than this rnnkit (2, rnnkit "
                               f"{rnnkit.__version__} wrote it); upgrade rnnkit")
 
 

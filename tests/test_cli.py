@@ -155,9 +155,9 @@ def test_bad_artifacts_one_line_exit_2(tmp_path, csv, capsys):
     assert _bad(capsys, tmp_path, "predict", tmp_path / "nope", "--horizon", "3") == (
         f"{tmp_path / 'nope'}: no such artifact directory")
     meta = json.loads((run / "artifact.json").read_text())
-    (run / "artifact.json").write_text(json.dumps({**meta, "format_version": 2}))
+    (run / "artifact.json").write_text(json.dumps({**meta, "format_version": 3}))
     assert _bad(capsys, tmp_path, "evaluate", run) == (
-        f"{run / 'artifact.json'}: format_version 2 is newer than this rnnkit (1, rnnkit {rnnkit.__version__} wrote "
+        f"{run / 'artifact.json'}: format_version 3 is newer than this rnnkit (2, rnnkit {rnnkit.__version__} wrote "
         "it); upgrade rnnkit")
     (run / "artifact.json").write_text("{")
     assert _bad(capsys, tmp_path, "info", run).startswith(f"{run / 'artifact.json'} line 1 column 2: damaged artifact.json")

@@ -135,3 +135,39 @@ def test_cli_export_and_refusals(tmp_path, capsys):
         from rnnkit.models import SequenceModel
 
         pin_fused(SequenceModel(ModelConfig(layer_norm=True, hidden_size=4)).eval(), "run")
+
+
+def test_ensemble_graph_averages_the_members_with_their_own_states(tmp_path, capsys):
+    """An ensemble exports its averaging graph: member m's state is h0_m/c0_m; onnxruntime == rnnkit,
+    and a forecast ensemble whose members' outputs differ in layout is refused in one line."""
+    from dataclasses import replace
+
+    from rnnkit.ensembles import build_ensemble
+    from rnnkit.tasks import get_task
+
+    text, config = tiny_text(tmp_path), get_task("textgen").Config(seq_len=8, batch_size=4)
+    runs = [tmp_path / "lstm", tmp_path / "gru"]
+    for seed, (run, cell) in enumerate(zip(runs, ("lstm", "gru"))):
+        train_task("textgen", str(text), run, ModelConfig(cell=cell, hidden_size=8, embedding_dim=6),
+                   replace(TRAIN, seed=seed), config, progress=False)
+    build_ensemble(runs, tmp_path / "ens", weights="equal")
+    onnx_path, side = export_onnx(tmp_path / "ens")
+    meta = json.loads(side.read_text())
+    assert [i["name"] for i in meta["inputs"]] == ["inputs", "h0_0", "c0_0", "h0_1"]
+    assert meta["state"]["weights"] == [0.5, 0.5] and len(meta["state"]["members"]) == 2
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    x = feeds(meta, 3, 6, seed=0)
+    got = session.run(None, {k: v.numpy() for k, v in x.items()})
+    model = artifacts.read_artifact(tmp_path / "ens").build_model()
+    with torch.no_grad():
+        y, states = model(x["inputs"], [(x["h0_0"], x["c0_0"]), x["h0_1"]])
+    assert [o.name for o in session.get_outputs()] == ["outputs", "hn_0", "cn_0", "hn_1"]
+    for g, w in zip(got, [y, *states[0], states[1]]):
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-4, atol=1e-4)
+    forecast = get_task("forecast").Config(lookback=12, horizon=3, batch_size=16, sines_series="40,10,10")
+    for run, data in (("rnn", forecast), ("seg", replace(forecast, architecture="segrnn", segment_length=4))):
+        train_task("forecast", "sines", tmp_path / run, ModelConfig(cell="gru", hidden_size=8), TRAIN, data,
+                   progress=False)
+    build_ensemble([tmp_path / "rnn", tmp_path / "seg"], tmp_path / "fens")
+    assert main(["export", str(tmp_path / "fens")]) == 2
+    assert "the members' outputs differ in shape" in capsys.readouterr().err

@@ -13,6 +13,7 @@ import pytest
 import rnnkit
 from rnnkit import artifacts
 from rnnkit.cli.main import main
+from rnnkit.errors import UserError
 
 V1 = Path(__file__).parent / "fixtures" / "artifacts" / "v1"
 
@@ -64,3 +65,32 @@ def test_v1_member_of_an_ensemble_trained_in_turn_loads_with_its_own_loss(tmp_pa
     art = artifacts.read_artifact(run)
     assert art.task_config.loss == "mae" and not hasattr(art.task_config, "ensemble")
     assert rnnkit.load(run).predict(2).values.shape == (2, 1)
+
+
+def test_v1_ensemble_trained_in_turn_names_the_command_that_rebuilds_it(tmp_path):
+    """Format 1's in-turn ensemble kept its members as runs under members/<m>: the error says how
+    `rnnkit ensemble` joins them into a format 2 ensemble."""
+    run = _copy(tmp_path, "forecast")
+    meta = json.loads((run / "artifact.json").read_text())
+    meta["in_turn"] = {"shares": [0.5, 0.25, 0.25]}
+    (run / "artifact.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError) as err:
+        rnnkit.load(run)
+    assert str(err.value).endswith(f"rebuild it as format_version 2: `rnnkit ensemble {run}/members/0 "
+                                   f"{run}/members/1 {run}/members/2 --out NEW_DIR`")
+
+
+def test_v1_single_run_joins_a_v2_ensemble(tmp_path):
+    """A format 1 run is a member like any other: with a new run of the same data and options."""
+    from rnnkit.models import ModelConfig
+    from rnnkit.tasks import get_task
+    from rnnkit.training.config import TrainConfig
+    from rnnkit.training.runner import train_task
+
+    old = _copy(tmp_path, "textgen")
+    config = get_task("textgen").Config(seq_len=8, batch_size=2, val_fraction=0.2)
+    train_task("textgen", "pangrams", tmp_path / "new", ModelConfig(cell="gru", hidden_size=4, embedding_dim=4),
+               TrainConfig(max_steps=2, seed=1), config, progress=False)
+    gen = rnnkit.ensemble([old, tmp_path / "new"], out=tmp_path / "ens", weights="validation")
+    assert len(gen.sample("The ", 8, temperature=0)) == 12
+    assert artifacts.read_artifact(tmp_path / "ens").members[0].meta["format_version"] == 1

@@ -42,6 +42,16 @@ def load(path):
     return _load(path)
 
 
+def ensemble(runs, out, weights: str = "equal", data=None, overwrite: bool = False):
+    """Join finished runs of one task and data into one ensemble artifact ``out`` and return it
+    loaded (the task's facade). ``weights``: ``"equal"`` or ``"validation"`` (chosen on the
+    validation split); ``data`` replaces the runs' recorded data source. See :mod:`rnnkit.ensembles`."""
+    from rnnkit.ensembles import build_ensemble
+
+    build_ensemble(list(runs), out, weights, data, overwrite)
+    return load(out)
+
+
 __all__ = [
     "__version__",
     "RNNCell",
@@ -54,5 +64,6 @@ __all__ = [
     "LSTM",
     "GRU",
     "load",
+    "ensemble",
     *_LAZY,
 ]

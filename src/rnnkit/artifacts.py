@@ -39,7 +39,7 @@ from safetensors.torch import save as st_save
 from rnnkit.errors import UserError
 
 FORMAT = "rnnkit-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ensembles are directories of member runs (rnnkit.ensembles); 1: single runs still read
 ARTIFACT_JSON = "artifact.json"
 WEIGHTS = "model.safetensors"
 CHECKPOINT = "checkpoint"
@@ -196,19 +196,19 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], info: dict) -> dict:
     return {"state": state, "param_groups": groups}
 
 
+def header() -> dict:
+    """The fields every artifact.json starts with: format, format_version, rnnkit_version, created."""
+    import rnnkit
+
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "rnnkit_version": rnnkit.__version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
 def snapshot_files(meta: dict, weights: dict[str, torch.Tensor], history: dict,
                    checkpoint: Optional[dict[str, bytes]] = None) -> dict[str, bytes]:
     """The files of one run-directory snapshot (checkpoint: {name: bytes} under checkpoint/)."""
     blob = tensors_bytes(weights, {"task": str(meta.get("task", ""))})
-    import rnnkit
-
-    head = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "rnnkit_version": rnnkit.__version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    doc = {**head, **meta, "weights": {"file": WEIGHTS, "sha256": sha256_bytes(blob)}}
+    doc = {**header(), **meta, "weights": {"file": WEIGHTS, "sha256": sha256_bytes(blob)}}
     files = {ARTIFACT_JSON: json_bytes(doc), WEIGHTS: blob, "history.json": json_bytes(history)}
     for name, data in (checkpoint or {}).items():
         files[f"{CHECKPOINT}/{name}"] = data
@@ -266,7 +266,7 @@ def read_meta(run_dir: str | Path) -> dict:
             f"{path}: format_version {version} is newer than this rnnkit ({FORMAT_VERSION}, rnnkit "
             f"{doc.get('rnnkit_version', '?')} wrote it); upgrade rnnkit"
         )
-    for key in ("task", "model", "weights"):
+    for key in ("task", "ensemble") if "ensemble" in doc and version >= 2 else ("task", "model", "weights"):
         if key not in doc:
             raise UserError(f"{path}: damaged artifact (missing {key!r})")
     return _read_v1(doc, path) if version == 1 else doc
@@ -285,6 +285,15 @@ def _v1_networks(doc: dict) -> int:
     return max(int(state.get("ensemble", 1)), int(state.get("spec", {}).get("ensemble", 1)))
 
 
+def _v1_rebuild_hint(doc: dict, run_dir: Path, networks: int) -> str:
+    """How to make a format_version 2 ensemble of what a format_version 1 one held."""
+    if doc.get("in_turn"):  # its members are runs of their own under members/<m>
+        members = " ".join(str(run_dir / "members" / str(m)) for m in range(networks))
+        return f"`rnnkit ensemble {members} --out NEW_DIR`"
+    return ("train each member with `rnnkit train` (its own --seed) and join the runs with "
+            "`rnnkit ensemble RUN_1 RUN_2 ... --out NEW_DIR`")
+
+
 def _read_v1(doc: dict, path: Path) -> dict:
     """A format_version 1 artifact.json as this rnnkit reads it: a single network keeps working (its
     task_config without the ensemble keys; a member trained in turn keeps its own loss), an
@@ -292,7 +301,8 @@ def _read_v1(doc: dict, path: Path) -> dict:
     networks = _v1_networks(doc)
     if networks > 1:
         raise UserError(f"{path}: an ensemble of {networks} networks inside one model (format_version 1, rnnkit "
-                        f"{doc.get('rnnkit_version', '?')}), a layout this rnnkit no longer reads")
+                        f"{doc.get('rnnkit_version', '?')}), a layout this rnnkit no longer reads; rebuild it as "
+                        f"format_version 2: {_v1_rebuild_hint(doc, path.parent, networks)}")
     config = {k: v for k, v in doc.get("task_config", {}).items() if k not in _V1_ENSEMBLE_KEYS}
     if "," in str(config.get("loss", "")):  # one loss per member: this member's
         config["loss"] = config["loss"].split(",")[doc.get("in_turn", {}).get("member", 0)].strip()
@@ -359,7 +369,14 @@ class Artifact:
 
 
 def read_artifact(run_dir: str | Path) -> Artifact:
-    return Artifact(run_dir, read_meta(run_dir))
+    """The run directory read: an :class:`Artifact`, or for an ensemble an
+    :class:`rnnkit.ensembles.EnsembleArtifact` (the same interface over its member runs)."""
+    meta = read_meta(run_dir)
+    if "ensemble" in meta:
+        from rnnkit.ensembles import EnsembleArtifact
+
+        return EnsembleArtifact(run_dir, meta)
+    return Artifact(run_dir, meta)
 
 
 def load(run_dir: str | Path):

@@ -16,6 +16,10 @@ so a runtime can run whole sequences or one step at a time (feed ``hn``/``cn`` b
 B and T are dynamic axes (B' = B x channels for channel-independent forecasters). The SegRNN
 forecaster has no state inputs and a fixed look-back T (its segments are fixed at training).
 
+An ensemble (``rnnkit ensemble``) exports its averaging graph: member m's state is ``h0_m``
+[, ``c0_m``] -> ``hn_m`` [, ``cn_m``], and ``outputs`` are the members' outputs averaged with
+the ensemble's weights (log of the mean probabilities; the mean forecast).
+
 Recurrent layers are exported through torch's fused kernels (``force_path="fused"``), which
 the TorchScript-based exporter maps to ONNX's own LSTM/GRU/RNN operators (dynamic T, and
 ``sequence_lens`` for lengths). Configurations those kernels do not compute (layer norm, GRU
@@ -60,30 +64,46 @@ def pin_fused(model: nn.Module, where: str) -> None:
         layer.force_path = "fused"
 
 
-class StatefulGraph(nn.Module):
-    """``forward(inputs, [lengths], h0, [c0]) -> (outputs, hn, [cn])`` around a model that follows
-    rnnkit's ``model(inputs, state, lengths) -> (outputs, state)`` convention."""
+def state_layers(model: nn.Module) -> list:
+    """The Recurrent whose state each network carries (None: a stateless network): one entry for a
+    single network, one per member for an ensemble (``model.members``, whose state is the list of
+    the members' states)."""
+    return [_state_layer(net) for net in getattr(model, "members", [model])]
 
-    def __init__(self, model: nn.Module, lengths: bool, lstm: bool, stateful: bool = True):
+
+def _state_layer(model: nn.Module) -> Optional[Recurrent]:
+    """The Recurrent whose state is the network's state (None: it keeps no state)."""
+    net = getattr(model, "net", model)  # ForecastModel wraps a SequenceModel or a SegRNN
+    return None if type(net).__name__ == "SegRNN" else net.rnn
+
+
+class StatefulGraph(nn.Module):
+    """``forward(inputs, [lengths], *states) -> (outputs, *new states)`` around a model that follows
+    rnnkit's ``model(inputs, state, lengths) -> (outputs, state)`` convention.
+
+    ``layers`` (:func:`state_layers`): per network its Recurrent or None; each stateful network
+    adds ``h`` (and ``c`` for an LSTM), in order, to the graph's inputs and outputs. An ensemble
+    (``ensemble=True``) takes its state as the list of the members' states. Without any state the
+    graph is ``forward(inputs, [lengths]) -> outputs``.
+    """
+
+    def __init__(self, model: nn.Module, lengths: bool, layers: list, ensemble: bool = False):
         super().__init__()
-        self.model, self.lengths, self.lstm, self.stateful = model, lengths, lstm, stateful
+        self.model, self.lengths, self.ensemble = model, lengths, ensemble
+        self.parts = [0 if layer is None else 2 if layer.cell == "lstm" else 1 for layer in layers]
 
     def forward(self, *args: Tensor):
         x, rest = args[0], list(args[1:])
         lengths = rest.pop(0) if self.lengths else None
-        state = None
-        if self.stateful:
-            state = (rest[0], rest[1]) if self.lstm else rest[0]
-        y, state = self.model(x, state, lengths)
-        if not self.stateful:
-            return y
-        return (y, *state) if self.lstm else (y, state)
-
-
-def _state_layer(model: nn.Module) -> Optional[Recurrent]:
-    """The Recurrent whose state is the graph's state (None: the graph keeps no state)."""
-    net = getattr(model, "net", model)  # ForecastModel wraps a SequenceModel or a SegRNN
-    return None if type(net).__name__ == "SegRNN" else net.rnn
+        states = []
+        for n in self.parts:  # rest: every stateful network's (h[, c]), network by network
+            states.append(None if n == 0 else rest[0] if n == 1 else (rest[0], rest[1]))
+            rest = rest[n:]
+        state = states if self.ensemble else states[0]
+        y, state = self.model(x, None if not any(self.parts) else state, lengths)
+        new = [p for s in (state if self.ensemble else [state]) if s is not None
+               for p in (s if isinstance(s, tuple) else (s,))]
+        return (y, *new) if new else y
 
 
 def example_inputs(art: artifacts.Artifact, model: nn.Module, B: int, T: int) -> Tensor:
@@ -101,8 +121,10 @@ def example_inputs(art: artifacts.Artifact, model: nn.Module, B: int, T: int) ->
     return torch.randn(B, T, mc.input_size)
 
 
-def signature(art: artifacts.Artifact, model: nn.Module, layer: Optional[Recurrent]) -> dict:
-    """Input/output names, example tensors and dynamic axes of the graph."""
+def signature(art: artifacts.Artifact, model: nn.Module, layers: list) -> dict:
+    """Input/output names, example tensors and dynamic axes of the graph; ``layers`` as in
+    :func:`state_layers`. A single network's state is ``h0``/``c0`` -> ``hn``/``cn``, ensemble
+    member m's ``h0_m``/``c0_m`` -> ``hn_m``/``cn_m``."""
     B, T = 2, 5
     x = example_inputs(art, model, B, T)
     names, args = ["inputs"], [x]
@@ -117,18 +139,19 @@ def signature(art: artifacts.Artifact, model: nn.Module, layer: Optional[Recurre
     spec = art.task_state.get("spec", {})
     per_step = art.task == "textgen" or (spec.get("architecture") == "rnn" and spec.get("dense_targets"))
     axes["outputs"] = {0: "batch", 1: "time"} if per_step else {0: "batch"}
-    if layer is not None:
+    if any(layer is not None for layer in layers):
         with torch.no_grad():
             _, state = model(x, None, args[1] if len(args) > 1 else None)
-        parts = state if isinstance(state, tuple) else (state,)
-        for i, p in enumerate(parts):
-            name = "h0" if i == 0 else "c0"
-            names.append(name)
-            args.append(torch.zeros_like(p))
-            axes[name] = {1: "state_batch"}
-            out = "hn" if i == 0 else "cn"
-            outputs.append(out)
-            axes[out] = {1: "state_batch"}
+        ensemble = hasattr(model, "members")
+        for m, member_state in enumerate(state if ensemble else [state]):
+            parts = () if member_state is None else member_state if isinstance(member_state, tuple) else (member_state,)
+            for i, p in enumerate(parts):
+                suffix = f"_{m}" if ensemble else ""
+                name, out = ("h0", "hn") if i == 0 else ("c0", "cn")
+                names.append(name + suffix)
+                args.append(torch.zeros_like(p))
+                outputs.append(out + suffix)
+                axes[name + suffix] = axes[out + suffix] = {1: "state_batch"}
     return {"names": names, "args": tuple(args), "outputs": outputs, "axes": axes}
 
 
@@ -137,14 +160,24 @@ def _describe(name: str, t: Tensor, axes: dict) -> dict:
     return {"name": name, "dtype": str(t.dtype).replace("torch.", ""), "shape": dims}
 
 
-def sidecar(art: artifacts.Artifact, sig: dict, outputs: tuple, layer: Optional[Recurrent], onnx_name: str) -> dict:
+def _describe_state(layer: Recurrent) -> dict:
+    return {"cell": layer.cell, "num_layers": layer.num_layers, "directions": layer.num_directions,
+            "hidden_size": layer.hidden_size, "shape": "(num_layers * directions, state_batch, hidden_size)",
+            "start": "zeros"}
+
+
+def sidecar(art: artifacts.Artifact, sig: dict, outputs: tuple, layers: list, onnx_name: str) -> dict:
+    """The JSON beside the graph. ``state``: None (no state), one network's layer description, or for
+    an ensemble ``{"members": [description | None per member], "weights": [...]}``: member m's
+    state is ``h0_m`` (``c0_m``), and the outputs are the members' outputs averaged."""
     import rnnkit
 
     state = None
-    if layer is not None:
-        state = {"cell": layer.cell, "num_layers": layer.num_layers, "directions": layer.num_directions,
-                 "hidden_size": layer.hidden_size, "shape": "(num_layers * directions, state_batch, hidden_size)",
-                 "start": "zeros"}
+    if "ensemble" in art.meta:
+        state = {"members": [None if layer is None else _describe_state(layer) for layer in layers],
+                 "weights": art.meta["ensemble"]["weights"]}
+    elif layers[0] is not None:
+        state = _describe_state(layers[0])
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "rnnkit_version": rnnkit.__version__,
         "model_file": onnx_name, "task": art.task, "source": str(art.path),
@@ -153,7 +186,7 @@ def sidecar(art: artifacts.Artifact, sig: dict, outputs: tuple, layer: Optional[
         "state": state,
         "preprocessing": art.task_state,  # vocabulary / scaler / labels / normaliser / windows
         "task_config": art.meta.get("task_config", {}),
-        "model": art.meta.get("model", {}),
+        "model": art.meta.get("model") or art.model_config.to_dict(),  # an ensemble: its first member's
         "metrics": art.metrics,
     }
 
@@ -168,10 +201,9 @@ def export_onnx(run_dir, out=None, opset: int = 17) -> tuple[Path, Path]:
         raise UserError(f"--out {out}: folder {out.parent} does not exist")
     model = art.build_model().eval()
     pin_fused(model, str(art.path))
-    layer = _state_layer(model)
-    sig = signature(art, model, layer)
-    graph = StatefulGraph(model, art.task in USES_LENGTHS, layer is not None and layer.cell == "lstm",
-                          stateful=layer is not None).eval()
+    layers = state_layers(model)
+    sig = signature(art, model, layers)
+    graph = StatefulGraph(model, art.task in USES_LENGTHS, layers, ensemble=hasattr(model, "members")).eval()
     with torch.no_grad():
         outputs = graph(*sig["args"])
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
@@ -182,5 +214,5 @@ def export_onnx(run_dir, out=None, opset: int = 17) -> tuple[Path, Path]:
                           dynamic_axes=sig["axes"], opset_version=opset, dynamo=False)
     tmp.replace(out)
     side = out.with_suffix(".json")
-    artifacts.write_file_atomic(side, (json.dumps(sidecar(art, sig, outputs, layer, out.name), indent=1) + "\n").encode())
+    artifacts.write_file_atomic(side, (json.dumps(sidecar(art, sig, outputs, layers, out.name), indent=1) + "\n").encode())
     return out, side

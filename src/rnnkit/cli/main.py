@@ -7,6 +7,7 @@ Grammar (the task is a positional of ``train``; every other verb reads it from t
     rnnkit evaluate DIR [--data NAME|PATH] [--split val|test] [--json] [task options]
     rnnkit sample DIR [task options]      rnnkit predict DIR [task options]
     rnnkit info DIR [--json]              rnnkit demo
+    rnnkit ensemble DIR1 DIR2 ... --out DIR [--weights equal|validation]
     rnnkit export DIR --format onnx [--out FILE]
     rnnkit serve DIR [--host H] [--port P] [limits]
     rnnkit train|resume ... --nproc N     (data parallel: re-runs itself under torchrun)
@@ -93,7 +94,7 @@ def build_parser(task=None):
     verbs.add_parser(sub, "sample", task)
     verbs.add_parser(sub, "predict", task)
     info.add_parser(sub)
-    for name in ("export", "serve"):  # deployment verbs
+    for name in ("ensemble", "export", "serve"):  # composing and deploying finished runs
         importlib.import_module(f"rnnkit.cli.{name}").add_parser(sub)
     if importlib.util.find_spec("rnnkit.cli.demo") is not None:
         demo = importlib.import_module("rnnkit.cli.demo")

@@ -36,6 +36,16 @@ Optional CLI hooks (defaults do nothing / refuse the verb):
    to stdout (``--json`` must print exactly one JSON object). Raise ``UserError`` for user mistakes.
    The default refuses ``sample``/``predict`` with a one-line error and does nothing for ``evaluate``.
 
+Ensembles of finished runs (``rnnkit ensemble``, :mod:`rnnkit.ensembles`) ask three hooks, each
+with a default for tasks whose outputs are class (or next-token) logits:
+
+8. ``ensemble_key(task_state) -> dict``: what the members must share (vocabulary, scaler,
+   labels, windows); default: the whole task state.
+9. ``average_outputs(outputs, weights) -> Tensor``: one output from the members'; default: the
+   weighted mean of the probabilities, as log-probabilities.
+10. ``fit_weights(models, batches) -> list``: weights chosen on validation batches; default: the
+    probability mixture with the highest likelihood.
+
 Config fields: every field of ``Config`` becomes ``--field-name`` (``--field_name`` accepted) and a
 key of the config file's ``[data]`` section, typed by its annotation (int, float, str, bool,
 Optional[...]); ``field(metadata={"choices": (...), "help": "..."})`` adds choices/help text.
@@ -46,6 +56,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Optional, Protocol
 
+import torch
 from torch import Tensor
 
 from rnnkit.data.batching import Batch
@@ -124,6 +135,29 @@ class Task:
         model = self.build_model(model_config, task_state)
         self.init_model(model, task_state, config)
         return model
+
+    # -- ensembles of finished runs (see the module docstring, items 8-10) -----------------------
+    def ensemble_key(self, task_state: dict) -> dict:
+        """The part of the task state every member of an ensemble must share, because inputs are
+        prepared and outputs read once for all of them (vocabulary, scaler, labels, windows)."""
+        return task_state
+
+    def average_outputs(self, outputs: list, weights: Tensor) -> Tensor:
+        """An ensemble's output from its M members' outputs (M logits (..., C) of one shape) and
+        weights (M,) (>= 0, sum 1): the weighted mean of the class (next-token) probabilities, as
+        log-probabilities ``log sum_m w_m softmax(z_m)`` (..., C), which softmax, cross-entropy and
+        argmax read as logits."""
+        logp = torch.stack([torch.log_softmax(z.float(), dim=-1) for z in outputs])  # (M, ..., C)
+        log_w = weights.to(logp).log().view(-1, *[1] * (logp.dim() - 1))
+        return torch.logsumexp(logp + log_w, dim=0)
+
+    def fit_weights(self, models: list, batches: list) -> list:
+        """Ensemble weights (>= 0, sum 1) chosen on the validation ``batches``: those of the mixture
+        of the members' probabilities with the highest likelihood of the targets, i.e. the lowest
+        validation loss (:func:`rnnkit.ensembles.mixture_weights`)."""
+        from rnnkit.ensembles import mixture_weights, target_log_probs
+
+        return mixture_weights(torch.stack([target_log_probs(model, batches) for model in models]))
 
     # -- optional CLI hooks (see the module docstring, items 6-7) -------------------------------
     def add_arguments(self, verb: str, parser) -> None:

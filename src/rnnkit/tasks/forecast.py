@@ -312,6 +312,30 @@ class ForecastTask(Task):
     def loss_fn(self, config: ForecastConfig):
         return functools.partial(forecast_loss, kind=config.loss)
 
+    # -- ensembles (rnnkit.ensembles) -------------------------------------------------------------
+    def ensemble_key(self, task_state: dict) -> dict:
+        """Members share columns, scaler and windows; each may be its own network (``spec``)."""
+        return {k: v for k, v in task_state.items() if k != "spec"}
+
+    def average_outputs(self, outputs: list, weights: Tensor) -> Tensor:
+        """The weighted mean of the members' forecasts: M x (B, K, C) -> (B, K, C) (or their
+        dense outputs (B, L, K', C), which need members of one output layout)."""
+        shapes = sorted({tuple(y.shape) for y in outputs})
+        if len(shapes) > 1:
+            raise UserError(f"the members' outputs differ in shape ({' vs '.join(map(str, shapes))}): members with "
+                            f"and without per-step outputs average only as forecasts (predict, evaluate)")
+        y = torch.stack(outputs)  # (M, ...)
+        return (weights.to(y).view(-1, *[1] * (y.dim() - 1)) * y).sum(0)
+
+    def fit_weights(self, models: list, batches: list) -> list:
+        """The weights with the lowest validation MSE of the weighted mean forecast (least squares
+        on the simplex: :func:`rnnkit.ensembles.simplex_least_squares`)."""
+        from rnnkit.ensembles import simplex_least_squares
+
+        truth = np.concatenate([b.targets.double().numpy() for b in batches])  # (N, K, C)
+        preds = np.stack([np.concatenate([predict_windows(m, b.inputs) for b in batches]) for m in models])
+        return simplex_least_squares(preds.reshape(len(models), -1), truth.reshape(-1))
+
     def evaluate(self, model: ForecastModel, batches) -> dict:
         """Forecast metrics on scaled data over a full pass: loss = mse (all K steps, C channels)."""
         if hasattr(batches, "epoch"):

@@ -271,6 +271,11 @@ class _Stepper:
                 layers[k + 1][0][:, :H] = h
         return torch.addmm(self.head_b, h, self.head_w.t())  # (B, V)
 
+    def start(self, state, batch: int):
+        """The model's state after the prime ((L, 1, H) or (h, c)) -> what ``__call__`` carries
+        for ``batch`` samples."""
+        return self.split_state(_expand_state(state, batch))
+
     def split_state(self, state):
         """The model's state ((L, B, H) or (h, c)) -> what ``__call__`` carries."""
         if not self.direct:
@@ -324,11 +329,12 @@ def generate(model: SequenceModel, prime_ids: Tensor, length: int, temperature: 
     """
     B = num_samples
     model.eval()
-    step = _Stepper(model)
+    # a composite model (an ensemble: rnnkit.ensembles.EnsembleModel) steps each network with ours
+    step = model.stepper(_Stepper) if hasattr(model, "stepper") else _Stepper(model)
     with torch.inference_mode():
         logits, state = model(prime_ids.view(1, -1))  # (1, P, V)
         logits = logits[:, -1].expand(B, -1)  # (B, V)
-        state = step.split_state(_expand_state(state, B))
+        state = step.start(state, B)
         out = []
         noise, plain = None, top_k is None and top_p is None
         for i in range(length):
