@@ -138,7 +138,7 @@ def batch_source(items: list, targets: Optional[list], batch_size: int, shuffle:
 
     A batch whose texts all have the same length gets ``lengths=None``: torch's fused kernels
     then run on the dense tensor; with lengths they pack, and on CPU the packed GRU/RNN backward
-    measured 10-20x slower than the dense one (B=64, T=230, H=64; 2-core Xeon).
+    is much slower than the dense one (see BENCHMARKS.md).
     """
 
     def make_batch(indices):
