@@ -287,8 +287,8 @@ class _Stepper:
       etc., C++ from end to end).
 
     The sequence kernel (``torch._VF.lstm``) is not used here: on CPU its oneDNN path
-    re-prepares the weights on every call, which made a T=1 call ~100x slower than
-    ``torch.lstm_cell`` (measured). Otherwise the model's own layer runs. Every way gives the
+    re-prepares the weights on every call, which makes a T=1 call far slower than
+    ``torch.lstm_cell``. Otherwise the model's own layer runs. Every way gives the
     same numbers (tested).
     """
 
