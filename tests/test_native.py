@@ -231,7 +231,7 @@ def test_failed_build_names_the_compiler(fresh_native, monkeypatch):
 def test_built_once_into_the_cache(fresh_native):
     assert native.library() is not None
     (built,) = fresh_native.glob("native-*.so")
-    files = sorted(p.name for p in fresh_native.iterdir())  # the library and its build lock
+    files = sorted(p.name for p in fresh_native.iterdir())  # the library, its sha256, the build lock
     stamp = built.stat().st_mtime_ns
     native.reset()
     assert native.library() is not None

@@ -1,11 +1,13 @@
-"""The native library's cache (rnnkit/native_build.py): built once, durably.
+"""The native library's cache (rnnkit/native_build.py): only our own, whole library is ever opened.
 
 The builds here go through a stand-in compiler (``CC``): a shell script that logs each compile
 and copies in a library the real compiler built once for this module, so counting compiles is
-counting lines, and a build takes no compiler time.
+counting lines, and a rebuild takes no compiler time. Loads of a tampered cache run in a child
+process: a foreign library's constructor or a truncated file's SIGBUS cannot touch pytest.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -13,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import rnnkit
 from rnnkit import native
@@ -25,6 +28,10 @@ while [ $# -gt 1 ]; do
   if [ "$1" = -o ]; then cp '{library}' "$2"; fi
   shift
 done
+"""
+
+FOREIGN_C = """#include <stdio.h>
+__attribute__((constructor)) static void mark(void) { FILE *f = fopen("%s", "w"); if (f) fclose(f); }
 """
 
 LOAD = "from rnnkit import native; reason = native.unavailable_reason(); print(reason); raise SystemExit(reason is not None)"
@@ -84,6 +91,28 @@ def _finish(child: subprocess.Popen) -> tuple[int, str]:
     return child.returncode, output
 
 
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no cc to build the foreign library")
+def test_a_foreign_library_is_never_opened_and_is_rebuilt(cache, tmp_path):
+    library = _cached_library(cache)
+    marker = tmp_path / "constructor-ran"
+    (tmp_path / "foreign.c").write_text(FOREIGN_C % marker)
+    subprocess.run(["cc", "-shared", "-fPIC", str(tmp_path / "foreign.c"), "-o", str(library)], check=True)
+    library.with_name(library.name + ".sha256").unlink(missing_ok=True)  # no record, as a foreign file has
+    status, output = _finish(_load_in_a_child())
+    assert not marker.exists()
+    assert status == 0, output
+    assert library.read_bytes() == cache.built.read_bytes() and cache.compiles() == 2
+
+
+def test_a_truncated_library_is_rebuilt_without_a_crash(cache):
+    library = _cached_library(cache)
+    with open(library, "r+b") as f:
+        f.truncate(library.stat().st_size // 2)
+    status, output = _finish(_load_in_a_child())
+    assert status == 0, output
+    assert library.read_bytes() == cache.built.read_bytes() and cache.compiles() == 2
+
+
 def test_concurrent_first_uses_compile_once(cache, monkeypatch):
     monkeypatch.setenv("FAKE_CC_DELAY", "2")  # the second child starts while the first compiles
     children = [_load_in_a_child() for _ in range(2)]
@@ -91,6 +120,32 @@ def test_concurrent_first_uses_compile_once(cache, monkeypatch):
         status, output = _finish(child)
         assert status == 0, output
     assert cache.compiles() == 1
+
+
+OTHERS = {"group-writable": lambda path: path.chmod(0o775), "another user's": lambda path: os.chown(path, 65534, -1)}
+
+
+@pytest.mark.parametrize("kind", list(OTHERS))
+def test_a_library_someone_else_could_have_written_is_rebuilt(cache, kind):
+    if kind == "another user's" and os.getuid() != 0:
+        pytest.skip("only root can give a file to another user")
+    library = _cached_library(cache)
+    OTHERS[kind](library)
+    assert native.library() is not None
+    st = library.stat()
+    assert cache.compiles() == 2 and st.st_uid == os.getuid() and st.st_mode & 0o022 == 0
+
+
+def test_a_cache_folder_others_can_write_to_is_refused_with_one_warning(cache):
+    cache.folder.mkdir()
+    cache.folder.chmod(0o777)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert native.library() is None
+        assert native.kernels("lstm", torch.float32) is None  # the torch code serves
+    assert [str(w.message).count("writable by group or others") for w in caught] == [1]
+    assert "\n" not in str(caught[0].message)
+    assert cache.compiles() == 0 and list(cache.folder.iterdir()) == []
 
 
 def test_the_library_is_fsynced_before_its_rename(cache, monkeypatch):
@@ -108,6 +163,7 @@ def test_the_library_is_fsynced_before_its_rename(cache, monkeypatch):
     monkeypatch.setattr(os, "fsync", logged_fsync)
     monkeypatch.setattr(os, "replace", logged_replace)
     library = _cached_library(cache)
-    inode = library.stat().st_ino
-    renamed = events.index(("replace", inode, str(library)))
-    assert ("fsync", inode) in events[:renamed]
+    for path in (library, library.with_name(library.name + ".sha256")):
+        inode = path.stat().st_ino
+        renamed = events.index(("replace", inode, str(path)))
+        assert ("fsync", inode) in events[:renamed], path.name

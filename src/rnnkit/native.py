@@ -11,8 +11,9 @@ one call of a :mod:`rnnkit.bptt` Function.
 
 The shared library is built once per source, compiler and CPU into the cache directory
 (``$RNNKIT_CACHE``, else ``$XDG_CACHE_HOME/rnnkit``, else ``~/.cache/rnnkit``) by
-:mod:`rnnkit.native_build`, written to a temporary name and renamed, so concurrent first uses
-do not see a half-written file.
+:mod:`rnnkit.native_build`: under a file lock, so concurrent first uses compile once; fsynced
+and renamed into place with its sha256 recorded beside it; and opened only when the cache folder
+and the file are the user's alone and the file matches its record (a damaged one is rebuilt).
 ``-march=native`` is used where the compiler accepts it: the cache key includes the CPU's
 feature flags, so a shared home directory on another CPU builds its own copy. ``-fopenmp`` too:
 the library then needs ``libgomp.so.1``, which the dynamic loader finds already loaded by torch
@@ -84,7 +85,7 @@ def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
     try:
         path, problem = cached_library(cc_path, key)
     except OSError as err:
-        path, problem = None, f"compiling {SOURCE.name} with {cc_path} failed: {err}"
+        path, problem = None, f"building in the cache folder {cache_dir()} failed: {err}"
     if path is None:
         return None, problem
     lib = ctypes.CDLL(str(path))
