@@ -57,8 +57,11 @@ def _record_path(library: Path) -> Path:
 
 
 def _not_private(path: Path, st: os.stat_result) -> Optional[str]:
-    """Why ``path`` (with stat ``st``) may have been written by someone else, or None."""
-    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+    """Why ``path`` (with stat ``st``) may have been written by someone else, or None. POSIX only:
+    Windows reports every writable file as mode 666 and has no uid; there the sha256 check stays."""
+    if os.name == "nt":
+        return None
+    if st.st_uid != os.getuid():
         return f"{path} belongs to another user (uid {st.st_uid})"
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
