@@ -179,6 +179,22 @@ def test_read_only_parent_is_refused_for_real(tmp_path, csv, capsys):
         parent.chmod(0o755)
 
 
+# -- 7a. symlinked run directories ----------------------------------------------------------------
+
+def test_symlinked_run_directory_stays_a_link(tmp_path, csv, capsys):
+    disk = tmp_path / "disk2"
+    (disk / "real").mkdir(parents=True)
+    (tmp_path / "runs").mkdir()
+    link = tmp_path / "runs" / "r"
+    link.symlink_to(disk / "real", target_is_directory=True)
+    assert _cli(capsys, "train", "toy", "--data", csv, "--out", link, *TRAIN, "--max-steps", "4")[0] == 0
+    assert _cli(capsys, "resume", link, "--max-steps", "8")[0] == 0
+    assert link.is_symlink() and os.readlink(link) == str(disk / "real")
+    assert artifacts.read_meta(disk / "real")["step"] == 8
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["r"]  # no copy, temp or lock beside the link
+    assert {p.name for p in disk.iterdir()} == {"real", ".real.lock"}
+
+
 # -- 7b. stale snapshots ---------------------------------------------------------------------------
 
 def test_stale_snapshots_of_the_run_are_swept_at_resume(run, capsys):

@@ -16,6 +16,7 @@ Every save writes a complete new directory next to ``DIR`` (temp sibling, each f
 and swaps it in with one atomic ``renameat2(RENAME_EXCHANGE)`` on Linux (elsewhere: two
 renames), so a failed or killed save never damages the artifact already there. Files in
 ``DIR`` that a save does not produce (a task's ``forecast.png``, ``samples.txt``) are kept.
+A symlinked ``DIR`` is followed: the swap happens beside the link's target, the link stays.
 """
 
 from __future__ import annotations
@@ -121,8 +122,9 @@ def _link_or_copy(src, dst):
 
 def write_run(run_dir: str | Path, files: dict[str, bytes], keep_extras: bool = True) -> None:
     """Atomically replace ``run_dir`` by ``files`` ({relative path: bytes}) plus, with
-    ``keep_extras``, the files of the existing ``run_dir`` that ``files`` does not name."""
-    run_dir = Path(run_dir).absolute()
+    ``keep_extras``, the files of the existing ``run_dir`` that ``files`` does not name.
+    A symlinked ``run_dir`` is followed (the new directory replaces the link's target)."""
+    run_dir = Path(run_dir).resolve()
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent))
     try:
