@@ -218,6 +218,33 @@ def test_snapshots_of_a_missing_run_are_kept(tmp_path):
     assert snapshot.is_dir()
 
 
+# -- 7c. files named in artifact.json stay inside the run ---------------------------------------------
+
+@pytest.mark.parametrize("where", ["relative", "absolute", "symlink"])
+def test_weights_file_outside_the_run_is_refused(run, where):
+    outside = run.parent / "outside.safetensors"
+    shutil.copy(run / "model.safetensors", outside)  # a loadable file, sha256 matching
+    meta = json.loads((run / "artifact.json").read_text())
+    name = {"relative": "../outside.safetensors", "absolute": str(outside), "symlink": "link.safetensors"}[where]
+    if where == "symlink":
+        (run / name).symlink_to(outside)
+    meta["weights"]["file"] = name
+    (run / "artifact.json").write_text(json.dumps(meta))
+    with pytest.raises(rnnkit.errors.UserError) as err:
+        rnnkit.load(run)
+    assert str(err.value) == (f"{run / 'artifact.json'}: weights.file {name!r} is not a file inside the run "
+                              f"directory {run}")
+
+
+def test_checkpoint_names_outside_the_run_are_refused(run, capsys):
+    meta = json.loads((run / "artifact.json").read_text())
+    meta.setdefault("checkpoint", {"sha256": {}})["sha256"]["../../../etc/passwd"] = "0" * 64
+    (run / "artifact.json").write_text(json.dumps(meta))
+    assert _error(capsys, "resume", run) == (f"{run / 'artifact.json'}: checkpoint.sha256 key "
+                                             f"'checkpoint/../../../etc/passwd' is not a file inside the run "
+                                             f"directory {run}")
+
+
 # -- 7d. one writer per run --------------------------------------------------------------------------
 
 HOLD = """import sys

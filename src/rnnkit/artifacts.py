@@ -17,6 +17,8 @@ and swaps it in with one atomic ``renameat2(RENAME_EXCHANGE)`` on Linux (elsewhe
 renames), so a failed or killed save never damages the artifact already there. Files in
 ``DIR`` that a save does not produce (a task's ``forecast.png``, ``samples.txt``) are kept.
 A symlinked ``DIR`` is followed: the swap happens beside the link's target, the link stays.
+
+Every file artifact.json names must lie inside ``DIR``.
 """
 
 from __future__ import annotations
@@ -271,7 +273,24 @@ def read_meta(run_dir: str | Path) -> dict:
     for key in ("task", "model", "weights"):
         if key not in doc:
             raise UserError(f"{path}: damaged artifact (missing {key!r})")
+    _check_named_files(run_dir, doc, path)
     return doc
+
+
+def _check_named_files(run_dir: Path, doc: dict, path: Path) -> None:
+    """Every file artifact.json names lies inside the run directory (no absolute path, no ``..``
+    or symlink leading out); the weights entry and the checkpoint sums are JSON objects."""
+    weights, checkpoint = doc["weights"], doc.get(CHECKPOINT, {})
+    if not isinstance(weights, dict) or not isinstance(checkpoint, dict) \
+            or not isinstance(checkpoint.get("sha256", {}), dict):
+        raise UserError(f"{path}: damaged artifact (weights and checkpoint must be JSON objects)")
+    named = [("weights.file", weights.get("file", WEIGHTS))]
+    named += [("checkpoint.sha256 key", f"{CHECKPOINT}/{name}") for name in checkpoint.get("sha256", {})]
+    root = run_dir.resolve()
+    for key, rel in named:
+        inside = isinstance(rel, str) and rel and not Path(rel).is_absolute()
+        if not inside or root not in (root / rel).resolve().parents:
+            raise UserError(f"{path}: {key} {rel!r} is not a file inside the run directory {run_dir}")
 
 
 class Artifact:
