@@ -295,3 +295,45 @@ def test_the_lock_is_held_across_every_save(run, capsys, monkeypatch):
     monkeypatch.setattr(artifacts, "write_run", write_run)
     assert _cli(capsys, "resume", run)[0] == 0
     assert len(saves) == 3  # steps 6 and 8, then the final save
+
+
+# -- 7e. checksummed checkpoints ---------------------------------------------------------------------
+
+def test_checkpoint_files_are_checksummed_and_verified_on_resume(run, tmp_path, capsys):
+    sums = artifacts.read_meta(run)["checkpoint"]["sha256"]
+    assert set(sums) == set(CHECKPOINT_FILES)
+    for name, sha in sums.items():
+        assert artifacts.sha256_bytes((run / "checkpoint" / name).read_bytes()) == sha
+    for name in CHECKPOINT_FILES:
+        damaged = tmp_path / f"damaged-{name}"
+        shutil.copytree(run, damaged)
+        path = damaged / "checkpoint" / name
+        blob = bytearray(path.read_bytes())
+        blob[-3] ^= 0x01  # a flip in the tensor data parses fine: only the checksum sees it
+        path.write_bytes(bytes(blob))
+        assert _error(capsys, "resume", damaged).startswith(f"{path}: damaged "), name
+        assert _error(capsys, "resume", damaged).endswith("(sha256 does not match artifact.json)")
+
+
+def test_damaged_trainer_state_is_one_line(run, tmp_path, capsys):
+    state = run / "checkpoint" / "trainer_state.json"
+    meta = json.loads((run / "artifact.json").read_text())
+    meta.pop("checkpoint", None)  # unchecked, as in artifacts written before the sums: the JSON is still checked
+    (run / "artifact.json").write_text(json.dumps(meta))
+    good = state.read_text()
+    state.write_text(good[:-40])
+    assert _error(capsys, "resume", run).startswith(f"{state} line ")
+    state.write_text(json.dumps({**json.loads(good), "callbacks": []}))
+    assert _error(capsys, "resume", run) == (
+        f"{run / 'checkpoint'}: damaged checkpoint (AttributeError: 'list' object has no attribute 'get')")
+
+
+def test_checkpoint_without_sums_as_older_rnnkit_wrote_it_still_resumes(run, tmp_path, csv, capsys):
+    ref = tmp_path / "ref"
+    assert _cli(capsys, "train", "toy", "--data", csv, "--out", ref, *TRAIN)[0] == 0
+    meta = json.loads((run / "artifact.json").read_text())
+    assert meta.pop("checkpoint")
+    (run / "artifact.json").write_text(json.dumps(meta))
+    assert _cli(capsys, "resume", run)[0] == 0
+    for k, v in artifacts.read_artifact(ref).state_dict().items():
+        assert torch.equal(v, artifacts.read_artifact(run).state_dict()[k]), k

@@ -18,7 +18,10 @@ renames), so a failed or killed save never damages the artifact already there. F
 ``DIR`` that a save does not produce (a task's ``forecast.png``, ``samples.txt``) are kept.
 A symlinked ``DIR`` is followed: the swap happens beside the link's target, the link stays.
 
-Every file artifact.json names must lie inside ``DIR``.
+artifact.json records the sha256 of every file it names: ``weights`` {file, sha256} and, with
+a checkpoint, ``checkpoint`` {"sha256": {name: sha256}} (artifacts written before rnnkit
+recorded it have none, and their checkpoints are read unchecked). Every file it names must lie
+inside ``DIR``.
 """
 
 from __future__ import annotations
@@ -213,6 +216,8 @@ def snapshot_files(meta: dict, weights: dict[str, torch.Tensor], history: dict,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     doc = {**head, **meta, "weights": {"file": WEIGHTS, "sha256": sha256_bytes(blob)}}
+    if checkpoint:
+        doc[CHECKPOINT] = {"sha256": {name: sha256_bytes(data) for name, data in checkpoint.items()}}
     files = {ARTIFACT_JSON: json_bytes(doc), WEIGHTS: blob, "history.json": json_bytes(history)}
     for name, data in (checkpoint or {}).items():
         files[f"{CHECKPOINT}/{name}"] = data
@@ -221,13 +226,19 @@ def snapshot_files(meta: dict, weights: dict[str, torch.Tensor], history: dict,
 
 # ----------------------------------------------------------------------------- reading
 
-def _read_json(path: Path, what: str) -> dict:
+def _read_json(path: Path, what: str, sha256: Optional[str] = None) -> dict:
+    """A JSON object from ``path`` (its sha256 checked when given); a damaged file is a UserError."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path}: not found ({what})") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise UserError(f"{path}: cannot read {what} ({exc.__class__.__name__})") from None
+    _check_sha256(path, data, what, sha256)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: damaged {what} (not UTF-8: {exc.reason} at byte {exc.start})") from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -237,14 +248,18 @@ def _read_json(path: Path, what: str) -> dict:
     return doc
 
 
+def _check_sha256(path: Path, data: bytes, what: str, sha256: Optional[str]) -> None:
+    if sha256 is not None and sha256_bytes(data) != sha256:
+        raise UserError(f"{path}: damaged {what} (sha256 does not match artifact.json)")
+
+
 def read_tensors(path: Path, what: str, sha256: Optional[str] = None) -> dict[str, torch.Tensor]:
     """Load a safetensors file, checking its sha256 when given; damaged files are a UserError."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path}: not found ({what})") from None
-    if sha256 is not None and sha256_bytes(data) != sha256:
-        raise UserError(f"{path}: damaged {what} (sha256 does not match artifact.json)")
+    _check_sha256(path, data, what, sha256)
     try:
         return st_load(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
@@ -291,6 +306,11 @@ def _check_named_files(run_dir: Path, doc: dict, path: Path) -> None:
         inside = isinstance(rel, str) and rel and not Path(rel).is_absolute()
         if not inside or root not in (root / rel).resolve().parents:
             raise UserError(f"{path}: {key} {rel!r} is not a file inside the run directory {run_dir}")
+
+
+def checkpoint_sha256(meta: dict) -> dict:
+    """{checkpoint file name: sha256} recorded in artifact.json ({} in artifacts older than that)."""
+    return meta.get(CHECKPOINT, {}).get("sha256", {})
 
 
 class Artifact:
