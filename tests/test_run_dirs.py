@@ -81,6 +81,14 @@ def _tree(path: Path) -> dict:
     return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
+def _untimed_history(run: Path) -> dict:
+    """history.json without the measured tokens_per_s."""
+    history = json.loads((run / "history.json").read_text())
+    for record in history["train"]:
+        record.pop("tokens_per_s")
+    return history
+
+
 def _no_data_read(monkeypatch):
     """Make preparing the data fail loudly: the checks under test must come first."""
     def prepare(*args):
@@ -337,3 +345,21 @@ def test_checkpoint_without_sums_as_older_rnnkit_wrote_it_still_resumes(run, tmp
     assert _cli(capsys, "resume", run)[0] == 0
     for k, v in artifacts.read_artifact(ref).state_dict().items():
         assert torch.equal(v, artifacts.read_artifact(run).state_dict()[k]), k
+
+
+# -- 7f. a resume with nothing left to train ---------------------------------------------------------------
+
+def test_resume_with_no_steps_left_marks_the_run_complete(tmp_path, csv, capsys, monkeypatch):
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    assert _cli(capsys, "train", "toy", "--data", csv, "--out", ref, *TRAIN)[0] == 0
+    _train_killed_at(monkeypatch, cut, csv, lambda meta: meta["status"] == "complete")  # after the last step
+    capsys.readouterr()
+    assert artifacts.read_meta(cut)["status"] == "training" and artifacts.read_meta(cut)["step"] == 8
+    rc, out, _ = _cli(capsys, "resume", cut)
+    assert rc == 0 and out == f"{cut}: nothing left to train (finished 2 epochs); the run is marked complete\n"
+    got, want = artifacts.read_meta(cut), artifacts.read_meta(ref)
+    assert got["status"] == "complete" and got["stop_reason"] == want["stop_reason"] == "finished 2 epochs"
+    assert got["metrics"] == want["metrics"] and got["step"] == want["step"]
+    assert _untimed_history(cut) == _untimed_history(ref)
+    rc, out, _ = _cli(capsys, "resume", cut)
+    assert rc == 0 and out == f"{cut}: run already complete; nothing to resume\n"

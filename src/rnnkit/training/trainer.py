@@ -50,15 +50,17 @@ class TrainingDiverged(UserError):
 @dataclass
 class History:
     """train: [{step, epoch, loss, lr, tokens_per_s}] (mean over each log window);
-    eval: [{step, epoch, <metric>: value}]; best: the selected evaluation; stop_reason."""
+    eval: [{step, epoch, <metric>: value}]; best: the selected evaluation; stop_reason;
+    steps_taken: optimizer steps of the fit call that returned it (not saved in history.json)."""
 
     train: list = field(default_factory=list)
     eval: list = field(default_factory=list)
     best: Optional[dict] = None
     stop_reason: str = ""
+    steps_taken: int = field(default=0, compare=False)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "steps_taken"}
 
     @classmethod
     def from_dict(cls, d: dict) -> "History":
@@ -236,6 +238,7 @@ class Trainer:
         self.average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
         self.total_steps = self._planned_steps = self._total(len(train))
         self._fresh = not resume  # the first save of a new run replaces an old directory wholesale
+        self._resumed, self._resumed_complete = resume, False
         carry, best = None, None
         if resume:
             carry, best = self._restore(model, opt)
@@ -454,6 +457,7 @@ class Trainer:
             raise ValueError("resume=True needs run_dir")
         ck = self.run_dir / artifacts.CHECKPOINT
         meta = artifacts.read_meta(self.run_dir)
+        self._resumed_complete = meta.get("status") == "complete"
         sums = artifacts.checkpoint_sha256(meta)
         ts = artifacts._read_json(ck / "trainer_state.json", "checkpoint state", sums.get("trainer_state.json"))
 
@@ -485,12 +489,16 @@ class Trainer:
         return carry, best
 
     def _finish(self, model, opt, carry, best, evaluate_fn, steps_here) -> History:
-        s = self.state
-        if steps_here:
+        """After the loop: the last record and evaluation, the final (``complete``) save and the
+        selected weights loaded. A resumed run with nothing left to train that was not marked
+        complete yet (killed before its final save) is finished the same way."""
+        completing = self._resumed and not steps_here and not self._resumed_complete
+        if steps_here or completing:
             self._record_train()
             best = self._evaluate(model, evaluate_fn, best)
         self.history.stop_reason = self._stop_reason
-        if self.run_dir is not None and (steps_here or not (self.run_dir / artifacts.ARTIFACT_JSON).exists()):
+        self.history.steps_taken = steps_here
+        if self.run_dir is not None and (steps_here or completing or not (self.run_dir / artifacts.ARTIFACT_JSON).exists()):
             self._save(model, opt, carry, best, status="complete")
         if best is None and self.average is not None:
             best = self._selected_weights(model)
@@ -498,7 +506,6 @@ class Trainer:
             model.load_state_dict(best)
         for cb in self.callbacks:
             cb.on_fit_end(self, self.history)
-        _ = s
         return self.history
 
 
