@@ -498,7 +498,8 @@ class Trainer:
             best = self._evaluate(model, evaluate_fn, best)
         self.history.stop_reason = self._stop_reason
         self.history.steps_taken = steps_here
-        if self.run_dir is not None and (steps_here or completing or not (self.run_dir / artifacts.ARTIFACT_JSON).exists()):
+        first = self.run_dir is not None and not (self.run_dir / artifacts.ARTIFACT_JSON).exists()
+        if self.run_dir is not None and (steps_here or completing or first):
             self._save(model, opt, carry, best, status="complete")
         if best is None and self.average is not None:
             best = self._selected_weights(model)
