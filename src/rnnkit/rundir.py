@@ -21,11 +21,11 @@ that writes) checks, locks and sweeps.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -91,10 +91,12 @@ def check_writable(out, label: str) -> None:
     if not base.is_dir():
         raise UserError(f"{label}: {base} is not a directory")
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=base))
+        probe = tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=base)
     except OSError as exc:
         raise UserError(f"{label}: cannot create the save's temporary copy in {base} "
                         f"({exc.strerror or exc.__class__.__name__})") from None
+    with contextlib.suppress(FileNotFoundError):  # the run's writer may have swept it already
+        os.rmdir(probe)
 
 
 def _lock(out, label: str) -> Optional[int]:
@@ -138,7 +140,7 @@ def sweep_stale_snapshots(out) -> None:
         shutil.rmtree(snapshot, ignore_errors=True)
 
 
-@contextmanager
+@contextlib.contextmanager
 def writing(out, replace: Optional[bool] = None) -> Iterator[None]:
     """While the block runs, this process alone writes the run directory ``out`` (None: nothing).
 
