@@ -63,7 +63,8 @@ def test_snake_and_kebab_flags_and_config_precedence(tmp_path, csv, capsys):
 
 
 def _run(args, env_extra=None, check=True):
-    env = {**os.environ, "PYTHONPATH": str(TESTS), **(env_extra or {})}
+    src = Path(rnnkit.__file__).parents[1]  # the rnnkit under test, not whichever one is installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(src)]), **(env_extra or {})}
     code = "import rnnkit_toytask as t, sys; t.cli_main(sys.argv[1:])"
     p = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True)
     if check:

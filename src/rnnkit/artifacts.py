@@ -16,6 +16,12 @@ Every save writes a complete new directory next to ``DIR`` (temp sibling, each f
 and swaps it in with one atomic ``renameat2(RENAME_EXCHANGE)`` on Linux (elsewhere: two
 renames), so a failed or killed save never damages the artifact already there. Files in
 ``DIR`` that a save does not produce (a task's ``forecast.png``, ``samples.txt``) are kept.
+A symlinked ``DIR`` is followed: the swap happens beside the link's target, the link stays.
+
+artifact.json records the sha256 of every file it names: ``weights`` {file, sha256} and, with
+a checkpoint, ``checkpoint`` {"sha256": {name: sha256}} (artifacts written before rnnkit
+recorded it have none, and their checkpoints are read unchecked). Every file it names must lie
+inside ``DIR``.
 """
 
 from __future__ import annotations
@@ -121,8 +127,9 @@ def _link_or_copy(src, dst):
 
 def write_run(run_dir: str | Path, files: dict[str, bytes], keep_extras: bool = True) -> None:
     """Atomically replace ``run_dir`` by ``files`` ({relative path: bytes}) plus, with
-    ``keep_extras``, the files of the existing ``run_dir`` that ``files`` does not name."""
-    run_dir = Path(run_dir).absolute()
+    ``keep_extras``, the files of the existing ``run_dir`` that ``files`` does not name.
+    A symlinked ``run_dir`` is followed (the new directory replaces the link's target)."""
+    run_dir = Path(run_dir).resolve()
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent))
     try:
@@ -209,6 +216,8 @@ def snapshot_files(meta: dict, weights: dict[str, torch.Tensor], history: dict,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     doc = {**head, **meta, "weights": {"file": WEIGHTS, "sha256": sha256_bytes(blob)}}
+    if checkpoint:
+        doc[CHECKPOINT] = {"sha256": {name: sha256_bytes(data) for name, data in checkpoint.items()}}
     files = {ARTIFACT_JSON: json_bytes(doc), WEIGHTS: blob, "history.json": json_bytes(history)}
     for name, data in (checkpoint or {}).items():
         files[f"{CHECKPOINT}/{name}"] = data
@@ -217,13 +226,19 @@ def snapshot_files(meta: dict, weights: dict[str, torch.Tensor], history: dict,
 
 # ----------------------------------------------------------------------------- reading
 
-def _read_json(path: Path, what: str) -> dict:
+def _read_json(path: Path, what: str, sha256: Optional[str] = None) -> dict:
+    """A JSON object from ``path`` (its sha256 checked when given); a damaged file is a UserError."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path}: not found ({what})") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise UserError(f"{path}: cannot read {what} ({exc.__class__.__name__})") from None
+    _check_sha256(path, data, what, sha256)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: damaged {what} (not UTF-8: {exc.reason} at byte {exc.start})") from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -233,14 +248,18 @@ def _read_json(path: Path, what: str) -> dict:
     return doc
 
 
+def _check_sha256(path: Path, data: bytes, what: str, sha256: Optional[str]) -> None:
+    if sha256 is not None and sha256_bytes(data) != sha256:
+        raise UserError(f"{path}: damaged {what} (sha256 does not match artifact.json)")
+
+
 def read_tensors(path: Path, what: str, sha256: Optional[str] = None) -> dict[str, torch.Tensor]:
     """Load a safetensors file, checking its sha256 when given; damaged files are a UserError."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path}: not found ({what})") from None
-    if sha256 is not None and sha256_bytes(data) != sha256:
-        raise UserError(f"{path}: damaged {what} (sha256 does not match artifact.json)")
+    _check_sha256(path, data, what, sha256)
     try:
         return st_load(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
@@ -269,7 +288,29 @@ def read_meta(run_dir: str | Path) -> dict:
     for key in ("task", "model", "weights"):
         if key not in doc:
             raise UserError(f"{path}: damaged artifact (missing {key!r})")
+    _check_named_files(run_dir, doc, path)
     return doc
+
+
+def _check_named_files(run_dir: Path, doc: dict, path: Path) -> None:
+    """Every file artifact.json names lies inside the run directory (no absolute path, no ``..``
+    or symlink leading out); the weights entry and the checkpoint sums are JSON objects."""
+    weights, checkpoint = doc["weights"], doc.get(CHECKPOINT, {})
+    if not isinstance(weights, dict) or not isinstance(checkpoint, dict) \
+            or not isinstance(checkpoint.get("sha256", {}), dict):
+        raise UserError(f"{path}: damaged artifact (weights and checkpoint must be JSON objects)")
+    named = [("weights.file", weights.get("file", WEIGHTS))]
+    named += [("checkpoint.sha256 key", f"{CHECKPOINT}/{name}") for name in checkpoint.get("sha256", {})]
+    root = run_dir.resolve()
+    for key, rel in named:
+        inside = isinstance(rel, str) and rel and not Path(rel).is_absolute()
+        if not inside or root not in (root / rel).resolve().parents:
+            raise UserError(f"{path}: {key} {rel!r} is not a file inside the run directory {run_dir}")
+
+
+def checkpoint_sha256(meta: dict) -> dict:
+    """{checkpoint file name: sha256} recorded in artifact.json ({} in artifacts older than that)."""
+    return meta.get(CHECKPOINT, {}).get("sha256", {})
 
 
 class Artifact:

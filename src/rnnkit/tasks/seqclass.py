@@ -350,6 +350,7 @@ class SequenceClassifier:
         """Train with the shared Trainer on arrays ``x`` (N, T, F), labels ``y`` (N,) [, lengths (N,)],
         or on a dataset/file ``data``; the validation split follows ``config.val_size``, and the
         best-validation weights are kept. ``out`` (a directory) also writes the artifact."""
+        from rnnkit import rundir
         from rnnkit.training.config import TrainConfig
         from rnnkit.training.trainer import Trainer
 
@@ -366,8 +367,9 @@ class SequenceClassifier:
         self.model = TASK.new_model(model_config, self.task_state, self.config, train.seed)  # as `rnnkit train`
         meta = {"task": TASK.name, "model": model_config.to_dict(), "task_config": asdict(self.config),
                 "task_state": self.task_state, "data": prepared.data_info}
-        self.history = Trainer(train, callbacks).fit(
-            self.model, prepared.train, TASK.loss, validation_fn(prepared), run_dir=out, meta=meta)
+        with rundir.writing(out, replace=True):  # a new run: empty, new or a previous run's directory
+            self.history = Trainer(train, callbacks).fit(
+                self.model, prepared.train, TASK.loss, validation_fn(prepared), run_dir=out, meta=meta)
         self.model.eval()
         if prepared.val is not None:
             self.metrics = self._report(prepared.val)

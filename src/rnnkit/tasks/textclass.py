@@ -440,6 +440,7 @@ class TextClassifier:
         Validation: ``val_texts``/``val_labels`` if given, else ``config.val_fraction`` of the
         training texts; the best-validation weights are kept. ``out`` also writes the artifact.
         """
+        from rnnkit import rundir
         from rnnkit.training.config import TrainConfig
         from rnnkit.training.trainer import Trainer
 
@@ -462,7 +463,9 @@ class TextClassifier:
             from rnnkit.training.callbacks import CurvesPlot
 
             callbacks = [*callbacks, CurvesPlot()]  # curves.png in the run directory
-        self.history = Trainer(train_config, callbacks).fit(self.model, prepared.train, TASK.loss, evaluate_fn, run_dir=out, meta=meta)
+        with rundir.writing(out, replace=True):  # a new run: empty, new or a previous run's directory
+            self.history = Trainer(train_config, callbacks).fit(self.model, prepared.train, TASK.loss, evaluate_fn,
+                                                                run_dir=out, meta=meta)
         self.model.eval()
         self.prepared = prepared
         return self

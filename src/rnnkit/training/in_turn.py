@@ -106,7 +106,7 @@ def fit_in_turn(ensemble, train: TrainConfig, shares: list[float], source, loss_
     steps = sum(h.train[-1]["step"] if h.train else 0 for h in histories)
     record = {"step": steps, "epoch": 0, **metrics}
     history = History(eval=[record] if metrics else [], best=record if metrics else None,
-                      stop_reason=f"{len(shares)} {STOP_REASON_SUFFIX}")
+                      stop_reason=f"{len(shares)} {STOP_REASON_SUFFIX}", steps_taken=sum(h.steps_taken for h in histories))
     if run_dir is not None:
         summary = {**meta, "train": dataclasses.asdict(train), "status": "complete", "step": steps, "epoch": 0,
                    "stop_reason": history.stop_reason, "in_turn": {"shares": shares},

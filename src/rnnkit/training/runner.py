@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import torch
 
-from rnnkit import artifacts
+from rnnkit import artifacts, rundir
 from rnnkit.data.sources import resolve, sha256_file
 from rnnkit.errors import UserError
 from rnnkit.models import ModelConfig
@@ -36,36 +36,36 @@ def _callbacks(train: TrainConfig, progress: bool):
     return ([ProgressBar(log_every=train.log_every)] if progress else []) + [CurvesPlot()]
 
 
-def check_out_dir(out: Path, overwrite: bool) -> None:
-    """A new run never silently replaces an artifact (and with --overwrite only at its first save)."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        what = "holds an artifact" if (out / artifacts.ARTIFACT_JSON).exists() else "is not empty"
-        raise UserError(f"--out {out}: already {what}; use `rnnkit resume {out}`, another --out, or --overwrite")
-
-
 def train_task(task_name: str, data: str, out, model: Optional[ModelConfig] = None,
                train: Optional[TrainConfig] = None, task_config: Any = None, overwrite: bool = False,
                progress: bool = True) -> History:
-    """Prepare the data, build the model from it, train, and write the run directory ``out``."""
+    """Prepare the data, build the model from it, train, and write the run directory ``out``
+    (checked, locked and swept first: see :func:`rnnkit.rundir.writing`)."""
     task = get_task(task_name)
     out = Path(out)
     model, train = model or ModelConfig(), train or TrainConfig()
     task_config = task_config if task_config is not None else task.Config()
-    check_out_dir(out, overwrite)
-    prep = task.prepare(task_config, data, train.seed)
-    mc = task.model_config(prep.task_state, task_config, model)
-    net = task.new_model(mc, prep.task_state, task_config, train.seed)
-    meta = {"task": task.name, "model": dataclasses.asdict(mc), "task_config": dataclasses.asdict(task_config),
-            "task_state": prep.task_state, "data": {"source": str(data), **(prep.data_info or {})}}
-    return fit_prepared(task, net, prep, train, task_config, out, meta, progress)
+    with rundir.writing(out, replace=overwrite):
+        prep = task.prepare(task_config, data, train.seed)
+        mc = task.model_config(prep.task_state, task_config, model)
+        net = task.new_model(mc, prep.task_state, task_config, train.seed)
+        meta = {"task": task.name, "model": dataclasses.asdict(mc), "task_config": dataclasses.asdict(task_config),
+                "task_state": prep.task_state, "data": {"source": str(data), **(prep.data_info or {})}}
+        return _fit(task, net, prep, train, task_config, out, meta, progress)
 
 
 def fit_prepared(task, net, prep, train: TrainConfig, task_config, out, meta: dict, progress: bool,
                  resume: bool = False) -> History:
     """Train ``net`` on prepared data with the one Trainer (an ensemble with
-    ``ensemble_lead_share`` member by member); the CLI's runs and the facades' ``fit`` share it."""
+    ``ensemble_lead_share`` member by member); the façades' ``fit`` uses it. A new run's ``out``
+    may be empty, new or a previous run (replaced), never anything else."""
+    with rundir.writing(out, replace=None if resume else True):
+        return _fit(task, net, prep, train, task_config, out, meta, progress, resume)
+
+
+def _fit(task, net, prep, train: TrainConfig, task_config, out, meta: dict, progress: bool,
+         resume: bool = False) -> History:
+    """:func:`fit_prepared` once ``out`` is held for writing."""
     loss_fn, evaluate_fn = task.loss_fn(task_config), _evaluate_fn(task, prep.val, train)
     lead_share = getattr(task_config, "ensemble_lead_share", 0)
     if lead_share:
@@ -104,12 +104,14 @@ def _check_data(art: artifacts.Artifact, data: str) -> None:
 
 
 def resume_run(run_dir, overrides: Optional[dict] = None, progress: bool = True) -> Optional[History]:
-    """Continue an interrupted run from ``run_dir/checkpoint``; None when there is nothing left to do."""
+    """Continue an interrupted run from ``run_dir/checkpoint``; None when it is complete and no
+    override extends it. ``run_dir`` is checked, locked and swept first (see :mod:`rnnkit.rundir`)."""
     run_dir = Path(run_dir)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     first_member = run_dir / in_turn.MEMBERS_DIR / "0"
     if not (run_dir / artifacts.ARTIFACT_JSON).exists() and (first_member / artifacts.ARTIFACT_JSON).exists():
-        return _resume_in_turn(run_dir, artifacts.read_artifact(first_member), overrides, progress)
+        with rundir.writing(run_dir):
+            return _resume_in_turn(run_dir, artifacts.read_artifact(first_member), overrides, progress)
     art = artifacts.read_artifact(run_dir)
     if "in_turn" in art.meta:  # the ensemble artifact is written once its last member is done
         if overrides:
@@ -119,6 +121,12 @@ def resume_run(run_dir, overrides: Optional[dict] = None, progress: bool = True)
         raise UserError(f"{run_dir}: no checkpoint/ to resume from")
     if art.meta.get("status") == "complete" and not overrides and not art.meta.get("stop_reason", "").startswith("time budget"):
         return None
+    with rundir.writing(run_dir):
+        return _resume_single(artifacts.read_artifact(run_dir), overrides, progress)  # read again, under the lock
+
+
+def _resume_single(art: artifacts.Artifact, overrides: dict, progress: bool) -> History:
+    """Continue the single run (or ensemble trained side by side) ``art`` from its checkpoint."""
     task = get_task(art.task)
     train = dataclasses.replace(art.train_config, **overrides)
     data = _resume_source(art)
@@ -126,7 +134,7 @@ def resume_run(run_dir, overrides: Optional[dict] = None, progress: bool = True)
     prep = task.prepare(task_config, data, train.seed)
     net = task.build_model(art.model_config, art.task_state)
     meta = {k: art.meta[k] for k in ("task", "model", "task_config", "task_state", "data") if k in art.meta}
-    return fit_prepared(task, net, prep, train, task_config, run_dir, meta, progress, resume=True)
+    return _fit(task, net, prep, train, task_config, art.path, meta, progress, resume=True)
 
 
 def _resume_in_turn(run_dir: Path, member: artifacts.Artifact, overrides: dict, progress: bool) -> History:
@@ -140,8 +148,8 @@ def _resume_in_turn(run_dir: Path, member: artifacts.Artifact, overrides: dict, 
     prep = task.prepare(task_config, data, train.seed)
     net = task.new_model(member.model_config, prep.task_state, task_config, train.seed)
     meta = {k: member.meta[k] for k in ("task", "model", "task_config", "data") if k in member.meta}
-    return fit_prepared(task, net, prep, train, task_config, run_dir, {**meta, "task_state": prep.task_state},
-                        progress, resume=True)
+    return _fit(task, net, prep, train, task_config, run_dir, {**meta, "task_state": prep.task_state},
+                progress, resume=True)
 
 
 def evaluate_run(run_dir, data: Optional[str] = None, split: str = "val") -> dict:
