@@ -403,3 +403,19 @@ def test_out_of_range_values_and_non_finite_outputs_get_422(runs):
         srv.app.state.job.facade.predict_proba = lambda texts: np.full((len(texts), 2), np.nan)
         status, payload = srv.request("POST", "/predict", {"texts": ["a", "b"]})
         assert status == 422 and payload["error"].startswith("texts: the model's output is not finite")
+
+
+def test_serve_warns_off_loopback_without_token_and_rejects_an_empty_token(runs, monkeypatch, capsys):
+    from rnnkit.cli.main import main
+
+    started = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: started.append(self.config.host))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.append(kw.get("host")))
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    with pytest.warns(UserWarning, match="^serving on 0.0.0.0 without a token: anyone who can reach"):
+        assert main(["serve", str(runs / "tc"), "--host", "0.0.0.0"]) == 0
+    assert started == ["0.0.0.0"]
+    assert main(["serve", str(runs / "tc"), "--token", ""]) == 2
+    assert capsys.readouterr().err == ("rnnkit: error: --token: expected a non-empty token of printable ASCII "
+                                       "without spaces\n")
+    assert started == ["0.0.0.0"]
