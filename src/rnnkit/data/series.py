@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from rnnkit.data.numbers import cell_where, parse_finite
 from rnnkit.errors import UserError
 
 FILL_POLICIES = ("error", "ffill", "interpolate", "zero")
@@ -131,7 +132,7 @@ def read_csv(path, time_column: Optional[str] = None, columns: Optional[Sequence
 
     ``columns`` picks the numeric columns (default: all but the time column). Missing cells
     ("", NA, NaN, null, ?) are a UserError naming file/line/column unless ``fill`` is
-    ffill | interpolate | zero; non-numeric text is always an error.
+    ffill | interpolate | zero; non-numeric text and non-finite numbers are always errors.
     """
     path = Path(path)
     if fill not in FILL_POLICIES:
@@ -168,19 +169,10 @@ def read_csv(path, time_column: Optional[str] = None, columns: Optional[Sequence
 
 
 def _parse_cell(cell: str, path, line: int, column: str, fill: str) -> float:
-    text = cell.strip()
-    if text.lower() in _MISSING:
-        if fill == "error":
-            raise UserError(f"{path} line {line}, column {column!r}: missing value "
-                            f"(use --fill ffill|interpolate|zero to fill gaps)")
-        return np.nan
-    try:
-        value = float(text)
-    except ValueError:
-        raise UserError(f"{path} line {line}, column {column!r}: expected a number, found {cell!r}") from None
-    if not np.isfinite(value):
-        raise UserError(f"{path} line {line}, column {column!r}: expected a finite number, found {cell!r}")
-    return value
+    where = cell_where(path, line, column)
+    if fill == "error" and cell.strip().lower() in _MISSING:
+        raise UserError(f"{where}: missing value (use --fill ffill|interpolate|zero to fill gaps)")
+    return parse_finite(cell, where, _MISSING)
 
 
 def _fill_missing(values: np.ndarray, fill: str) -> np.ndarray:

@@ -20,7 +20,6 @@ import difflib
 import gzip
 import hashlib
 import io
-import math
 import os
 import tempfile
 import urllib.error
@@ -31,6 +30,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from rnnkit.data.numbers import cell_where, parse_finite
 from rnnkit.errors import UserError
 
 DATA_ENV = "RNNKIT_DATA"
@@ -217,17 +217,8 @@ def read_csv_column(path: Union[str, Path], column: str) -> np.ndarray:
         hint = f"; did you mean {match[0]!r}?" if match else ""
         raise UserError(f"{path}: no column {column!r}; expected one of: {', '.join(header)}{hint}")
     j = header.index(column)
-    values = np.empty(len(rows), dtype=np.float64)
-    for i, row in enumerate(rows):
-        cell = row[j].strip() if j < len(row) else ""
-        try:
-            v = float(cell)
-        except ValueError:
-            v = None
-        if v is None or not math.isfinite(v):
-            raise UserError(f"{path} line {i + 2} column {column!r}: expected a finite number, got {cell!r}")
-        values[i] = v
-    return values
+    return np.array([parse_finite(row[j] if j < len(row) else "", cell_where(path, i + 2, column))
+                     for i, row in enumerate(rows)], dtype=np.float64)
 
 
 def read_idx(path: Union[str, Path]) -> np.ndarray:

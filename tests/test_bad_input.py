@@ -1,0 +1,116 @@
+"""Faults and bad input (issue #31): each is one pinned line ``rnnkit: error: ...`` on stderr and
+exit status 2, never a traceback, never a saved artifact holding NaN/Infinity; and
+``rnnkit evaluate DIR --data FILE`` scores all of FILE, saying how many examples it scored."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import rnnkit
+import rnnkit_toytask as toy
+from rnnkit.artifacts import json_bytes
+from rnnkit.cli.main import main
+from rnnkit.errors import UserError
+
+FORECAST = ["--lookback", "5", "--hidden-size", "4", "--cell", "gru", "--epochs", "1", "--quiet"]
+SEQCLASS = ["--hidden-size", "4", "--cell", "gru", "--epochs", "1", "--val-size", "4", "--quiet"]
+TOY = ["--epochs", "1", "--hidden-size", "4", "--seq-len", "5", "--quiet", "--use-fused", "false"]
+
+
+def _cli(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _error(capsys, *argv) -> str:
+    """The one error line of a command that must fail with exit status 2 (and print nothing else)."""
+    rc, out, err = _cli(capsys, *argv)
+    assert rc == 2 and out == "" and err.count("\n") == 1 and err.startswith("rnnkit: error: "), (rc, out, err)
+    return err[len("rnnkit: error: "):].rstrip("\n")
+
+
+def _ok(capsys, *argv) -> str:
+    rc, out, err = _cli(capsys, *argv)
+    assert rc == 0, err
+    return out
+
+
+def _series_csv(path: Path, times, values=None) -> Path:
+    values = [math.sin(i / 3) for i in range(len(times))] if values is None else values
+    path.write_text("t,y\n" + "".join(f"{t},{v}\n" for t, v in zip(times, values)))
+    return path
+
+
+def _sequences_csv(path: Path, n: int, classes=(0, 1), seed: int = 0) -> Path:
+    """Wide CSV, no header: label, then 6 values (one feature per step)."""
+    rng = np.random.default_rng(seed)
+    rows = [f"{classes[i % len(classes)]}," + ",".join(f"{v:.4f}" for v in rng.normal(size=6)) for i in range(n)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------- 5: non-finite data
+
+
+def test_inf_in_a_sequence_classification_csv_names_file_line_and_column(tmp_path, capsys):
+    data = _sequences_csv(tmp_path / "seq.csv", 30)
+    lines = data.read_text().splitlines()
+    lines[2] = "1,0.5,0.25,inf,0.1"
+    data.write_text("\n".join(lines) + "\n")
+    assert _error(capsys, "train", "seqclass", "--data", data, "--out", tmp_path / "out", *SEQCLASS) == (
+        f"{data} line 3, column 4: expected a finite number, found 'inf'")
+    assert not (tmp_path / "out").exists()
+
+
+TS = """@problemName Toy
+@classLabel true up down
+@data
+1,2,3:up
+4,{value},6:down
+7,8:up
+"""
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("1e999", "expected a finite number, found '1e999'"),
+    ("-inf", "expected a finite number, found '-inf'"),
+    ("1e39", "expected a number within float32's range (|x| <= 3.4e38), found '1e39'"),  # inf in float32
+])
+def test_non_finite_value_in_a_ts_file_names_file_line_and_column(tmp_path, capsys, value, problem):
+    data = tmp_path / "toy.ts"
+    data.write_text(TS.format(value=value))
+    assert _error(capsys, "train", "seqclass", "--data", data, "--out", tmp_path / "out", *SEQCLASS) == (
+        f"{data} line 5, column 3: {problem}")
+
+
+def test_infinity_in_a_numpy_array_is_refused_with_its_index(tmp_path, capsys):
+    x = np.zeros((6, 4), dtype=np.float64)
+    x[1, 2] = np.inf
+    x[3, 3] = np.nan  # NaN marks a missing value: allowed
+    np.savez(tmp_path / "seq.npz", x=x, y=np.array([0, 1] * 3))
+    assert _error(capsys, "train", "seqclass", "--data", tmp_path / "seq.npz", "--out", tmp_path / "out", *SEQCLASS) == (
+        f"{tmp_path / 'seq.npz'}: value inf at index (1, 2, 0) is not a finite float32 number; "
+        "expected finite numbers (NaN marks a missing value)")
+
+
+def _strict_json(data: bytes):
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    return json.loads(data, parse_constant=refuse)
+
+
+# ----------------------------------------------------------------------------- 6: tracebacks
+
+
+# ----------------------------------------------------------------------------- 8: silent data issues
+
+
+# ----------------------------------------------------------------------------- 9: evaluate --data
