@@ -110,6 +110,31 @@ def _strict_json(data: bytes):
 # ----------------------------------------------------------------------------- 6: tracebacks
 
 
+@pytest.mark.parametrize("content, where", [
+    ("t,y\n0,1\n1,caf\xe9\n".encode("latin-1"), "line 3 (byte 13): not valid UTF-8 (byte 0xe9)"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "line 1 (byte 0): not valid UTF-8 (byte 0x89)"),
+])
+def test_forecast_csv_that_is_not_utf8_is_one_line(tmp_path, capsys, content, where):
+    data = tmp_path / "s.csv"
+    data.write_bytes(content)
+    assert _error(capsys, "train", "forecast", "--data", data, "--out", tmp_path / "out", *FORECAST) == (
+        f"{data} {where}; expected UTF-8 text")
+
+
+def test_text_field_over_128_kib_is_read(tmp_path, capsys):
+    long_text = "word " * 30_000  # 150,000 characters: over csv's default field limit of 131,072
+    rows = [f'"{long_text}",pos'] + [f"text number {i},{('pos', 'neg')[i % 2]}" for i in range(20)]
+    data = tmp_path / "t.csv"
+    data.write_text("text,label\n" + "\n".join(rows) + "\n")
+    _ok(capsys, "train", "textclass", "--data", data, "--out", tmp_path / "r", "--hidden-size", "4",
+        "--embedding-dim", "4", "--max-length", "20", "--epochs", "1", "--quiet")
+    # a number column with such a field: one short line, not csv's "field larger than field limit"
+    series = _series_csv(tmp_path / "s.csv", range(60))
+    series.write_text(series.read_text() + f'60,"{long_text}"\n')
+    assert _error(capsys, "train", "forecast", "--data", series, "--out", tmp_path / "out", *FORECAST) == (
+        f"{series} line 62, column 'y': expected a number, found {long_text[:37] + '...'!r}")
+
+
 # ----------------------------------------------------------------------------- 8: silent data issues
 
 

@@ -18,7 +18,6 @@ where it marks a missing value.
 
 from __future__ import annotations
 
-import csv
 import gzip
 import math
 import struct
@@ -32,6 +31,7 @@ from torch import Tensor
 
 from rnnkit.data.batching import Batch
 from rnnkit.data.numbers import cell_where, check_finite_array, parse_finite
+from rnnkit.data.sources import csv_records
 from rnnkit.errors import UserError
 
 MNIST_FILES = {
@@ -204,14 +204,14 @@ def read_csv(path, label_column: str = "label", features: int = 1, names=None) -
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", newline="") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError) as e:
+        with opener(path, "rt", newline="", encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, EOFError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read as CSV text ({e})") from None
-    rows = [r for r in rows if any(c.strip() for c in r)]
+    rows = [(n, r) for n, r in csv_records(text, path) if any(c.strip() for c in r)]  # (line, fields)
     if not rows:
         raise UserError(f"{path}: the file is empty; expected one labelled sequence per row")
-    header = [c.strip().lower() for c in rows[0]]
+    header = [c.strip().lower() for c in rows[0][1]]
     if "id" in header and "time" in header:
         return _read_long_csv(path, rows, header, label_column.lower(), names)
     return _read_wide_csv(path, rows, header, label_column.lower(), features, names)
@@ -219,14 +219,14 @@ def read_csv(path, label_column: str = "label", features: int = 1, names=None) -
 
 def _read_long_csv(path, rows, header, label_column, names) -> LabelledSequences:
     if label_column not in header:
-        raise UserError(f"{path}:1: long-format CSV needs a {label_column!r} column, found {header}")
+        raise UserError(f"{path}:{rows[0][0]}: long-format CSV needs a {label_column!r} column, found {header}")
     i_id, i_time, i_label = header.index("id"), header.index("time"), header.index(label_column)
     feat_cols = [i for i in range(len(header)) if i not in (i_id, i_time, i_label)]
     if not feat_cols:
-        raise UserError(f"{path}:1: long-format CSV has no feature columns besides id, time, {label_column}")
+        raise UserError(f"{path}:{rows[0][0]}: long-format CSV has no feature columns besides id, time, {label_column}")
     groups: dict = {}
-    columns = [c.strip() for c in rows[0]]
-    for n, r in enumerate(rows[1:], start=2):
+    columns = [c.strip() for c in rows[0][1]]
+    for n, r in rows[1:]:
         if len(r) != len(header):
             raise UserError(f"{path}:{n}: expected {len(header)} fields like the header, got {len(r)}")
         where = f"{path}:{n}"
@@ -245,10 +245,8 @@ def _read_long_csv(path, rows, header, label_column, names) -> LabelledSequences
 def _read_wide_csv(path, rows, header, label_column, features, names) -> LabelledSequences:
     has_header = label_column in header
     i_label = header.index(label_column) if has_header else 0
-    body = rows[1:] if has_header else rows
-    start = 2 if has_header else 1
     labels, seqs = [], []
-    for n, r in enumerate(body, start=start):
+    for n, r in rows[1:] if has_header else rows:
         cells = [(i, c) for i, c in enumerate(r) if i != i_label]
         while cells and not cells[-1][1].strip():
             cells.pop()

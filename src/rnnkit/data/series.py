@@ -9,7 +9,6 @@ has inputs ``x[i : i+L]`` and targets ``y[i+L : i+L+K]``; inputs never contain a
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -17,6 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from rnnkit.data.numbers import cell_where, parse_finite
+from rnnkit.data.sources import csv_records, read_text
 from rnnkit.errors import UserError
 
 FILL_POLICIES = ("error", "ffill", "interpolate", "zero")
@@ -139,11 +139,8 @@ def read_csv(path, time_column: Optional[str] = None, columns: Optional[Sequence
         raise UserError(f"--fill must be one of {', '.join(FILL_POLICIES)}, got {fill!r}")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        raise UserError(f"{path}: empty file, expected a header row")
-    header = [h.strip() for h in rows[0]]
+    records = csv_records(read_text(path).removeprefix("\ufeff"), path)
+    header = [h.strip() for h in records[0][1]]
     if not time_column:  # the first column, unless it is the only one (then time is the row number)
         time_column = header[0] if len(header) > 1 else None
     if time_column is not None and time_column not in header:
@@ -155,9 +152,8 @@ def read_csv(path, time_column: Optional[str] = None, columns: Optional[Sequence
         if c not in header:
             raise UserError(f"{path}: no column {c!r}; columns are: {', '.join(header)}")
     ti, idx = header.index(time_column) if time_column else None, [header.index(c) for c in columns]
-    times, values = [], np.empty((len(rows) - 1, len(columns)))
-    for r, row in enumerate(rows[1:]):
-        line = r + 2  # 1-based, after the header
+    times, values = [], np.empty((len(records) - 1, len(columns)))
+    for r, (line, row) in enumerate(records[1:]):
         if len(row) != len(header):
             raise UserError(f"{path} line {line}: expected {len(header)} columns, found {len(row)}")
         times.append(row[ti] if ti is not None else str(r))
