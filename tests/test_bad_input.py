@@ -138,4 +138,19 @@ def test_text_field_over_128_kib_is_read(tmp_path, capsys):
 # ----------------------------------------------------------------------------- 8: silent data issues
 
 
+def test_forecast_times_must_increase_or_be_sorted_and_never_repeat(tmp_path, capsys):
+    times = list(range(60))
+    times[10], times[11] = 11, 10
+    data = _series_csv(tmp_path / "s.csv", times)
+    assert _error(capsys, "train", "forecast", "--data", data, "--out", tmp_path / "out", *FORECAST) == (
+        f"{data} lines 12 and 13: time '10' comes before '11'; expected increasing times (or --sort-time to "
+        "sort the rows)")
+    dates = _series_csv(tmp_path / "d.csv", [f"2020-01-{d:02d}" for d in range(1, 29)] + ["2020-01-27"])
+    assert _error(capsys, "train", "forecast", "--data", dates, "--out", tmp_path / "out", *FORECAST, "--sort-time") == (
+        f"{dates} lines 28 and 30: time '2020-01-27' appears twice; expected each time once")
+    _ok(capsys, "train", "forecast", "--data", data, "--out", tmp_path / "r", *FORECAST, "--sort-time")
+    meta = json.loads((tmp_path / "r" / "artifact.json").read_text())
+    assert meta["task_config"]["sort_time"] is True and meta["task_state"]["history"]["time"][-3:] == ["57", "58", "59"]
+
+
 # ----------------------------------------------------------------------------- 9: evaluate --data

@@ -66,6 +66,7 @@ class ForecastConfig:
     target: str = ""  # comma-separated target columns ("": every numeric column)
     covariates: str = ""  # comma-separated input-only columns
     time_column: str = ""  # "": the first column
+    sort_time: bool = False  # sort the rows by time (else times must increase); a repeated time is an error
     fill: str = "error"  # missing cells: error | ffill | interpolate | zero
     scaler: str = "standard"  # standard | minmax | none (fitted on the training part only)
     val: float = 0.1  # validation part: a fraction (< 1) or a number of steps
@@ -178,7 +179,7 @@ def load_series(data: Union[str, Path, Series], config: ForecastConfig) -> tuple
         series, info = data, {"name": "series"}
     else:
         path = _resolve(str(data))
-        series = read_csv(path, config.time_column or None, None, config.fill)
+        series = read_csv(path, config.time_column or None, None, config.fill, config.sort_time)
         info = {"name": str(data), "path": str(path)}
     covariates = _names(config.covariates)
     targets = _names(config.target) or [c for c in series.columns if c not in covariates]
