@@ -100,6 +100,16 @@ def test_infinity_in_a_numpy_array_is_refused_with_its_index(tmp_path, capsys):
         "expected finite numbers (NaN marks a missing value)")
 
 
+def test_forecast_value_too_large_for_the_scaler_is_one_line(tmp_path, capsys):
+    data = _series_csv(tmp_path / "s.csv", range(60), [1e308 if i == 10 else math.sin(i / 3) for i in range(60)])
+    assert _error(capsys, "train", "forecast", "--data", data, "--out", tmp_path / "out", *FORECAST) == (
+        f"{data}: column 'y' holds values too large to scale into float32 (largest magnitude 1e+308)")
+    assert _error(capsys, "train", "forecast", "--data", data, "--out", tmp_path / "out", *FORECAST,
+                  "--scaler", "none") == (
+        f"{data}: column 'y' holds values too large to scale into float32 (largest magnitude 1e+308)")
+    assert not (tmp_path / "out").exists()
+
+
 def _strict_json(data: bytes):
     def refuse(constant):
         raise AssertionError(f"{constant} is not JSON")
@@ -119,6 +129,14 @@ def test_forecast_csv_that_is_not_utf8_is_one_line(tmp_path, capsys, content, wh
     data.write_bytes(content)
     assert _error(capsys, "train", "forecast", "--data", data, "--out", tmp_path / "out", *FORECAST) == (
         f"{data} {where}; expected UTF-8 text")
+
+
+def test_horizon_longer_than_the_training_part_is_one_line(tmp_path, capsys):
+    data = _series_csv(tmp_path / "s.csv", range(60))
+    assert _error(capsys, "train", "forecast", "--data", data, "--out", tmp_path / "out", *FORECAST,
+                  "--horizon", "50") == (
+        f"{data}: the training part has 42 steps, fewer than lookback 5 + horizon 50; "
+        "expected a shorter lookback or horizon, or smaller val/test parts")
 
 
 def test_text_field_over_128_kib_is_read(tmp_path, capsys):

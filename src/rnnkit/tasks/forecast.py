@@ -200,14 +200,18 @@ def _resolve(data: str) -> Path:
     return Path(resolve(data))
 
 
-def split_series(series: Series, config: ForecastConfig) -> Splits:
+def split_series(series: Series, config: ForecastConfig, where: str = "data") -> Splits:
     """Chronological split, scaler fitted on train, windows per part (inputs may reach back)."""
     if config.rows:
         series = series[: config.rows]
     C = series.width - len(_names(config.covariates))
     train_end, val_end = split_points(len(series), config.val, config.test)
-    scaler = Scaler(config.scaler).fit(series.values[:train_end])
-    z = scaler.transform(series.values)  # (T, F)
+    L, K = config.lookback, config.horizon
+    if train_end < L + K:
+        raise UserError(f"{where}: the training part has {train_end} steps, fewer than lookback {L} + horizon {K}; "
+                        "expected a shorter lookback or horizon, or smaller val/test parts")
+    scaler = Scaler(config.scaler).fit(series.values[:train_end], where, series.columns)
+    z = scaler.transform(series.values, where, series.columns)  # (T, F)
     bounds = {"train": (0, train_end), "val": (train_end, val_end), "test": (val_end, len(series))}
     X, Y = {}, {}
     for part, (start, stop) in bounds.items():
@@ -478,7 +482,7 @@ class ForecastTask(Task):
         if isinstance(data, str) and data == SINES:
             return sines_splits(config), {"name": SINES, "seed": config.data_seed, "series": config.sines_series}
         series, info = load_series(data, config)
-        return split_series(series, config), info
+        return split_series(series, config, info.get("path", info["name"])), info
 
     def prepare(self, config: ForecastConfig, data, seed: int = 0) -> PreparedData:
         sp, info = self.splits(config, data)
