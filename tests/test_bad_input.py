@@ -117,6 +117,18 @@ def _strict_json(data: bytes):
     return json.loads(data, parse_constant=refuse)
 
 
+def test_artifact_json_stores_non_finite_metrics_as_null(tmp_path, capsys, monkeypatch):
+    toy.register(monkeypatch)
+    assert _strict_json(json_bytes({"metrics": {"loss": math.nan, "xs": [math.inf, 1.5, -math.inf]}})) == {
+        "metrics": {"loss": None, "xs": [None, 1.5, None]}}
+    plain = toy.ToyTask.evaluate
+    monkeypatch.setattr(toy.ToyTask, "evaluate", lambda self, m, b: {**plain(self, m, b), "ratio": math.inf})
+    _ok(capsys, "train", "toy", "--data", toy.write_series(tmp_path / "s.csv", n=120), "--out", tmp_path / "r", *TOY)
+    meta = _strict_json((tmp_path / "r" / "artifact.json").read_bytes())
+    assert meta["metrics"]["val_ratio"] is None and math.isfinite(meta["metrics"]["val_loss"])
+    assert _strict_json((tmp_path / "r" / "history.json").read_bytes())["best"]["ratio"] is None
+
+
 # ----------------------------------------------------------------------------- 6: tracebacks
 
 

@@ -24,6 +24,7 @@ import ctypes
 import datetime
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -161,7 +162,19 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n").encode("utf-8")
+    """UTF-8 JSON of ``obj``. NaN and infinities are not JSON: a non-finite float (a metric that
+    could not be computed, e.g. a loss that diverged) is written as null."""
+    return (json.dumps(_finite_or_null(obj), indent=2, sort_keys=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+def _finite_or_null(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v) for v in obj]
+    return obj
 
 
 def tensors_bytes(tensors: dict[str, torch.Tensor], metadata: Optional[dict] = None) -> bytes:
