@@ -165,6 +165,26 @@ def test_text_field_over_128_kib_is_read(tmp_path, capsys):
         f"{series} line 62, column 'y': expected a number, found {long_text[:37] + '...'!r}")
 
 
+@pytest.mark.parametrize("key, value, problem", [
+    ("model", 5, "'model' is a number, expected a JSON object"),
+    ("task_state", [], "'task_state' is a JSON array, expected a JSON object"),
+    ("weights", "x", "'weights' is a string, expected a JSON object"),
+    ("task", 3, "'task' is a number, expected a string"),
+])
+def test_wrong_json_types_in_artifact_json_are_one_line(tmp_path, capsys, monkeypatch, key, value, problem):
+    toy.register(monkeypatch)
+    run = tmp_path / "r"
+    _ok(capsys, "train", "toy", "--data", toy.write_series(tmp_path / "s.csv", n=120), "--out", run, *TOY)
+    meta = json.loads((run / "artifact.json").read_text())
+    (run / "artifact.json").write_text(json.dumps({**meta, key: value}))
+    message = f"{run / 'artifact.json'}: damaged artifact ({problem})"
+    with pytest.raises(UserError) as exc:
+        rnnkit.load(run)
+    assert str(exc.value) == message
+    assert _error(capsys, "info", run) == message
+    assert _error(capsys, "evaluate", run) == message
+
+
 # ----------------------------------------------------------------------------- 8: silent data issues
 
 

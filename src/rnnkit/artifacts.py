@@ -282,7 +282,28 @@ def read_meta(run_dir: str | Path) -> dict:
     for key in ("task", "model", "weights"):
         if key not in doc:
             raise UserError(f"{path}: damaged artifact (missing {key!r})")
+    for key, kind in _META_TYPES.items():  # "weights" is checked before "weights.file"
+        parent, _, name = key.rpartition(".")
+        holder = doc[parent] if parent else doc
+        if name in holder and not isinstance(holder[name], kind):
+            raise UserError(f"{path}: damaged artifact ({key!r} is {_json_type(holder[name])}, "
+                            f"expected {_json_type(kind())})")
     return doc
+
+
+# the JSON type of each key rnnkit reads (when present): an object (dict) or a string
+_META_TYPES = {"task": str, "model": dict, "train": dict, "task_config": dict, "task_state": dict, "metrics": dict,
+               "data": dict, "weights": dict, "weights.file": str, "weights.sha256": str}
+
+
+def _json_type(value) -> str:
+    """``value``'s JSON type with its article: "a JSON object", "a string", "a number", ..."""
+    if isinstance(value, bool) or value is None:
+        return "true/false" if value is not None else "null"
+    for kind, name in ((dict, "a JSON object"), (list, "a JSON array"), (str, "a string"), ((int, float), "a number")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
 
 
 class Artifact:
