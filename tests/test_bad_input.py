@@ -185,6 +185,21 @@ def test_wrong_json_types_in_artifact_json_are_one_line(tmp_path, capsys, monkey
     assert _error(capsys, "evaluate", run) == message
 
 
+def test_info_into_a_closed_pipe_ends_quietly(tmp_path, capsys, monkeypatch):
+    """``rnnkit info DIR | head -1``: the reader is gone before rnnkit writes; no BrokenPipeError
+    traceback, exit status 141 (as a command ended by SIGPIPE)."""
+    toy.register(monkeypatch)
+    run = tmp_path / "r"
+    _ok(capsys, "train", "toy", "--data", toy.write_series(tmp_path / "s.csv", n=120), "--out", run, *TOY)
+    src = str(Path(rnnkit.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.Popen([sys.executable, "-m", "rnnkit", "info", str(run)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=env)
+    p.stdout.close()  # the pipe's only reader: every write of rnnkit's now fails with EPIPE
+    err = p.stderr.read().decode()
+    assert p.wait() == 141 and err == ""
+
+
 # ----------------------------------------------------------------------------- 8: silent data issues
 
 
