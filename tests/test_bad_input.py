@@ -203,6 +203,12 @@ def test_info_into_a_closed_pipe_ends_quietly(tmp_path, capsys, monkeypatch):
 # ----------------------------------------------------------------------------- 8: silent data issues
 
 
+def test_sequence_classification_with_one_class_is_refused(tmp_path, capsys):
+    data = _sequences_csv(tmp_path / "seq.csv", 30, classes=(7,))
+    assert _error(capsys, "train", "seqclass", "--data", data, "--out", tmp_path / "out", *SEQCLASS) == (
+        f"{data}: only one class (7) in the training data; need at least 2")
+
+
 def test_forecast_times_must_increase_or_be_sorted_and_never_repeat(tmp_path, capsys):
     times = list(range(60))
     times[10], times[11] = 11, 10

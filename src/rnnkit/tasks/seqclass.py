@@ -164,6 +164,10 @@ def prepare_mnist(path, config: SeqclassConfig) -> PreparedData:
 def prepare_sequences(train: seqdata.LabelledSequences, test: Optional[seqdata.LabelledSequences],
                       config: SeqclassConfig, info: dict) -> PreparedData:
     """Split, fit normalisation on the training part, build the three batch sources."""
+    present = np.unique(train.labels)
+    if len(present) < 2:
+        raise UserError(f"{info.get('path', info['name'])}: only one class ({train.label_names[present[0]]}) in the "
+                        "training data; need at least 2")
     train_i, val_i = split_validation(len(train), config.val_size, config.split_seed)
     fit_part = train.subset(train_i)
     state = {"kind": "sequences", "label_names": train.label_names, "features": int(train.x.shape[-1]),
