@@ -225,3 +225,46 @@ def test_forecast_times_must_increase_or_be_sorted_and_never_repeat(tmp_path, ca
 
 
 # ----------------------------------------------------------------------------- 9: evaluate --data
+
+
+def test_evaluate_scores_all_of_a_file_given_with_data(tmp_path, capsys):
+    train = _sequences_csv(tmp_path / "train.csv", 60)
+    test = _sequences_csv(tmp_path / "test.csv", 370, seed=1)
+    run = tmp_path / "r"
+    _ok(capsys, "train", "seqclass", "--data", train, "--out", run, *SEQCLASS)
+    metrics = json.loads(_ok(capsys, "evaluate", run, "--data", test, "--json"))
+    assert metrics["examples"] == 370 and np.array(metrics["confusion"]).sum() == 370  # was 37: the val slice
+    assert (run / "confusion_data.png").exists()
+    assert "        examples 370\n" in _ok(capsys, "evaluate", run, "--data", test)
+    assert json.loads(_ok(capsys, "evaluate", run, "--json"))["examples"] == 4  # the val split (--val-size 4)
+    assert _error(capsys, "evaluate", run, "--data", test, "--split", "test") == (
+        "--split test: a file given with --data is evaluated whole; leave out --split")
+
+
+def test_evaluate_a_forecasting_file_scores_every_window_with_the_trained_scaler(tmp_path, capsys):
+    run = tmp_path / "r"
+    _ok(capsys, "train", "forecast", "--data", _series_csv(tmp_path / "s.csv", range(80)), "--out", run, *FORECAST,
+        "--horizon", "2")
+    other = _series_csv(tmp_path / "o.csv", range(30), [5 + math.cos(i) for i in range(30)])
+    metrics = json.loads(_ok(capsys, "evaluate", run, "--data", other, "--json"))
+    assert metrics["examples"] == 30 - 5 - 2 + 1 and "naive_mse" in metrics
+    f = rnnkit.load(run)
+    z = f.scaler.transform(np.array([[5 + math.cos(i)] for i in range(30)]))  # the trained scaler, not refitted
+    assert metrics["naive_mse"] == pytest.approx(np.mean([(z[t + k, 0] - z[t - 1, 0]) ** 2 for t in range(5, 29)
+                                                          for k in range(2)]))
+
+
+def test_evaluate_a_text_file_scores_every_text_and_every_token(tmp_path, capsys):
+    texts = [f"{w} game {i}" for i, w in enumerate(["team", "cake"] * 10)]
+    train = tmp_path / "t.csv"
+    train.write_text("text,label\n" + "".join(f"{t},{'sport' if 'team' in t else 'food'}\n" for t in texts))
+    _ok(capsys, "train", "textclass", "--data", train, "--out", tmp_path / "tc", "--hidden-size", "4",
+        "--embedding-dim", "4", "--epochs", "1", "--quiet")
+    assert json.loads(_ok(capsys, "evaluate", tmp_path / "tc", "--data", train, "--json"))["examples"] == 20
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world, hello rnnkit. " * 20)
+    _ok(capsys, "train", "textgen", "--data", corpus, "--out", tmp_path / "tg", "--hidden-size", "8",
+        "--seq-len", "8", "--batch-size", "4", "--max-steps", "2", "--quiet")
+    (tmp_path / "other.txt").write_text("hello rnnkit, hello world.")
+    metrics = json.loads(_ok(capsys, "evaluate", tmp_path / "tg", "--data", tmp_path / "other.txt", "--json"))
+    assert metrics["examples"] == metrics["tokens"] == len("hello rnnkit, hello world.") - 1

@@ -41,7 +41,7 @@ def test_train_evaluate_info_predict(tmp_path, csv, capsys):
     assert rc == 0 and out.startswith(f"saved {tmp_path / 'r'} (best at step ")
     rc, out, err = _cli(capsys, "evaluate", tmp_path / "r", "--split", "test", "--json")
     metrics = json.loads(out)  # exactly one JSON object
-    assert rc == 0 and out.count("\n") == 1 and set(metrics) == {"loss", "rmse"}
+    assert rc == 0 and out.count("\n") == 1 and set(metrics) == {"loss", "rmse", "examples"}
     assert metrics["rmse"] == pytest.approx(metrics["loss"] ** 0.5)
     rc, out, _ = _cli(capsys, "info", tmp_path / "r", "--json")
     info = json.loads(out)

@@ -97,6 +97,20 @@ def pad_ragged(seqs: list) -> tuple[np.ndarray, np.ndarray]:
     return x, lengths
 
 
+def concatenate(parts: list) -> LabelledSequences:
+    """Several LabelledSequences with the same label names as one (padded to the longest)."""
+    if len(parts) == 1:
+        return parts[0]
+    x = np.full((sum(len(p) for p in parts), max(p.x.shape[1] for p in parts), parts[0].x.shape[2]), np.nan,
+                dtype=np.float32)
+    at = 0
+    for p in parts:
+        x[at : at + len(p), : p.x.shape[1]] = p.x
+        at += len(p)
+    return LabelledSequences(x, np.concatenate([p.lengths for p in parts]), np.concatenate([p.labels for p in parts]),
+                             parts[0].label_names)
+
+
 def _as_sequences(x: np.ndarray, y, lengths, names, where: str) -> LabelledSequences:
     if x.ndim == 2:
         x = x[:, :, None]  # (N, T) -> (N, T, 1)

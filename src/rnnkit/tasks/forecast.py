@@ -484,6 +484,11 @@ class ForecastTask(Task):
         series, info = load_series(data, config)
         return split_series(series, config, info.get("path", info["name"])), info
 
+    def prepare_whole(self, config: ForecastConfig, data, task_state: dict) -> "WindowBatches":
+        """Every window of ``data`` (all of it, no split), scaled with the trained scaler."""
+        X, Y, _ = whole_windows(config, data, task_state)
+        return WindowBatches(X, Y, config.batch_size, shuffle=False)
+
     def prepare(self, config: ForecastConfig, data, seed: int = 0) -> PreparedData:
         sp, info = self.splits(config, data)
         return prepared_from_splits(sp, config, info)
@@ -518,8 +523,9 @@ class ForecastTask(Task):
             return _cli_predict(facade, args)
         if verb == "evaluate":
             data = getattr(args, "data", None) or facade.data_info.get("name")
-            facade.attach(data)
-            report = facade.evaluate(getattr(args, "split", "test"))
+            whole = args.split is None  # a file given with --data: all of its windows
+            facade.attach(data, whole)
+            report = facade.evaluate("all" if whole else args.split)
             extra = {f"{name}_{k}": v for name, m in report.items() if isinstance(m, dict) and name != "model"
                      for k, v in m.items()}
             extra.update({k: v for k, v in report["model"].items() if k.startswith("orig_")})
@@ -565,6 +571,25 @@ class ForecastTask(Task):
 
     def load(self, artifact) -> "Forecaster":
         return Forecaster.from_artifact(artifact)
+
+
+def whole_windows(config: ForecastConfig, data, task_state: dict) -> tuple:
+    """(X, Y, series): every window of ``data`` scaled with the trained scaler (the sines panel:
+    all of its series)."""
+    if isinstance(data, str) and data == SINES:
+        sp = sines_splits(config)
+        return np.concatenate(list(sp.X.values())), np.concatenate(list(sp.Y.values())), None
+    series, info = load_series(data, config)
+    where, trained = info.get("path", info["name"]), task_state["columns"] + task_state["covariates"]
+    if series.columns != trained:
+        raise UserError(f"{where}: columns {', '.join(series.columns)}; expected those the model was trained on: "
+                        f"{', '.join(trained)}")
+    z = Scaler.from_dict(task_state["scaler"]).transform(series.values, where, series.columns)
+    try:
+        X, Y = make_windows(z, z[:, : len(task_state["columns"])], config.lookback, config.horizon)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    return X, Y, series
 
 
 def prepared_from_splits(sp: Splits, config: ForecastConfig, info: dict) -> PreparedData:
@@ -698,12 +723,13 @@ class Forecaster:
         X, Y = sp.X[part], sp.Y[part]
         C, K, ci = Y.shape[-1], Y.shape[1], self.task_state["spec"]["channel_independent"]
         period = min(self.task_state["period"], X.shape[1])
-        lin = fm.LinearBaseline(ci or X.shape[-1] == 1).fit(sp.X["train"][..., :C] if ci else sp.X["train"], sp.Y["train"])
-        val = (sp.X["val"][..., :C], sp.Y["val"]) if "val" in sp.X else None
-        nlin = fm.LinearBaseline(normalize="last").fit(sp.X["train"][..., :C], sp.Y["train"], val)
         preds = {"model": predict_windows(model, X), "naive": fm.naive_forecast(X[..., :C], K),
-                 "seasonal_naive": fm.seasonal_naive_forecast(X[..., :C], K, period),
-                 "linear": lin.predict(X[..., :C] if ci else X), "nlinear": nlin.predict(X[..., :C])}
+                 "seasonal_naive": fm.seasonal_naive_forecast(X[..., :C], K, period)}
+        if "train" in sp.X:  # the linear baselines are fitted on the training windows
+            lin = fm.LinearBaseline(ci or X.shape[-1] == 1).fit(sp.X["train"][..., :C] if ci else sp.X["train"], sp.Y["train"])
+            val = (sp.X["val"][..., :C], sp.Y["val"]) if "val" in sp.X else None
+            nlin = fm.LinearBaseline(normalize="last").fit(sp.X["train"][..., :C], sp.Y["train"], val)
+            preds.update(linear=lin.predict(X[..., :C] if ci else X), nlinear=nlin.predict(X[..., :C]))
         inv = self._target_scaler().inverse_transform
         scale = float(np.mean(self.task_state["mase_scale"]))
         report = {}
@@ -749,9 +775,15 @@ class Forecaster:
         f.data_info = dict(artifact.data or {})
         return f
 
-    def attach(self, data: Union[Series, str, Path]) -> "Forecaster":
-        """Re-split ``data`` with the stored config (for evaluate/backtest after load); the
-        stored scaler is kept, so scaled metrics mean what they meant in training."""
+    def attach(self, data: Union[Series, str, Path], whole: bool = False) -> "Forecaster":
+        """Re-split ``data`` with the stored config (for evaluate/backtest after load), or with
+        ``whole`` take every window of it as the part "all"; the stored scaler is kept, so
+        scaled metrics mean what they meant in training."""
+        if whole:
+            X, Y, series = whole_windows(self.config, data, self.task_state)
+            self.splits = Splits({"all": X}, {"all": Y}, self.scaler, list(self.task_state["columns"]),
+                                 list(self.task_state["covariates"]), series, None)
+            return self
         self.splits, _ = TASK.splits(self.config, data)
         stored = self.scaler
         if self.splits.borders is not None:
