@@ -4,7 +4,7 @@ Grammar (the task is a positional of ``train``; every other verb reads it from t
 
     rnnkit train TASK --data NAME|PATH --out DIR [--config FILE] [--<field> VALUE ...] [--overwrite]
     rnnkit resume DIR [--epochs N] [--max-steps N] [--time-budget S]
-    rnnkit evaluate DIR [--data NAME|PATH] [--split val|test] [--json] [task options]
+    rnnkit evaluate DIR [--data NAME|PATH | --split val|test] [--json] [task options]
     rnnkit sample DIR [task options]      rnnkit predict DIR [task options]
     rnnkit info DIR [--json]              rnnkit demo
     rnnkit export DIR --format onnx [--out FILE]

@@ -715,7 +715,8 @@ class Forecaster:
         "nlinear": {...}}; each with scaled ``mse``/``mae``/``mse_last`` and original-scale
         ``orig_*`` metrics. ``linear`` is least squares on the window; ``nlinear`` the same on the
         window minus its last value, channel-independent, with a ridge penalty chosen on the
-        validation windows (NLinear, Zeng et al. 2023).
+        validation windows (NLinear, Zeng et al. 2023); both only when training windows are
+        attached (not for a whole file, ``attach(data, whole=True)``, part "all").
         """
         model, sp = self._require_model(), self.splits
         if sp is None or part not in sp.X:
