@@ -30,6 +30,7 @@ import ctypes
 import datetime
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -168,7 +169,19 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n").encode("utf-8")
+    """UTF-8 JSON of ``obj``. NaN and infinities are not JSON: a non-finite float (a metric that
+    could not be computed, e.g. a loss that diverged) is written as null."""
+    return (json.dumps(_finite_or_null(obj), indent=2, sort_keys=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+def _finite_or_null(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v) for v in obj]
+    return obj
 
 
 def tensors_bytes(tensors: dict[str, torch.Tensor], metadata: Optional[dict] = None) -> bytes:
@@ -288,6 +301,12 @@ def read_meta(run_dir: str | Path) -> dict:
     for key in ("task", "model", "weights"):
         if key not in doc:
             raise UserError(f"{path}: damaged artifact (missing {key!r})")
+    for key, kind in _META_TYPES.items():  # "weights" is checked before "weights.file"
+        parent, _, name = key.rpartition(".")
+        holder = doc[parent] if parent else doc
+        if name in holder and not isinstance(holder[name], kind):
+            raise UserError(f"{path}: damaged artifact ({key!r} is {_json_type(holder[name])}, "
+                            f"expected {_json_type(kind())})")
     _check_named_files(run_dir, doc, path)
     return doc
 
@@ -311,6 +330,21 @@ def _check_named_files(run_dir: Path, doc: dict, path: Path) -> None:
 def checkpoint_sha256(meta: dict) -> dict:
     """{checkpoint file name: sha256} recorded in artifact.json ({} in artifacts older than that)."""
     return meta.get(CHECKPOINT, {}).get("sha256", {})
+
+
+# the JSON type of each key rnnkit reads (when present): an object (dict) or a string
+_META_TYPES = {"task": str, "model": dict, "train": dict, "task_config": dict, "task_state": dict, "metrics": dict,
+               "data": dict, "weights": dict, "weights.file": str, "weights.sha256": str}
+
+
+def _json_type(value) -> str:
+    """``value``'s JSON type with its article: "a JSON object", "a string", "a number", ..."""
+    if isinstance(value, bool) or value is None:
+        return "true/false" if value is not None else "null"
+    for kind, name in ((dict, "a JSON object"), (list, "a JSON array"), (str, "a string"), ((int, float), "a number")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
 
 
 class Artifact:

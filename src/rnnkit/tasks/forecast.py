@@ -66,6 +66,7 @@ class ForecastConfig:
     target: str = ""  # comma-separated target columns ("": every numeric column)
     covariates: str = ""  # comma-separated input-only columns
     time_column: str = ""  # "": the first column
+    sort_time: bool = False  # sort the rows by time (else times must increase); a repeated time is an error
     fill: str = "error"  # missing cells: error | ffill | interpolate | zero
     scaler: str = "standard"  # standard | minmax | none (fitted on the training part only)
     val: float = 0.1  # validation part: a fraction (< 1) or a number of steps
@@ -178,7 +179,7 @@ def load_series(data: Union[str, Path, Series], config: ForecastConfig) -> tuple
         series, info = data, {"name": "series"}
     else:
         path = _resolve(str(data))
-        series = read_csv(path, config.time_column or None, None, config.fill)
+        series = read_csv(path, config.time_column or None, None, config.fill, config.sort_time)
         info = {"name": str(data), "path": str(path)}
     covariates = _names(config.covariates)
     targets = _names(config.target) or [c for c in series.columns if c not in covariates]
@@ -199,14 +200,18 @@ def _resolve(data: str) -> Path:
     return Path(resolve(data))
 
 
-def split_series(series: Series, config: ForecastConfig) -> Splits:
+def split_series(series: Series, config: ForecastConfig, where: str = "data") -> Splits:
     """Chronological split, scaler fitted on train, windows per part (inputs may reach back)."""
     if config.rows:
         series = series[: config.rows]
     C = series.width - len(_names(config.covariates))
     train_end, val_end = split_points(len(series), config.val, config.test)
-    scaler = Scaler(config.scaler).fit(series.values[:train_end])
-    z = scaler.transform(series.values)  # (T, F)
+    L, K = config.lookback, config.horizon
+    if train_end < L + K:
+        raise UserError(f"{where}: the training part has {train_end} steps, fewer than lookback {L} + horizon {K}; "
+                        "expected a shorter lookback or horizon, or smaller val/test parts")
+    scaler = Scaler(config.scaler).fit(series.values[:train_end], where, series.columns)
+    z = scaler.transform(series.values, where, series.columns)  # (T, F)
     bounds = {"train": (0, train_end), "val": (train_end, val_end), "test": (val_end, len(series))}
     X, Y = {}, {}
     for part, (start, stop) in bounds.items():
@@ -477,7 +482,12 @@ class ForecastTask(Task):
         if isinstance(data, str) and data == SINES:
             return sines_splits(config), {"name": SINES, "seed": config.data_seed, "series": config.sines_series}
         series, info = load_series(data, config)
-        return split_series(series, config), info
+        return split_series(series, config, info.get("path", info["name"])), info
+
+    def prepare_whole(self, config: ForecastConfig, data, task_state: dict) -> "WindowBatches":
+        """Every window of ``data`` (all of it, no split), scaled with the trained scaler."""
+        X, Y, _ = whole_windows(config, data, task_state)
+        return WindowBatches(X, Y, config.batch_size, shuffle=False)
 
     def prepare(self, config: ForecastConfig, data, seed: int = 0) -> PreparedData:
         sp, info = self.splits(config, data)
@@ -513,8 +523,9 @@ class ForecastTask(Task):
             return _cli_predict(facade, args)
         if verb == "evaluate":
             data = getattr(args, "data", None) or facade.data_info.get("name")
-            facade.attach(data)
-            report = facade.evaluate(getattr(args, "split", "test"))
+            whole = args.split is None  # a file given with --data: all of its windows
+            facade.attach(data, whole)
+            report = facade.evaluate("all" if whole else args.split)
             extra = {f"{name}_{k}": v for name, m in report.items() if isinstance(m, dict) and name != "model"
                      for k, v in m.items()}
             extra.update({k: v for k, v in report["model"].items() if k.startswith("orig_")})
@@ -560,6 +571,25 @@ class ForecastTask(Task):
 
     def load(self, artifact) -> "Forecaster":
         return Forecaster.from_artifact(artifact)
+
+
+def whole_windows(config: ForecastConfig, data, task_state: dict) -> tuple:
+    """(X, Y, series): every window of ``data`` scaled with the trained scaler (the sines panel:
+    all of its series)."""
+    if isinstance(data, str) and data == SINES:
+        sp = sines_splits(config)
+        return np.concatenate(list(sp.X.values())), np.concatenate(list(sp.Y.values())), None
+    series, info = load_series(data, config)
+    where, trained = info.get("path", info["name"]), task_state["columns"] + task_state["covariates"]
+    if series.columns != trained:
+        raise UserError(f"{where}: columns {', '.join(series.columns)}; expected those the model was trained on: "
+                        f"{', '.join(trained)}")
+    z = Scaler.from_dict(task_state["scaler"]).transform(series.values, where, series.columns)
+    try:
+        X, Y = make_windows(z, z[:, : len(task_state["columns"])], config.lookback, config.horizon)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    return X, Y, series
 
 
 def prepared_from_splits(sp: Splits, config: ForecastConfig, info: dict) -> PreparedData:
@@ -685,7 +715,8 @@ class Forecaster:
         "nlinear": {...}}; each with scaled ``mse``/``mae``/``mse_last`` and original-scale
         ``orig_*`` metrics. ``linear`` is least squares on the window; ``nlinear`` the same on the
         window minus its last value, channel-independent, with a ridge penalty chosen on the
-        validation windows (NLinear, Zeng et al. 2023).
+        validation windows (NLinear, Zeng et al. 2023); both only when training windows are
+        attached (not for a whole file, ``attach(data, whole=True)``, part "all").
         """
         model, sp = self._require_model(), self.splits
         if sp is None or part not in sp.X:
@@ -693,12 +724,13 @@ class Forecaster:
         X, Y = sp.X[part], sp.Y[part]
         C, K, ci = Y.shape[-1], Y.shape[1], self.task_state["spec"]["channel_independent"]
         period = min(self.task_state["period"], X.shape[1])
-        lin = fm.LinearBaseline(ci or X.shape[-1] == 1).fit(sp.X["train"][..., :C] if ci else sp.X["train"], sp.Y["train"])
-        val = (sp.X["val"][..., :C], sp.Y["val"]) if "val" in sp.X else None
-        nlin = fm.LinearBaseline(normalize="last").fit(sp.X["train"][..., :C], sp.Y["train"], val)
         preds = {"model": predict_windows(model, X), "naive": fm.naive_forecast(X[..., :C], K),
-                 "seasonal_naive": fm.seasonal_naive_forecast(X[..., :C], K, period),
-                 "linear": lin.predict(X[..., :C] if ci else X), "nlinear": nlin.predict(X[..., :C])}
+                 "seasonal_naive": fm.seasonal_naive_forecast(X[..., :C], K, period)}
+        if "train" in sp.X:  # the linear baselines are fitted on the training windows
+            lin = fm.LinearBaseline(ci or X.shape[-1] == 1).fit(sp.X["train"][..., :C] if ci else sp.X["train"], sp.Y["train"])
+            val = (sp.X["val"][..., :C], sp.Y["val"]) if "val" in sp.X else None
+            nlin = fm.LinearBaseline(normalize="last").fit(sp.X["train"][..., :C], sp.Y["train"], val)
+            preds.update(linear=lin.predict(X[..., :C] if ci else X), nlinear=nlin.predict(X[..., :C]))
         inv = self._target_scaler().inverse_transform
         scale = float(np.mean(self.task_state["mase_scale"]))
         report = {}
@@ -744,9 +776,15 @@ class Forecaster:
         f.data_info = dict(artifact.data or {})
         return f
 
-    def attach(self, data: Union[Series, str, Path]) -> "Forecaster":
-        """Re-split ``data`` with the stored config (for evaluate/backtest after load); the
-        stored scaler is kept, so scaled metrics mean what they meant in training."""
+    def attach(self, data: Union[Series, str, Path], whole: bool = False) -> "Forecaster":
+        """Re-split ``data`` with the stored config (for evaluate/backtest after load), or with
+        ``whole`` take every window of it as the part "all"; the stored scaler is kept, so
+        scaled metrics mean what they meant in training."""
+        if whole:
+            X, Y, series = whole_windows(self.config, data, self.task_state)
+            self.splits = Splits({"all": X}, {"all": Y}, self.scaler, list(self.task_state["columns"]),
+                                 list(self.task_state["covariates"]), series, None)
+            return self
         self.splits, _ = TASK.splits(self.config, data)
         stored = self.scaler
         if self.splits.borders is not None:

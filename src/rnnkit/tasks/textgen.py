@@ -190,6 +190,18 @@ class TextgenTask(Task):
         prepared.data_info = {**info, "chars": len(text)}
         return prepared
 
+    def prepare_whole(self, config: TextgenConfig, data: str, task_state: dict) -> TextStream:
+        """All of the text ``data`` as one stream (every next token scored once), in the trained vocabulary."""
+        text, _ = read_text(data)
+        ids = CharVocab.from_dict(task_state["vocab"]).encode(text, what=str(data))
+        if len(ids) < 2:
+            raise UserError(f"{data}: evaluation text needs at least 2 tokens")
+        return TextStream(ids, 1, _EVAL_CHUNK, mode="streams", shuffle=False)
+
+    def examples(self, batch: Batch) -> int:
+        """Tokens scored (every target of the batch)."""
+        return batch.targets.numel()
+
     def model_config(self, task_state: dict, config: TextgenConfig, model: ModelConfig) -> ModelConfig:
         if model.bidirectional:
             raise UserError("textgen needs a causal model: bidirectional must be false")

@@ -152,18 +152,39 @@ def _resume_in_turn(run_dir: Path, member: artifacts.Artifact, overrides: dict, 
                 progress, resume=True)
 
 
-def evaluate_run(run_dir, data: Optional[str] = None, split: str = "val") -> dict:
-    """The task's metrics of the saved (selected) weights on the ``val`` or ``test`` split."""
-    art = artifacts.read_artifact(run_dir)
-    task = get_task(art.task)
-    data = data or art.data.get("source")
+def evaluation_source(task, art: artifacts.Artifact, data: Optional[str] = None, split: Optional[str] = None):
+    """What ``rnnkit evaluate`` scores: all of ``data`` (a file given to evaluate, read with the
+    trained task state: ``Task.prepare_whole``), or the ``split`` ("val" by default, or "test")
+    of the data the run was trained on."""
+    if data is not None:
+        if split is not None:
+            raise UserError(f"--split {split}: a file given with --data is evaluated whole; leave out --split")
+        return task.prepare_whole(art.task_config, data, art.task_state)
+    data, split = art.data.get("source"), split or "val"
     if not data:
-        raise UserError(f"{run_dir}: no data source recorded; pass --data")
-    seed = art.train_config.seed
-    prep = task.prepare(art.task_config, data, seed)
+        raise UserError(f"{art.path}: no data source recorded; pass --data")
+    prep = task.prepare(art.task_config, data, art.train_config.seed)
     source = {"val": prep.val, "test": prep.test}[split]
     if source is None:
         raise UserError(f"{data}: no {split} split for this task config")
+    return source
+
+
+def evaluate_run(run_dir, data: Optional[str] = None, split: Optional[str] = None) -> dict:
+    """The task's metrics of the saved (selected) weights on all of ``data`` or on the ``val``
+    (default) or ``test`` split of the training data (:func:`evaluation_source`), plus
+    ``examples``: how many examples (sequences, texts, windows; textgen: tokens) were scored."""
+    art = artifacts.read_artifact(run_dir)
+    task = get_task(art.task)
+    source = evaluation_source(task, art, data, split)
     model = art.build_model()
+    scored = [0]
+
+    def counted(batches):
+        for batch in batches:
+            scored[0] += task.examples(batch)
+            yield batch
+
     with torch.no_grad():
-        return task.evaluate(model, source.epoch(0, seed))
+        metrics = task.evaluate(model, counted(source.epoch(0, art.train_config.seed)))
+    return {**metrics, "examples": scored[0]}
