@@ -41,7 +41,7 @@ def test_train_evaluate_info_predict(tmp_path, csv, capsys):
     assert rc == 0 and out.startswith(f"saved {tmp_path / 'r'} (best at step ")
     rc, out, err = _cli(capsys, "evaluate", tmp_path / "r", "--split", "test", "--json")
     metrics = json.loads(out)  # exactly one JSON object
-    assert rc == 0 and out.count("\n") == 1 and set(metrics) == {"loss", "rmse"}
+    assert rc == 0 and out.count("\n") == 1 and set(metrics) == {"loss", "rmse", "examples"}
     assert metrics["rmse"] == pytest.approx(metrics["loss"] ** 0.5)
     rc, out, _ = _cli(capsys, "info", tmp_path / "r", "--json")
     info = json.loads(out)
@@ -63,7 +63,8 @@ def test_snake_and_kebab_flags_and_config_precedence(tmp_path, csv, capsys):
 
 
 def _run(args, env_extra=None, check=True):
-    env = {**os.environ, "PYTHONPATH": str(TESTS), **(env_extra or {})}
+    src = Path(rnnkit.__file__).parents[1]  # the rnnkit under test, not whichever one is installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(src)]), **(env_extra or {})}
     code = "import rnnkit_toytask as t, sys; t.cli_main(sys.argv[1:])"
     p = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True)
     if check:
@@ -122,7 +123,7 @@ def test_bad_inputs_one_line_exit_2(tmp_path, csv, capsys):
         f"{tmp_path / 'bin.csv'} line 3 (byte 10): not valid UTF-8 (byte 0xff); expected UTF-8 text")
     assert train(csv, "--column", "Value") == f"{csv}: no column 'Value'; expected one of: value; did you mean 'value'?"
     (tmp_path / "nan.csv").write_text("value\n1\n2\nnan\n4\n")
-    assert train(tmp_path / "nan.csv") == f"{tmp_path / 'nan.csv'} line 4 column 'value': expected a finite number, got 'nan'"
+    assert train(tmp_path / "nan.csv") == f"{tmp_path / 'nan.csv'} line 4, column 'value': expected a finite number, found 'nan'"
     assert train(csv, "--hidden-size", "abc") == "--hidden-size: expected an integer, got 'abc'"
     assert train(csv, "--lr", "fast") == "--lr: expected a number, got 'fast'"
     assert train(csv, "--cell", "lstmm") == "--cell: expected one of rnn, lstm, gru, mingru, minlstm, got 'lstmm'"

@@ -118,7 +118,7 @@ def test_ts_reader_errors(tmp_path):
     with pytest.raises(UserError, match=r"bad\.ts:12: expected 2 dimensions like the first case, got 1"):
         sq.read_ts(p)
     p.write_text(TS.replace("7,?", "7,x"))
-    with pytest.raises(UserError, match=r"bad\.ts:11: 'x' is not a number"):
+    with pytest.raises(UserError, match=r"bad\.ts line 11, column 3: expected a number, found 'x'"):
         sq.read_ts(p)
     p.write_text("@problemName Toy\n1,2:a\n")
     with pytest.raises(UserError, match=r"bad\.ts:2: expected a header line starting with @ before @data"):
@@ -152,7 +152,7 @@ def test_csv_wide_and_long(tmp_path):
 def test_csv_and_array_errors(tmp_path):
     p = tmp_path / "w.csv"
     p.write_text("label,v1,v2\n0,1,2\n1,1,oops\n")
-    with pytest.raises(UserError, match=r"w\.csv:3: 'oops' is not a number"):
+    with pytest.raises(UserError, match=r"w\.csv line 3, column 3: expected a number, found 'oops'"):
         sq.read_csv(p)
     p.write_text("label,v1,v2,v3\n0,1,2,3\n")
     with pytest.raises(UserError, match=r"w\.csv:2: expected a label and a positive multiple of 2 values, got 3"):

@@ -204,11 +204,10 @@ def test_multiclass_fit_predict_evaluate_and_artifact_round_trip(tmp_path, capsy
     assert capsys.readouterr().err.strip() == "rnnkit: error: predict: no texts; pass texts as arguments or --file F (one text per line)"
     with open(tmp_path / "t.csv", "w", newline="") as f:
         csv.writer(f).writerows([("text", "label"), *zip(test_texts, test_labels)])
-    assert main(["evaluate", str(tmp_path / "run"), "--data", str(tmp_path / "t.csv"), "--split", "val",
-                 "--show-examples", "2"]) == 0
+    assert main(["evaluate", str(tmp_path / "run"), "--data", str(tmp_path / "t.csv"), "--show-examples", "2"]) == 0
     out = capsys.readouterr().out
     assert sum(line.startswith(("ok ", "WRONG ")) for line in out.splitlines()) == 2
-    assert "precision_food" in out and (tmp_path / "run" / "confusion_val.png").exists()
+    assert "precision_food" in out and (tmp_path / "run" / "confusion_data.png").exists()
 
 
 def test_classification_report_hand_computed():

@@ -16,6 +16,12 @@ Every save writes a complete new directory next to ``DIR`` (temp sibling, each f
 and swaps it in with one atomic ``renameat2(RENAME_EXCHANGE)`` on Linux (elsewhere: two
 renames), so a failed or killed save never damages the artifact already there. Files in
 ``DIR`` that a save does not produce (a task's ``forecast.png``, ``samples.txt``) are kept.
+A symlinked ``DIR`` is followed: the swap happens beside the link's target, the link stays.
+
+artifact.json records the sha256 of every file it names: ``weights`` {file, sha256} and, with
+a checkpoint, ``checkpoint`` {"sha256": {name: sha256}} (artifacts written before rnnkit
+recorded it have none, and their checkpoints are read unchecked). Every file it names must lie
+inside ``DIR``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import ctypes
 import datetime
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -121,8 +128,9 @@ def _link_or_copy(src, dst):
 
 def write_run(run_dir: str | Path, files: dict[str, bytes], keep_extras: bool = True) -> None:
     """Atomically replace ``run_dir`` by ``files`` ({relative path: bytes}) plus, with
-    ``keep_extras``, the files of the existing ``run_dir`` that ``files`` does not name."""
-    run_dir = Path(run_dir).absolute()
+    ``keep_extras``, the files of the existing ``run_dir`` that ``files`` does not name.
+    A symlinked ``run_dir`` is followed (the new directory replaces the link's target)."""
+    run_dir = Path(run_dir).resolve()
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent))
     try:
@@ -161,7 +169,19 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n").encode("utf-8")
+    """UTF-8 JSON of ``obj``. NaN and infinities are not JSON: a non-finite float (a metric that
+    could not be computed, e.g. a loss that diverged) is written as null."""
+    return (json.dumps(_finite_or_null(obj), indent=2, sort_keys=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+def _finite_or_null(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(v) for v in obj]
+    return obj
 
 
 def tensors_bytes(tensors: dict[str, torch.Tensor], metadata: Optional[dict] = None) -> bytes:
@@ -209,6 +229,8 @@ def snapshot_files(meta: dict, weights: dict[str, torch.Tensor], history: dict,
     """The files of one run-directory snapshot (checkpoint: {name: bytes} under checkpoint/)."""
     blob = tensors_bytes(weights, {"task": str(meta.get("task", ""))})
     doc = {**header(), **meta, "weights": {"file": WEIGHTS, "sha256": sha256_bytes(blob)}}
+    if checkpoint:
+        doc[CHECKPOINT] = {"sha256": {name: sha256_bytes(data) for name, data in checkpoint.items()}}
     files = {ARTIFACT_JSON: json_bytes(doc), WEIGHTS: blob, "history.json": json_bytes(history)}
     for name, data in (checkpoint or {}).items():
         files[f"{CHECKPOINT}/{name}"] = data
@@ -217,13 +239,19 @@ def snapshot_files(meta: dict, weights: dict[str, torch.Tensor], history: dict,
 
 # ----------------------------------------------------------------------------- reading
 
-def _read_json(path: Path, what: str) -> dict:
+def _read_json(path: Path, what: str, sha256: Optional[str] = None) -> dict:
+    """A JSON object from ``path`` (its sha256 checked when given); a damaged file is a UserError."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path}: not found ({what})") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise UserError(f"{path}: cannot read {what} ({exc.__class__.__name__})") from None
+    _check_sha256(path, data, what, sha256)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: damaged {what} (not UTF-8: {exc.reason} at byte {exc.start})") from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -233,14 +261,18 @@ def _read_json(path: Path, what: str) -> dict:
     return doc
 
 
+def _check_sha256(path: Path, data: bytes, what: str, sha256: Optional[str]) -> None:
+    if sha256 is not None and sha256_bytes(data) != sha256:
+        raise UserError(f"{path}: damaged {what} (sha256 does not match artifact.json)")
+
+
 def read_tensors(path: Path, what: str, sha256: Optional[str] = None) -> dict[str, torch.Tensor]:
     """Load a safetensors file, checking its sha256 when given; damaged files are a UserError."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path}: not found ({what})") from None
-    if sha256 is not None and sha256_bytes(data) != sha256:
-        raise UserError(f"{path}: damaged {what} (sha256 does not match artifact.json)")
+    _check_sha256(path, data, what, sha256)
     try:
         return st_load(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
@@ -269,6 +301,14 @@ def read_meta(run_dir: str | Path) -> dict:
     for key in ("task", "ensemble") if "ensemble" in doc and version >= 2 else ("task", "model", "weights"):
         if key not in doc:
             raise UserError(f"{path}: damaged artifact (missing {key!r})")
+    for key, kind in _META_TYPES.items():  # "weights" is checked before "weights.file"
+        parent, _, name = key.rpartition(".")
+        holder = doc.get(parent, {}) if parent else doc
+        if name in holder and not isinstance(holder[name], kind):
+            raise UserError(f"{path}: damaged artifact ({key!r} is {_json_type(holder[name])}, "
+                            f"expected {_json_type(kind())})")
+    if "weights" in doc:  # an ensemble names no files: its members sit in members/<i>
+        _check_named_files(run_dir, doc, path)
     return _read_v1(doc, path) if version == 1 else doc
 
 
@@ -307,6 +347,42 @@ def _read_v1(doc: dict, path: Path) -> dict:
     if "," in str(config.get("loss", "")):  # one loss per member: this member's
         config["loss"] = config["loss"].split(",")[doc.get("in_turn", {}).get("member", 0)].strip()
     return {**doc, "task_config": config}
+
+
+def _check_named_files(run_dir: Path, doc: dict, path: Path) -> None:
+    """Every file artifact.json names lies inside the run directory (no absolute path, no ``..``
+    or symlink leading out); the weights entry and the checkpoint sums are JSON objects."""
+    weights, checkpoint = doc["weights"], doc.get(CHECKPOINT, {})
+    if not isinstance(weights, dict) or not isinstance(checkpoint, dict) \
+            or not isinstance(checkpoint.get("sha256", {}), dict):
+        raise UserError(f"{path}: damaged artifact (weights and checkpoint must be JSON objects)")
+    named = [("weights.file", weights.get("file", WEIGHTS))]
+    named += [("checkpoint.sha256 key", f"{CHECKPOINT}/{name}") for name in checkpoint.get("sha256", {})]
+    root = run_dir.resolve()
+    for key, rel in named:
+        inside = isinstance(rel, str) and rel and not Path(rel).is_absolute()
+        if not inside or root not in (root / rel).resolve().parents:
+            raise UserError(f"{path}: {key} {rel!r} is not a file inside the run directory {run_dir}")
+
+
+def checkpoint_sha256(meta: dict) -> dict:
+    """{checkpoint file name: sha256} recorded in artifact.json ({} in artifacts older than that)."""
+    return meta.get(CHECKPOINT, {}).get("sha256", {})
+
+
+# the JSON type of each key rnnkit reads (when present): an object (dict) or a string
+_META_TYPES = {"task": str, "model": dict, "train": dict, "task_config": dict, "task_state": dict, "metrics": dict,
+               "data": dict, "weights": dict, "weights.file": str, "weights.sha256": str}
+
+
+def _json_type(value) -> str:
+    """``value``'s JSON type with its article: "a JSON object", "a string", "a number", ..."""
+    if isinstance(value, bool) or value is None:
+        return "true/false" if value is not None else "null"
+    for kind, name in ((dict, "a JSON object"), (list, "a JSON array"), (str, "a string"), ((int, float), "a number")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
 
 
 class Artifact:

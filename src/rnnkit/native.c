@@ -287,8 +287,7 @@ PACK_COLUMNS_FN(pack_columns_f64, double)
 /* GRU (reset_after=True) over a whole sequence, the recurrent matmul inside (see GRUFunction and
  * GRUNormFunction in bptt.py). Each thread runs its own rows (d, b) through all T steps: a row's
  * h_t needs only its own h_{t-1}, so the threads never wait for each other. For a small hidden
- * size a step's matmul is too small for the BLAS to run well (~40 us for 2 x (32 x 64) x (64 x
- * 192)); here 4 rows share each load of the weights, and T matmul calls and T element-wise
+ * size a step's matmul (say 2 x (32 x 64) x (64 x 192)) is too small for the BLAS to run well; here 4 rows share each load of the weights, and T matmul calls and T element-wise
  * calls become one call.
  *   q_t  = (h_{t-1} m) W_hh^T                                   (H x 3H per row, in the loop)
  *   hp_t = q_t + b_hh,  or  LN_gate(q_t) g_hh + b_hh  when g_hh is not NULL
@@ -380,7 +379,7 @@ PACK_COLUMNS_FN(pack_columns_f64, double)
  * = dL/dxz and dq = dL/dq (D, T, B, 3H) (without layer norm dL/dq = dL/dhp, the gradient of
  * b_hh too); with layer norm of q, dhp (D, T, B, 3H) = dL/dhp. The gains' and biases' gradients
  * (D, 3H) each are added to sums = [g_hh | b_hh | g_x | b_x] in double: a step's rows summed
- * in T first (converting every product to double cost 3 ms a call at S3's size), each thread's
+ * in T first (converting every product to double was costly at S3's size), each thread's
  * added in thread order. On return carry (D, B, H) = dL/dh_0. w (D, 3H, H) = W_hh. */
 #define GRU_SEQ_BACKWARD(NAME, T)                                                                   \
     void NAME(int64_t D, int64_t steps, int64_t B, int64_t H, const T *gates, const T *hp,          \
@@ -462,7 +461,7 @@ PACK_COLUMNS_FN(pack_columns_f64, double)
     n_rows = (d0 + 1) * (B) - (r0) < (b1) - (r0) ? (d0 + 1) * (B) - (r0) : (b1) - (r0);             \
     n_rows = n_rows < 4 ? n_rows : 4;
 /* The matmul of 1 or 4 rows as functions, not expanded at each of the sequence kernels' call
- * sites (which made the file take ~25 s to compile); a call does K x N multiply-adds per row. */
+ * sites (which made the file slow to compile); a call does K x N multiply-adds per row. */
 #define ROWS_VECMAT_FN(NAME, T, R)                                                                  \
     __attribute__((noinline)) static void NAME(T *out, int64_t os, const T *in, int64_t is,         \
                                                const T *w, int64_t K, int64_t N) {                  \

@@ -10,8 +10,10 @@ The classes at the end (``LSTMSteps``, ``GRUSteps``, ...) bind the kernels to th
 one call of a :mod:`rnnkit.bptt` Function.
 
 The shared library is built once per source, compiler and CPU into the cache directory
-(``$RNNKIT_CACHE``, else ``$XDG_CACHE_HOME/rnnkit``, else ``~/.cache/rnnkit``), written to a
-temporary name and renamed, so concurrent first uses do not see a half-written file.
+(``$RNNKIT_CACHE``, else ``$XDG_CACHE_HOME/rnnkit``, else ``~/.cache/rnnkit``) by
+:mod:`rnnkit.native_build`: under a file lock, so concurrent first uses compile once; fsynced
+and renamed into place with its sha256 recorded beside it; and opened only when the cache folder
+and the file are the user's alone and the file matches its record (a damaged one is rebuilt).
 ``-march=native`` is used where the compiler accepts it: the cache key includes the CPU's
 feature flags, so a shared home directory on another CPU builds its own copy. ``-fopenmp`` too:
 the library then needs ``libgomp.so.1``, which the dynamic loader finds already loaded by torch
@@ -30,35 +32,21 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import threading
 import warnings
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from rnnkit.native_build import CACHE_ENV, COMPILE_TIMEOUT_S, FLAGS, SOURCE, cache_dir, cached_library
+
 NATIVE_ENV = "RNNKIT_NATIVE"
-CACHE_ENV = "RNNKIT_CACHE"
-SOURCE = Path(__file__).with_name("native.c")
 ABI = 22  # rnnkit_native_abi() of the source this module expects
-_FLAGS = ["-O3", "-fPIC", "-shared"]
-# Tried in order: OpenMP (the library then uses the libgomp torch has loaded, and its threads),
-# else only the SIMD pragmas; -march=native where the compiler takes it.
-_VARIANTS = (["-fopenmp", "-march=native"], ["-fopenmp"], ["-fopenmp-simd", "-march=native"], ["-fopenmp-simd"])
-COMPILE_TIMEOUT_S = 120
 
 _lock = threading.Lock()
 _state: dict = {}  # "lib": the loaded library | None, "reason": why not (str) | None
-
-
-def cache_dir() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "rnnkit"
 
 
 def _cpuinfo_line(*prefixes: str) -> Optional[str]:
@@ -81,29 +69,6 @@ def cpu_vendor() -> str:
     return line.split(":", 1)[1].strip() if line else ""
 
 
-def _compile(cc: str, out: Path) -> Optional[str]:
-    """Build the library at ``out`` (atomically); returns None or the compiler's complaint."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.stem + ".", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        errors = ""
-        for extra in _VARIANTS:
-            cmd = [cc, *_FLAGS, *extra, str(SOURCE), "-o", tmp, "-lm"]
-            try:
-                run = subprocess.run(cmd, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                return f"{cc} took more than {COMPILE_TIMEOUT_S} s"
-            if run.returncode == 0:
-                os.replace(tmp, out)
-                return None
-            errors = (run.stderr or run.stdout).strip()
-        return errors.splitlines()[0] if errors else f"{cc} exited with an error"
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
     if os.environ.get(NATIVE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         return None, f"turned off by {NATIVE_ENV}=0"
@@ -116,15 +81,13 @@ def _load() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
     except (OSError, subprocess.TimeoutExpired) as err:
         return None, f"C compiler {cc_path} cannot run: {err}"
     key = hashlib.sha256(b"\0".join(s.encode() for s in (
-        SOURCE.read_text(), cc_path, version, " ".join(_FLAGS), platform.machine(), _cpu_flags()))).hexdigest()[:16]
-    path = cache_dir() / f"native-{key}{'.dll' if os.name == 'nt' else '.so'}"
-    if not path.exists():
-        try:
-            problem = _compile(cc_path, path)
-        except OSError as err:
-            problem = str(err)
-        if problem is not None:
-            return None, f"compiling {SOURCE.name} with {cc_path} failed: {problem}"
+        SOURCE.read_text(), cc_path, version, " ".join(FLAGS), platform.machine(), _cpu_flags()))).hexdigest()[:16]
+    try:
+        path, problem = cached_library(cc_path, key)
+    except OSError as err:
+        path, problem = None, f"building in the cache folder {cache_dir()} failed: {err}"
+    if path is None:
+        return None, problem
     lib = ctypes.CDLL(str(path))
     if lib.rnnkit_native_abi() != ABI:
         return None, f"{path} is from another version of native.c"

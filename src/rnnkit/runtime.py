@@ -1,8 +1,8 @@
 """Process-wide runtime settings: flush-to-zero for denormal floats, malloc, seeding, threads.
 
 Why flush denormals: over long sequences, vanishing gradients underflow into denormal
-floats, and a CPU matmul with denormal operands runs up to ~100x slower (measured on this
-machine class: a 7x slower training step for an LSTM over 784 steps). TensorFlow flushes
+floats, and a CPU matmul with denormal operands runs many times slower (BENCHMARKS.md has the
+measured cost on a long-sequence LSTM). TensorFlow flushes
 them by default; torch does not. ``torch.set_flush_denormal`` only affects threads created
 after the call, so it must run before torch's first multi-threaded op: rnnkit does it when
 it is imported and the CLI imports rnnkit before anything else.

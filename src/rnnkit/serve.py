@@ -1,6 +1,7 @@
 """HTTP serving of one run directory on Starlette + uvicorn (the optional ``serve`` extra).
 
-``rnnkit serve DIR [--host 127.0.0.1] [--port 8000]``; in Python ``make_app(DIR, Limits())``.
+``rnnkit serve DIR [--host 127.0.0.1] [--port 8000] [--token T]``; in Python
+``make_app(DIR, Limits(), token=None)``.
 
 Endpoints (JSON in, JSON out)::
 
@@ -14,18 +15,21 @@ Endpoints (JSON in, JSON out)::
                                 "top_p": float?, "seed": int?} -> {"text": str}
 
 Every request is validated (JSON object, known fields, types, sizes, lengths, temperature range)
-and a bad one gets a 4xx ``{"error": "<one line>"}``: 400 unreadable JSON, 404/405 wrong route or
-method, 413 body too large, 422 invalid field, 503 queue full. Concurrent /predict requests
-are *batched*: a single worker takes up to ``max_batch`` queued requests (waiting at most
-``max_wait_ms`` for company), runs them as one forward pass in a thread, and answers each;
-/generate requests are queued and run one at a time (each samples its own length). The event
-loop never runs the model, so /health answers while a batch runs.
+and a bad one gets a 4xx ``{"error": "<one line>"}``: 400 unreadable or too deeply nested JSON,
+or too long an integer; 401 missing or wrong token (when one is set); 404/405 wrong route or
+method; 408 body too slow; 413 body too large; 415 not ``Content-Type: application/json``; 422
+invalid field; 503 queue full. ``rnnkit.serve_guard`` holds these defences and the connection
+limits. Every 5xx is logged with its reason. Concurrent /predict requests are *batched*: a
+single worker takes up to ``max_batch`` queued requests (waiting at most ``max_wait_ms`` for
+company), runs them as one forward pass in a thread, and answers each; /generate requests are
+queued and run one at a time (each samples its own length). The event loop never runs the
+model, so /health answers while a batch runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -34,8 +38,11 @@ from typing import Any, Optional
 import numpy as np
 
 from rnnkit.errors import UserError
+from rnnkit.serve_guard import RequestError, parse_json_object, read_body, check_json_content_type
 
 TEMPERATURE_MAX = 10.0
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+log = logging.getLogger("rnnkit.serve")
 
 
 @dataclass
@@ -49,19 +56,14 @@ class Limits:
     max_length: int = 2000  # characters per text / prime, steps per sequence / history
     max_generate: int = 1000  # tokens per /generate
     max_body: int = 1_000_000  # request body bytes
+    max_connections: int = 256  # open connections; a new one over the cap closes the longest-waiting idle one
+    read_timeout_s: float = 10.0  # seconds for a request's head to arrive, and again for its body
+    idle_timeout_s: float = 5.0  # seconds a keep-alive connection may wait for its next request
 
     def __post_init__(self):
         for name, value in asdict(self).items():
             if not value > 0:
                 raise UserError(f"--{name.replace('_', '-')}: expected a positive number, got {value}")
-
-
-class RequestError(Exception):
-    """A client mistake: HTTP ``status`` and a one-line message."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 # ----------------------------------------------------------------------------- validation
@@ -103,7 +105,14 @@ def _numbers(rows, where: str, width: Optional[int]) -> np.ndarray:
         raise RequestError(422, f"{where}: steps have different numbers of values")
     if not np.isfinite(arr).all():
         raise RequestError(422, f"{where}: values must be finite numbers")
+    if np.abs(arr).max() > FLOAT32_MAX:
+        raise RequestError(422, f"{where}: values must lie within +-{FLOAT32_MAX:.3g} (the model computes in float32)")
     return arr
+
+
+def _not_finite(where: str) -> RequestError:
+    return RequestError(422, f"{where}: the model's output is not finite for these values; "
+                             "are they on the scale of the training data?")
 
 
 # ----------------------------------------------------------------------------- the jobs
@@ -143,7 +152,7 @@ class TextclassJob(Job):
     def run(self, items):
         flat = [t for texts in items for t in texts]
         probs = self.facade.predict_proba(flat)
-        return _split_predictions(probs, self.facade.labels, [len(t) for t in items])
+        return _split_predictions(probs, self.facade.labels, [len(t) for t in items], "texts")
 
     def info(self):
         return {"labels": list(self.facade.labels)}
@@ -176,7 +185,7 @@ class SeqclassJob(Job):
             x[i, : len(a)] = a
         lengths = np.asarray([len(a) for a in flat], dtype=np.int64)
         probs = self.facade.predict_proba(x, lengths)
-        return _split_predictions(probs, self.facade.label_names, [len(s) for s in items])
+        return _split_predictions(probs, self.facade.label_names, [len(s) for s in items], "sequences")
 
     def info(self):
         return {"labels": list(self.facade.label_names), "features": self._features()}
@@ -207,7 +216,8 @@ class ForecastJob(Job):
             z = np.stack([f.scaler.transform(items[i][0]) for i in idx])  # (N, L, F)
             y = predict_windows(model, z, horizon)  # (N, K, C) scaled
             for i, yi in zip(idx, y):
-                out[i] = {"forecast": f._target_scaler().inverse_transform(yi).tolist()}
+                forecast = f._target_scaler().inverse_transform(yi)
+                out[i] = {"forecast": forecast.tolist()} if np.isfinite(forecast).all() else _not_finite("history")
         return out
 
     def info(self):
@@ -254,13 +264,16 @@ class TextgenJob(Job):
         return {"vocab_size": len(self.facade.vocab), "max_temperature": TEMPERATURE_MAX}
 
 
-def _split_predictions(probs: np.ndarray, labels, counts: list) -> list:
+def _split_predictions(probs: np.ndarray, labels, counts: list, where: str) -> list:
+    """One answer per request from the probabilities (N, C) of all their inputs, ``counts`` each
+    (a request whose inputs gave non-finite probabilities gets a 422 instead)."""
     rows, out, at = [], [], 0
     for p in probs:
         rows.append({"label": labels[int(np.argmax(p))],
                      "probabilities": {str(lab): float(v) for lab, v in zip(labels, p)}})
     for n in counts:
-        out.append({"predictions": rows[at : at + n]})
+        finite = np.isfinite(probs[at : at + n]).all()
+        out.append({"predictions": rows[at : at + n]} if finite else _not_finite(where))
         at += n
     return out
 
@@ -340,92 +353,120 @@ class Batcher:
 
 # ----------------------------------------------------------------------------- the app
 
-def make_app(run_dir, limits: Optional[Limits] = None):
-    """The Starlette app serving ``run_dir`` (loaded once, at import time of the app)."""
+def _error(status: int, message: str):
+    """The JSON answer to a failed request; 408/413 close the connection (the body may be unread)."""
+    from starlette.responses import JSONResponse
+
+    headers = {"Connection": "close"} if status in (408, 413) else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class Endpoints:
+    """The routes' handlers for one loaded run directory."""
+
+    def __init__(self, art, job: Job, limits: Limits):
+        self.art, self.job, self.limits = art, job, limits
+        self.batcher = Batcher(job, limits)
+
+    async def handle(self, request):
+        """POST /predict or /generate: read, validate, queue for the batcher, answer."""
+        from starlette.requests import ClientDisconnect
+        from starlette.responses import JSONResponse, Response
+
+        where = f"{request.method} {request.url.path}"
+        try:
+            check_json_content_type(request.headers.get("content-type"))
+            body = parse_json_object(await read_body(request, self.limits.max_body, self.limits.read_timeout_s))
+            return JSONResponse(await self.batcher.submit(self.job.parse(body)))
+        except RequestError as exc:
+            if exc.status >= 500:
+                log.warning("%s answered %d: %s", where, exc.status, exc)
+            return _error(exc.status, str(exc))
+        except ClientDisconnect:
+            return Response(status_code=400)  # nobody is left to read it
+        except Exception as exc:  # a bug: log it, and never leak a traceback to the client
+            log.error("%s answered 500: %s: %s", where, type(exc).__name__, exc, exc_info=exc)
+            return _error(500, f"internal error: {type(exc).__name__}")
+
+    async def wrong_job(self, request):
+        return _error(404, f"this server runs a {self.art.task} model: use POST {self.job.route}")
+
+    async def health(self, request):
+        from starlette.responses import JSONResponse
+
+        return JSONResponse({"status": "ok", "task": self.art.task})
+
+    async def info(self, request):
+        from starlette.responses import JSONResponse
+
+        art = self.art
+        return JSONResponse({
+            "task": art.task, "endpoint": self.job.route, "rnnkit_version": art.meta.get("rnnkit_version"),
+            "model": art.meta.get("model"), "metrics": art.metrics, "limits": asdict(self.limits),
+            "stats": dict(self.batcher.stats), **self.job.info(),
+        })
+
+    async def not_found(self, request, exc):
+        status = getattr(exc, "status_code", 404)
+        if status == 405:
+            return _error(405, f"{request.method} is not allowed on {request.url.path}")
+        return _error(status, f"no route {request.method} {request.url.path}; try GET /info")
+
+
+def make_app(run_dir, limits: Optional[Limits] = None, token: Optional[str] = None):
+    """The Starlette app serving ``run_dir`` (loaded once, here); with ``token``, every route but
+    GET /health needs ``Authorization: Bearer <token>``."""
     try:
         from starlette.applications import Starlette
-        from starlette.responses import JSONResponse
+        from starlette.middleware import Middleware
         from starlette.routing import Route
     except ImportError:
         raise UserError("serving needs the 'serve' extra: pip install 'rnnkit[serve]'") from None
+    from contextlib import asynccontextmanager
+
     from rnnkit import artifacts
+    from rnnkit.serve_guard import AcceptErrorLog, TokenGuard
 
     limits = limits or Limits()
     art = artifacts.read_artifact(run_dir)
-    job = JOBS[art.task](artifacts.load(run_dir), art, limits)
-    batcher = Batcher(job, limits)
-
-    def error(status: int, message: str):
-        return JSONResponse({"error": message}, status_code=status)
-
-    async def read_body(request) -> dict:
-        size = request.headers.get("content-length")
-        if size is not None and (not size.isdigit() or int(size) > limits.max_body):
-            raise RequestError(413, f"request body of {size} bytes exceeds the limit of {limits.max_body}")
-        raw = await request.body()
-        if len(raw) > limits.max_body:
-            raise RequestError(413, f"request body of {len(raw)} bytes exceeds the limit of {limits.max_body}")
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            where = f" (line {exc.lineno} column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
-            raise RequestError(400, f"request body is not valid JSON{where}") from None
-        if not isinstance(body, dict):
-            raise RequestError(400, f"request body must be a JSON object, got {type(body).__name__}")
-        return body
-
-    async def handle(request):
-        try:
-            body = await read_body(request)
-            result = await batcher.submit(job.parse(body))
-            return JSONResponse(result)
-        except RequestError as exc:
-            return error(exc.status, str(exc))
-        except Exception as exc:  # never leak a traceback to the client
-            return error(500, f"internal error: {type(exc).__name__}")
-
-    async def wrong_job(request):
-        return error(404, f"this server runs a {art.task} model: use POST {job.route}")
-
-    async def health(request):
-        return JSONResponse({"status": "ok", "task": art.task})
-
-    async def info(request):
-        return JSONResponse({
-            "task": art.task, "endpoint": job.route, "rnnkit_version": art.meta.get("rnnkit_version"),
-            "model": art.meta.get("model"), "metrics": art.metrics, "limits": asdict(limits),
-            "stats": dict(batcher.stats), **job.info(),
-        })
-
-    async def not_found(request, exc):
-        status = getattr(exc, "status_code", 404)
-        if status == 405:
-            return error(405, f"{request.method} is not allowed on {request.url.path}")
-        return error(status, f"no route {request.method} {request.url.path}; try GET /info")
-
-    other = "/generate" if job.route == "/predict" else "/predict"
-    routes = [Route(job.route, handle, methods=["POST"]), Route(other, wrong_job, methods=["POST"]),
-              Route("/health", health, methods=["GET"]), Route("/info", info, methods=["GET"])]
-
-    from contextlib import asynccontextmanager
+    ends = Endpoints(art, JOBS[art.task](artifacts.load(run_dir), art, limits), limits)
+    other = "/generate" if ends.job.route == "/predict" else "/predict"
+    routes = [Route(ends.job.route, ends.handle, methods=["POST"]), Route(other, ends.wrong_job, methods=["POST"]),
+              Route("/health", ends.health, methods=["GET"]), Route("/info", ends.info, methods=["GET"])]
 
     @asynccontextmanager
     async def lifespan(app):
-        await batcher.start()
+        asyncio.get_running_loop().set_exception_handler(AcceptErrorLog())
+        await ends.batcher.start()
         yield
-        await batcher.stop()
+        await ends.batcher.stop()
 
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found})
-    app.state.batcher, app.state.job = batcher, job
+    middleware = [Middleware(TokenGuard, token=token)] if token is not None else []
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
+                    exception_handlers={404: ends.not_found, 405: ends.not_found})
+    app.state.batcher, app.state.job = ends.batcher, ends.job
     return app
 
 
-def serve(run_dir, host: str = "127.0.0.1", port: int = 8000, limits: Optional[Limits] = None) -> None:
-    """Run the server until interrupted (uvicorn, one process; the model runs in a worker thread)."""
+def serve(run_dir, host: str = "127.0.0.1", port: int = 8000, limits: Optional[Limits] = None,
+          token: Optional[str] = None) -> None:
+    """Run the server until interrupted (uvicorn, one process; the model runs in a worker thread).
+
+    Logs every request (uvicorn's access log on stdout) and every 5xx with its reason (stderr)."""
     try:
         import uvicorn
     except ImportError:
         raise UserError("serving needs the 'serve' extra: pip install 'rnnkit[serve]'") from None
-    app = make_app(run_dir, limits)
+    import dataclasses
+    import warnings
+
+    from rnnkit.serve_guard import exposure_warning, fit_file_limit, uvicorn_config
+
+    limits = dataclasses.replace(limits or Limits())  # a copy: the connection cap may shrink below
+    warning = exposure_warning(host, token)
+    if warning:
+        warnings.warn(warning, stacklevel=2)
+    app = make_app(run_dir, limits, token)  # loads the model first: its open files count too
+    limits.max_connections = fit_file_limit(limits.max_connections)
     print(f"serving {run_dir} on http://{host}:{port} (POST {app.state.job.route}, GET /health, GET /info)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn_config(app, host, port, limits)).run()

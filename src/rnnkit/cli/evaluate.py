@@ -1,4 +1,9 @@
-"""``rnnkit evaluate DIR [--data PATH] [--split val|test] [--json]``: metrics of the saved weights."""
+"""``rnnkit evaluate DIR [--data PATH | --split val|test] [--json]``: metrics of the saved weights.
+
+A file given with ``--data`` is evaluated whole (no split), read with the trained vocabulary,
+scaler and labels; without it, the ``--split`` (default val) of the training data. The output
+always says how many examples were scored (``examples``).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,12 @@ def add_parser(sub, task=None):
 
     from rnnkit.cli.verbs import list_task_options_in_help
 
-    p = sub.add_parser("evaluate", help="metrics of a run's selected weights on the val or test split",
+    p = sub.add_parser("evaluate", help="metrics of a run's selected weights on a file, or on the val or test split",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", help="a run directory (its task may add options)")
-    p.add_argument("--data", help="evaluate on this data instead of the training source")
-    p.add_argument("--split", choices=("val", "test"), default="val")
+    p.add_argument("--data", help="evaluate on all of this file (or dataset) instead of a split of the training data")
+    p.add_argument("--split", choices=("val", "test"), default=None,
+                   help="which split of the training data (default: val); not with --data")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     if task is not None:
         task.add_arguments("evaluate", p)
@@ -37,6 +43,7 @@ def run(args) -> int:
     from rnnkit.training.runner import evaluate_run
 
     metrics = {snake_case(k): _clean(v) for k, v in evaluate_run(args.dir, args.data, args.split).items()}
+    args.split = args.split or (None if args.data else "val")  # None: the task's verb scores all of --data
     task = args.task_obj
     if task is not None and type(task).run_verb is not Task.run_verb:
         import rnnkit

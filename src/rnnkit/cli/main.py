@@ -4,7 +4,7 @@ Grammar (the task is a positional of ``train``; every other verb reads it from t
 
     rnnkit train TASK --data NAME|PATH --out DIR [--config FILE] [--<field> VALUE ...] [--overwrite]
     rnnkit resume DIR [--epochs N] [--max-steps N] [--time-budget S]
-    rnnkit evaluate DIR [--data NAME|PATH] [--split val|test] [--json] [task options]
+    rnnkit evaluate DIR [--data NAME|PATH | --split val|test] [--json] [task options]
     rnnkit sample DIR [task options]      rnnkit predict DIR [task options]
     rnnkit info DIR [--json]              rnnkit demo
     rnnkit ensemble DIR1 DIR2 ... --out DIR [--weights equal|validation]
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 import warnings
 
@@ -131,11 +132,27 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"rnnkit: warning: {' '.join(str(message).split())}\n"
 
 
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a command ended by SIGPIPE (128 + 13)
+
+
+def _quiet_broken_pipe() -> int:
+    """stdout's reader went away (``rnnkit info DIR | head -1``): point stdout at /dev/null, so
+    the flush at exit cannot fail again, and end quietly as a SIGPIPE'd command would."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     warnings.formatwarning = one_line_warning
     try:
-        return run(argv)
+        status = run(argv)
+        sys.stdout.flush()  # a closed pipe shows up here, not in the interpreter's flush at exit
+        return status
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except UserError as exc:
         message = " ".join(str(exc).split("\n"))
         print(f"rnnkit: error: {message}", file=sys.stderr)

@@ -27,6 +27,8 @@ def run(args) -> int:
     history = resume_run(args.dir, overrides, progress=not args.quiet)
     if history is None:
         print(f"{args.dir}: run already complete; nothing to resume")
+    elif not history.steps_taken:  # killed before its final save, or its budget was spent
+        print(f"{args.dir}: nothing left to train ({history.stop_reason}); the run is marked complete")
     else:
         print(f"saved {args.dir}" + (f" ({history.stop_reason})" if history.stop_reason else ""))
     return 0

@@ -8,9 +8,7 @@ expected.
 
 from __future__ import annotations
 
-import csv
 import gzip
-import io
 import json
 from pathlib import Path
 
@@ -62,18 +60,19 @@ def read_labelled(path, text_column: str = "text", label_column: str = "label") 
 
 
 def _read_delimited(path: Path, content: str, delimiter: str, text_column: str, label_column: str):
-    reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter)
-    header = next(reader)
+    from rnnkit.data.sources import csv_records
+
+    (_, header), *records = csv_records(content, path, delimiter)
     for col in (text_column, label_column):
         if col not in header:
             raise UserError(f"{path} line 1: no column {col!r}; the header has {', '.join(map(repr, header))}")
     ti, li = header.index(text_column), header.index(label_column)
     texts, labels = [], []
-    for row in reader:
+    for line, row in records:
         if not row:
             continue  # blank line
         if len(row) != len(header):
-            raise UserError(f"{path} line {reader.line_num}: expected {len(header)} columns "
+            raise UserError(f"{path} line {line}: expected {len(header)} columns "
                             f"({','.join(header)}), found {len(row)}")
         texts.append(row[ti])
         labels.append(row[li].strip())

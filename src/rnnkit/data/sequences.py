@@ -11,12 +11,13 @@ past each sequence's length, ``lengths`` (N,) int64, ``labels`` (N,) int64 class
 - ``read_ts``: UCR/UEA ``.ts`` files (multivariate, variable length, ``?`` missing values);
 - ``read_idx`` / ``read_mnist``: the IDX files of MNIST (gzip or not).
 
-Bad files raise :class:`rnnkit.errors.UserError` naming the file, the line and what was expected.
+Bad files raise :class:`rnnkit.errors.UserError` naming the file, the line and what was expected;
+values must be finite numbers within float32's range (:mod:`rnnkit.data.numbers`), NaN only
+where it marks a missing value.
 """
 
 from __future__ import annotations
 
-import csv
 import gzip
 import math
 import struct
@@ -29,6 +30,8 @@ import torch
 from torch import Tensor
 
 from rnnkit.data.batching import Batch
+from rnnkit.data.numbers import cell_where, check_finite_array, parse_finite
+from rnnkit.data.sources import csv_records
 from rnnkit.errors import UserError
 
 MNIST_FILES = {
@@ -36,6 +39,7 @@ MNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 MNIST_MODES = ("rows", "pixels", "permuted")
+MISSING = ("", "?", "nan", "na")  # cells read as a missing value (NaN), case-insensitive
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -64,7 +68,7 @@ def encode_labels(raw: Sequence, names: Optional[list] = None, where: str = "") 
     if names is None:
         distinct = set(raw)
         try:
-            names = sorted(distinct, key=lambda s: (float(s), s))
+            names = sorted(distinct, key=lambda s: (_finite(float(s)), s))
         except ValueError:
             names = sorted(distinct)
     index = {n: i for i, n in enumerate(names)}
@@ -74,6 +78,13 @@ def encode_labels(raw: Sequence, names: Optional[list] = None, where: str = "") 
             raise UserError(f"{where}: label {v!r} of sequence {i + 1} is not one of the known classes {names[:20]}")
         ids[i] = index[v]
     return ids, list(names)
+
+
+def _finite(value: float) -> float:
+    """A label's numeric sort key; "nan" or "inf" labels are sorted as text."""
+    if not math.isfinite(value):
+        raise ValueError(value)
+    return value
 
 
 def pad_ragged(seqs: list) -> tuple[np.ndarray, np.ndarray]:
@@ -86,6 +97,20 @@ def pad_ragged(seqs: list) -> tuple[np.ndarray, np.ndarray]:
     return x, lengths
 
 
+def concatenate(parts: list) -> LabelledSequences:
+    """Several LabelledSequences with the same label names as one (padded to the longest)."""
+    if len(parts) == 1:
+        return parts[0]
+    x = np.full((sum(len(p) for p in parts), max(p.x.shape[1] for p in parts), parts[0].x.shape[2]), np.nan,
+                dtype=np.float32)
+    at = 0
+    for p in parts:
+        x[at : at + len(p), : p.x.shape[1]] = p.x
+        at += len(p)
+    return LabelledSequences(x, np.concatenate([p.lengths for p in parts]), np.concatenate([p.labels for p in parts]),
+                             parts[0].label_names)
+
+
 def _as_sequences(x: np.ndarray, y, lengths, names, where: str) -> LabelledSequences:
     if x.ndim == 2:
         x = x[:, :, None]  # (N, T) -> (N, T, 1)
@@ -94,6 +119,7 @@ def _as_sequences(x: np.ndarray, y, lengths, names, where: str) -> LabelledSeque
     y = np.asarray(y).reshape(-1)
     if len(y) != len(x):
         raise UserError(f"{where}: {len(x)} sequences but {len(y)} labels; expected one label per sequence")
+    check_finite_array(x, where)
     x = x.astype(np.float32, copy=True)
     if lengths is None:
         lengths = np.full(len(x), x.shape[1], dtype=np.int64)
@@ -176,13 +202,8 @@ def read_unlabelled_array(path) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------- CSV
 
 
-def _float(text: str, where: str) -> float:
-    if text.strip() in ("", "?", "nan", "NaN", "NA"):
-        return math.nan
-    try:
-        return float(text)
-    except ValueError:
-        raise UserError(f"{where}: {text!r} is not a number") from None
+def _float(text: str, path, line: int, column) -> float:
+    return parse_finite(text, cell_where(path, line, column), MISSING, float32=True)
 
 
 def read_csv(path, label_column: str = "label", features: int = 1, names=None) -> LabelledSequences:
@@ -197,14 +218,14 @@ def read_csv(path, label_column: str = "label", features: int = 1, names=None) -
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", newline="") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError) as e:
+        with opener(path, "rt", newline="", encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, EOFError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read as CSV text ({e})") from None
-    rows = [r for r in rows if any(c.strip() for c in r)]
+    rows = [(n, r) for n, r in csv_records(text, path) if any(c.strip() for c in r)]  # (line, fields)
     if not rows:
         raise UserError(f"{path}: the file is empty; expected one labelled sequence per row")
-    header = [c.strip().lower() for c in rows[0]]
+    header = [c.strip().lower() for c in rows[0][1]]
     if "id" in header and "time" in header:
         return _read_long_csv(path, rows, header, label_column.lower(), names)
     return _read_wide_csv(path, rows, header, label_column.lower(), features, names)
@@ -212,17 +233,18 @@ def read_csv(path, label_column: str = "label", features: int = 1, names=None) -
 
 def _read_long_csv(path, rows, header, label_column, names) -> LabelledSequences:
     if label_column not in header:
-        raise UserError(f"{path}:1: long-format CSV needs a {label_column!r} column, found {header}")
+        raise UserError(f"{path}:{rows[0][0]}: long-format CSV needs a {label_column!r} column, found {header}")
     i_id, i_time, i_label = header.index("id"), header.index("time"), header.index(label_column)
     feat_cols = [i for i in range(len(header)) if i not in (i_id, i_time, i_label)]
     if not feat_cols:
-        raise UserError(f"{path}:1: long-format CSV has no feature columns besides id, time, {label_column}")
+        raise UserError(f"{path}:{rows[0][0]}: long-format CSV has no feature columns besides id, time, {label_column}")
     groups: dict = {}
-    for n, r in enumerate(rows[1:], start=2):
+    columns = [c.strip() for c in rows[0][1]]
+    for n, r in rows[1:]:
         if len(r) != len(header):
             raise UserError(f"{path}:{n}: expected {len(header)} fields like the header, got {len(r)}")
         where = f"{path}:{n}"
-        step = (_float(r[i_time], where), [_float(r[i], where) for i in feat_cols])
+        step = (_float(r[i_time], path, n, columns[i_time]), [_float(r[i], path, n, columns[i]) for i in feat_cols])
         label = r[i_label].strip()
         g = groups.setdefault(r[i_id].strip(), (label, []))
         if g[0] != label:
@@ -237,17 +259,14 @@ def _read_long_csv(path, rows, header, label_column, names) -> LabelledSequences
 def _read_wide_csv(path, rows, header, label_column, features, names) -> LabelledSequences:
     has_header = label_column in header
     i_label = header.index(label_column) if has_header else 0
-    body = rows[1:] if has_header else rows
-    start = 2 if has_header else 1
     labels, seqs = [], []
-    for n, r in enumerate(body, start=start):
-        where = f"{path}:{n}"
-        cells = [c for i, c in enumerate(r) if i != i_label]
-        while cells and not cells[-1].strip():
+    for n, r in rows[1:] if has_header else rows:
+        cells = [(i, c) for i, c in enumerate(r) if i != i_label]
+        while cells and not cells[-1][1].strip():
             cells.pop()
         if not cells or len(cells) % features:
-            raise UserError(f"{where}: expected a label and a positive multiple of {features} values, got {len(cells)} values")
-        seqs.append(np.array([_float(c, where) for c in cells], dtype=np.float32).reshape(-1, features))
+            raise UserError(f"{path}:{n}: expected a label and a positive multiple of {features} values, got {len(cells)} values")
+        seqs.append(np.array([_float(c, path, n, i + 1) for i, c in cells], dtype=np.float32).reshape(-1, features))
         labels.append(r[i_label])
     x, lengths = pad_ragged(seqs)
     ids, names = encode_labels(labels, names, str(path))
@@ -294,13 +313,14 @@ def read_ts(path, names=None) -> LabelledSequences:
         if not s or s.startswith("#"):
             continue
         *parts, label = s.split(":")
+        start = len(line) - len(line.lstrip())  # 0-based offset of the case in the line
         if not parts:
             raise UserError(f"{path}:{n}: expected 'values:...:label', found no ':' separator")
         if dims is None:
             dims = len(parts)
         elif len(parts) != dims:
             raise UserError(f"{path}:{n}: expected {dims} dimensions like the first case, got {len(parts)}")
-        seqs.append(_ts_case(parts, f"{path}:{n}"))
+        seqs.append(_ts_case(parts, path, n, start))
         labels.append(label)
     if not seqs:
         raise UserError(f"{path}: no cases after @data")
@@ -309,9 +329,15 @@ def read_ts(path, names=None) -> LabelledSequences:
     return LabelledSequences(x, lengths, ids, names)
 
 
-def _ts_case(parts: list, where: str) -> np.ndarray:
-    """'1,2,3' per dimension -> (T, D) with NaN where a dimension is shorter."""
-    cols = [[_float(v, where) for v in p.split(",")] for p in parts]
+def _ts_case(parts: list, path, line: int, start: int) -> np.ndarray:
+    """'1,2,3' per dimension -> (T, D) with NaN where a dimension is shorter. Errors give the
+    character column of the value (the case starts at 0-based offset ``start`` of its line)."""
+    cols, column = [], start + 1
+    for p in parts:
+        cols.append([])
+        for v in p.split(","):
+            cols[-1].append(_float(v, path, line, column))
+            column += len(v) + 1  # and the ',' or ':' after it
     out = np.full((max(len(c) for c in cols), len(cols)), np.nan, dtype=np.float32)
     for d, c in enumerate(cols):
         out[: len(c), d] = c

@@ -9,13 +9,14 @@ has inputs ``x[i : i+L]`` and targets ``y[i+L : i+L+K]``; inputs never contain a
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
+from rnnkit.data.numbers import cell_where, parse_finite
+from rnnkit.data.sources import csv_records, read_text
 from rnnkit.errors import UserError
 
 FILL_POLICIES = ("error", "ffill", "interpolate", "zero")
@@ -124,25 +125,24 @@ def split_points(n: int, val: float, test: float) -> tuple[int, int]:
 
 
 def read_csv(path, time_column: Optional[str] = None, columns: Optional[Sequence[str]] = None,
-             fill: str = "error") -> Series:
+             fill: str = "error", sort_time: bool = False) -> Series:
     """Read a CSV with a header row: one time column (default: the first) and numeric columns.
 
     A file of a single column has no time column: its values are the series, indexed by row.
 
     ``columns`` picks the numeric columns (default: all but the time column). Missing cells
     ("", NA, NaN, null, ?) are a UserError naming file/line/column unless ``fill`` is
-    ffill | interpolate | zero; non-numeric text is always an error.
+    ffill | interpolate | zero; non-numeric text and non-finite numbers are always errors.
+    Times must increase (ISO dates or numbers; other labels are not compared) unless
+    ``sort_time``, which sorts the rows by time; a repeated time is always an error.
     """
     path = Path(path)
     if fill not in FILL_POLICIES:
         raise UserError(f"--fill must be one of {', '.join(FILL_POLICIES)}, got {fill!r}")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        raise UserError(f"{path}: empty file, expected a header row")
-    header = [h.strip() for h in rows[0]]
+    records = csv_records(read_text(path).removeprefix("\ufeff"), path)
+    header = [h.strip() for h in records[0][1]]
     if not time_column:  # the first column, unless it is the only one (then time is the row number)
         time_column = header[0] if len(header) > 1 else None
     if time_column is not None and time_column not in header:
@@ -154,33 +154,63 @@ def read_csv(path, time_column: Optional[str] = None, columns: Optional[Sequence
         if c not in header:
             raise UserError(f"{path}: no column {c!r}; columns are: {', '.join(header)}")
     ti, idx = header.index(time_column) if time_column else None, [header.index(c) for c in columns]
-    times, values = [], np.empty((len(rows) - 1, len(columns)))
-    for r, row in enumerate(rows[1:]):
-        line = r + 2  # 1-based, after the header
+    lines, times, values = [], [], np.empty((len(records) - 1, len(columns)))
+    for r, (line, row) in enumerate(records[1:]):
         if len(row) != len(header):
             raise UserError(f"{path} line {line}: expected {len(header)} columns, found {len(row)}")
+        lines.append(line)
         times.append(row[ti] if ti is not None else str(r))
         for j, (c, k) in enumerate(zip(columns, idx)):
             values[r, j] = _parse_cell(row[k], path, line, c, fill)
     if len(times) == 0:
         raise UserError(f"{path}: no data rows after the header")
-    return Series(_fill_missing(values, fill), np.array(times), columns)
+    order = time_order(times, lines, path, sort_time) if ti is not None else np.arange(len(times))
+    return Series(_fill_missing(values[order], fill), np.array(times)[order], columns)
 
 
 def _parse_cell(cell: str, path, line: int, column: str, fill: str) -> float:
-    text = cell.strip()
-    if text.lower() in _MISSING:
-        if fill == "error":
-            raise UserError(f"{path} line {line}, column {column!r}: missing value "
-                            f"(use --fill ffill|interpolate|zero to fill gaps)")
-        return np.nan
+    where = cell_where(path, line, column)
+    if fill == "error" and cell.strip().lower() in _MISSING:
+        raise UserError(f"{where}: missing value (use --fill ffill|interpolate|zero to fill gaps)")
+    return parse_finite(cell, where, _MISSING)
+
+
+def _time_keys(times: list) -> Optional[list]:
+    """Comparable keys of the time labels (ISO dates, else numbers), or None for other labels."""
+    dates = parse_times(times)
+    if dates is not None:
+        return dates.astype(np.int64).tolist()
     try:
-        value = float(text)
+        keys = [float(t) for t in times]
     except ValueError:
-        raise UserError(f"{path} line {line}, column {column!r}: expected a number, found {cell!r}") from None
-    if not np.isfinite(value):
-        raise UserError(f"{path} line {line}, column {column!r}: expected a finite number, found {cell!r}")
-    return value
+        return None
+    return keys if all(np.isfinite(keys)) else None
+
+
+def time_order(times: list, lines: list, path, sort: bool = False) -> np.ndarray:
+    """The row order of a series: as read, checked to increase in time (with ``sort``, sorted by
+    time instead). A repeated time is always an error; both errors name the first pair of lines."""
+    keys = _time_keys(times)
+    labels = [t.strip() for t in times] if keys is None else keys
+    first = {}
+    for i, key in enumerate(labels):
+        if key in first:
+            raise UserError(f"{path} lines {lines[first[key]]} and {lines[i]}: time {times[i]!r} appears twice; "
+                            "expected each time once")
+        first[key] = i
+    if keys is None:
+        if sort:
+            raise UserError(f"{path}: cannot sort by time: the labels are neither ISO dates nor numbers "
+                            f"(e.g. {times[0]!r})")
+        return np.arange(len(times))
+    if sort:
+        return np.argsort(np.asarray(keys), kind="stable")
+    back = np.flatnonzero(np.diff(np.asarray(keys)) < 0)
+    if back.size:
+        i = int(back[0])
+        raise UserError(f"{path} lines {lines[i]} and {lines[i + 1]}: time {times[i + 1]!r} comes before "
+                        f"{times[i]!r}; expected increasing times (or --sort-time to sort the rows)")
+    return np.arange(len(times))
 
 
 def _fill_missing(values: np.ndarray, fill: str) -> np.ndarray:

@@ -10,7 +10,7 @@
 2. anything else is a file path and must exist.
 
 Readers turn bad input into one-line ``UserError``s naming the file, the position and what was
-expected: ``read_text``, ``read_csv_column``, ``read_idx``.
+expected: ``read_text``, ``csv_records``, ``read_csv_column``, ``read_idx``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import difflib
 import gzip
 import hashlib
 import io
-import math
 import os
 import tempfile
 import urllib.error
@@ -31,6 +30,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from rnnkit.data.numbers import cell_where, parse_finite
 from rnnkit.errors import UserError
 
 DATA_ENV = "RNNKIT_DATA"
@@ -197,10 +197,29 @@ def read_text(path: Union[str, Path]) -> str:
     return text
 
 
-def read_csv_rows(path: Union[str, Path]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of a CSV with a header row."""
-    rows = list(csv.reader(io.StringIO(read_text(path))))
-    header, body = rows[0], [r for r in rows[1:] if r]
+def csv_records(text: str, path, delimiter: str = ",") -> list[tuple[int, list[str]]]:
+    """(line where the record starts, fields) for every record of CSV ``text``, blank lines
+    included (as empty lists). A field may be as long as the file (csv's default limit of
+    128 KiB would refuse a long text); malformed CSV is a UserError naming the line."""
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, len(text)))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    records, line = [], 1
+    try:
+        for row in reader:
+            records.append((line, row))
+            line = reader.line_num + 1
+    except csv.Error as exc:
+        raise UserError(f"{path} line {line}: not valid CSV ({exc})") from None
+    finally:
+        csv.field_size_limit(limit)
+    return records
+
+
+def read_csv_rows(path: Union[str, Path]) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """(header, [(line, row)]) of a CSV with a header row; blank lines are skipped."""
+    records = csv_records(read_text(path), path)
+    header, body = records[0][1], [(n, r) for n, r in records[1:] if r]
     if not body:
         raise UserError(f"{path}: no data rows after the header")
     return header, body
@@ -217,17 +236,8 @@ def read_csv_column(path: Union[str, Path], column: str) -> np.ndarray:
         hint = f"; did you mean {match[0]!r}?" if match else ""
         raise UserError(f"{path}: no column {column!r}; expected one of: {', '.join(header)}{hint}")
     j = header.index(column)
-    values = np.empty(len(rows), dtype=np.float64)
-    for i, row in enumerate(rows):
-        cell = row[j].strip() if j < len(row) else ""
-        try:
-            v = float(cell)
-        except ValueError:
-            v = None
-        if v is None or not math.isfinite(v):
-            raise UserError(f"{path} line {i + 2} column {column!r}: expected a finite number, got {cell!r}")
-        values[i] = v
-    return values
+    return np.array([parse_finite(row[j] if j < len(row) else "", cell_where(path, line, column))
+                     for line, row in rows], dtype=np.float64)
 
 
 def read_idx(path: Union[str, Path]) -> np.ndarray:

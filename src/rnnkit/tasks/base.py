@@ -19,6 +19,14 @@ subclass of :class:`Task` and registers an instance in :data:`TASKS` (see ``task
    ``.task_state``, ``.metrics``, ``.data``, ``.state_dict()`` (checked weights) and
    ``.build_model()`` (``Task.build_model`` -- by default a ``SequenceModel`` -- with them, eval mode).
 
+Optional for ``rnnkit evaluate DIR --data FILE`` (a file given to evaluate is scored whole):
+
+- ``prepare_whole(config, data, task_state) -> BatchSource``: one source over ALL of ``data``
+  (no train/val/test split), read with the TRAINED task state (vocabulary, scaler, labels from
+  the artifact; nothing is refitted). The default refuses with a one-line error.
+- ``examples(batch) -> int``: how many examples a batch scores (``len(batch.targets)`` by
+  default; textgen: tokens); ``rnnkit evaluate`` reports their sum as ``examples``.
+
 A new network for training comes from ``Task.new_model`` (seed, ``build_model``, then the
 optional ``init_model`` hook for start values such as pretrained word vectors).
 
@@ -94,6 +102,17 @@ class Task:
 
     def prepare(self, config: Any, data: str, seed: int) -> PreparedData:
         raise NotImplementedError
+
+    def prepare_whole(self, config: Any, data: str, task_state: dict) -> BatchSource:
+        """All of ``data`` as one batch source, read with the trained ``task_state`` (see above)."""
+        from rnnkit.errors import UserError
+
+        raise UserError(f"task {self.name!r} cannot evaluate a file given with --data; "
+                        "leave out --data to evaluate the training data's split")
+
+    def examples(self, batch: Batch) -> int:
+        """Examples a batch scores (for the count ``rnnkit evaluate`` reports)."""
+        return int(batch.targets.shape[0])
 
     def model_config(self, task_state: dict, config: Any, model: ModelConfig) -> ModelConfig:
         raise NotImplementedError

@@ -44,7 +44,7 @@ from rnnkit.models import ModelConfig, SequenceModel
 from rnnkit.tasks import forecast_models as fm
 from rnnkit.tasks.base import PreparedData, Task
 from rnnkit.tasks.forecast_data import (SINES, Splits, WindowBatches, future_labels, load_series, sines_splits,
-                                        split_series)
+                                        split_series, whole_windows)
 
 @dataclass
 class ForecastConfig:
@@ -56,6 +56,7 @@ class ForecastConfig:
     target: str = ""  # comma-separated target columns ("": every numeric column)
     covariates: str = ""  # comma-separated input-only columns
     time_column: str = ""  # "": the first column
+    sort_time: bool = False  # sort the rows by time (else times must increase); a repeated time is an error
     fill: str = "error"  # missing cells: error | ffill | interpolate | zero
     scaler: str = "standard"  # standard | minmax | none (fitted on the training part only)
     val: float = 0.1  # validation part: a fraction (< 1) or a number of steps
@@ -258,7 +259,12 @@ class ForecastTask(Task):
         if isinstance(data, str) and data == SINES:
             return sines_splits(config), {"name": SINES, "seed": config.data_seed, "series": config.sines_series}
         series, info = load_series(data, config)
-        return split_series(series, config), info
+        return split_series(series, config, info.get("path", info["name"])), info
+
+    def prepare_whole(self, config: ForecastConfig, data, task_state: dict) -> "WindowBatches":
+        """Every window of ``data`` (all of it, no split), scaled with the trained scaler."""
+        X, Y, _ = whole_windows(config, data, task_state)
+        return WindowBatches(X, Y, config.batch_size, shuffle=False)
 
     def prepare(self, config: ForecastConfig, data, seed: int = 0) -> PreparedData:
         sp, info = self.splits(config, data)
@@ -294,8 +300,9 @@ class ForecastTask(Task):
             return _cli_predict(facade, args)
         if verb == "evaluate":
             data = getattr(args, "data", None) or facade.data_info.get("name")
-            facade.attach(data)
-            report = facade.evaluate(getattr(args, "split", "test"))
+            whole = args.split is None  # a file given with --data: all of its windows
+            facade.attach(data, whole)
+            report = facade.evaluate("all" if whole else args.split)
             extra = {f"{name}_{k}": v for name, m in report.items() if isinstance(m, dict) and name != "model"
                      for k, v in m.items()}
             extra.update({k: v for k, v in report["model"].items() if k.startswith("orig_")})
@@ -474,7 +481,8 @@ class Forecaster:
         "nlinear": {...}}; each with scaled ``mse``/``mae``/``mse_last`` and original-scale
         ``orig_*`` metrics. ``linear`` is least squares on the window; ``nlinear`` the same on the
         window minus its last value, channel-independent, with a ridge penalty chosen on the
-        validation windows (NLinear, Zeng et al. 2023).
+        validation windows (NLinear, Zeng et al. 2023); both only when training windows are
+        attached (not for a whole file, ``attach(data, whole=True)``, part "all").
         """
         model, sp = self._require_model(), self.splits
         if sp is None or part not in sp.X:
@@ -482,12 +490,13 @@ class Forecaster:
         X, Y = sp.X[part], sp.Y[part]
         C, K, ci = Y.shape[-1], Y.shape[1], self.task_state["spec"]["channel_independent"]
         period = min(self.task_state["period"], X.shape[1])
-        lin = fm.LinearBaseline(ci or X.shape[-1] == 1).fit(sp.X["train"][..., :C] if ci else sp.X["train"], sp.Y["train"])
-        val = (sp.X["val"][..., :C], sp.Y["val"]) if "val" in sp.X else None
-        nlin = fm.LinearBaseline(normalize="last").fit(sp.X["train"][..., :C], sp.Y["train"], val)
         preds = {"model": predict_windows(model, X), "naive": fm.naive_forecast(X[..., :C], K),
-                 "seasonal_naive": fm.seasonal_naive_forecast(X[..., :C], K, period),
-                 "linear": lin.predict(X[..., :C] if ci else X), "nlinear": nlin.predict(X[..., :C])}
+                 "seasonal_naive": fm.seasonal_naive_forecast(X[..., :C], K, period)}
+        if "train" in sp.X:  # the linear baselines are fitted on the training windows
+            lin = fm.LinearBaseline(ci or X.shape[-1] == 1).fit(sp.X["train"][..., :C] if ci else sp.X["train"], sp.Y["train"])
+            val = (sp.X["val"][..., :C], sp.Y["val"]) if "val" in sp.X else None
+            nlin = fm.LinearBaseline(normalize="last").fit(sp.X["train"][..., :C], sp.Y["train"], val)
+            preds.update(linear=lin.predict(X[..., :C] if ci else X), nlinear=nlin.predict(X[..., :C]))
         inv = self._target_scaler().inverse_transform
         scale = float(np.mean(self.task_state["mase_scale"]))
         report = {}
@@ -528,9 +537,15 @@ class Forecaster:
         f.data_info = dict(artifact.data or {})
         return f
 
-    def attach(self, data: Union[Series, str, Path]) -> "Forecaster":
-        """Re-split ``data`` with the stored config (for evaluate/backtest after load); the
-        stored scaler is kept, so scaled metrics mean what they meant in training."""
+    def attach(self, data: Union[Series, str, Path], whole: bool = False) -> "Forecaster":
+        """Re-split ``data`` with the stored config (for evaluate/backtest after load), or with
+        ``whole`` take every window of it as the part "all"; the stored scaler is kept, so
+        scaled metrics mean what they meant in training."""
+        if whole:
+            X, Y, series = whole_windows(self.config, data, self.task_state)
+            self.splits = Splits({"all": X}, {"all": Y}, self.scaler, list(self.task_state["columns"]),
+                                 list(self.task_state["covariates"]), series, None)
+            return self
         self.splits, _ = TASK.splits(self.config, data)
         stored = self.scaler
         if self.splits.borders is not None:

@@ -81,7 +81,7 @@ def load_series(data: Union[str, Path, Series], config: "ForecastConfig") -> tup
         series, info = data, {"name": "series"}
     else:
         path = _resolve(str(data))
-        series = read_csv(path, config.time_column or None, None, config.fill)
+        series = read_csv(path, config.time_column or None, None, config.fill, config.sort_time)
         info = {"name": str(data), "path": str(path)}
     covariates = column_names(config.covariates)
     targets = column_names(config.target) or [c for c in series.columns if c not in covariates]
@@ -102,14 +102,18 @@ def _resolve(data: str) -> Path:
     return Path(resolve(data))
 
 
-def split_series(series: Series, config: "ForecastConfig") -> Splits:
+def split_series(series: Series, config: "ForecastConfig", where: str = "data") -> Splits:
     """Chronological split, scaler fitted on train, windows per part (inputs may reach back)."""
     if config.rows:
         series = series[: config.rows]
     C = series.width - len(column_names(config.covariates))
     train_end, val_end = split_points(len(series), config.val, config.test)
-    scaler = Scaler(config.scaler).fit(series.values[:train_end])
-    z = scaler.transform(series.values)  # (T, F)
+    L, K = config.lookback, config.horizon
+    if train_end < L + K:
+        raise UserError(f"{where}: the training part has {train_end} steps, fewer than lookback {L} + horizon {K}; "
+                        "expected a shorter lookback or horizon, or smaller val/test parts")
+    scaler = Scaler(config.scaler).fit(series.values[:train_end], where, series.columns)
+    z = scaler.transform(series.values, where, series.columns)  # (T, F)
     bounds = {"train": (0, train_end), "val": (train_end, val_end), "test": (val_end, len(series))}
     X, Y = {}, {}
     for part, (start, stop) in bounds.items():
@@ -151,3 +155,22 @@ def future_labels(time, n: int) -> np.ndarray:
     if len(time) and np.issubdtype(time.dtype, np.integer):
         return time[-1] + np.arange(1, n + 1)
     return np.arange(1, n + 1)
+
+
+def whole_windows(config: "ForecastConfig", data, task_state: dict) -> tuple:
+    """(X, Y, series): every window of ``data`` scaled with the trained scaler (the sines panel:
+    all of its series)."""
+    if isinstance(data, str) and data == SINES:
+        sp = sines_splits(config)
+        return np.concatenate(list(sp.X.values())), np.concatenate(list(sp.Y.values())), None
+    series, info = load_series(data, config)
+    where, trained = info.get("path", info["name"]), task_state["columns"] + task_state["covariates"]
+    if series.columns != trained:
+        raise UserError(f"{where}: columns {', '.join(series.columns)}; expected those the model was trained on: "
+                        f"{', '.join(trained)}")
+    z = Scaler.from_dict(task_state["scaler"]).transform(series.values, where, series.columns)
+    try:
+        X, Y = make_windows(z, z[:, : len(task_state["columns"])], config.lookback, config.horizon)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    return X, Y, series

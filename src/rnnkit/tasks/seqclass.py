@@ -164,6 +164,10 @@ def prepare_mnist(path, config: SeqclassConfig) -> PreparedData:
 def prepare_sequences(train: seqdata.LabelledSequences, test: Optional[seqdata.LabelledSequences],
                       config: SeqclassConfig, info: dict) -> PreparedData:
     """Split, fit normalisation on the training part, build the three batch sources."""
+    present = np.unique(train.labels)
+    if len(present) < 2:
+        raise UserError(f"{info.get('path', info['name'])}: only one class ({train.label_names[present[0]]}) in the "
+                        "training data; need at least 2")
     train_i, val_i = split_validation(len(train), config.val_size, config.split_seed)
     fit_part = train.subset(train_i)
     state = {"kind": "sequences", "label_names": train.label_names, "features": int(train.x.shape[-1]),
@@ -243,10 +247,23 @@ class SeqclassTask(Task):
         test = splits.get("test")
         test_path = _test_path(path, config)
         if test is None and test_path is not None:
-            test_path = Path(test_path)
-            test = read_labelled(test_path, config, splits["train"].label_names)["train"]
-        _check_features(splits["train"], test, path)
+            test = read_labelled(Path(test_path), config, splits["train"].label_names)["train"]
+        _check_features(test, splits["train"].x.shape[-1], test_path or path)
         return prepare_sequences(splits["train"], test, config, {"name": path.name, "path": str(path)})
+
+    def prepare_whole(self, config: SeqclassConfig, data: str, task_state: dict) -> seqdata.SequenceSource:
+        """Every sequence of ``data`` (all parts of the file) with the trained labels and normalisation."""
+        path, mnist = resolve_data(data), task_state["kind"] == "mnist"
+        if is_mnist(path) != mnist:
+            raise UserError(f"{data}: expected {'MNIST IDX files' if mnist else 'labelled sequences'} like the training data")
+        if mnist:
+            images, labels = map(np.concatenate, zip(*seqdata.read_mnist(path).values()))
+            steps = MNIST_SIDE if task_state["mode"] == "rows" else MNIST_SIDE**2
+            seqs = seqdata.LabelledSequences(images, np.full(len(labels), steps), labels, task_state["label_names"])
+        else:
+            seqs = seqdata.concatenate(list(read_labelled(path, config, task_state["label_names"]).values()))
+            _check_features(seqs, task_state["features"], path)
+        return _source(seqs.x, seqs.lengths, seqs.labels, config.eval_batch_size, make_transform(task_state), False)
 
     def model_config(self, task_state: dict, config: SeqclassConfig, model: ModelConfig) -> ModelConfig:
         """input_size = F, output_size = C, the chosen encoder; per_step heads become ``last``."""
@@ -296,9 +313,9 @@ def validation_fn(prepared: PreparedData):
     return lambda model: TASK.evaluate(model, prepared.val.epoch(0, 0))
 
 
-def _check_features(train, test, path):
-    if test is not None and test.x.shape[-1] != train.x.shape[-1]:
-        raise UserError(f"{path}: test sequences have {test.x.shape[-1]} features per step, training ones {train.x.shape[-1]}")
+def _check_features(seqs, features: int, path):
+    if seqs is not None and seqs.x.shape[-1] != features:
+        raise UserError(f"{path}: {seqs.x.shape[-1]} features per step; the training data has {features}")
 
 
 TASK = SeqclassTask()
@@ -350,6 +367,7 @@ class SequenceClassifier:
         """Train with the shared Trainer on arrays ``x`` (N, T, F), labels ``y`` (N,) [, lengths (N,)],
         or on a dataset/file ``data``; the validation split follows ``config.val_size``, and the
         best-validation weights are kept. ``out`` (a directory) also writes the artifact."""
+        from rnnkit import rundir
         from rnnkit.training.config import TrainConfig
         from rnnkit.training.trainer import Trainer
 
@@ -366,8 +384,9 @@ class SequenceClassifier:
         self.model = TASK.new_model(model_config, self.task_state, self.config, train.seed)  # as `rnnkit train`
         meta = {"task": TASK.name, "model": model_config.to_dict(), "task_config": asdict(self.config),
                 "task_state": self.task_state, "data": prepared.data_info}
-        self.history = Trainer(train, callbacks).fit(
-            self.model, prepared.train, TASK.loss, validation_fn(prepared), run_dir=out, meta=meta)
+        with rundir.writing(out, replace=True):  # a new run: empty, new or a previous run's directory
+            self.history = Trainer(train, callbacks).fit(
+                self.model, prepared.train, TASK.loss, validation_fn(prepared), run_dir=out, meta=meta)
         self.model.eval()
         if prepared.val is not None:
             self.metrics = self._report(prepared.val)
@@ -514,19 +533,18 @@ def _cli_predict(clf: "SequenceClassifier", args) -> int:
 
 
 def _cli_evaluate(task: SeqclassTask, clf: "SequenceClassifier", args) -> int:
-    """Add the confusion matrix to args.metrics; write confusion_<split>.png (+ errors_<split>.png)."""
+    """Add the confusion matrix to args.metrics; write confusion_<part>.png (+ errors_<part>.png), the part
+    being the split, or "data" for a file given with --data (evaluated whole)."""
     from rnnkit.artifacts import read_artifact, write_file_atomic
+    from rnnkit.training.runner import evaluation_source
 
-    art = read_artifact(args.dir)
-    data = args.data or art.data.get("source")
-    source = getattr(task.prepare(clf.config, data), args.split)
-    if source is None:
-        raise UserError(f"{data}: no {args.split} split for this task config")
+    source = evaluation_source(task, read_artifact(args.dir), args.data, args.split)
+    part = args.split or "data"  # a file given with --data is evaluated whole
     logits, targets = predict_logits(clf.model, source.epoch(0, 0))
     report = full_report(logits, targets, clf.label_names)
     args.metrics["confusion"] = report["confusion"]
-    out = Path(args.dir) / f"confusion_{args.split}.png"
-    write_file_atomic(out, confusion_png(np.array(report["confusion"]), clf.label_names, f"{args.split}: accuracy {report['accuracy']:.4f}"))
+    out = Path(args.dir) / f"confusion_{part}.png"
+    write_file_atomic(out, confusion_png(np.array(report["confusion"]), clf.label_names, f"{part}: accuracy {report['accuracy']:.4f}"))
     args.metrics["confusion_png"] = str(out)
     if args.show_errors > 0:
         if not clf.is_mnist:
@@ -535,7 +553,7 @@ def _cli_evaluate(task: SeqclassTask, clf: "SequenceClassifier", args) -> int:
         wrong = torch.nonzero(pred != targets).flatten()[: args.show_errors]
         images = source.raw[wrong].numpy()
         captions = [f"{clf.label_names[int(targets[i])]} -> {clf.label_names[int(pred[i])]}" for i in wrong]
-        out = Path(args.dir) / f"errors_{args.split}.png"
+        out = Path(args.dir) / f"errors_{part}.png"
         write_file_atomic(out, digit_grid_png(images, captions))
         args.metrics["errors_png"] = str(out)
         args.metrics["errors_shown"] = len(wrong)

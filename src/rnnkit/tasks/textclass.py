@@ -86,6 +86,15 @@ def load_splits(config: Config, data: str) -> dict:
     return {"train": train, "test": test}
 
 
+def whole_texts(config: Config, data: str) -> tuple[list, list]:
+    """Every text and label of ``data`` (its train and test parts alike; not ``config.test_data``)."""
+    splits = load_splits(replace(config, test_data=None), data)
+    texts, labels = (list(v) for v in splits["train"])
+    if splits.get("test"):
+        texts, labels = texts + list(splits["test"][0]), labels + list(splits["test"][1])
+    return texts, labels
+
+
 class Encoder:
     """Texts -> id arrays, from the task state (vocabulary, max_length, truncate, ngram_buckets)."""
 
@@ -138,7 +147,7 @@ def batch_source(items: list, targets: Optional[list], batch_size: int, shuffle:
 
     A batch whose texts all have the same length gets ``lengths=None``: torch's fused kernels
     then run on the dense tensor; with lengths they pack, and on CPU the packed GRU/RNN backward
-    measured 10-20x slower than the dense one (B=64, T=230, H=64).
+    is much slower than the dense one (see BENCHMARKS.md).
     """
 
     def make_batch(indices):
@@ -280,6 +289,12 @@ class TextClassTask(Task):
             info["sha256"] = {"train": IMDB_SHA256["train"], "test": IMDB_SHA256["test"]}
         return prepare_texts(config, *splits["train"], seed=seed, test=splits.get("test"), info=info)
 
+    def prepare_whole(self, config: Config, data: str, task_state: dict) -> BucketedBatches:
+        """Every text of ``data`` encoded with the trained vocabulary and labels."""
+        texts, labels = whole_texts(config, data)
+        ids = label_ids(labels, task_state["labels"], f"{data} ")
+        return batch_source(Encoder(task_state).encode(texts), ids, config.batch_size, shuffle=False)
+
     def model_config(self, task_state: dict, config: Config, model: ModelConfig) -> ModelConfig:
         enc = Encoder(task_state)
         head = "last" if model.head == "per_step" else model.head
@@ -357,8 +372,10 @@ def _short(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
-def _split_texts(clf: "TextClassifier", data: str, split: str, seed: int) -> tuple[list, list]:
-    """The texts and labels of ``split`` (val: the seeded held-out part of train)."""
+def _split_texts(clf: "TextClassifier", data: str, split: Optional[str], seed: int) -> tuple[list, list]:
+    """The texts and labels of ``split`` (val: the seeded held-out part of train; None: all of ``data``)."""
+    if split is None:
+        return whole_texts(clf.config, data)
     splits = load_splits(clf.config, data)
     if split == "test":
         if not splits.get("test"):
@@ -381,7 +398,7 @@ def _evaluate_command(clf: "TextClassifier", args) -> int:
     for name, m in report["per_class"].items():
         args.metrics.update({f"{k}_{name}": m[k] for k in ("precision", "recall", "f1")})
     args.metrics["confusion"] = report["confusion"]
-    png = Path(args.dir) / f"confusion_{args.split}.png"
+    png = Path(args.dir) / f"confusion_{args.split or 'data'}.png"  # "data": a file given with --data
     plot_confusion(np.array(report["confusion"]), report["labels"], png)
     out = sys.stderr if args.json else sys.stdout
     if args.show_examples > 0:
@@ -440,6 +457,7 @@ class TextClassifier:
         Validation: ``val_texts``/``val_labels`` if given, else ``config.val_fraction`` of the
         training texts; the best-validation weights are kept. ``out`` also writes the artifact.
         """
+        from rnnkit import rundir
         from rnnkit.training.config import TrainConfig
         from rnnkit.training.trainer import Trainer
 
@@ -462,7 +480,9 @@ class TextClassifier:
             from rnnkit.training.callbacks import CurvesPlot
 
             callbacks = [*callbacks, CurvesPlot()]  # curves.png in the run directory
-        self.history = Trainer(train_config, callbacks).fit(self.model, prepared.train, TASK.loss, evaluate_fn, run_dir=out, meta=meta)
+        with rundir.writing(out, replace=True):  # a new run: empty, new or a previous run's directory
+            self.history = Trainer(train_config, callbacks).fit(self.model, prepared.train, TASK.loss, evaluate_fn,
+                                                                run_dir=out, meta=meta)
         self.model.eval()
         self.prepared = prepared
         return self

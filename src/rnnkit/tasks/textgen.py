@@ -119,6 +119,18 @@ class TextgenTask(Task):
         prepared.data_info = {**info, "chars": len(text)}
         return prepared
 
+    def prepare_whole(self, config: TextgenConfig, data: str, task_state: dict) -> TextStream:
+        """All of the text ``data`` as one stream (every next token scored once), in the trained vocabulary."""
+        text, _ = read_text(data)
+        ids = CharVocab.from_dict(task_state["vocab"]).encode(text, what=str(data))
+        if len(ids) < 2:
+            raise UserError(f"{data}: evaluation text needs at least 2 tokens")
+        return TextStream(ids, 1, _EVAL_CHUNK, mode="streams", shuffle=False)
+
+    def examples(self, batch: Batch) -> int:
+        """Tokens scored (every target of the batch)."""
+        return batch.targets.numel()
+
     def model_config(self, task_state: dict, config: TextgenConfig, model: ModelConfig) -> ModelConfig:
         if model.bidirectional:
             raise UserError("textgen needs a causal model: bidirectional must be false")
@@ -207,13 +219,13 @@ class _Stepper:
       kernel's gate order o, i, f, g, the g rows doubled: the kernel takes ``g = 2 sigmoid(2a) - 1``),
       then one call of ``rnnkit_lstm_forward_*`` for the activations, ``c_t`` and ``h_t``. The cell
       state travels as ``m = -2 c`` (the kernel's form). Against ``torch.lstm_cell`` (two matmuls
-      and ~10 element-wise ops a layer) this sampled 1.5x faster at batch 1 and at batch 64 here.
+      and ~10 element-wise ops a layer) this does the step in one call instead of a dozen.
     * otherwise each layer is one call of torch's single-step cell kernel (``torch.lstm_cell``
       etc., C++ from end to end).
 
     The sequence kernel (``torch._VF.lstm``) is not used here: on CPU its oneDNN path
-    re-prepares the weights on every call, which made a T=1 call ~100x slower than
-    ``torch.lstm_cell`` (measured). Otherwise the model's own layer runs. Every way gives the
+    re-prepares the weights on every call, which makes a T=1 call far slower than
+    ``torch.lstm_cell``. Otherwise the model's own layer runs. Every way gives the
     same numbers (tested).
     """
 

@@ -130,7 +130,7 @@ class ProgressBar(Callback):
 class CurvesPlot(Callback):
     """Adds ``curves.png`` (train/val loss and the monitored metric vs step) to the final snapshot
     and to intermediate ones at most every ``every_s`` seconds (a snapshot without it keeps the
-    previous curves.png); rendering costs ~0.3 s, so it must not run at every checkpoint."""
+    previous curves.png); rendering a figure is slow next to a training step, so it must not run at every checkpoint."""
 
     def __init__(self, every_s: float = 60.0):
         self.every_s = every_s

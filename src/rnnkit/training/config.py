@@ -73,7 +73,7 @@ class TrainConfig:
     log_every: int = 50  # progress line every N steps when not on a terminal
     device: str = _choices("cpu", "cuda", "auto")
     # bf16: forward and loss under torch.autocast(bfloat16); weights, optimizer and evaluation stay fp32.
-    # Pays off where matmuls dominate and the CPU has AMX/AVX512-BF16 (the fused LSTM: ~1.9x here).
+    # Pays off where matmuls dominate and the CPU has AMX/AVX512-BF16 (BENCHMARKS.md has the ratios).
     precision: str = _choices("fp32", "bf16")
     # ema > 0: exponential moving average of the weights, a_t = d a_{t-1} + (1-d) w_t with
     # d = min(ema, (1+t)/(10+t)); evaluation, the best weights and the artifact use the average.

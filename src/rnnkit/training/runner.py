@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import torch
 
-from rnnkit import artifacts
+from rnnkit import artifacts, rundir
 from rnnkit.data.sources import resolve, sha256_file
 from rnnkit.errors import UserError
 from rnnkit.models import ModelConfig
@@ -36,35 +36,36 @@ def _callbacks(train: TrainConfig, progress: bool):
     return ([ProgressBar(log_every=train.log_every)] if progress else []) + [CurvesPlot()]
 
 
-def check_out_dir(out: Path, overwrite: bool) -> None:
-    """A new run never silently replaces an artifact (and with --overwrite only at its first save)."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        what = "holds an artifact" if (out / artifacts.ARTIFACT_JSON).exists() else "is not empty"
-        raise UserError(f"--out {out}: already {what}; use `rnnkit resume {out}`, another --out, or --overwrite")
-
-
 def train_task(task_name: str, data: str, out, model: Optional[ModelConfig] = None,
                train: Optional[TrainConfig] = None, task_config: Any = None, overwrite: bool = False,
                progress: bool = True) -> History:
-    """Prepare the data, build the model from it, train, and write the run directory ``out``."""
+    """Prepare the data, build the model from it, train, and write the run directory ``out``
+    (checked, locked and swept first: see :func:`rnnkit.rundir.writing`)."""
     task = get_task(task_name)
     out = Path(out)
     model, train = model or ModelConfig(), train or TrainConfig()
     task_config = task_config if task_config is not None else task.Config()
-    check_out_dir(out, overwrite)
-    prep = task.prepare(task_config, data, train.seed)
-    mc = task.model_config(prep.task_state, task_config, model)
-    net = task.new_model(mc, prep.task_state, task_config, train.seed)
-    meta = {"task": task.name, "model": dataclasses.asdict(mc), "task_config": dataclasses.asdict(task_config),
-            "task_state": prep.task_state, "data": {"source": str(data), **(prep.data_info or {})}}
-    return fit_prepared(task, net, prep, train, task_config, out, meta, progress)
+    with rundir.writing(out, replace=overwrite):
+        prep = task.prepare(task_config, data, train.seed)
+        mc = task.model_config(prep.task_state, task_config, model)
+        net = task.new_model(mc, prep.task_state, task_config, train.seed)
+        meta = {"task": task.name, "model": dataclasses.asdict(mc), "task_config": dataclasses.asdict(task_config),
+                "task_state": prep.task_state, "data": {"source": str(data), **(prep.data_info or {})}}
+        return _fit(task, net, prep, train, task_config, out, meta, progress)
 
 
 def fit_prepared(task, net, prep, train: TrainConfig, task_config, out, meta: dict, progress: bool,
                  resume: bool = False) -> History:
-    """Train ``net`` on prepared data with the one Trainer; the CLI's runs and the facades' ``fit`` share it."""
+    """Train ``net`` on prepared data with the one Trainer; the CLI's runs and the façades' ``fit``
+    share it. A new run's ``out``
+    may be empty, new or a previous run (replaced), never anything else."""
+    with rundir.writing(out, replace=None if resume else True):
+        return _fit(task, net, prep, train, task_config, out, meta, progress, resume)
+
+
+def _fit(task, net, prep, train: TrainConfig, task_config, out, meta: dict, progress: bool,
+         resume: bool = False) -> History:
+    """:func:`fit_prepared` once ``out`` is held for writing."""
     trainer = Trainer(train, _callbacks(train, progress))
     return trainer.fit(net, prep.train, task.loss_fn(task_config), _evaluate_fn(task, prep.val, train),
                        run_dir=out, meta=meta, resume=resume)
@@ -96,7 +97,8 @@ def _check_data(art: artifacts.Artifact, data: str) -> None:
 
 
 def resume_run(run_dir, overrides: Optional[dict] = None, progress: bool = True) -> Optional[History]:
-    """Continue an interrupted run from ``run_dir/checkpoint``; None when there is nothing left to do."""
+    """Continue an interrupted run from ``run_dir/checkpoint``; None when it is complete and no
+    override extends it. ``run_dir`` is checked, locked and swept first (see :mod:`rnnkit.rundir`)."""
     run_dir = Path(run_dir)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     art = artifacts.read_artifact(run_dir)
@@ -104,6 +106,12 @@ def resume_run(run_dir, overrides: Optional[dict] = None, progress: bool = True)
         raise UserError(f"{run_dir}: no checkpoint/ to resume from")
     if art.meta.get("status") == "complete" and not overrides and not art.meta.get("stop_reason", "").startswith("time budget"):
         return None
+    with rundir.writing(run_dir):
+        return _resume_single(artifacts.read_artifact(run_dir), overrides, progress)  # read again, under the lock
+
+
+def _resume_single(art: artifacts.Artifact, overrides: dict, progress: bool) -> History:
+    """Continue the run ``art`` from its checkpoint."""
     task = get_task(art.task)
     train = dataclasses.replace(art.train_config, **overrides)
     data = _resume_source(art)
@@ -111,21 +119,42 @@ def resume_run(run_dir, overrides: Optional[dict] = None, progress: bool = True)
     prep = task.prepare(task_config, data, train.seed)
     net = task.build_model(art.model_config, art.task_state)
     meta = {k: art.meta[k] for k in ("task", "model", "task_config", "task_state", "data") if k in art.meta}
-    return fit_prepared(task, net, prep, train, task_config, run_dir, meta, progress, resume=True)
+    return _fit(task, net, prep, train, task_config, art.path, meta, progress, resume=True)
 
 
-def evaluate_run(run_dir, data: Optional[str] = None, split: str = "val") -> dict:
-    """The task's metrics of the saved (selected) weights on the ``val`` or ``test`` split."""
-    art = artifacts.read_artifact(run_dir)
-    task = get_task(art.task)
-    data = data or art.data.get("source")
+def evaluation_source(task, art: artifacts.Artifact, data: Optional[str] = None, split: Optional[str] = None):
+    """What ``rnnkit evaluate`` scores: all of ``data`` (a file given to evaluate, read with the
+    trained task state: ``Task.prepare_whole``), or the ``split`` ("val" by default, or "test")
+    of the data the run was trained on."""
+    if data is not None:
+        if split is not None:
+            raise UserError(f"--split {split}: a file given with --data is evaluated whole; leave out --split")
+        return task.prepare_whole(art.task_config, data, art.task_state)
+    data, split = art.data.get("source"), split or "val"
     if not data:
-        raise UserError(f"{run_dir}: no data source recorded; pass --data")
-    seed = art.train_config.seed
-    prep = task.prepare(art.task_config, data, seed)
+        raise UserError(f"{art.path}: no data source recorded; pass --data")
+    prep = task.prepare(art.task_config, data, art.train_config.seed)
     source = {"val": prep.val, "test": prep.test}[split]
     if source is None:
         raise UserError(f"{data}: no {split} split for this task config")
+    return source
+
+
+def evaluate_run(run_dir, data: Optional[str] = None, split: Optional[str] = None) -> dict:
+    """The task's metrics of the saved (selected) weights on all of ``data`` or on the ``val``
+    (default) or ``test`` split of the training data (:func:`evaluation_source`), plus
+    ``examples``: how many examples (sequences, texts, windows; textgen: tokens) were scored."""
+    art = artifacts.read_artifact(run_dir)
+    task = get_task(art.task)
+    source = evaluation_source(task, art, data, split)
     model = art.build_model()
+    scored = [0]
+
+    def counted(batches):
+        for batch in batches:
+            scored[0] += task.examples(batch)
+            yield batch
+
     with torch.no_grad():
-        return task.evaluate(model, source.epoch(0, seed))
+        metrics = task.evaluate(model, counted(source.epoch(0, art.train_config.seed)))
+    return {**metrics, "examples": scored[0]}

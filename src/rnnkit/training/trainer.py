@@ -50,15 +50,17 @@ class TrainingDiverged(UserError):
 @dataclass
 class History:
     """train: [{step, epoch, loss, lr, tokens_per_s}] (mean over each log window);
-    eval: [{step, epoch, <metric>: value}]; best: the selected evaluation; stop_reason."""
+    eval: [{step, epoch, <metric>: value}]; best: the selected evaluation; stop_reason;
+    steps_taken: optimizer steps of the fit call that returned it (not saved in history.json)."""
 
     train: list = field(default_factory=list)
     eval: list = field(default_factory=list)
     best: Optional[dict] = None
     stop_reason: str = ""
+    steps_taken: int = field(default=0, compare=False)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "steps_taken"}
 
     @classmethod
     def from_dict(cls, d: dict) -> "History":
@@ -225,6 +227,7 @@ class Trainer:
         self.average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
         self.total_steps = self._planned_steps = self._total(len(train))
         self._fresh = not resume  # the first save of a new run replaces an old directory wholesale
+        self._resumed, self._resumed_complete = resume, False
         carry, best = None, None
         if resume:
             carry, best = self._restore(model, opt)
@@ -437,47 +440,55 @@ class Trainer:
         }
 
     def _restore(self, model, opt):
+        """Load the checkpoint of ``run_dir`` (each file checked against the sha256 artifact.json
+        records, where it does); returns (carried state, best weights)."""
         if self.run_dir is None:
             raise ValueError("resume=True needs run_dir")
         ck = self.run_dir / artifacts.CHECKPOINT
-        ts = artifacts._read_json(ck / "trainer_state.json", "checkpoint state")
+        meta = artifacts.read_meta(self.run_dir)
+        self._resumed_complete = meta.get("status") == "complete"
+        sums = artifacts.checkpoint_sha256(meta)
+        ts = artifacts._read_json(ck / "trainer_state.json", "checkpoint state", sums.get("trainer_state.json"))
+
+        def tensors(name, what):
+            return artifacts.read_tensors(ck / name, what, sums.get(name))
+
         try:
             self.state = LoopState(**ts["loop"])
             self._stop_reason = ""
-            model.load_state_dict(artifacts.read_tensors(ck / "model.safetensors", "checkpoint weights"))
-            opt.load_state_dict(artifacts.unflatten_optimizer(
-                artifacts.read_tensors(ck / "optimizer.safetensors", "optimizer state"), ts["optimizer"]))
+            model.load_state_dict(tensors("model.safetensors", "checkpoint weights"))
+            opt.load_state_dict(artifacts.unflatten_optimizer(tensors("optimizer.safetensors", "optimizer state"),
+                                                              ts["optimizer"]))
             for i, cb in enumerate(self.callbacks):
                 cb.load_state_dict(ts["callbacks"].get(f"{i}:{type(cb).__name__}", {}))
-            rng = artifacts.read_tensors(ck / "rng.safetensors", "RNG state")
-            torch.set_rng_state(rng["torch_cpu"])
-            cuda = [rng[f"cuda.{i}"] for i in range(torch.cuda.device_count()) if f"cuda.{i}" in rng]
-            if cuda:
-                torch.cuda.set_rng_state_all(cuda)
-            name, pos, has_gauss, cached = ts["numpy_rng"]
-            np.random.set_state((name, rng["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
-            random.setstate(_py_rng_from_json(ts["python_rng"]))
-            carry = _unflatten_state(artifacts.read_tensors(ck / "carry.safetensors", "carried state"), self._device)
+            _restore_rng(tensors("rng.safetensors", "RNG state"), ts)
+            carry = _unflatten_state(tensors("carry.safetensors", "carried state"), self._device)
             if self.average is not None:
-                self.average.load(artifacts.read_tensors(ck / "average.safetensors", "averaged weights"))
+                self.average.load(tensors("average.safetensors", "averaged weights"))
             carry = self.dist.shard_state(carry)  # this rank's streams of the global state
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"{ck}: damaged checkpoint ({exc.__class__.__name__}: {exc})") from None
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else ""
+            raise UserError(f"{ck}: damaged checkpoint ({exc.__class__.__name__}: {detail})") from None
         self.history = History.from_dict(artifacts._read_json(self.run_dir / "history.json", "history"))
-        meta = artifacts.read_meta(self.run_dir)
         best = None
         if self.history.best is not None:
             best = {k: v.to(self._device) for k, v in artifacts.read_tensors(
-                self.run_dir / artifacts.WEIGHTS, "weights", meta["weights"].get("sha256")).items()}
+                self.run_dir / meta["weights"].get("file", artifacts.WEIGHTS), "weights",
+                meta["weights"].get("sha256")).items()}
         return carry, best
 
     def _finish(self, model, opt, carry, best, evaluate_fn, steps_here) -> History:
-        s = self.state
-        if steps_here:
+        """After the loop: the last record and evaluation, the final (``complete``) save and the
+        selected weights loaded. A resumed run with nothing left to train that was not marked
+        complete yet (killed before its final save) is finished the same way."""
+        completing = self._resumed and not steps_here and not self._resumed_complete
+        if steps_here or completing:
             self._record_train()
             best = self._evaluate(model, evaluate_fn, best)
         self.history.stop_reason = self._stop_reason
-        if self.run_dir is not None and (steps_here or not (self.run_dir / artifacts.ARTIFACT_JSON).exists()):
+        self.history.steps_taken = steps_here
+        first = self.run_dir is not None and not (self.run_dir / artifacts.ARTIFACT_JSON).exists()
+        if self.run_dir is not None and (steps_here or completing or first):
             self._save(model, opt, carry, best, status="complete")
         if best is None and self.average is not None:
             best = self._selected_weights(model)
@@ -485,8 +496,18 @@ class Trainer:
             model.load_state_dict(best)
         for cb in self.callbacks:
             cb.on_fit_end(self, self.history)
-        _ = s
         return self.history
+
+
+def _restore_rng(rng: dict, ts: dict) -> None:
+    """Set torch's (CPU and CUDA), numpy's and Python's generators to a checkpoint's states."""
+    torch.set_rng_state(rng["torch_cpu"])
+    cuda = [rng[f"cuda.{i}"] for i in range(torch.cuda.device_count()) if f"cuda.{i}" in rng]
+    if cuda:
+        torch.cuda.set_rng_state_all(cuda)
+    name, pos, has_gauss, cached = ts["numpy_rng"]
+    np.random.set_state((name, rng["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(_py_rng_from_json(ts["python_rng"]))
 
 
 def _py_rng_to_json(state) -> list:
