@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rnnkit import artifacts
+from rnnkit import artifacts, rundir
 from rnnkit.errors import UserError
 
 MEMBERS_DIR = "members"
@@ -336,15 +336,19 @@ def build_ensemble(dirs: Sequence, out, weights: str = "equal", data: Optional[s
     """Check the runs ``dirs``, choose the weights, evaluate the ensemble on the validation split
     (when the data is at hand) and write the ensemble artifact ``out``; returns it read back."""
     from rnnkit.tasks import get_task
-    from rnnkit.training.runner import check_out_dir
 
     if weights not in WEIGHTINGS:
         raise UserError(f"--weights: expected one of {', '.join(WEIGHTINGS)}, got {weights!r}")
     out = Path(out)
     arts = _read_members(dirs)
     check_members(arts)
-    check_out_dir(out, overwrite)
-    task = get_task(arts[0].task)
+    with rundir.writing(out, replace=overwrite):
+        _write_ensemble(get_task(arts[0].task), arts, out, weights, data)
+    return artifacts.read_artifact(out)
+
+
+def _write_ensemble(task, arts: list, out: Path, weights: str, data: Optional[str]) -> None:
+    """:func:`build_ensemble` once ``out`` is held for writing."""
     files = {name: blob for i, art in enumerate(arts) for name, blob in _member_files(art, i).items()}
     models = [art.build_model() for art in arts]
     batches = _validation_batches(arts[0], data, required=weights == "validation")
@@ -353,4 +357,3 @@ def build_ensemble(dirs: Sequence, out, weights: str = "equal", data: Optional[s
     evaluate = (lambda net: None) if batches is None else (lambda net: task.evaluate(net, batches))  # noqa: E731
     meta = _ensemble_meta(arts, weights, chosen, evaluate(model), [evaluate(net) for net in models])
     artifacts.write_run(out, {artifacts.ARTIFACT_JSON: artifacts.json_bytes(meta), **files}, keep_extras=False)
-    return artifacts.read_artifact(out)

@@ -50,10 +50,8 @@ def lock_path(out) -> Path:
 
 
 def is_run(path: Path) -> bool:
-    """A previous rnnkit run: its artifact.json, an interrupted run's checkpoint, or an ensemble
-    trained in turn that stopped before its own artifact (see :mod:`rnnkit.training.in_turn`)."""
-    return any((path / rel).is_file() for rel in (
-        artifacts.ARTIFACT_JSON, f"{artifacts.CHECKPOINT}/trainer_state.json", f"members/0/{artifacts.ARTIFACT_JSON}"))
+    """A previous rnnkit run: its artifact.json, or an interrupted run's checkpoint."""
+    return any((path / rel).is_file() for rel in (artifacts.ARTIFACT_JSON, f"{artifacts.CHECKPOINT}/trainer_state.json"))
 
 
 def check_out_dir(out, overwrite: bool) -> None:
