@@ -72,7 +72,7 @@ def make_runs(tmp: Path) -> dict:
     from rnnkit.models import ModelConfig
     from rnnkit.tasks import get_task
     from rnnkit.training.config import TrainConfig
-    from rnnkit.training.runner import train_task
+    from rnnkit.runs import train_task
 
     reviews = tmp / "reviews.csv"
     rng = random.Random(0)

@@ -9,11 +9,11 @@ import torch
 
 import rnnkit
 import rnnkit_toytask as toy
-from rnnkit import artifacts
+from rnnkit import artifacts, runs
 from rnnkit.errors import UserError
 from rnnkit.models import ModelConfig
 from rnnkit.training.config import TrainConfig
-from rnnkit.training.runner import train_task
+from rnnkit.runs import train_task
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def run(tmp_path, monkeypatch):
 
 
 def test_round_trip_load_returns_the_facade(run):
-    art = artifacts.read_artifact(run)
+    art = runs.open_run(run)
     assert art.meta["format"] == "rnnkit-artifact" and art.meta["format_version"] == artifacts.FORMAT_VERSION
     assert art.meta["rnnkit_version"] == rnnkit.__version__ and art.task == "toy"
     assert art.task_config == toy.ToyConfig() and art.model_config.encoder == "linear"
@@ -93,7 +93,7 @@ def test_failed_save_keeps_previous_artifact(run, monkeypatch, fail_at):
 
     monkeypatch.setattr(artifacts, "_write_file", dying_write)
     with pytest.raises(OSError):
-        from rnnkit.training.runner import resume_run
+        from rnnkit.runs import resume_run
 
         resume_run(run, {"epochs": 4}, progress=False)
     after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
@@ -113,7 +113,7 @@ def test_kill_between_swap_steps_keeps_a_loadable_artifact(run, monkeypatch):
         seen.append(artifacts.read_meta(target)["step"])  # new one complete right after
 
     monkeypatch.setattr(artifacts, "_swap_in", watching)
-    from rnnkit.training.runner import resume_run
+    from rnnkit.runs import resume_run
 
     resume_run(run, {"epochs": 3}, progress=False)
     assert seen[0] < seen[-1]

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from rnnkit.models import ModelConfig
 from rnnkit.training import distributed
 from rnnkit.training.config import TrainConfig
-from rnnkit.training.runner import train_task
+from rnnkit.runs import train_task
 
 TEXT = "hello world, this is a tiny text for the distributed test. " * 64
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import rnnkit
 from rnnkit.data.batching import Batch
 from rnnkit.data.scaling import Scaler
 from rnnkit.data.series import Series, generate_sines, make_windows, read_csv
@@ -323,7 +324,7 @@ def test_forecaster_fit_save_load_predict(tmp_path):
     assert f.task_state["period"] == 12 and f.task_state["borders"] == [84, 96, 120]
     report = f.evaluate("test")
     assert set(report) >= {"model", "naive", "seasonal_naive", "linear", "nlinear"}
-    g = artifacts.load(tmp_path / "run")
+    g = rnnkit.load(tmp_path / "run")
     np.testing.assert_allclose(g.predict(6).values, f.predict(6).values)
     ahead = g.predict(6)  # labels "m0".."m119" are neither dates nor integers: steps 1..6
     assert ahead.values.shape == (6, 1) and ahead.columns == ["y"] and list(ahead.time) == [1, 2, 3, 4, 5, 6]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import rnnkit
-from rnnkit import artifacts
+from rnnkit import artifacts, runs
 from rnnkit.cli.main import main
 from rnnkit.errors import UserError
 
@@ -62,7 +62,7 @@ def test_v1_member_of_an_ensemble_trained_in_turn_loads_with_its_own_loss(tmp_pa
     meta["task_config"].update(ensemble=2, ensemble_lead_share=0.5, member_weights="validation", loss="mse,mae")
     meta["in_turn"] = {"member": 1, "shares": [0.5, 0.5]}
     (run / "artifact.json").write_text(json.dumps(meta))
-    art = artifacts.read_artifact(run)
+    art = runs.open_run(run)
     assert art.task_config.loss == "mae" and not hasattr(art.task_config, "ensemble")
     assert rnnkit.load(run).predict(2).values.shape == (2, 1)
 
@@ -85,7 +85,7 @@ def test_v1_single_run_joins_a_v2_ensemble(tmp_path):
     from rnnkit.models import ModelConfig
     from rnnkit.tasks import get_task
     from rnnkit.training.config import TrainConfig
-    from rnnkit.training.runner import train_task
+    from rnnkit.runs import train_task
 
     old = _copy(tmp_path, "textgen")
     config = get_task("textgen").Config(seq_len=8, batch_size=2, val_fraction=0.2)
@@ -93,4 +93,4 @@ def test_v1_single_run_joins_a_v2_ensemble(tmp_path):
                TrainConfig(max_steps=2, seed=1), config, progress=False)
     gen = rnnkit.ensemble([old, tmp_path / "new"], out=tmp_path / "ens", weights="validation")
     assert len(gen.sample("The ", 8, temperature=0)) == 12
-    assert artifacts.read_artifact(tmp_path / "ens").members[0].meta["format_version"] == 1
+    assert runs.open_run(tmp_path / "ens").members[0].meta["format_version"] == 1

@@ -297,7 +297,7 @@ def test_fit_predict_evaluate_multiclass(tmp_path):
     assert report["accuracy"] >= 0.9 and np.array(report["confusion"]).sum() == 90
     assert set(clf.predict(xt[:5], lt[:5])) <= {"lo", "mid", "hi"}
     assert clf.predict_proba(xt[:5], lt[:5]).shape == (5, 3)
-    from rnnkit.artifacts import load
+    from rnnkit.runs import load
 
     again = load(tmp_path / "run")
     np.testing.assert_allclose(again.predict_proba(xt, lt), clf.predict_proba(xt, lt), rtol=1e-5, atol=1e-6)
@@ -308,7 +308,7 @@ def test_python_fit_and_cli_train_give_the_same_model_for_a_seed(tmp_path):
     from conftest import assert_same_weights
 
     from rnnkit.training.config import TrainConfig
-    from rnnkit.training.runner import train_task
+    from rnnkit.runs import train_task
 
     x, y, lengths = _toy_set(60)
     np.savez(tmp_path / "toy.npz", x=x, y=y)

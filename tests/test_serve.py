@@ -26,7 +26,7 @@ from rnnkit.serve import Limits, make_app  # noqa: E402
 from rnnkit.errors import UserError  # noqa: E402
 from rnnkit.serve_guard import TOKEN_ENV, exposure_warning, resolve_token, uvicorn_config  # noqa: E402
 from rnnkit.training.config import TrainConfig  # noqa: E402
-from rnnkit.training.runner import train_task  # noqa: E402
+from rnnkit.runs import train_task  # noqa: E402
 
 TRAIN = TrainConfig(max_steps=2, log_every=1, seed=0)
 

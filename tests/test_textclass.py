@@ -172,7 +172,7 @@ def _generated(n, seed):
 def test_multiclass_fit_predict_evaluate_and_artifact_round_trip(tmp_path, capsys):
     import json
 
-    from rnnkit.artifacts import load
+    from rnnkit.runs import load
     from rnnkit.cli.main import main
 
     texts, labels = _generated(300, 0)
@@ -264,7 +264,7 @@ def test_python_fit_and_cli_train_give_the_same_model_for_a_seed(tmp_path):
     from conftest import assert_same_weights
 
     from rnnkit.training.config import TrainConfig
-    from rnnkit.training.runner import train_task
+    from rnnkit.runs import train_task
 
     (tmp_path / "g.txt").write_text("good 1 2 3 4\n")
     rows = ["good film,pos", "bad film,neg", "so good,pos", "awful,neg"] * 6

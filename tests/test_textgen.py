@@ -217,7 +217,7 @@ def test_hello_world_preset_greedy_continues_world(tmp_path, capsys):
     capsys.readouterr()
     assert cli_main(["sample", str(out), "--prime", "hello", "--length", "6", "--temperature", "0"]) == 0
     assert capsys.readouterr().out.strip() == "hello world"
-    gen = rnnkit.artifacts.load(out)
+    gen = rnnkit.load(out)
     assert isinstance(gen, TextGenerator)
     assert gen.sample("hello", 6, temperature=0) == "hello world"
     assert cli_main(["sample", str(out), "--prime", "hex", "--length", "3"]) == 2

@@ -9,7 +9,8 @@ import torch
 
 import rnnkit_toytask as toy
 from rnnkit import GRU
-from rnnkit.artifacts import read_artifact, read_tensors
+from rnnkit.artifacts import read_tensors
+from rnnkit.tasks.artifact import read_artifact
 from rnnkit.data.batching import Batch
 from rnnkit.models import ModelConfig, SequenceModel
 from rnnkit.training.callbacks import Callback

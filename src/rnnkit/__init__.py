@@ -4,14 +4,13 @@ Importing rnnkit first flushes denormal floats to zero (see :mod:`rnnkit.runtime
 set ``RNNKIT_FLUSH_DENORMAL=0`` to keep torch's default.
 """
 
-__version__ = "0.1.0"
-
 from rnnkit import runtime as _runtime
 
 _runtime.configure_from_env()
 
 from rnnkit.cells import GRUCell, LSTMCell, MinGRUCell, MinLSTMCell, RNNCell  # noqa: E402
 from rnnkit.recurrent import GRU, LSTM, RNN, Recurrent  # noqa: E402
+from rnnkit.version import __version__  # noqa: E402
 
 
 # Imported on first use (``rnnkit.TextGenerator``), so ``import rnnkit`` stays light.
@@ -37,7 +36,7 @@ def __getattr__(name):
 
 def load(path):
     """The job's ready-to-use object saved in a run directory (TextGenerator, Forecaster, ...)."""
-    from rnnkit.artifacts import load as _load
+    from rnnkit.runs import load as _load
 
     return _load(path)
 

@@ -44,6 +44,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from rnnkit.errors import UserError
+from rnnkit.version import __version__
 
 FORMAT = "rnnkit-artifact"
 FORMAT_VERSION = 2  # 2: ensembles are directories of member runs (rnnkit.ensembles); 1: single runs still read
@@ -218,9 +219,7 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], info: dict) -> dict:
 
 def header() -> dict:
     """The fields every artifact.json starts with: format, format_version, rnnkit_version, created."""
-    import rnnkit
-
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "rnnkit_version": rnnkit.__version__,
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "rnnkit_version": __version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -383,81 +382,3 @@ def _json_type(value) -> str:
         if isinstance(value, kind):
             return name
     return type(value).__name__
-
-
-class Artifact:
-    """A read run directory: ``meta`` (artifact.json) plus typed accessors and the weights.
-
-    ``task_config`` is an instance of the task's ``Config``; ``build_model()`` returns the
-    ``SequenceModel`` with the selected weights loaded, in eval mode.
-    """
-
-    def __init__(self, path: str | Path, meta: dict):
-        self.path = Path(path)
-        self.meta = meta
-
-    task = property(lambda self: self.meta["task"])
-    task_state = property(lambda self: self.meta.get("task_state", {}))
-    metrics = property(lambda self: self.meta.get("metrics", {}))
-    data = property(lambda self: self.meta.get("data", {}))
-
-    @property
-    def model_config(self):
-        from rnnkit.models import ModelConfig
-        from rnnkit.training.config import from_dict
-
-        return from_dict(ModelConfig, self.meta["model"], f"{self.path / ARTIFACT_JSON} [model]")
-
-    @property
-    def train_config(self):
-        from rnnkit.training.config import TrainConfig, from_dict
-
-        return from_dict(TrainConfig, self.meta.get("train", {}), f"{self.path / ARTIFACT_JSON} [train]")
-
-    @property
-    def task_config(self):
-        from rnnkit.tasks import get_task
-        from rnnkit.training.config import from_dict
-
-        cls = get_task(self.task).Config
-        return from_dict(cls, self.meta.get("task_config", {}), f"{self.path / ARTIFACT_JSON} [data]")
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        w = self.meta["weights"]
-        return read_tensors(self.path / w.get("file", WEIGHTS), "weights", w.get("sha256"))
-
-    @property
-    def model(self):
-        """The SequenceModel with the selected weights (built once, eval mode)."""
-        if getattr(self, "_model", None) is None:
-            self._model = self.build_model()
-        return self._model
-
-    def build_model(self, device="cpu"):
-        from rnnkit.tasks import get_task
-
-        model = get_task(self.task).build_model(self.model_config, self.task_state)
-        try:
-            model.load_state_dict(self.state_dict())
-        except RuntimeError as exc:
-            raise UserError(f"{self.path / WEIGHTS}: weights do not fit the model config ({str(exc).splitlines()[0]})") from None
-        return model.to(device).eval()
-
-
-def read_artifact(run_dir: str | Path) -> Artifact:
-    """The run directory read: an :class:`Artifact`, or for an ensemble an
-    :class:`rnnkit.ensembles.EnsembleArtifact` (the same interface over its member runs)."""
-    meta = read_meta(run_dir)
-    if "ensemble" in meta:
-        from rnnkit.ensembles import EnsembleArtifact
-
-        return EnsembleArtifact(run_dir, meta)
-    return Artifact(run_dir, meta)
-
-
-def load(run_dir: str | Path):
-    """The job's ready-to-use object for a run directory (TextGenerator, Forecaster, ...)."""
-    from rnnkit.tasks import get_task
-
-    artifact = read_artifact(run_dir)
-    return get_task(artifact.task).load(artifact)

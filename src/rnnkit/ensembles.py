@@ -12,7 +12,7 @@ The ensemble's output is ``Task.average_outputs`` of the members' outputs: the w
 the next-token or class probabilities (textgen, textclass, seqclass) or of the forecasts. While
 sampling, each member carries its own state.
 
-Weights: ``equal``, or ``validation``: chosen on the validation split by ``Task.fit_weights``,
+Weights: ``equal``, or ``validation``: chosen on the validation split by :func:`fit_weights`,
 cheaply, from one pass of each member: the probability mixture with the highest likelihood
 (EM, :func:`mixture_weights`) or the forecast mix with the lowest MSE (least squares on the
 simplex, :func:`simplex_least_squares`). Either keeps a single member when that is better, so
@@ -42,6 +42,8 @@ from torch import Tensor, nn
 
 from rnnkit import artifacts, rundir
 from rnnkit.errors import UserError
+from rnnkit.tasks import get_task
+from rnnkit.tasks.artifact import Artifact, read_artifact
 
 MEMBERS_DIR = "members"
 WEIGHTINGS = ("equal", "validation")
@@ -120,19 +122,12 @@ class AveragedStepper:
 # ----------------------------------------------------------------------------- weights
 
 
-def target_log_probs(model: nn.Module, batches: Sequence) -> Tensor:
-    """log p(target) (N,) of every target in ``batches`` under ``model``'s outputs read as logits
-    over the last axis: (B, T, V) with targets (B, T), or (B, C) with targets (B,); eval mode, the
-    state carried across ``carries_state`` batches."""
-    model.eval()
-    scores, state = [], None
-    with torch.inference_mode():
-        for batch in batches:
-            logits, new_state = model(batch.inputs, state if batch.carries_state else None, batch.lengths)
-            state = new_state if batch.carries_state else None
-            logp = torch.log_softmax(logits.double(), dim=-1)
-            scores.append(logp.gather(-1, batch.targets.unsqueeze(-1)).flatten())
-    return torch.cat(scores)
+def fit_weights(task, models: list, batches: list) -> list:
+    """Ensemble weights (>= 0, sum 1) chosen on the validation ``batches`` from what the task
+    measures there (``Task.ensemble_evidence``): the probability mixture with the highest
+    likelihood of the targets, or the forecasts' least squares on the simplex."""
+    kind, *evidence = task.ensemble_evidence(models, batches)
+    return {"likelihood": mixture_weights, "squares": simplex_least_squares}[kind](*evidence)
 
 
 def _best_of(candidates: list, loss: Callable) -> list:
@@ -203,9 +198,9 @@ def simplex_least_squares(predictions: np.ndarray, truth: np.ndarray, steps: int
 # ----------------------------------------------------------------------------- reading
 
 
-class EnsembleArtifact(artifacts.Artifact):
+class EnsembleArtifact(Artifact):
     """A read ensemble directory: ``meta`` (its artifact.json), ``members`` (each member's
-    :class:`~rnnkit.artifacts.Artifact`) and ``weights``. ``build_model()`` returns the
+    :class:`~rnnkit.tasks.artifact.Artifact`) and ``weights``. ``build_model()`` returns the
     :class:`EnsembleModel`; ``model_config`` and ``train_config`` are the first member's (the
     members share the encoder and the input/output sizes, and the seed that split the data)."""
 
@@ -214,7 +209,7 @@ class EnsembleArtifact(artifacts.Artifact):
         listed = meta["ensemble"].get("members", [])
         if len(listed) < 2 or len(meta["ensemble"].get("weights", ())) != len(listed):
             raise UserError(f"{self.path / artifacts.ARTIFACT_JSON}: damaged ensemble (members and weights)")
-        self.members = [artifacts.read_artifact(self.path / MEMBERS_DIR / str(i)) for i in range(len(listed))]
+        self.members = [read_artifact(self.path / MEMBERS_DIR / str(i)) for i in range(len(listed))]
 
     weights = property(lambda self: [float(w) for w in self.meta["ensemble"]["weights"]])
     model_config = property(lambda self: self.members[0].model_config)
@@ -225,8 +220,6 @@ class EnsembleArtifact(artifacts.Artifact):
         return {f"members.{i}.{k}": v for i, member in enumerate(self.members) for k, v in member.state_dict().items()}
 
     def build_model(self, device="cpu") -> EnsembleModel:
-        from rnnkit.tasks import get_task
-
         members = [member.build_model(device) for member in self.members]
         return EnsembleModel(members, self.weights, get_task(self.task).average_outputs).to(device).eval()
 
@@ -240,7 +233,7 @@ def _read_members(dirs: Sequence) -> list:
         raise UserError(f"an ensemble needs at least two runs, got {len(dirs)}")
     arts, seen = [], set()
     for d in dirs:
-        art = artifacts.read_artifact(d)
+        art = read_artifact(d)
         where = Path(d).resolve()
         if where in seen:
             raise UserError(f"{d}: given twice; an ensemble's members are different runs")
@@ -259,8 +252,6 @@ def _read_members(dirs: Sequence) -> list:
 
 def check_members(arts: list) -> None:
     """One-line error unless every member shares the first's data (sha256) and task state key."""
-    from rnnkit.tasks import get_task
-
     task, first = get_task(arts[0].task), arts[0]
     key = task.ensemble_key(first.task_state)
     for art in arts[1:]:
@@ -280,12 +271,10 @@ def _canonical(value) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def _validation_batches(first: artifacts.Artifact, data: Optional[str], required: bool) -> Optional[list]:
+def _validation_batches(first: Artifact, data: Optional[str], required: bool) -> Optional[list]:
     """The validation batches of the members' data (prepared as the first member's run did).
     When they are not ``required`` (equal weights: only the ensemble's metrics need them) and the
     data is not at hand, None with a warning that says why."""
-    from rnnkit.tasks import get_task
-
     try:
         data = data or first.data.get("source")
         if not data:
@@ -302,7 +291,7 @@ def _validation_batches(first: artifacts.Artifact, data: Optional[str], required
         return None
 
 
-def _member_files(art: artifacts.Artifact, index: int) -> dict:
+def _member_files(art: Artifact, index: int) -> dict:
     """{members/<i>/<name>: bytes} of a member: artifact.json, its weights (checked), history.json."""
     weights = art.meta["weights"]
     names = [artifacts.ARTIFACT_JSON, weights.get("file", artifacts.WEIGHTS)]
@@ -335,8 +324,6 @@ def build_ensemble(dirs: Sequence, out, weights: str = "equal", data: Optional[s
                    overwrite: bool = False) -> EnsembleArtifact:
     """Check the runs ``dirs``, choose the weights, evaluate the ensemble on the validation split
     (when the data is at hand) and write the ensemble artifact ``out``; returns it read back."""
-    from rnnkit.tasks import get_task
-
     if weights not in WEIGHTINGS:
         raise UserError(f"--weights: expected one of {', '.join(WEIGHTINGS)}, got {weights!r}")
     out = Path(out)
@@ -344,7 +331,7 @@ def build_ensemble(dirs: Sequence, out, weights: str = "equal", data: Optional[s
     check_members(arts)
     with rundir.writing(out, replace=overwrite):
         _write_ensemble(get_task(arts[0].task), arts, out, weights, data)
-    return artifacts.read_artifact(out)
+    return EnsembleArtifact(out, artifacts.read_meta(out))
 
 
 def _write_ensemble(task, arts: list, out: Path, weights: str, data: Optional[str]) -> None:
@@ -352,7 +339,7 @@ def _write_ensemble(task, arts: list, out: Path, weights: str, data: Optional[st
     files = {name: blob for i, art in enumerate(arts) for name, blob in _member_files(art, i).items()}
     models = [art.build_model() for art in arts]
     batches = _validation_batches(arts[0], data, required=weights == "validation")
-    chosen = task.fit_weights(models, batches) if weights == "validation" else [1.0 / len(arts)] * len(arts)
+    chosen = fit_weights(task, models, batches) if weights == "validation" else [1.0 / len(arts)] * len(arts)
     model = EnsembleModel(models, chosen, task.average_outputs).eval()
     evaluate = (lambda net: None) if batches is None else (lambda net: task.evaluate(net, batches))  # noqa: E731
     meta = _ensemble_meta(arts, weights, chosen, evaluate(model), [evaluate(net) for net in models])

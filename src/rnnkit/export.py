@@ -39,6 +39,9 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit import artifacts
+from rnnkit.runs import open_run
+from rnnkit.tasks.artifact import Artifact
+from rnnkit.version import __version__
 from rnnkit.errors import UserError
 from rnnkit.recurrent import Recurrent
 
@@ -106,7 +109,7 @@ class StatefulGraph(nn.Module):
         return (y, *new) if new else y
 
 
-def example_inputs(art: artifacts.Artifact, model: nn.Module, B: int, T: int) -> Tensor:
+def example_inputs(art: Artifact, model: nn.Module, B: int, T: int) -> Tensor:
     """A (B, T, ...) input of the right dtype and trailing shape for the artifact's model."""
     mc, state = art.model_config, art.task_state
     if art.task == "forecast":
@@ -121,7 +124,7 @@ def example_inputs(art: artifacts.Artifact, model: nn.Module, B: int, T: int) ->
     return torch.randn(B, T, mc.input_size)
 
 
-def signature(art: artifacts.Artifact, model: nn.Module, layers: list) -> dict:
+def signature(art: Artifact, model: nn.Module, layers: list) -> dict:
     """Input/output names, example tensors and dynamic axes of the graph; ``layers`` as in
     :func:`state_layers`. A single network's state is ``h0``/``c0`` -> ``hn``/``cn``, ensemble
     member m's ``h0_m``/``c0_m`` -> ``hn_m``/``cn_m``."""
@@ -166,11 +169,10 @@ def _describe_state(layer: Recurrent) -> dict:
             "start": "zeros"}
 
 
-def sidecar(art: artifacts.Artifact, sig: dict, outputs: tuple, layers: list, onnx_name: str) -> dict:
+def sidecar(art: Artifact, sig: dict, outputs: tuple, layers: list, onnx_name: str) -> dict:
     """The JSON beside the graph. ``state``: None (no state), one network's layer description, or for
     an ensemble ``{"members": [description | None per member], "weights": [...]}``: member m's
     state is ``h0_m`` (``c0_m``), and the outputs are the members' outputs averaged."""
-    import rnnkit
 
     state = None
     if "ensemble" in art.meta:
@@ -179,7 +181,7 @@ def sidecar(art: artifacts.Artifact, sig: dict, outputs: tuple, layers: list, on
     elif layers[0] is not None:
         state = _describe_state(layers[0])
     return {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "rnnkit_version": rnnkit.__version__,
+        "format": FORMAT, "format_version": FORMAT_VERSION, "rnnkit_version": __version__,
         "model_file": onnx_name, "task": art.task, "source": str(art.path),
         "inputs": [_describe(n, a, sig["axes"]) for n, a in zip(sig["names"], sig["args"])],
         "outputs": [_describe(n, o, sig["axes"]) for n, o in zip(sig["outputs"], outputs)],
@@ -193,7 +195,7 @@ def sidecar(art: artifacts.Artifact, sig: dict, outputs: tuple, layers: list, on
 
 def export_onnx(run_dir, out=None, opset: int = 17) -> tuple[Path, Path]:
     """Write ``out`` (default ``DIR/model.onnx``) and ``out`` with suffix ``.json``; returns both paths."""
-    art = artifacts.read_artifact(run_dir)
+    art = open_run(run_dir)
     out = Path(out) if out is not None else art.path / "model.onnx"
     if out.suffix != ".onnx":
         raise UserError(f"--out {out}: expected a file name ending in .onnx")

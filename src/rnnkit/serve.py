@@ -38,6 +38,8 @@ from typing import Any, Optional
 import numpy as np
 
 from rnnkit.errors import UserError
+from rnnkit.runs import open_run
+from rnnkit.tasks import get_task
 from rnnkit.serve_guard import RequestError, parse_json_object, read_body, check_json_content_type
 
 TEMPERATURE_MAX = 10.0
@@ -424,12 +426,11 @@ def make_app(run_dir, limits: Optional[Limits] = None, token: Optional[str] = No
         raise UserError("serving needs the 'serve' extra: pip install 'rnnkit[serve]'") from None
     from contextlib import asynccontextmanager
 
-    from rnnkit import artifacts
     from rnnkit.serve_guard import AcceptErrorLog, TokenGuard
 
     limits = limits or Limits()
-    art = artifacts.read_artifact(run_dir)
-    ends = Endpoints(art, JOBS[art.task](artifacts.load(run_dir), art, limits), limits)
+    art = open_run(run_dir)
+    ends = Endpoints(art, JOBS[art.task](get_task(art.task).load(art), art, limits), limits)
     other = "/generate" if ends.job.route == "/predict" else "/predict"
     routes = [Route(ends.job.route, ends.handle, methods=["POST"]), Route(other, ends.wrong_job, methods=["POST"]),
               Route("/health", ends.health, methods=["GET"]), Route("/info", ends.info, methods=["GET"])]

@@ -36,11 +36,10 @@ def _is_old_demo(out: Path) -> bool:
 
 
 def run(args) -> int:
-    import rnnkit
     from rnnkit.models import ModelConfig
+    from rnnkit.runs import load, train_task
     from rnnkit.tasks.textgen import TextgenConfig
     from rnnkit.training.config import TrainConfig
-    from rnnkit.training.runner import train_task
 
     out = Path(args.out)
     data = TextgenConfig(seq_len=64, batch_size=32, val_fraction=0.1)
@@ -51,7 +50,7 @@ def run(args) -> int:
     print(f"rnnkit demo: training a 1-layer LSTM(256) on the bundled Shakespeare excerpt for up to "
           f"{args.time_budget:g} s -> {out}")
     history = train_task("textgen", DEMO_TEXT, out, model, train, data, overwrite=_is_old_demo(out))
-    gen = rnnkit.load(out)
+    gen = load(out)
     best = history.best or (history.eval[-1] if history.eval else {})
     if "bits_per_char" in best:
         print(f"validation: {best['nats_per_char']:.3f} nats/char = {best['bits_per_char']:.3f} bits/char "

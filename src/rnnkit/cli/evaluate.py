@@ -39,17 +39,16 @@ def _clean(v):
 
 def run(args) -> int:
     from rnnkit.cli.flags import snake_case
+    from rnnkit.runs import evaluate_run, evaluation_source, load, open_run
     from rnnkit.tasks import Task
-    from rnnkit.training.runner import evaluate_run
 
     metrics = {snake_case(k): _clean(v) for k, v in evaluate_run(args.dir, args.data, args.split).items()}
     args.split = args.split or (None if args.data else "val")  # None: the task's verb scores all of --data
     task = args.task_obj
     if task is not None and type(task).run_verb is not Task.run_verb:
-        import rnnkit
-
         args.metrics = metrics
-        task.run_verb("evaluate", rnnkit.load(args.dir), args)
+        args.evaluation_source = evaluation_source(task, open_run(args.dir), args.data, args.split)
+        task.run_verb("evaluate", load(args.dir), args)
         metrics = {snake_case(k): _clean(v) for k, v in args.metrics.items()}
     if args.json:
         print(json.dumps(metrics))

@@ -14,9 +14,9 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from rnnkit.artifacts import read_artifact
+    from rnnkit.runs import open_run
 
-    art = read_artifact(args.dir)
+    art = open_run(args.dir)
     n_params = sum(int(t.numel()) for t in art.state_dict().values())
     doc = {k: art.meta.get(k) for k in ("task", "format_version", "rnnkit_version", "created", "status",
                                           "stop_reason", "step", "epoch", "metrics", "data", "model", "task_config",

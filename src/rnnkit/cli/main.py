@@ -69,19 +69,18 @@ class VersionAction(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         import torch
 
-        import rnnkit
         from rnnkit import native
+        from rnnkit.version import __version__
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the reason is printed below
             reason = native.unavailable_reason()
         state = "in use" if reason is None else f"not in use: {reason}"
-        print(f"rnnkit {rnnkit.__version__}\ntorch {torch.__version__}\nnative kernels: {state}")
+        print(f"rnnkit {__version__}\ntorch {torch.__version__}\nnative kernels: {state}")
         parser.exit()
 
 
 def build_parser(task=None):
-    import rnnkit
     from rnnkit.cli import evaluate, info, resume, train, verbs
     from rnnkit.cli.flags import Parser
 
@@ -107,11 +106,13 @@ def build_parser(task=None):
 
 def run(argv: list[str]) -> int:
     from rnnkit.cli.flags import unknown_option_error
-    from rnnkit.training.distributed import launch_if_asked
+    from rnnkit.training.distributed import launch_if_asked, strip_nproc
 
     launched = launch_if_asked(argv)  # train/resume --nproc N: the exit status of the torchrun workers
     if launched is not None:
         return launched
+    if argv and argv[0] in ("train", "resume"):
+        argv = strip_nproc(argv)  # --nproc 1: this process
     parser = build_parser(peek_task(argv))
     args, extras = parser.parse_known_args(argv)
     if extras:

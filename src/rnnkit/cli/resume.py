@@ -19,7 +19,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from rnnkit.training.runner import resume_run
+    from rnnkit.runs import resume_run
 
     flags = given_flags(args)
     typed = apply_flags(TrainConfig(), flags)

@@ -29,7 +29,7 @@ def add_parser(sub, task=None):
 
 def run(args) -> int:
     from rnnkit.tasks import get_task
-    from rnnkit.training.runner import train_task
+    from rnnkit.runs import train_task
 
     task = args.task_obj
     if task is None and args.task:

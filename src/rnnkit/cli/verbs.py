@@ -48,10 +48,9 @@ def _options_by_task(verb: str) -> str:
 
 
 def run(args):
-    import rnnkit
-    from rnnkit.artifacts import read_artifact
+    from rnnkit.runs import open_run
 
-    art = read_artifact(args.dir)  # reports a missing/damaged artifact
+    art = open_run(args.dir)  # reports a missing/damaged artifact
     if args.task_obj is None:
         raise UserError(f"{args.dir}: unknown task {art.task!r}")
-    return args.task_obj.run_verb(args.verb, rnnkit.load(args.dir), args)
+    return args.task_obj.run_verb(args.verb, args.task_obj.load(art), args)

@@ -14,7 +14,7 @@ subclass of :class:`Task` and registers an instance in :data:`TASKS` (see ``task
    full pass; snake_case metric names; must contain ``loss``).
 5. ``load(artifact) -> facade``: the ready-to-use object ``rnnkit.load(DIR)`` returns
    (``TextGenerator``, ``Forecaster``, ``TextClassifier``, ``SequenceClassifier``).
-   ``artifact`` is an :class:`rnnkit.artifacts.Artifact`: ``.path``, ``.meta`` (artifact.json),
+   ``artifact`` is an :class:`rnnkit.tasks.artifact.Artifact`: ``.path``, ``.meta`` (artifact.json),
    ``.task_config`` (a ``Config`` instance), ``.model_config``, ``.train_config``,
    ``.task_state``, ``.metrics``, ``.data``, ``.state_dict()`` (checked weights) and
    ``.build_model()`` (``Task.build_model`` -- by default a ``SequenceModel`` -- with them, eval mode).
@@ -51,8 +51,8 @@ with a default for tasks whose outputs are class (or next-token) logits:
    labels, windows); default: the whole task state.
 9. ``average_outputs(outputs, weights) -> Tensor``: one output from the members'; default: the
    weighted mean of the probabilities, as log-probabilities.
-10. ``fit_weights(models, batches) -> list``: weights chosen on validation batches; default: the
-    probability mixture with the highest likelihood.
+10. ``ensemble_evidence(models, batches) -> tuple``: what the weights are fitted on; default:
+    ``("likelihood", log p_m(y_n))``, for the probability mixture with the highest likelihood.
 
 Config fields: every field of ``Config`` becomes ``--field-name`` (``--field_name`` accepted) and a
 key of the config file's ``[data]`` section, typed by its annotation (int, float, str, bool,
@@ -62,13 +62,13 @@ Optional[...]); ``field(metadata={"choices": (...), "help": "..."})`` adds choic
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Optional, Protocol
+from typing import Any, Iterable, Iterator, Optional, Protocol, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from rnnkit.data.batching import Batch
-from rnnkit.models import ModelConfig
+from rnnkit.models import ModelConfig, SequenceModel
 
 
 class BatchSource(Protocol):
@@ -135,8 +135,6 @@ class Task:
 
         The shared runner (``rnnkit train/resume/evaluate``) and ``Artifact.build_model()`` call it.
         """
-        from rnnkit.models import SequenceModel
-
         return SequenceModel(model_config)
 
     def init_model(self, model, task_state: dict, config: Any) -> None:
@@ -170,13 +168,11 @@ class Task:
         log_w = weights.to(logp).log().view(-1, *[1] * (logp.dim() - 1))
         return torch.logsumexp(logp + log_w, dim=0)
 
-    def fit_weights(self, models: list, batches: list) -> list:
-        """Ensemble weights (>= 0, sum 1) chosen on the validation ``batches``: those of the mixture
-        of the members' probabilities with the highest likelihood of the targets, i.e. the lowest
-        validation loss (:func:`rnnkit.ensembles.mixture_weights`)."""
-        from rnnkit.ensembles import mixture_weights, target_log_probs
-
-        return mixture_weights(torch.stack([target_log_probs(model, batches) for model in models]))
+    def ensemble_evidence(self, models: list, batches: list) -> tuple:
+        """What an ensemble's weights are fitted on (:func:`rnnkit.ensembles.fit_weights`), from the
+        validation ``batches``: ``("likelihood", log p_m(y_n) (M, N))`` for the probability mixture
+        with the highest likelihood of the targets, i.e. the lowest validation loss."""
+        return "likelihood", torch.stack([target_log_probs(model, batches) for model in models])
 
     # -- optional CLI hooks (see the module docstring, items 6-7) -------------------------------
     def add_arguments(self, verb: str, parser) -> None:
@@ -189,3 +185,18 @@ class Task:
         from rnnkit.errors import UserError
 
         raise UserError(f"task {self.name!r} has no {verb!r} command")
+
+
+def target_log_probs(model: nn.Module, batches: Sequence) -> Tensor:
+    """log p(target) (N,) of every target in ``batches`` under ``model``'s outputs read as logits
+    over the last axis: (B, T, V) with targets (B, T), or (B, C) with targets (B,); eval mode, the
+    state carried across ``carries_state`` batches."""
+    model.eval()
+    scores, state = [], None
+    with torch.inference_mode():
+        for batch in batches:
+            logits, new_state = model(batch.inputs, state if batch.carries_state else None, batch.lengths)
+            state = new_state if batch.carries_state else None
+            logp = torch.log_softmax(logits.double(), dim=-1)
+            scores.append(logp.gather(-1, batch.targets.unsqueeze(-1)).flatten())
+    return torch.cat(scores)

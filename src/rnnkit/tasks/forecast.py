@@ -28,7 +28,7 @@ Façade: :class:`Forecaster` — ``fit(series)``, ``predict(n)``, ``historical_f
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -39,59 +39,12 @@ from torch import Tensor, nn
 from rnnkit.data.batching import Batch
 from rnnkit.data.scaling import Scaler
 from rnnkit.data.series import Series, future_times, make_windows, parse_times
-from rnnkit.errors import UserError, check_at_least
+from rnnkit.errors import UserError
 from rnnkit.models import ModelConfig, SequenceModel
 from rnnkit.tasks import forecast_models as fm
 from rnnkit.tasks.base import PreparedData, Task
-from rnnkit.tasks.forecast_data import (SINES, Splits, WindowBatches, future_labels, load_series, sines_splits,
+from rnnkit.tasks.forecast_data import (SINES, ForecastConfig, Splits, WindowBatches, future_labels, load_series, sines_splits,
                                         split_series, whole_windows)
-
-@dataclass
-class ForecastConfig:
-    """Data and forecasting options of the forecast task (every field is a CLI flag)."""
-
-    lookback: int = 50  # L: input steps per window
-    horizon: int = 1  # K: steps forecast at once
-    batch_size: int = 32
-    target: str = ""  # comma-separated target columns ("": every numeric column)
-    covariates: str = ""  # comma-separated input-only columns
-    time_column: str = ""  # "": the first column
-    sort_time: bool = False  # sort the rows by time (else times must increase); a repeated time is an error
-    fill: str = "error"  # missing cells: error | ffill | interpolate | zero
-    scaler: str = "standard"  # standard | minmax | none (fitted on the training part only)
-    val: float = 0.1  # validation part: a fraction (< 1) or a number of steps
-    test: float = 0.2  # test part (the last steps)
-    rows: int = 0  # use only the first N rows of the file (0: all; the ETT protocol uses 14,400)
-    architecture: str = "rnn"  # rnn | segrnn
-    decoding: str = "direct"  # direct (K outputs at once) | autoregressive (K=1 fed back)
-    dense_targets: bool = True  # rnn: train the K-ahead forecast at every input step, not only the last
-    loss: str = field(default="mse", metadata={"choices": ("mse", "mae"),
-                                               "help": "training loss (validation still selects on MSE)"})
-    burn_in: int = 0  # dense targets: the first N input steps only warm the state (no loss on their forecasts)
-    channel_independent: bool = False  # each channel its own univariate series, shared weights
-    segment_length: int = 48  # segrnn: W steps per segment
-    window_norm: str = field(default="none", metadata={"help": "none | last (rnn: forecasts relative to the last "
-                                                               "seen value; segrnn always does) | revin (segrnn: "
-                                                               "windows scaled by their own mean and std)"})
-    period: int = 0  # seasonal naive period (0: detected on the training part)
-    sines_series: str = "7000,2000,1000"  # sines: train,val,test series counts
-    data_seed: int = 42  # sines generator seed
-
-    def __post_init__(self):
-        _choice("architecture", self.architecture, ("rnn", "segrnn"))
-        _choice("decoding", self.decoding, ("direct", "autoregressive"))
-        _choice("window_norm", self.window_norm, ("none", "last", "revin"))
-        _choice("loss", self.loss, ("mse", "mae"))
-        check_at_least(self, 1, ("lookback", "horizon", "batch_size", "segment_length"))
-        check_at_least(self, 0, ("val", "test", "rows", "period"))
-        if not 0 <= self.burn_in < self.lookback:
-            raise ValueError(f"burn_in must be in [0, lookback={self.lookback}), got {self.burn_in}")
-
-
-def _choice(name: str, value: str, valid: tuple) -> None:
-    if value not in valid:
-        raise UserError(f"{name}: expected one of {', '.join(valid)}, got {value!r}")
-
 
 # ----------------------------------------------------------------------------- the model
 
@@ -334,14 +287,12 @@ class ForecastTask(Task):
         y = torch.stack(outputs)  # (M, ...)
         return (weights.to(y).view(-1, *[1] * (y.dim() - 1)) * y).sum(0)
 
-    def fit_weights(self, models: list, batches: list) -> list:
-        """The weights with the lowest validation MSE of the weighted mean forecast (least squares
-        on the simplex: :func:`rnnkit.ensembles.simplex_least_squares`)."""
-        from rnnkit.ensembles import simplex_least_squares
-
+    def ensemble_evidence(self, models: list, batches: list) -> tuple:
+        """``("squares", forecasts (M, D), truth (D,))``: the weights with the lowest validation MSE
+        of the weighted mean forecast (least squares on the simplex)."""
         truth = np.concatenate([b.targets.double().numpy() for b in batches])  # (N, K, C)
         preds = np.stack([np.concatenate([predict_windows(m, b.inputs) for b in batches]) for m in models])
-        return simplex_least_squares(preds.reshape(len(models), -1), truth.reshape(-1))
+        return "squares", preds.reshape(len(models), -1), truth.reshape(-1)
 
     def evaluate(self, model: ForecastModel, batches) -> dict:
         """Forecast metrics on scaled data over a full pass: loss = mse (all K steps, C channels)."""

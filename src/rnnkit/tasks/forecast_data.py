@@ -10,9 +10,9 @@ then the covariates. Shapes: windows ``X`` (N, L, F), targets ``Y`` (N, K, C).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Optional, Union
+from typing import Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -20,12 +20,57 @@ import torch
 from rnnkit.data.batching import Batch
 from rnnkit.data.scaling import Scaler
 from rnnkit.data.series import Series, future_times, generate_sines, make_windows, read_csv, split_points
-from rnnkit.errors import UserError
-
-if TYPE_CHECKING:
-    from rnnkit.tasks.forecast import ForecastConfig
+from rnnkit.errors import UserError, check_at_least
 
 SINES = "sines"
+
+
+@dataclass
+class ForecastConfig:
+    """Data and forecasting options of the forecast task (every field is a CLI flag)."""
+
+    lookback: int = 50  # L: input steps per window
+    horizon: int = 1  # K: steps forecast at once
+    batch_size: int = 32
+    target: str = ""  # comma-separated target columns ("": every numeric column)
+    covariates: str = ""  # comma-separated input-only columns
+    time_column: str = ""  # "": the first column
+    sort_time: bool = False  # sort the rows by time (else times must increase); a repeated time is an error
+    fill: str = "error"  # missing cells: error | ffill | interpolate | zero
+    scaler: str = "standard"  # standard | minmax | none (fitted on the training part only)
+    val: float = 0.1  # validation part: a fraction (< 1) or a number of steps
+    test: float = 0.2  # test part (the last steps)
+    rows: int = 0  # use only the first N rows of the file (0: all; the ETT protocol uses 14,400)
+    architecture: str = "rnn"  # rnn | segrnn
+    decoding: str = "direct"  # direct (K outputs at once) | autoregressive (K=1 fed back)
+    dense_targets: bool = True  # rnn: train the K-ahead forecast at every input step, not only the last
+    loss: str = field(default="mse", metadata={"choices": ("mse", "mae"),
+                                               "help": "training loss (validation still selects on MSE)"})
+    burn_in: int = 0  # dense targets: the first N input steps only warm the state (no loss on their forecasts)
+    channel_independent: bool = False  # each channel its own univariate series, shared weights
+    segment_length: int = 48  # segrnn: W steps per segment
+    window_norm: str = field(default="none", metadata={"help": "none | last (rnn: forecasts relative to the last "
+                                                               "seen value; segrnn always does) | revin (segrnn: "
+                                                               "windows scaled by their own mean and std)"})
+    period: int = 0  # seasonal naive period (0: detected on the training part)
+    sines_series: str = "7000,2000,1000"  # sines: train,val,test series counts
+    data_seed: int = 42  # sines generator seed
+
+    def __post_init__(self):
+        _choice("architecture", self.architecture, ("rnn", "segrnn"))
+        _choice("decoding", self.decoding, ("direct", "autoregressive"))
+        _choice("window_norm", self.window_norm, ("none", "last", "revin"))
+        _choice("loss", self.loss, ("mse", "mae"))
+        check_at_least(self, 1, ("lookback", "horizon", "batch_size", "segment_length"))
+        check_at_least(self, 0, ("val", "test", "rows", "period"))
+        if not 0 <= self.burn_in < self.lookback:
+            raise ValueError(f"burn_in must be in [0, lookback={self.lookback}), got {self.burn_in}")
+
+
+def _choice(name: str, value: str, valid: tuple) -> None:
+    if value not in valid:
+        raise UserError(f"{name}: expected one of {', '.join(valid)}, got {value!r}")
+
 
 
 def column_names(text: str) -> list:
@@ -75,7 +120,7 @@ class Splits:
     borders: Optional[list] = None  # [train_end, val_end, T] of a chronological split (None: sines panel)
 
 
-def load_series(data: Union[str, Path, Series], config: "ForecastConfig") -> tuple[Series, dict]:
+def load_series(data: Union[str, Path, Series], config: ForecastConfig) -> tuple[Series, dict]:
     """A Series with the target columns first, then covariates; and the data info."""
     if isinstance(data, Series):
         series, info = data, {"name": "series"}
@@ -102,7 +147,7 @@ def _resolve(data: str) -> Path:
     return Path(resolve(data))
 
 
-def split_series(series: Series, config: "ForecastConfig", where: str = "data") -> Splits:
+def split_series(series: Series, config: ForecastConfig, where: str = "data") -> Splits:
     """Chronological split, scaler fitted on train, windows per part (inputs may reach back)."""
     if config.rows:
         series = series[: config.rows]
@@ -127,7 +172,7 @@ def split_series(series: Series, config: "ForecastConfig", where: str = "data") 
                   [train_end, val_end, len(series)])
 
 
-def sines_splits(config: "ForecastConfig") -> Splits:
+def sines_splits(config: ForecastConfig) -> Splits:
     """The tutorials' panel: independent series of L+K steps, split by series."""
     counts = [int(s) for s in column_names(config.sines_series)]
     if len(counts) != 3:
@@ -157,7 +202,7 @@ def future_labels(time, n: int) -> np.ndarray:
     return np.arange(1, n + 1)
 
 
-def whole_windows(config: "ForecastConfig", data, task_state: dict) -> tuple:
+def whole_windows(config: ForecastConfig, data, task_state: dict) -> tuple:
     """(X, Y, series): every window of ``data`` scaled with the trained scaler (the sines panel:
     all of its series)."""
     if isinstance(data, str) and data == SINES:

@@ -535,10 +535,9 @@ def _cli_predict(clf: "SequenceClassifier", args) -> int:
 def _cli_evaluate(task: SeqclassTask, clf: "SequenceClassifier", args) -> int:
     """Add the confusion matrix to args.metrics; write confusion_<part>.png (+ errors_<part>.png), the part
     being the split, or "data" for a file given with --data (evaluated whole)."""
-    from rnnkit.artifacts import read_artifact, write_file_atomic
-    from rnnkit.training.runner import evaluation_source
+    from rnnkit.artifacts import write_file_atomic
 
-    source = evaluation_source(task, read_artifact(args.dir), args.data, args.split)
+    source = args.evaluation_source  # what the generic metrics were computed on
     part = args.split or "data"  # a file given with --data is evaluated whole
     logits, targets = predict_logits(clf.model, source.epoch(0, 0))
     report = full_report(logits, targets, clf.label_names)

@@ -261,7 +261,8 @@ def in_worker() -> bool:
 
 
 def launch_if_asked(argv: list) -> Optional[int]:
-    """``rnnkit train|resume ... --nproc N``: run under torchrun, return its exit status; else None."""
+    """``rnnkit train|resume ... --nproc N``: run under torchrun, return its exit status; else None
+    (then the command runs in this process, after :func:`strip_nproc`)."""
     asked = [a for a in argv if a == "--nproc" or a.startswith("--nproc=")]
     if not asked or not argv or argv[0] not in ("train", "resume"):
         return None
@@ -274,11 +275,5 @@ def launch_if_asked(argv: list) -> Optional[int]:
     except ValueError:
         raise UserError(f"--nproc: expected a positive integer, got {value!r}") from None
     if nproc == 1:
-        return _run_single(argv)
+        return None  # the caller runs here, without --nproc
     return launch(nproc, argv)
-
-
-def _run_single(argv: list) -> int:
-    from rnnkit.cli.main import run
-
-    return run(strip_nproc(argv))
