@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import rnnkit  # noqa: F401  (flush denormals)
-from rnnkit import artifacts, runs
+from rnnkit import artifacts
+from rnnkit.runs import open_run
 from rnnkit.data.text import CharVocab, TextStream, split_text
 from rnnkit.tasks.textgen import full_pass_metrics
 from rnnkit.models import ModelConfig
@@ -91,7 +92,7 @@ def run_preset(config_path: str, data: str, budget: float, keep: str | None = No
         t0 = time.monotonic()
         history = train_task("textgen", data, out, model, train, task_config, progress=False)
         train_s = time.monotonic() - t0
-        art = runs.open_run(out)
+        art = open_run(out)
         vocab = CharVocab.from_dict(art.task_state["vocab"])
         text = Path(art.data["path"]).read_text(encoding="utf-8")
         _, val_ids = split_text(vocab.encode(text), task_config.val_fraction)

@@ -9,7 +9,8 @@ import torch
 
 import rnnkit
 import rnnkit_toytask as toy
-from rnnkit import artifacts, runs
+from rnnkit import artifacts
+from rnnkit.runs import open_run
 from rnnkit.errors import UserError
 from rnnkit.models import ModelConfig
 from rnnkit.training.config import TrainConfig
@@ -27,7 +28,7 @@ def run(tmp_path, monkeypatch):
 
 
 def test_round_trip_load_returns_the_facade(run):
-    art = runs.open_run(run)
+    art = open_run(run)
     assert art.meta["format"] == "rnnkit-artifact" and art.meta["format_version"] == artifacts.FORMAT_VERSION
     assert art.meta["rnnkit_version"] == rnnkit.__version__ and art.task == "toy"
     assert art.task_config == toy.ToyConfig() and art.model_config.encoder == "linear"

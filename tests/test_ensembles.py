@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit import artifacts, runs
+from rnnkit import artifacts
+from rnnkit.runs import open_run
 from rnnkit.cli.main import main
 from rnnkit.ensembles import EnsembleModel, build_ensemble, mixture_weights, simplex_least_squares
 from rnnkit.models import ModelConfig
@@ -93,7 +94,7 @@ def test_textgen_sampling_carries_each_members_state(textgen_runs, tmp_path):
 
 def test_forecast_is_the_weighted_mean_of_the_members_forecasts(forecast_runs, tmp_path):
     f = rnnkit.ensemble(forecast_runs, out=tmp_path / "ens", weights="validation")
-    weights = runs.open_run(tmp_path / "ens").weights
+    weights = open_run(tmp_path / "ens").weights
     assert min(weights) >= 0 and sum(weights) == pytest.approx(1.0)
     members = [rnnkit.load(run).predict(5).values for run in forecast_runs]  # beyond the horizon too
     np.testing.assert_allclose(f.predict(5).values, sum(w * y for w, y in zip(weights, members)), rtol=1e-5, atol=1e-6)
@@ -125,7 +126,7 @@ def test_seqclass_probabilities_are_the_mean_of_the_members(tmp_path):
                    seed=seed) for seed in (0, 1)]
     clf = rnnkit.ensemble(runs, out=tmp_path / "ens", weights="validation")
     x = g.normal(size=(5, 6, 2)).astype(np.float32)
-    w = runs.open_run(tmp_path / "ens").weights
+    w = open_run(tmp_path / "ens").weights
     members = [rnnkit.load(run).predict_proba(x) for run in runs]
     np.testing.assert_allclose(clf.predict_proba(x), w[0] * members[0] + w[1] * members[1], rtol=1e-5, atol=1e-6)
 
@@ -139,7 +140,7 @@ def test_validation_weights_are_never_worse_on_validation_than_the_best_member(f
     build_ensemble(runs, tmp_path / "ens", weights="validation")
     best = min(evaluate_run(run)["loss"] for run in runs)
     assert evaluate_run(tmp_path / "ens")["loss"] <= best * (1 + 1e-9)
-    recorded = runs.open_run(tmp_path / "ens").meta["ensemble"]["members"]
+    recorded = open_run(tmp_path / "ens").meta["ensemble"]["members"]
     assert [m["metrics"]["val_loss"] for m in recorded] == pytest.approx([evaluate_run(run)["loss"] for run in runs])
 
 

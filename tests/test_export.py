@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from rnnkit import artifacts, runs
+from rnnkit import artifacts
+from rnnkit.runs import open_run
 from rnnkit.cli.main import main
 from rnnkit.errors import UserError
 from rnnkit.export import export_onnx
@@ -81,7 +82,7 @@ def feeds(meta, B, T, seed):
 
 
 def reference(run, x):
-    model = runs.open_run(run).build_model()
+    model = open_run(run).build_model()
     state = (x["h0"], x["c0"]) if "c0" in x else x.get("h0")
     with torch.no_grad():
         y, st = model(x["inputs"], state, x.get("lengths"))
@@ -96,7 +97,7 @@ def test_onnxruntime_matches_rnnkit(tmp_path, task):
     assert onnx_path == run / "model.onnx" and side == run / "model.json"
     meta = json.loads(side.read_text())
     assert meta["task"] == task and meta["format"] == "rnnkit-onnx"
-    assert meta["preprocessing"] == runs.open_run(run).task_state
+    assert meta["preprocessing"] == open_run(run).task_state
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == [s["name"] for s in meta["inputs"]]
     for B, T, seed in ((1, 12, 0), (5, 7, 1)):
@@ -158,7 +159,7 @@ def test_ensemble_graph_averages_the_members_with_their_own_states(tmp_path, cap
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     x = feeds(meta, 3, 6, seed=0)
     got = session.run(None, {k: v.numpy() for k, v in x.items()})
-    model = runs.open_run(tmp_path / "ens").build_model()
+    model = open_run(tmp_path / "ens").build_model()
     with torch.no_grad():
         y, states = model(x["inputs"], [(x["h0_0"], x["c0_0"]), x["h0_1"]])
     assert [o.name for o in session.get_outputs()] == ["outputs", "hn_0", "cn_0", "hn_1"]

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import rnnkit
-from rnnkit import artifacts, runs
+from rnnkit import artifacts
+from rnnkit.runs import open_run
 from rnnkit.cli.main import main
 from rnnkit.errors import UserError
 
@@ -62,7 +63,7 @@ def test_v1_member_of_an_ensemble_trained_in_turn_loads_with_its_own_loss(tmp_pa
     meta["task_config"].update(ensemble=2, ensemble_lead_share=0.5, member_weights="validation", loss="mse,mae")
     meta["in_turn"] = {"member": 1, "shares": [0.5, 0.5]}
     (run / "artifact.json").write_text(json.dumps(meta))
-    art = runs.open_run(run)
+    art = open_run(run)
     assert art.task_config.loss == "mae" and not hasattr(art.task_config, "ensemble")
     assert rnnkit.load(run).predict(2).values.shape == (2, 1)
 
@@ -93,4 +94,4 @@ def test_v1_single_run_joins_a_v2_ensemble(tmp_path):
                TrainConfig(max_steps=2, seed=1), config, progress=False)
     gen = rnnkit.ensemble([old, tmp_path / "new"], out=tmp_path / "ens", weights="validation")
     assert len(gen.sample("The ", 8, temperature=0)) == 12
-    assert runs.open_run(tmp_path / "ens").members[0].meta["format_version"] == 1
+    assert open_run(tmp_path / "ens").members[0].meta["format_version"] == 1

@@ -15,7 +15,8 @@ import torch
 
 import rnnkit
 import rnnkit_toytask as toy
-from rnnkit import artifacts, rundir, runs
+from rnnkit import artifacts, rundir
+from rnnkit.runs import open_run
 from rnnkit.cli.main import main
 
 TESTS = Path(__file__).parent
@@ -343,8 +344,8 @@ def test_checkpoint_without_sums_as_older_rnnkit_wrote_it_still_resumes(run, tmp
     assert meta.pop("checkpoint")
     (run / "artifact.json").write_text(json.dumps(meta))
     assert _cli(capsys, "resume", run)[0] == 0
-    for k, v in runs.open_run(ref).state_dict().items():
-        assert torch.equal(v, runs.open_run(run).state_dict()[k]), k
+    for k, v in open_run(ref).state_dict().items():
+        assert torch.equal(v, open_run(run).state_dict()[k]), k
 
 
 # -- 7f. a resume with nothing left to train ---------------------------------------------------------------
