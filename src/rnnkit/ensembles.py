@@ -233,12 +233,13 @@ def _read_members(dirs: Sequence) -> list:
         raise UserError(f"an ensemble needs at least two runs, got {len(dirs)}")
     arts, seen = [], set()
     for d in dirs:
-        art = read_artifact(d)
+        meta = artifacts.read_meta(d)
         where = Path(d).resolve()
         if where in seen:
             raise UserError(f"{d}: given twice; an ensemble's members are different runs")
         seen.add(where)
-        if isinstance(art, EnsembleArtifact):
+        art = Artifact(d, meta)
+        if "ensemble" in meta:
             raise UserError(f"{d}: already an ensemble; pass its member runs ({Path(d) / MEMBERS_DIR}/<i>) instead")
         if art.meta.get("status", "complete") != "complete":
             raise UserError(f"{d}: the run is not finished (status {art.meta.get('status')!r}); "
