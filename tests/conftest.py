@@ -44,3 +44,36 @@ def assert_same_weights(run_a: Path, run_b: Path) -> None:
     assert ours.keys() == theirs.keys()
     for k in ours:
         torch.testing.assert_close(ours[k], theirs[k], rtol=0, atol=0)
+
+
+@pytest.fixture
+def toy_task(monkeypatch):
+    """The toy task of tests/rnnkit_toytask.py registered for the test."""
+    import rnnkit_toytask
+
+    rnnkit_toytask.register(monkeypatch)
+
+
+@pytest.fixture
+def csv(tmp_path):
+    """A toy series CSV of 120 rows (tests/rnnkit_toytask.py)."""
+    import rnnkit_toytask
+
+    return rnnkit_toytask.write_series(tmp_path / "s.csv", n=120)
+
+
+def run_cli(capsys, *argv):
+    """``rnnkit ARGV`` in this process: (exit status, stdout, stderr)."""
+    from rnnkit.cli.main import main
+
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def cli_error(capsys, *argv) -> str:
+    """The one ``rnnkit: error:`` line of a command that must fail with exit status 2 (and print
+    nothing else), without its prefix."""
+    rc, out, err = run_cli(capsys, *argv)
+    assert rc == 2 and out == "" and err.count("\n") == 1 and err.startswith("rnnkit: error: "), (rc, out, err)
+    return err[len("rnnkit: error: "):].rstrip("\n")

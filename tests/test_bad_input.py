@@ -16,24 +16,12 @@ import rnnkit
 import rnnkit_toytask as toy
 from rnnkit.artifacts import json_bytes
 from rnnkit.cli.main import main
+from conftest import cli_error as _error, run_cli as _cli
 from rnnkit.errors import UserError
 
 FORECAST = ["--lookback", "5", "--hidden-size", "4", "--cell", "gru", "--epochs", "1", "--quiet"]
 SEQCLASS = ["--hidden-size", "4", "--cell", "gru", "--epochs", "1", "--val-size", "4", "--quiet"]
 TOY = ["--epochs", "1", "--hidden-size", "4", "--seq-len", "5", "--quiet", "--use-fused", "false"]
-
-
-def _cli(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _error(capsys, *argv) -> str:
-    """The one error line of a command that must fail with exit status 2 (and print nothing else)."""
-    rc, out, err = _cli(capsys, *argv)
-    assert rc == 2 and out == "" and err.count("\n") == 1 and err.startswith("rnnkit: error: "), (rc, out, err)
-    return err[len("rnnkit: error: "):].rstrip("\n")
 
 
 def _ok(capsys, *argv) -> str:

@@ -14,26 +14,14 @@ import rnnkit
 import rnnkit_toytask as toy
 from rnnkit.artifacts import read_tensors
 from rnnkit.cli.main import main
+from conftest import run_cli as _cli
 
 TESTS = Path(__file__).parent
 TRAIN = ["--epochs", "2", "--hidden-size", "6", "--embedding-dim", "4", "--seq-len", "5", "--eval-every", "3",
          "--checkpoint-every", "2", "--embedding-dropout", "0.2", "--seed", "5", "--quiet", "--use-fused", "false"]
 
 
-@pytest.fixture(autouse=True)
-def _toy(monkeypatch):
-    toy.register(monkeypatch)
-
-
-@pytest.fixture
-def csv(tmp_path):
-    return toy.write_series(tmp_path / "s.csv", n=120)
-
-
-def _cli(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
+pytestmark = pytest.mark.usefixtures("toy_task")
 
 
 def test_train_evaluate_info_predict(tmp_path, csv, capsys):

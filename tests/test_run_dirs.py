@@ -18,6 +18,7 @@ import rnnkit_toytask as toy
 from rnnkit import artifacts, rundir
 from rnnkit.runs import open_run
 from rnnkit.cli.main import main
+from conftest import cli_error as _error, run_cli as _cli
 
 TESTS = Path(__file__).parent
 TRAIN = ["--epochs", "2", "--hidden-size", "6", "--seq-len", "5", "--checkpoint-every", "2", "--eval-every", "4",
@@ -26,14 +27,7 @@ CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetenso
                     "trainer_state.json")
 
 
-@pytest.fixture(autouse=True)
-def _toy(monkeypatch):
-    toy.register(monkeypatch)
-
-
-@pytest.fixture
-def csv(tmp_path):
-    return toy.write_series(tmp_path / "s.csv", n=120)
+pytestmark = pytest.mark.usefixtures("toy_task")
 
 
 class _Killed(BaseException):
@@ -65,17 +59,6 @@ def run(tmp_path, csv, monkeypatch):
     return out
 
 
-def _cli(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _error(capsys, *argv) -> str:
-    """The one ``rnnkit: error:`` line of a command that must fail with exit status 2."""
-    rc, out, err = _cli(capsys, *argv)
-    assert rc == 2 and out == "" and err.count("\n") == 1 and err.startswith("rnnkit: error: "), (rc, out, err)
-    return err[len("rnnkit: error: "):].rstrip("\n")
 
 
 def _tree(path: Path) -> dict:
