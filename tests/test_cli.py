@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import rnnkit
-import rnnkit_toytask as toy
 from rnnkit.artifacts import read_tensors
 from rnnkit.cli.main import main
 from conftest import run_cli as _cli
