@@ -15,7 +15,6 @@ import pytest
 import rnnkit
 import rnnkit_toytask as toy
 from rnnkit.artifacts import json_bytes
-from rnnkit.cli.main import main
 from conftest import cli_error as _error, run_cli as _cli
 from rnnkit.errors import UserError
 
