@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnkit import bptt, fused, native
+from rnnkit import bptt, fused, metrics, native
 from rnnkit.data.batching import Batch
 from rnnkit.data.text import CharVocab, TextStream, make_vocab, split_text
 from rnnkit.errors import UserError
@@ -103,8 +103,8 @@ def full_pass_metrics(model: SequenceModel, batches: Iterable[Batch]) -> dict:
     if count == 0:
         raise UserError("the validation text has no tokens to score")
     nats = total / count
-    return {"loss": nats, "nats_per_char": nats, "bits_per_char": nats / math.log(2),
-            "perplexity": math.exp(min(nats, 700.0)), "tokens": count}
+    return {"loss": nats, "nats_per_char": nats, "bits_per_char": metrics.bits_per_token(nats),
+            "perplexity": metrics.perplexity(nats), "tokens": count}
 
 
 class TextgenTask(Task):
