@@ -535,6 +535,7 @@ def _cli_predict(clf: "SequenceClassifier", args) -> int:
 def _cli_evaluate(task: SeqclassTask, clf: "SequenceClassifier", args) -> int:
     """Add the confusion matrix to args.metrics; write confusion_<part>.png (+ errors_<part>.png), the part
     being the split, or "data" for a file given with --data (evaluated whole)."""
+    from rnnkit import plots
     from rnnkit.artifacts import read_artifact, write_file_atomic
     from rnnkit.training.runner import evaluation_source
 
@@ -544,7 +545,7 @@ def _cli_evaluate(task: SeqclassTask, clf: "SequenceClassifier", args) -> int:
     report = full_report(logits, targets, clf.label_names)
     args.metrics["confusion"] = report["confusion"]
     out = Path(args.dir) / f"confusion_{part}.png"
-    write_file_atomic(out, confusion_png(np.array(report["confusion"]), clf.label_names, f"{part}: accuracy {report['accuracy']:.4f}"))
+    write_file_atomic(out, plots.confusion_png(np.array(report["confusion"]), clf.label_names, f"{part}: accuracy {report['accuracy']:.4f}"))
     args.metrics["confusion_png"] = str(out)
     if args.show_errors > 0:
         if not clf.is_mnist:
@@ -554,47 +555,8 @@ def _cli_evaluate(task: SeqclassTask, clf: "SequenceClassifier", args) -> int:
         images = source.raw[wrong].numpy()
         captions = [f"{clf.label_names[int(targets[i])]} -> {clf.label_names[int(pred[i])]}" for i in wrong]
         out = Path(args.dir) / f"errors_{part}.png"
-        write_file_atomic(out, digit_grid_png(images, captions))
+        write_file_atomic(out, plots.digit_grid_png(images, captions))
         args.metrics["errors_png"] = str(out)
         args.metrics["errors_shown"] = len(wrong)
     return 0
 
-
-def confusion_png(confusion: np.ndarray, label_names: Sequence[str], title: str = "") -> bytes:
-    """The (C, C) confusion matrix (rows: true, columns: predicted) as PNG bytes, counts in cells."""
-    from rnnkit import plots  # the Agg backend, and figure_png
-    import matplotlib.pyplot as plt
-
-    c = len(label_names)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * c, 0.8 + 0.5 * c))
-    ax.imshow(np.log1p(confusion), cmap="Blues")
-    ax.set_xticks(range(c), label_names, rotation=90 if c > 12 else 0)
-    ax.set_yticks(range(c), label_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if c <= 30:
-        top = confusion.max() or 1
-        for i in range(c):
-            for j in range(c):
-                ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if confusion[i, j] > top / 3 else "black")
-    ax.set_title(title)
-    fig.tight_layout()
-    return plots.figure_png(fig)
-
-
-def digit_grid_png(images: np.ndarray, captions: Sequence[str], columns: int = 8) -> bytes:
-    """Images (N, 28, 28) in a grid with one caption each (e.g. "true -> predicted")."""
-    from rnnkit import plots
-    import matplotlib.pyplot as plt
-
-    n = max(1, len(images))
-    rows = (n + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.25), squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k < len(images):
-            ax.imshow(images[k], cmap="gray", vmin=0, vmax=255)
-            ax.set_title(captions[k], fontsize=8)
-    fig.tight_layout()
-    return plots.figure_png(fig)

@@ -202,29 +202,6 @@ def classification_report(confusion: np.ndarray, labels: Sequence[str]) -> dict:
     }
 
 
-def plot_confusion(confusion: np.ndarray, labels: Sequence[str], path) -> None:
-    """Write the confusion matrix (rows true, columns predicted) as a PNG with counts in the cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    C = len(labels)
-    fig, ax = plt.subplots(figsize=(1.2 * C + 2.5, 1.2 * C + 2))
-    ax.imshow(confusion, cmap="Blues")
-    ax.set_xticks(range(C), labels, rotation=45, ha="right")
-    ax.set_yticks(range(C), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    top = confusion.max() if confusion.size else 0
-    for i in range(C):
-        for j in range(C):
-            ax.text(j, i, str(confusion[i, j]), ha="center", va="center", color="white" if confusion[i, j] > top / 2 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 @torch.no_grad()
 def run_model(model: SequenceModel, batches) -> tuple[Tensor, Tensor, float]:
     """Eval-mode pass: (log-probabilities (N, C) in batch order, targets (N,), mean loss)."""
@@ -390,6 +367,9 @@ def _evaluate_command(clf: "TextClassifier", args) -> int:
     """Adds per-class metrics to ``args.metrics``, writes DIR/confusion.png, shows examples."""
     import sys
 
+    from rnnkit import plots
+    from rnnkit.artifacts import write_file_atomic
+
     art = clf.artifact
     data = args.data or art.data.get("source") or art.data.get("name")
     texts, labels = _split_texts(clf, data, args.split, art.train_config.seed)
@@ -399,7 +379,7 @@ def _evaluate_command(clf: "TextClassifier", args) -> int:
         args.metrics.update({f"{k}_{name}": m[k] for k in ("precision", "recall", "f1")})
     args.metrics["confusion"] = report["confusion"]
     png = Path(args.dir) / f"confusion_{args.split or 'data'}.png"  # "data": a file given with --data
-    plot_confusion(np.array(report["confusion"]), report["labels"], png)
+    write_file_atomic(png, plots.confusion_png(np.array(report["confusion"]), report["labels"]))
     out = sys.stderr if args.json else sys.stdout
     if args.show_examples > 0:
         probs = clf.predict_proba(texts)
