@@ -1,15 +1,51 @@
-"""What textclass and seqclass share (rnnkit.tasks.classify): the evaluation pass and its report,
-the flat report of rnnkit evaluate, one facade base."""
+"""What textclass and seqclass share (rnnkit.tasks.classify): the stratified validation split,
+the evaluation pass and its report, the flat report of rnnkit evaluate, one facade base."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from rnnkit.data.batching import Batch
 from rnnkit.errors import UserError
 from rnnkit.tasks import classify, seqclass, textclass
-from rnnkit.tasks.classify import evaluation_report, flat_report, predict_logits
+from rnnkit.tasks.classify import evaluation_report, flat_report, predict_logits, split_validation
+
+# ------------------------------------------------------------------------------ validation split
+
+
+def test_split_is_stratified_sorted_disjoint_and_seeded():
+    labels = np.array(["a"] * 60 + ["b"] * 30 + ["c"] * 10)
+    train, val = split_validation(labels, 0.2, seed=3)
+    assert len(val) == 20 and sorted(np.concatenate([train, val]).tolist()) == list(range(100))
+    assert (np.diff(train) > 0).all() and (np.diff(val) > 0).all()
+    assert [int((labels[val] == c).sum()) for c in "abc"] == [12, 6, 2]  # the data's class balance
+    assert (split_validation(labels, 0.2, 3)[1] == val).all()
+    assert not (split_validation(labels, 0.2, 4)[1] == val).all()
+
+
+def test_split_size_is_a_fraction_or_a_count():
+    labels = np.arange(50) % 5
+    assert len(split_validation(labels, 0.1, 0)[1]) == 5
+    assert len(split_validation(labels, 7, 0)[1]) == 7  # 7 places over 5 classes of 10: two classes give 2
+    assert len(split_validation(labels, 0, 0)[1]) == 0
+    for size in (50, 1.0 * 50):
+        with pytest.raises(UserError, match=r"validation size 50(\.0)?: expected a fraction in \[0, 1\) or a count below the 50"):
+            split_validation(labels, size, 0)
+
+
+def test_split_keeps_every_class_in_training_while_it_can():
+    labels = np.array([0] * 8 + [1, 2])  # shares 4.0, 0.5, 0.5: by remainder alone class 1 would go whole
+    train, val = split_validation(labels, 5, seed=0)
+    assert len(val) == 5 and set(labels[train]) == {0, 1, 2}
+    assert (labels[val] == 0).all()
+
+
+def test_leftover_places_go_to_the_largest_remainders():
+    quota = classify._places_per_class(np.array([5, 3, 2]), 4)  # exact shares 2.0, 1.2, 0.8
+    assert quota.tolist() == [2, 1, 1]
+
 
 # ------------------------------------------------------------------------------ evaluation pass
 

@@ -11,6 +11,7 @@ from rnnkit.data import sequences as sq
 from rnnkit.errors import UserError
 from rnnkit.models import ModelConfig, SequenceModel
 from rnnkit.tasks import seqclass as sc
+from rnnkit.tasks.classify import split_validation
 
 
 def _idx_bytes(arr: np.ndarray, code: int) -> bytes:
@@ -55,14 +56,14 @@ def _write_mnist(folder, n_train=12, n_test=4, seed=0):
 
 def test_mnist_modes_and_split(tmp_path):
     _write_mnist(tmp_path)
-    images = sq.read_mnist(tmp_path)["train"][0]
+    images, labels = sq.read_mnist(tmp_path)["train"]
     for mode, shape in (("rows", (2, 28, 28)), ("pixels", (2, 784, 1)), ("permuted", (2, 784, 1))):
         cfg = sc.SeqclassConfig(mode=mode, val_size=2, batch_size=2, normalize="none")
         prep = sc.TASK.prepare(cfg, str(tmp_path))
         assert (len(prep.train), len(prep.val), len(prep.test)) == (5, 1, 1)
         batch = next(iter(prep.val.epoch(0, 0)))
         assert tuple(batch.inputs.shape) == shape and batch.lengths is None
-        _, val_i = sc.split_validation(12, 2, 0)
+        _, val_i = split_validation(labels, 2, 0)
         first = torch.from_numpy(images[val_i[0]]).float() / 255
         if mode == "rows":
             torch.testing.assert_close(batch.inputs[0], first)
@@ -187,7 +188,7 @@ def test_normalisation_is_fitted_on_training_part_only():
     lengths = rng.integers(1, 6, size=40)
     y = np.arange(40) % 2
     seqs = sq._as_sequences(x, y, lengths, None, "t")
-    train_i, val_i = sc.split_validation(40, 0.25, 7)
+    train_i, val_i = split_validation(y, 0.25, 7)
     seqs.x[val_i] += 1000.0  # validation values must not move the statistics
     prep = sc.prepare_sequences(seqs, None, sc.SeqclassConfig(val_size=0.25, split_seed=7), {})
     valid = np.concatenate([x[i, : lengths[i]] for i in train_i]).astype(np.float64)  # padding excluded

@@ -1,5 +1,5 @@
-"""What the two classification tasks share (``textclass``, ``seqclass``): the evaluation pass
-and its report, the ``rnnkit evaluate`` report, and the façades' training.
+"""What the two classification tasks share (``textclass``, ``seqclass``): the validation split,
+the evaluation pass and its report, the ``rnnkit evaluate`` report, and the façades' training.
 
 Shape letters: ``N`` examples, ``C`` classes, ``B`` batch. A classifier's outputs are logits
 (B, C); targets are class ids (B,); class ``k`` is named ``label_names(task_state)[k]``.
@@ -25,6 +25,44 @@ from rnnkit.models import ModelConfig
 from rnnkit.tasks.base import BatchSource, PreparedData, Task
 
 SUMMARY_KEYS = ("loss", "accuracy", "macro_f1")  # what Task.evaluate reports (and the Trainer can monitor)
+
+
+# ------------------------------------------------------------------------------ validation split
+
+
+def split_validation(labels: Sequence, size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train index, validation index), each sorted: a seeded split of N examples stratified by
+    their ``labels`` (N,) (class ids or names).
+
+    ``size`` is a fraction of N (< 1, rounded) or a count (>= 1). Each class gives its share of
+    that count: floor(count * n_k / N) places, and the leftover places go to the classes with the
+    largest remainders, first among those that still keep an example for training. So the
+    validation part has the class balance of the data, and a class is never held out whole
+    while another place would do. Within a class, examples are drawn by
+    ``numpy.random.default_rng(seed)``.
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    count = int(round(size * n)) if size < 1 else int(size)
+    if count < 0 or 0 < n <= count:
+        raise UserError(f"validation size {size}: expected a fraction in [0, 1) or a count below the {n} training examples")
+    _, class_of = np.unique(labels, return_inverse=True)
+    quota = _places_per_class(np.bincount(class_of), count)
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(class_of == k))[:q] for k, q in enumerate(quota)]
+    val = np.sort(np.concatenate(chosen or [np.zeros(0, np.int64)])).astype(np.int64)
+    return np.setdiff1d(np.arange(n), val), val
+
+
+def _places_per_class(counts: np.ndarray, total: int) -> np.ndarray:
+    """(K,) validation places of classes with ``counts`` (K,) examples, summing to ``total``."""
+    if total == 0:
+        return np.zeros_like(counts)
+    quota, remainder = np.divmod(counts * total, counts.sum())  # the exact share is quota + remainder / N
+    keeps_one = quota + 1 < counts
+    order = np.lexsort((-remainder, ~keeps_one))  # classes that keep one for training first, then by remainder
+    quota[order[: total - quota.sum()]] += 1
+    return quota
 
 
 # ------------------------------------------------------------------------------ evaluation pass

@@ -3,12 +3,13 @@ UCR/UEA series, any labelled (N, T, F) arrays).
 
 Data: ``prepare(config, data, seed)`` reads ``data`` (``mnist``, a folder of MNIST IDX files,
 ``.npy``/``.npz``, ``.csv`` or ``.ts``; see :mod:`rnnkit.data.sequences`), holds out a seeded
-validation split of the training set, fits per-feature normalisation on the remaining training
-sequences only, and stores it in the task state. Variable lengths reach the recurrent layers as
-``Batch.lengths``.
+validation split of the training set stratified by label, fits per-feature normalisation on the
+remaining training sequences only, and stores it in the task state. Variable lengths reach the
+recurrent layers as ``Batch.lengths``.
 
 Model: identity (or linear) encoder -> recurrent stack -> ``last`` (or pooled ``mean``/``max``)
-head with C outputs; loss: cross-entropy over the C classes. The evaluation pass, its report (``loss``, ``accuracy``, ``macro_f1``, per-class precision/recall/F1/
+head with C outputs; loss: cross-entropy over the C classes. The validation split, the
+evaluation pass, its report (``loss``, ``accuracy``, ``macro_f1``, per-class precision/recall/F1/
 support, the confusion matrix) and ``rnnkit evaluate``'s report are shared with textclass:
 :mod:`rnnkit.tasks.classify`.
 """
@@ -27,7 +28,7 @@ from rnnkit.data import sequences as seqdata
 from rnnkit.errors import UserError, check_at_least
 from rnnkit.models import ModelConfig
 from rnnkit.tasks.base import PreparedData
-from rnnkit.tasks.classify import ClassificationTask, Classifier, predict_logits
+from rnnkit.tasks.classify import ClassificationTask, Classifier, predict_logits, split_validation
 
 MNIST_SIDE = 28
 
@@ -42,7 +43,7 @@ class SeqclassConfig:
     test_data: str = ""  # test file in the same format (X_TRAIN.ts finds X_TEST.ts by itself)
     label_column: str = "label"  # CSV
     features: int = 1  # wide CSV: values per step
-    val_size: float = 0.1  # held out from train: a fraction (< 1) or a count (>= 1)
+    val_size: float = 0.1  # held out from train, stratified by label: a fraction (< 1) or a count (>= 1)
     split_seed: int = 0  # seeds the validation split, independent of the training seed
     normalize: str = field(default="feature", metadata={"choices": ("feature", "global", "none")})  # standardise per feature, or with one mean/std, fitted on the training split
     batch_size: int = 64
@@ -97,15 +98,6 @@ def _test_path(path: Path, config: SeqclassConfig) -> Optional[Path]:
     return None
 
 
-def split_validation(n: int, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train_index, val_index): a seeded permutation; ``val_size`` is a fraction (< 1) or a count."""
-    count = int(round(val_size * n)) if val_size < 1 else int(val_size)
-    if not 0 <= count < n:
-        raise UserError(f"val_size={val_size}: expected a fraction in [0, 1) or a count below {n} training sequences")
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[count:]), np.sort(order[:count])
-
-
 def _normalizer(x: np.ndarray, config: SeqclassConfig) -> Optional[dict]:
     if config.normalize == "none":
         return None
@@ -137,7 +129,7 @@ def _source(raw, lengths, labels, batch_size, transform, shuffle):
 def prepare_mnist(path, config: SeqclassConfig) -> PreparedData:
     splits = seqdata.read_mnist(path)
     images, labels = splits["train"]
-    train_i, val_i = split_validation(len(labels), config.val_size, config.split_seed)
+    train_i, val_i = split_validation(labels, config.val_size, config.split_seed)
     perm = None
     if config.mode == "permuted":
         perm = np.random.default_rng(config.permute_seed).permutation(MNIST_SIDE * MNIST_SIDE).tolist()
@@ -168,7 +160,7 @@ def prepare_sequences(train: seqdata.LabelledSequences, test: Optional[seqdata.L
     if len(present) < 2:
         raise UserError(f"{info.get('path', info['name'])}: only one class ({train.label_names[present[0]]}) in the "
                         "training data; need at least 2")
-    train_i, val_i = split_validation(len(train), config.val_size, config.split_seed)
+    train_i, val_i = split_validation(train.labels, config.val_size, config.split_seed)
     fit_part = train.subset(train_i)
     state = {"kind": "sequences", "label_names": train.label_names, "features": int(train.x.shape[-1]),
              "normalizer": _normalizer(fit_part.x, config)}
@@ -300,8 +292,9 @@ class SequenceClassifier(Classifier):
     def fit(self, x=None, y=None, lengths=None, data: Optional[str] = None, out: Optional[str] = None,
             callbacks: Sequence = ()) -> "SequenceClassifier":
         """Train with the shared Trainer on arrays ``x`` (N, T, F), labels ``y`` (N,) [, lengths (N,)],
-        or on a dataset/file ``data``; the validation split follows ``config.val_size``, the
-        best-validation weights are kept, and ``metrics`` becomes the report on validation. ``out`` (a directory) also writes the artifact."""
+        or on a dataset/file ``data``; the validation split follows ``config.val_size`` (stratified
+        by label), the best-validation weights are kept, and ``metrics`` becomes the report on
+        validation. ``out`` (a directory) also writes the artifact."""
         if data is None and (x is None or y is None):
             raise UserError("fit needs sequences x and labels y, or data=<dataset or file>")
 

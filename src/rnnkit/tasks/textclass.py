@@ -7,8 +7,8 @@ Labels are strings (binary or multi-class); class ``k`` is ``labels[k]`` (sorted
 Pipeline: ``tokenize`` -> ``Vocabulary`` ids (PAD 0, OOV 1) -> optional hashed bigram ids
 (inputs (B, T, 2), embeddings summed) -> truncation to ``max_length`` -> batches of similar
 length with ``lengths`` -> ``SequenceModel`` with a pooled head (last/mean/max over valid steps)
--> logits (B, C); loss is cross-entropy. The evaluation pass, its report and ``rnnkit
-evaluate``'s report are shared with seqclass: :mod:`rnnkit.tasks.classify`.
+-> logits (B, C); loss is cross-entropy. The validation split, the evaluation pass, its report
+and ``rnnkit evaluate``'s report are shared with seqclass: :mod:`rnnkit.tasks.classify`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from rnnkit.data.tokenize import TRUNCATE_MODES, Vocabulary, bigram_ids, read_wo
 from rnnkit.errors import UserError, check_at_least
 from rnnkit.models import ModelConfig, SequenceModel
 from rnnkit.tasks.base import PreparedData
-from rnnkit.tasks.classify import ClassificationTask, Classifier, predict_logits
+from rnnkit.tasks.classify import ClassificationTask, Classifier, predict_logits, split_validation
 
 IMDB_LABELS = {"0": "neg", "1": "pos"}  # the named dataset stores 0/1
 IMDB_SHA256 = {
@@ -42,7 +42,7 @@ class Config:
     text_column: str = "text"  # CSV/TSV column or JSON key holding the text
     label_column: str = "label"  # ... and the label (any strings)
     test_data: Optional[str] = None  # labelled file for the test split (named datasets and aclImdb bring theirs)
-    val_fraction: float = 0.1  # carved at random from train for validation (0: no validation)
+    val_fraction: float = 0.1  # held out from train for validation, stratified by label (0: no validation)
     vocab_size: int = 10000  # ids kept, including PAD and OOV (Keras's num_words)
     min_freq: int = 1  # words seen fewer times in train become OOV
     max_length: int = 200  # tokens kept per text
@@ -159,13 +159,6 @@ def batch_source(items: list, targets: Optional[list], batch_size: int, shuffle:
     return BucketedBatches([len(a) for a in items], batch_size, make_batch, shuffle=shuffle)
 
 
-def split_validation(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train indices, validation indices): a seeded random ``fraction`` of ``range(n)`` for validation."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = int(round(n * fraction))
-    return sorted(order[n_val:]), sorted(order[:n_val])
-
-
 # ----------------------------------------------------------------------------------------- task
 
 
@@ -173,15 +166,15 @@ def prepare_texts(config: Config, texts: Sequence[str], labels: Sequence[str], s
                   val: Optional[tuple] = None, test: Optional[tuple] = None, info: Optional[dict] = None) -> PreparedData:
     """Vocabulary and labels from the training texts, then length-bucketed batch sources.
 
-    Without ``val`` (texts, labels), a seeded ``config.val_fraction`` of the training texts is
-    held out for validation.
+    Without ``val`` (texts, labels), ``config.val_fraction`` of the training texts, stratified by
+    label and seeded by ``seed``, is held out for validation (:func:`classify.split_validation`).
     The vocabulary never sees validation or test texts.
     """
     if len(texts) != len(labels):
         raise UserError(f"got {len(texts)} texts but {len(labels)} labels; expected one label per text")
     tokens = [tokenize(t) for t in texts]
     if val is None:
-        train_idx, val_idx = split_validation(len(texts), config.val_fraction, seed)
+        train_idx, val_idx = split_validation(labels, config.val_fraction, seed)
     else:
         train_idx, val_idx = np.arange(len(texts)), np.zeros(0, np.int64)
     state = make_task_state(config, [tokens[i] for i in train_idx], [labels[i] for i in train_idx])
@@ -313,7 +306,7 @@ def _split_texts(clf: "TextClassifier", data: str, split: Optional[str], seed: i
             raise UserError(f"{data}: no test split for this task config")
         return splits["test"]
     texts, labels = splits["train"]
-    _, val_idx = split_validation(len(texts), clf.config.val_fraction, seed)
+    _, val_idx = split_validation(labels, clf.config.val_fraction, seed)
     return [texts[i] for i in val_idx], [labels[i] for i in val_idx]
 
 
@@ -345,7 +338,7 @@ class TextClassifier(Classifier):
         """Train with the shared Trainer on ``texts``/``labels`` (or a dataset/file ``data``).
 
         Validation: ``val_texts``/``val_labels`` if given, else ``config.val_fraction`` of the
-        training texts; the best-validation weights are kept, and ``metrics``
+        training texts (stratified by label); the best-validation weights are kept, and ``metrics``
         becomes the report on validation. ``out`` also writes the artifact.
         """
         if data is None and (texts is None or labels is None):
