@@ -34,7 +34,8 @@ from torch import nn
 import rnnkit  # noqa: F401  (flush-denormal setting before any torch op)
 from rnnkit.data.sequences import read_mnist
 from rnnkit.models import ModelConfig
-from rnnkit.tasks.seqclass import SeqclassConfig, SequenceClassifier, split_validation
+from rnnkit.tasks.classify import split_validation
+from rnnkit.tasks.seqclass import SeqclassConfig, SequenceClassifier
 from rnnkit.training.callbacks import Callback
 from rnnkit.training.config import TrainConfig, from_dict, load_config_file
 
@@ -73,7 +74,7 @@ def run_baseline(budget: float, seed: int = 0, cell=nn.LSTM, hidden: int = 128, 
                  epochs: int | None = None) -> dict:
     mnist = read_mnist(os.environ.get("RNNKIT_DATA", "/work/shared/data") + "/mnist")
     images, labels = mnist["train"]
-    tr, va = split_validation(len(labels), 5000, 0)
+    tr, va = split_validation(labels, 5000, 0)  # the presets' split
     to_t = lambda a: torch.from_numpy(a).float() / 255.0  # noqa: E731
     xtr, ytr, xva, yva = to_t(images[tr]), torch.from_numpy(labels[tr]), to_t(images[va]), torch.from_numpy(labels[va])
     xte, yte = to_t(mnist["test"][0]), torch.from_numpy(mnist["test"][1])

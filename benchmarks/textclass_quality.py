@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 import rnnkit  # noqa: F401  (flush denormals before torch's first parallel op)
+from rnnkit import plots
 from rnnkit.data.tokenize import Vocabulary, tokenize, truncate
 from rnnkit.models import ModelConfig
 from rnnkit.tasks import textclass as tc
@@ -73,7 +74,7 @@ def run_preset(name: str, data, args) -> dict:
     steps_per_epoch = len(clf.prepared.train)
     steps = clf.history.train[-1]["step"] if clf.history.train else 0
     report = clf.evaluate(tx, ty)
-    tc.plot_confusion(np.array(report["confusion"]), report["labels"], Path(args.runs) / name / "confusion.png")
+    (Path(args.runs) / name / "confusion.png").write_bytes(plots.confusion_png(np.array(report["confusion"]), report["labels"]))
     return {"model": name, "test_accuracy": round(report["accuracy"], 4), "test_macro_f1": round(report["macro_f1"], 4),
             "val": clf.history.best, "train_s": round(seconds, 1), "steps": steps,
             "epochs_run": round(steps / steps_per_epoch, 2), "s_per_epoch": round(seconds / max(steps / steps_per_epoch, 1e-9), 1),

@@ -279,17 +279,6 @@ def test_detect_period():
     assert fm.detect_period(np.sin(2 * np.pi * t / 30), 60) == 30
 
 
-def test_metrics_hand_computed():
-    pred, truth = np.array([[[2.0]], [[1.0]]]), np.array([[[1.0]], [[3.0]]])
-    m = fm.original_metrics(pred, truth, mase_scale=0.5)
-    assert m["mae"] == 1.5 and m["rmse"] == pytest.approx(np.sqrt(2.5))
-    assert m["smape"] == pytest.approx((200 * 1 / 3 + 200 * 2 / 4) / 2)
-    assert m["mase"] == 3.0
-    assert fm.mase_scale(np.array([[1.0], [2], [4], [7]]), 1) == 2.0
-    s = fm.scaled_metrics(pred, truth)
-    assert s["mse"] == 2.5 and s["mae"] == 1.5
-
-
 # ----------------------------------------------------------------------------- sines
 
 

@@ -1,4 +1,4 @@
-"""Training-curve PNGs: a log loss axis only where the loss spans orders of magnitude."""
+"""PNG writers: training curves (a log loss axis only where the loss spans orders of magnitude), confusion matrix, digit grid."""
 
 import math
 
@@ -18,3 +18,17 @@ def test_curves_png_draws_both_scales():
         history = {"train": [{"step": i + 1, "loss": v} for i, v in enumerate(losses)],
                    "eval": [{"step": 3, "loss": losses[-1], "accuracy": 0.5}]}
         assert curves_png(history, monitor="accuracy")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_confusion_and_digit_grid_pngs():
+    import numpy as np
+
+    from rnnkit.plots import confusion_png, digit_grid_png
+
+    for labels in (["neg", "pos"], [str(k) for k in range(40)]):  # counts in the cells up to 30 classes
+        confusion = np.arange(len(labels) ** 2).reshape(len(labels), len(labels))
+        assert confusion_png(confusion, labels, "val: accuracy 0.5")[:8] == b"\x89PNG\r\n\x1a\n"
+    assert confusion_png(np.zeros((2, 2), dtype=np.int64), ["a", "b"])[:4] == b"\x89PNG"  # no examples
+    images = np.zeros((3, 28, 28), dtype=np.uint8)
+    assert digit_grid_png(images, ["1 -> 7", "2 -> 3", "4 -> 9"])[:4] == b"\x89PNG"
+    assert digit_grid_png(images[:0], [])[:4] == b"\x89PNG"

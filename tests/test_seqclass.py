@@ -11,6 +11,7 @@ from rnnkit.data import sequences as sq
 from rnnkit.errors import UserError
 from rnnkit.models import ModelConfig, SequenceModel
 from rnnkit.tasks import seqclass as sc
+from rnnkit.tasks.classify import split_validation
 
 
 def _idx_bytes(arr: np.ndarray, code: int) -> bytes:
@@ -55,14 +56,14 @@ def _write_mnist(folder, n_train=12, n_test=4, seed=0):
 
 def test_mnist_modes_and_split(tmp_path):
     _write_mnist(tmp_path)
-    images = sq.read_mnist(tmp_path)["train"][0]
+    images, labels = sq.read_mnist(tmp_path)["train"]
     for mode, shape in (("rows", (2, 28, 28)), ("pixels", (2, 784, 1)), ("permuted", (2, 784, 1))):
         cfg = sc.SeqclassConfig(mode=mode, val_size=2, batch_size=2, normalize="none")
         prep = sc.TASK.prepare(cfg, str(tmp_path))
         assert (len(prep.train), len(prep.val), len(prep.test)) == (5, 1, 1)
         batch = next(iter(prep.val.epoch(0, 0)))
         assert tuple(batch.inputs.shape) == shape and batch.lengths is None
-        _, val_i = sc.split_validation(12, 2, 0)
+        _, val_i = split_validation(labels, 2, 0)
         first = torch.from_numpy(images[val_i[0]]).float() / 255
         if mode == "rows":
             torch.testing.assert_close(batch.inputs[0], first)
@@ -187,7 +188,7 @@ def test_normalisation_is_fitted_on_training_part_only():
     lengths = rng.integers(1, 6, size=40)
     y = np.arange(40) % 2
     seqs = sq._as_sequences(x, y, lengths, None, "t")
-    train_i, val_i = sc.split_validation(40, 0.25, 7)
+    train_i, val_i = split_validation(y, 0.25, 7)
     seqs.x[val_i] += 1000.0  # validation values must not move the statistics
     prep = sc.prepare_sequences(seqs, None, sc.SeqclassConfig(val_size=0.25, split_seed=7), {})
     valid = np.concatenate([x[i, : lengths[i]] for i in train_i]).astype(np.float64)  # padding excluded
@@ -204,24 +205,6 @@ def test_batches_carry_lengths_only_when_ragged():
     src = sc._source(x.astype(np.float32), np.array([4, 2, 4]), np.array([0, 1, 0]), 2, lambda r, t, g: torch.nan_to_num(r), False)
     b1, b2 = list(src.epoch())
     assert b1.lengths.tolist() == [4, 2] and b2.lengths is None and b2.inputs.shape == (1, 4, 1)
-
-
-# ------------------------------------------------------------------ metrics
-
-
-def test_classification_metrics_hand_computed():
-    # true 0: 3 right, 1 called 1; true 1: 2 right; true 2: 1 called 0
-    conf = np.array([[3, 1, 0], [0, 2, 0], [1, 0, 0]])
-    m = sc.classification_metrics(conf, ["a", "b", "c"])
-    assert m["accuracy"] == pytest.approx(5 / 7)
-    assert m["precision_a"] == pytest.approx(3 / 4) and m["recall_a"] == pytest.approx(3 / 4)
-    assert m["precision_b"] == pytest.approx(2 / 3) and m["recall_b"] == 1.0 and m["f1_b"] == pytest.approx(0.8)
-    assert m["precision_c"] == 0.0 and m["f1_c"] == 0.0
-    assert m["macro_f1"] == pytest.approx((0.75 + 0.8 + 0.0) / 3)
-    logits = torch.tensor([[2.0, 0, 0], [0, 3.0, 0], [1.0, 0, 0]])
-    r = sc.full_report(logits, torch.tensor([0, 1, 2]), ["a", "b", "c"])
-    assert r["confusion"] == [[1, 0, 0], [0, 1, 0], [1, 0, 0]]
-    assert r["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2]))))
 
 
 # ------------------------------------------------------------------ images
@@ -352,6 +335,9 @@ def test_cli_train_predict_image_and_evaluate(tmp_path, capsys):
     assert main(["evaluate", str(run), "--split", "test", "--show-errors", "4", "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert np.array(metrics["confusion"]).sum() == 10 and 0 <= metrics["accuracy"] <= 1
+    per_class = {f"{k}_{c}" for k in ("precision", "recall", "f1", "support") for c in range(10)}
+    assert set(metrics) == {"loss", "accuracy", "macro_f1", "examples", "confusion", "confusion_png",
+                            "errors_png", "errors_shown"} | per_class  # textclass's keys, plus the error pictures
     assert (run / "confusion_test.png").read_bytes()[:4] == b"\x89PNG"
     assert (run / "errors_test.png").exists() and metrics["errors_shown"] <= 4
 

@@ -208,16 +208,16 @@ def test_multiclass_fit_predict_evaluate_and_artifact_round_trip(tmp_path, capsy
     out = capsys.readouterr().out
     assert sum(line.startswith(("ok ", "WRONG ")) for line in out.splitlines()) == 2
     assert "precision_food" in out and (tmp_path / "run" / "confusion_data.png").exists()
+    assert main(["evaluate", str(tmp_path / "run"), "--data", str(tmp_path / "t.csv"), "--show-examples", "1", "--json"]) == 0
+    captured = capsys.readouterr()
+    metrics = json.loads(captured.out)  # the examples go to stderr with --json
+    assert set(metrics) == EVALUATE_KEYS | {f"{k}_{c}" for k in ("precision", "recall", "f1", "support") for c in clf.labels}
+    assert sum(metrics[f"support_{c}"] for c in clf.labels) == metrics["examples"] == 90
+    assert metrics["accuracy"] == pytest.approx(report["accuracy"]) and metrics["confusion"] == report["confusion"]
+    assert captured.err.startswith(("ok ", "WRONG "))
 
 
-def test_classification_report_hand_computed():
-    m = tc.confusion_matrix([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 2, 2], 3)
-    assert m.tolist() == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
-    r = tc.classification_report(m, ["a", "b", "c"])
-    assert r["accuracy"] == pytest.approx(4 / 6)
-    assert r["per_class"]["a"] == {"precision": 1.0, "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8), "support": 3}
-    assert r["per_class"]["b"]["precision"] == pytest.approx(0.5) and r["per_class"]["b"]["recall"] == pytest.approx(0.5)
-    assert r["per_class"]["c"]["f1"] == pytest.approx(2 / 3)
+EVALUATE_KEYS = {"loss", "accuracy", "macro_f1", "examples", "confusion", "confusion_png"}  # as seqclass's
 
 
 def test_unseen_label_and_single_label_are_user_errors():

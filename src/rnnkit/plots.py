@@ -1,9 +1,9 @@
-"""PNG writers (matplotlib, Agg backend: no display needed)."""
+"""PNG writers (matplotlib, Agg backend: no display needed): every figure rnnkit draws."""
 
 from __future__ import annotations
 
 import io
-from typing import Optional
+from typing import Optional, Sequence
 
 import matplotlib
 import numpy as np
@@ -94,3 +94,43 @@ def plot_forecast(path, history: np.ndarray, forecast: np.ndarray, truth: Option
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def confusion_png(confusion: np.ndarray, labels: Sequence[str], title: str = "") -> bytes:
+    """A (C, C) confusion matrix (rows: true class, columns: predicted; ``labels`` (C,)) as PNG bytes.
+
+    Colours follow log(1 + count), so the off-diagonal mistakes stay visible beside a large
+    diagonal; up to 30 classes also print their counts in the cells.
+    """
+    confusion = np.asarray(confusion)
+    c = len(labels)
+    fig, ax = plt.subplots(figsize=(2.5 + 0.5 * c, 2.2 + 0.5 * c))
+    ax.imshow(np.log1p(confusion), cmap="Blues")
+    long_names = c > 12 or max((len(str(name)) for name in labels), default=0) > 3
+    ax.set_xticks(range(c), labels, rotation=(90 if c > 12 else 45) if long_names else 0, ha="right" if long_names else "center")
+    ax.set_yticks(range(c), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if c <= 30:
+        top = confusion.max() if confusion.size else 0
+        for i in range(c):
+            for j in range(c):
+                ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if confusion[i, j] > max(top, 1) / 3 else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+def digit_grid_png(images: np.ndarray, captions: Sequence[str], columns: int = 8) -> bytes:
+    """Greyscale images (N, 28, 28) uint8 in a grid, each with its caption (e.g. "true -> predicted")."""
+    n = max(1, len(images))
+    rows = (n + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.25), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < len(images):
+            ax.imshow(images[k], cmap="gray", vmin=0, vmax=255)
+            ax.set_title(captions[k], fontsize=8)
+    fig.tight_layout()
+    return figure_png(fig)

@@ -48,8 +48,7 @@ def train_task(task_name: str, data: str, out, model: Optional[ModelConfig] = No
         prep = task.prepare(task_config, data, train.seed)
         mc = task.model_config(prep.task_state, task_config, model)
         net = task.new_model(mc, prep.task_state, task_config, train.seed)
-        meta = {"task": task.name, "model": dataclasses.asdict(mc), "task_config": dataclasses.asdict(task_config),
-                "task_state": prep.task_state, "data": {"source": str(data), **(prep.data_info or {})}}
+        meta = task.run_meta(mc, task_config, prep.task_state, {"source": str(data), **(prep.data_info or {})})
         return fit_held(task, net, prep, train, task_config, out, meta, progress)
 
 
@@ -128,7 +127,12 @@ def evaluate_run(run_dir, data: Optional[str] = None, split: Optional[str] = Non
     ``examples``: how many examples (sequences, texts, windows; textgen: tokens) were scored."""
     art = open_run(run_dir)
     task = get_task(art.task)
-    source = evaluation_source(task, art, data, split)
+    return score(task, art, evaluation_source(task, art, data, split))
+
+
+def score(task, art: Artifact, source) -> dict:
+    """The task's metrics of ``art``'s saved weights on every batch of ``source``, plus
+    ``examples``: how many examples (sequences, texts, windows; textgen: tokens) were scored."""
     model = art.build_model()
     scored = [0]
 

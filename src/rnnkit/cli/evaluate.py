@@ -39,16 +39,17 @@ def _clean(v):
 
 def run(args) -> int:
     from rnnkit.cli.flags import snake_case
-    from rnnkit.runs import evaluate_run, evaluation_source, load, open_run
-    from rnnkit.tasks import Task
+    from rnnkit.runs import evaluation_source, open_run, score
+    from rnnkit.tasks import Task, get_task
 
-    metrics = {snake_case(k): _clean(v) for k, v in evaluate_run(args.dir, args.data, args.split).items()}
+    art = open_run(args.dir)
+    source = evaluation_source(get_task(art.task), art, args.data, args.split)  # prepared once
+    metrics = {snake_case(k): _clean(v) for k, v in score(get_task(art.task), art, source).items()}
     args.split = args.split or (None if args.data else "val")  # None: the task's verb scores all of --data
     task = args.task_obj
     if task is not None and type(task).run_verb is not Task.run_verb:
-        args.metrics = metrics
-        args.evaluation_source = evaluation_source(task, open_run(args.dir), args.data, args.split)
-        task.run_verb("evaluate", load(args.dir), args)
+        args.metrics, args.evaluation_source = metrics, source
+        task.run_verb("evaluate", task.load(art), args)
         metrics = {snake_case(k): _clean(v) for k, v in args.metrics.items()}
     if args.json:
         print(json.dumps(metrics))

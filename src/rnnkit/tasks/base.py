@@ -61,7 +61,7 @@ Optional[...]); ``field(metadata={"choices": (...), "help": "..."})`` adds choic
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator, Optional, Protocol, Sequence
 
 import torch
@@ -152,6 +152,12 @@ class Task:
         model = self.build_model(model_config, task_state)
         self.init_model(model, task_state, config)
         return model
+
+    def run_meta(self, model_config: ModelConfig, config: Any, task_state: dict, data: dict) -> dict:
+        """The fields of artifact.json that describe a run of this task (the trainer adds the
+        training config, status and metrics; :mod:`rnnkit.artifacts` the format and weights)."""
+        return {"task": self.name, "model": asdict(model_config), "task_config": asdict(config),
+                "task_state": task_state, "data": data}
 
     # -- ensembles of finished runs (see the module docstring, items 8-10) -----------------------
     def ensemble_key(self, task_state: dict) -> dict:

@@ -28,7 +28,7 @@ Façade: :class:`Forecaster` — ``fit(series)``, ``predict(n)``, ``historical_f
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from rnnkit import metrics
 from rnnkit.data.batching import Batch
 from rnnkit.data.scaling import Scaler
 from rnnkit.data.series import Series, future_times, make_windows, parse_times
@@ -302,7 +303,7 @@ class ForecastTask(Task):
         for batch in batches:
             preds.append(predict_windows(model, batch.inputs))
             truth.append(batch.targets.double().numpy())
-        m = fm.scaled_metrics(np.concatenate(preds), np.concatenate(truth))
+        m = metrics.forecast_errors(np.concatenate(preds), np.concatenate(truth))
         return {"loss": m["mse"], **m}
 
     def load(self, artifact) -> "Forecaster":
@@ -316,7 +317,7 @@ def prepared_from_splits(sp: Splits, config: ForecastConfig, info: dict) -> Prep
     state = {
         "columns": sp.columns, "covariates": sp.covariates, "scaler": sp.scaler.to_dict(),
         "lookback": config.lookback, "horizon": config.horizon, "period": int(period),
-        "mase_scale": [fm.mase_scale(sp.train_values[:, [j]], period) for j in range(C)],
+        "mase_scale": [metrics.mase_scale(sp.train_values[:, [j]], period) for j in range(C)],
         "spec": model_spec(config, C, F_in),
         "windows": {p: int(len(x)) for p, x in sp.X.items()},
         "borders": sp.borders,
@@ -369,9 +370,8 @@ class Forecaster:
         model_config = TASK.model_config(self.task_state, self.config, self.model_options)
         train = self.train_config or TrainConfig()
         self.model = TASK.new_model(model_config, self.task_state, self.config, train.seed)
-        meta = {"task": TASK.name, "model": asdict(model_config), "task_config": asdict(self.config),
-                "task_state": self.task_state,
-                "data": info if isinstance(data, Series) else {"source": str(data), **info}}  # a file: resumable
+        data_info = info if isinstance(data, Series) else {"source": str(data), **info}  # a file: resumable
+        meta = TASK.run_meta(model_config, self.config, self.task_state, data_info)
         self.history = fit_prepared(TASK, self.model, prepared, train, self.config, out, meta, progress=False)
         self.model.eval()
         self.metrics = {p: TASK.evaluate(self.model, src) for p, src in (("val", prepared.val), ("test", prepared.test))
@@ -452,8 +452,8 @@ class Forecaster:
         scale = float(np.mean(self.task_state["mase_scale"]))
         report = {}
         for name, p in preds.items():
-            orig = fm.original_metrics(inv(p), inv(Y), scale)
-            report[name] = {**fm.scaled_metrics(p, Y), **{f"orig_{k}": v for k, v in orig.items()}}
+            orig = metrics.forecast_accuracy(inv(p), inv(Y), scale)
+            report[name] = {**metrics.forecast_errors(p, Y), **{f"orig_{k}": v for k, v in orig.items()}}
         report["period"] = period
         return report
 
@@ -472,7 +472,7 @@ class Forecaster:
         start = borders[1] if len(series) == borders[2] else max(self.task_state["lookback"], int(len(series) * 0.8))
         origins, pred = self.historical_forecasts(series, start, K, K if stride is None else stride)
         truth = series.values[origins[:, None] + np.arange(K), :C]  # (N, K, C)
-        report = fm.original_metrics(pred, truth, float(np.mean(self.task_state["mase_scale"])))
+        report = metrics.forecast_accuracy(pred, truth, float(np.mean(self.task_state["mase_scale"])))
         ts = self._target_scaler()
         report["mse_scaled"] = float(np.mean((ts.transform(pred) - ts.transform(truth)) ** 2))
         return {"origins": int(len(origins)), "start": int(start), **report}

@@ -1,4 +1,5 @@
-"""Forecasting pieces beside the task: the segment-wise recurrent model, baselines, metrics.
+"""Forecasting pieces beside the task: the segment-wise recurrent model and the baselines
+(their metrics live in :mod:`rnnkit.metrics`).
 
 Shapes: look-back window ``x`` (B, L, C), forecast ``y`` (B, K, C); ``W`` segment length,
 ``N = L / W`` input segments, ``M = K / W`` output segments, ``d`` hidden width.
@@ -204,36 +205,3 @@ class LinearBaseline:
         if self.channel_independent:
             return (out + offset).reshape(N, C, -1).transpose(0, 2, 1)  # (N, K, C)
         return out.reshape(N, -1, C)
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-def scaled_metrics(pred: np.ndarray, truth: np.ndarray) -> dict:
-    """MSE/MAE over all (N, K, C) values, and the MSE of the last horizon step."""
-    err = pred - truth
-    return {"mse": float(np.mean(err**2)), "mae": float(np.mean(np.abs(err))),
-            "mse_last": float(np.mean(err[:, -1] ** 2))}
-
-
-def original_metrics(pred: np.ndarray, truth: np.ndarray, mase_scale: float) -> dict:
-    """MAE, RMSE, sMAPE (%), MASE on the original scale.
-
-    sMAPE = mean(200 |y - yhat| / (|y| + |yhat|)) (terms with y = yhat = 0 count as 0);
-    MASE = MAE / mase_scale, where mase_scale is the in-sample MAE of the seasonal naive
-    one-step forecast on the training part (Hyndman & Koehler 2006).
-    """
-    err = np.abs(pred - truth)
-    denom = np.abs(truth) + np.abs(pred)
-    smape = np.where(denom > 0, 200.0 * err / np.where(denom > 0, denom, 1.0), 0.0)
-    mae = float(err.mean())
-    return {"mae": mae, "rmse": float(np.sqrt(np.mean(err**2))), "smape": float(smape.mean()),
-            "mase": mae / mase_scale if mase_scale > 0 else float("nan")}
-
-
-def mase_scale(train: np.ndarray, period: int) -> float:
-    """In-sample MAE of the seasonal naive forecast y_t = y_{t-m} on training values (T, C)."""
-    m = max(1, period)
-    if len(train) <= m:
-        return float("nan")
-    return float(np.mean(np.abs(train[m:] - train[:-m])))

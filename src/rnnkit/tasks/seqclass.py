@@ -3,31 +3,32 @@ UCR/UEA series, any labelled (N, T, F) arrays).
 
 Data: ``prepare(config, data, seed)`` reads ``data`` (``mnist``, a folder of MNIST IDX files,
 ``.npy``/``.npz``, ``.csv`` or ``.ts``; see :mod:`rnnkit.data.sequences`), holds out a seeded
-validation split of the training set, fits per-feature normalisation on the remaining training
-sequences only, and stores it in the task state. Variable lengths reach the recurrent layers as
-``Batch.lengths``.
+validation split of the training set stratified by label, fits per-feature normalisation on the
+remaining training sequences only, and stores it in the task state. Variable lengths reach the
+recurrent layers as ``Batch.lengths``.
 
 Model: identity (or linear) encoder -> recurrent stack -> ``last`` (or pooled ``mean``/``max``)
-head with C outputs; loss: cross-entropy over the C classes. Metrics: ``loss``, ``accuracy``,
-per-class ``precision_<c>``, ``recall_<c>``, ``f1_<c>``, ``macro_f1`` and the confusion matrix.
+head with C outputs; loss: cross-entropy over the C classes. The validation split, the
+evaluation pass, its report (``loss``, ``accuracy``, ``macro_f1``, per-class precision/recall/F1/
+support, the confusion matrix) and ``rnnkit evaluate``'s report are shared with textclass:
+:mod:`rnnkit.tasks.classify`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from rnnkit.data import sequences as seqdata
-from rnnkit.data.batching import Batch
 from rnnkit.errors import UserError, check_at_least
-from rnnkit.models import ModelConfig, SequenceModel
-from rnnkit.tasks.base import PreparedData, Task
+from rnnkit.models import ModelConfig
+from rnnkit.tasks.base import PreparedData
+from rnnkit.tasks.classify import ClassificationTask, Classifier, predict_logits, split_validation
 
 MNIST_SIDE = 28
 
@@ -42,7 +43,7 @@ class SeqclassConfig:
     test_data: str = ""  # test file in the same format (X_TRAIN.ts finds X_TEST.ts by itself)
     label_column: str = "label"  # CSV
     features: int = 1  # wide CSV: values per step
-    val_size: float = 0.1  # held out from train: a fraction (< 1) or a count (>= 1)
+    val_size: float = 0.1  # held out from train, stratified by label: a fraction (< 1) or a count (>= 1)
     split_seed: int = 0  # seeds the validation split, independent of the training seed
     normalize: str = field(default="feature", metadata={"choices": ("feature", "global", "none")})  # standardise per feature, or with one mean/std, fitted on the training split
     batch_size: int = 64
@@ -97,15 +98,6 @@ def _test_path(path: Path, config: SeqclassConfig) -> Optional[Path]:
     return None
 
 
-def split_validation(n: int, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train_index, val_index): a seeded permutation; ``val_size`` is a fraction (< 1) or a count."""
-    count = int(round(val_size * n)) if val_size < 1 else int(val_size)
-    if not 0 <= count < n:
-        raise UserError(f"val_size={val_size}: expected a fraction in [0, 1) or a count below {n} training sequences")
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[count:]), np.sort(order[:count])
-
-
 def _normalizer(x: np.ndarray, config: SeqclassConfig) -> Optional[dict]:
     if config.normalize == "none":
         return None
@@ -137,7 +129,7 @@ def _source(raw, lengths, labels, batch_size, transform, shuffle):
 def prepare_mnist(path, config: SeqclassConfig) -> PreparedData:
     splits = seqdata.read_mnist(path)
     images, labels = splits["train"]
-    train_i, val_i = split_validation(len(labels), config.val_size, config.split_seed)
+    train_i, val_i = split_validation(labels, config.val_size, config.split_seed)
     perm = None
     if config.mode == "permuted":
         perm = np.random.default_rng(config.permute_seed).permutation(MNIST_SIDE * MNIST_SIDE).tolist()
@@ -168,7 +160,7 @@ def prepare_sequences(train: seqdata.LabelledSequences, test: Optional[seqdata.L
     if len(present) < 2:
         raise UserError(f"{info.get('path', info['name'])}: only one class ({train.label_names[present[0]]}) in the "
                         "training data; need at least 2")
-    train_i, val_i = split_validation(len(train), config.val_size, config.split_seed)
+    train_i, val_i = split_validation(train.labels, config.val_size, config.split_seed)
     fit_part = train.subset(train_i)
     state = {"kind": "sequences", "label_names": train.label_names, "features": int(train.x.shape[-1]),
              "normalizer": _normalizer(fit_part.x, config)}
@@ -186,56 +178,10 @@ def prepare_sequences(train: seqdata.LabelledSequences, test: Optional[seqdata.L
     )
 
 
-# ---------------------------------------------------------------- metrics
-
-
-def classification_metrics(confusion: np.ndarray, label_names: Sequence[str]) -> dict:
-    """accuracy, per-class precision/recall/F1 and macro F1 from a (C, C) confusion matrix
-    (rows: true class, columns: predicted). Precision of a never-predicted class is 0."""
-    tp = np.diag(confusion).astype(np.float64)
-    predicted, actual = confusion.sum(0), confusion.sum(1)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    out = {"accuracy": float(tp.sum() / max(1, confusion.sum())), "macro_f1": float(f1.mean())}
-    for i, name in enumerate(label_names):
-        out[f"precision_{name}"] = float(precision[i])
-        out[f"recall_{name}"] = float(recall[i])
-        out[f"f1_{name}"] = float(f1[i])
-    return out
-
-
-@torch.no_grad()
-def predict_logits(model: SequenceModel, batches: Iterable[Batch]) -> tuple[Tensor, Tensor]:
-    """All logits (N, C) and targets (N,) of a pass, in batch order, in eval mode."""
-    was_training = model.training
-    model.eval()
-    logits, targets = [], []
-    try:
-        for b in batches:
-            out, _ = model(b.inputs, None, b.lengths)
-            logits.append(out.float())
-            targets.append(b.targets)
-    finally:
-        model.train(was_training)
-    return torch.cat(logits), torch.cat(targets)
-
-
-def full_report(logits: Tensor, targets: Tensor, label_names: Sequence[str]) -> dict:
-    """Metrics of :func:`classification_metrics` plus ``loss`` and ``confusion`` (list of lists)."""
-    c = len(label_names)
-    pred = logits.argmax(1)
-    confusion = torch.bincount(targets * c + pred, minlength=c * c).reshape(c, c).numpy()
-    out = {"loss": float(F.cross_entropy(logits, targets)), **classification_metrics(confusion, label_names)}
-    out["confusion"] = confusion.tolist()
-    return out
-
-
 # ---------------------------------------------------------------- task
 
 
-class SeqclassTask(Task):
+class SeqclassTask(ClassificationTask):
     name = "seqclass"
     Config = SeqclassConfig
 
@@ -265,25 +211,12 @@ class SeqclassTask(Task):
             _check_features(seqs, task_state["features"], path)
         return _source(seqs.x, seqs.lengths, seqs.labels, config.eval_batch_size, make_transform(task_state), False)
 
+    def label_names(self, task_state: dict) -> list:
+        return task_state["label_names"]
+
     def model_config(self, task_state: dict, config: SeqclassConfig, model: ModelConfig) -> ModelConfig:
         """input_size = F, output_size = C, the chosen encoder; per_step heads become ``last``."""
-        d = model.to_dict()
-        d.update(encoder=config.encoder, input_size=task_state["features"], output_size=len(task_state["label_names"]))
-        if d["head"] == "per_step":
-            d["head"] = "last"
-        return ModelConfig.from_dict(d)
-
-    def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
-        """Mean cross-entropy; outputs (B, C) logits, batch.targets (B,) class ids."""
-        return F.cross_entropy(outputs, batch.targets)
-
-    def evaluate(self, model, batches: Iterable[Batch]) -> dict:
-        """loss, accuracy, macro_f1, precision_/recall_/f1_<class> over a full pass (floats only)."""
-        logits, targets = predict_logits(model, batches)
-        c = logits.shape[1]
-        report = full_report(logits, targets, [str(i) for i in range(c)])
-        report.pop("confusion")
-        return report
+        return self.classifier_config(model, task_state, config.encoder, task_state["features"])
 
     def load(self, artifact) -> "SequenceClassifier":
         return SequenceClassifier.from_artifact(artifact)
@@ -301,16 +234,26 @@ class SeqclassTask(Task):
     def run_verb(self, verb: str, facade: "SequenceClassifier", args) -> Optional[int]:
         if verb == "predict":
             return _cli_predict(facade, args)
-        if verb == "evaluate":
-            return _cli_evaluate(self, facade, args)
         return super().run_verb(verb, facade, args)
 
+    def show_evaluation(self, clf: "SequenceClassifier", args, source, logits, targets) -> None:
+        """``--show-errors N``: DIR/errors_<split>.png (``errors_png``, ``errors_shown`` in
+        ``args.metrics``) with the first N misclassified digits of the scored ``source``."""
+        if args.show_errors <= 0:
+            return
+        from rnnkit import plots
+        from rnnkit.artifacts import write_file_atomic
 
-def validation_fn(prepared: PreparedData):
-    """The Trainer's ``evaluate_fn(model) -> dict`` on the validation split (None without one)."""
-    if prepared.val is None:
-        return None
-    return lambda model: TASK.evaluate(model, prepared.val.epoch(0, 0))
+        if not clf.is_mnist:
+            raise UserError("--show-errors draws digit pictures; it needs a model trained on mnist")
+        pred = logits.argmax(1)
+        wrong = torch.nonzero(pred != targets).flatten()[: args.show_errors]
+        names = clf.label_names
+        captions = [f"{names[int(targets[i])]} -> {names[int(pred[i])]}" for i in wrong]
+        out = Path(args.dir) / f"errors_{args.split or 'data'}.png"
+        write_file_atomic(out, plots.digit_grid_png(source.raw[wrong].numpy(), captions))
+        args.metrics["errors_png"] = str(out)
+        args.metrics["errors_shown"] = len(wrong)
 
 
 def _check_features(seqs, features: int, path):
@@ -324,7 +267,7 @@ TASK = SeqclassTask()
 # ---------------------------------------------------------------- façade
 
 
-class SequenceClassifier:
+class SequenceClassifier(Classifier):
     """Classify whole sequences. Batch-first: sequences x (N, T, F) (or (N, T) for F = 1).
 
     ``SequenceClassifier(config=SeqclassConfig(...), model=ModelConfig(...), train=TrainConfig(...))``
@@ -332,94 +275,57 @@ class SequenceClassifier:
     For MNIST models, inputs are images (N, 28, 28): uint8 in [0, 255] or floats in [0, 1].
     """
 
+    task = TASK
+
     def __init__(self, config: Optional[SeqclassConfig] = None, model: Optional[ModelConfig] = None, train: Any = None):
-        self.config = config or SeqclassConfig()
-        self.model_options = model or ModelConfig(cell="lstm", hidden_size=128, head="last")
-        self.train_config = train
-        self.model: Optional[SequenceModel] = None
-        self.task_state: Optional[dict] = None
-        self.history = None
-        self.metrics: dict = {}
-
-    @classmethod
-    def from_model(cls, model: SequenceModel, task_state: dict, config: Optional[SeqclassConfig] = None):
-        clf = cls(config, model.config)
-        clf.model, clf.task_state = model.eval(), task_state
-        return clf
-
-    @classmethod
-    def from_artifact(cls, artifact) -> "SequenceClassifier":
-        clf = cls.from_model(artifact.build_model(), artifact.task_state, artifact.task_config)
-        clf.metrics = dict(getattr(artifact, "metrics", {}) or {})
-        return clf
+        super().__init__(config, model or ModelConfig(cell="lstm", hidden_size=128, head="last"), train)
 
     @property
     def label_names(self) -> list:
-        return self._require()[1]["label_names"]
+        """The class names; column k of ``predict_proba`` is ``label_names[k]``."""
+        return self._label_names()
 
     @property
     def is_mnist(self) -> bool:
         return self._require()[1]["kind"] == "mnist"
 
-    # -- training ----------------------------------------------------------------------------
     def fit(self, x=None, y=None, lengths=None, data: Optional[str] = None, out: Optional[str] = None,
             callbacks: Sequence = ()) -> "SequenceClassifier":
         """Train with the shared Trainer on arrays ``x`` (N, T, F), labels ``y`` (N,) [, lengths (N,)],
-        or on a dataset/file ``data``; the validation split follows ``config.val_size``, and the
-        best-validation weights are kept. ``out`` (a directory) also writes the artifact."""
-        from rnnkit import rundir
-        from rnnkit.training.config import TrainConfig
-        from rnnkit.training.trainer import Trainer
+        or on a dataset/file ``data``; the validation split follows ``config.val_size`` (stratified
+        by label), the best-validation weights are kept, and ``metrics`` becomes the report on
+        validation. ``out`` (a directory) also writes the artifact."""
+        if data is None and (x is None or y is None):
+            raise UserError("fit needs sequences x and labels y, or data=<dataset or file>")
 
-        train = self.train_config or TrainConfig()
-        if data is not None:
-            prepared = TASK.prepare(self.config, data, train.seed)
-        else:
-            if x is None or y is None:
-                raise UserError("fit needs sequences x and labels y, or data=<dataset or file>")
+        def prepare_given(seed: int) -> PreparedData:  # the split follows config.split_seed, not the training seed
             seqs = seqdata._as_sequences(np.asarray(x), y, lengths, None, "fit(x, y)")
-            prepared = prepare_sequences(seqs, None, self.config, {"name": "arrays"})
-        self.task_state = prepared.task_state
-        model_config = TASK.model_config(prepared.task_state, self.config, self.model_options)
-        self.model = TASK.new_model(model_config, self.task_state, self.config, train.seed)  # as `rnnkit train`
-        meta = {"task": TASK.name, "model": model_config.to_dict(), "task_config": asdict(self.config),
-                "task_state": self.task_state, "data": prepared.data_info}
-        with rundir.writing(out, replace=True):  # a new run: empty, new or a previous run's directory
-            self.history = Trainer(train, callbacks).fit(
-                self.model, prepared.train, TASK.loss, validation_fn(prepared), run_dir=out, meta=meta)
-        self.model.eval()
-        if prepared.val is not None:
-            self.metrics = self._report(prepared.val)
-        self.prepared = prepared
-        return self
+            return prepare_sequences(seqs, None, self.config, {"name": "arrays"})
 
-    def _require(self):
-        if self.model is None or self.task_state is None:
-            raise UserError("this SequenceClassifier has no model yet: call fit(...) or rnnkit.load(DIR)")
-        return self.model, self.task_state
+        return self._fit(data, prepare_given, out, callbacks)
 
     def _source(self, x, lengths=None, y=None) -> seqdata.SequenceSource:
-        model, state = self._require()
+        """An evaluation batch source of inputs ``x`` (and labels ``y``; class 0 without them)."""
+        state = self._require()[1]
         x = np.asarray(x)
         if state["kind"] == "mnist":
-            images = _as_mnist_images(x)
-            t = MNIST_SIDE if state["mode"] == "rows" else MNIST_SIDE**2
-            lengths = np.full(len(images), t, dtype=np.int64)
-            labels = np.zeros(len(images), dtype=np.int64) if y is None else self._encode(y)
-            return _source(images, lengths, labels, self.config.eval_batch_size, make_transform(state), False)
-        seqs = seqdata._as_sequences(x, np.zeros(len(x)) if y is None else np.zeros(len(x)), lengths, None, "input")
-        if seqs.x.shape[-1] != state["features"]:
-            raise UserError(f"input: expected {state['features']} features per step, got {seqs.x.shape[-1]}")
+            x = _as_mnist_images(x)
+            lengths = np.full(len(x), MNIST_SIDE if state["mode"] == "rows" else MNIST_SIDE**2, dtype=np.int64)
+        else:
+            seqs = seqdata._as_sequences(x, np.zeros(len(x)), lengths, None, "input")
+            if seqs.x.shape[-1] != state["features"]:
+                raise UserError(f"input: expected {state['features']} features per step, got {seqs.x.shape[-1]}")
+            x, lengths = seqs.x, seqs.lengths
         labels = np.zeros(len(x), dtype=np.int64) if y is None else self._encode(y)
-        return _source(seqs.x, seqs.lengths, labels, self.config.eval_batch_size, make_transform(state), False)
+        return _source(x, lengths, labels, self.config.eval_batch_size, make_transform(state), False)
 
     def _encode(self, y) -> np.ndarray:
         return seqdata.encode_labels(np.asarray(y).reshape(-1).tolist(), self.label_names, "labels")[0]
 
     # -- job verbs -----------------------------------------------------------------------------
     def predict_proba(self, x, lengths=None) -> np.ndarray:
-        """Class probabilities (N, C), columns in the order of ``label_names``."""
-        logits, _ = predict_logits(self._require()[0], self._source(x, lengths).epoch())
+        """Class probabilities (N, C) float32, columns in the order of ``label_names``."""
+        logits, _ = predict_logits(self._require()[0], self._source(x, lengths).epoch(0, 0))
         return torch.softmax(logits, 1).numpy()
 
     def predict(self, x, lengths=None) -> list:
@@ -428,12 +334,9 @@ class SequenceClassifier:
         return [names[i] for i in self.predict_proba(x, lengths).argmax(1)]
 
     def evaluate(self, x, y, lengths=None) -> dict:
-        """loss, accuracy, macro_f1, per-class precision/recall/F1 and ``confusion`` (C, C) lists."""
+        """Loss, accuracy, macro F1, per-class precision/recall/F1/support and the confusion matrix
+        (:func:`classify.evaluation_report`)."""
         return self._report(self._source(x, lengths, y))
-
-    def _report(self, source) -> dict:
-        logits, targets = predict_logits(self._require()[0], source.epoch())
-        return full_report(logits, targets, self.label_names)
 
     def predict_images(self, paths: Sequence) -> np.ndarray:
         """Probabilities (N, C) for digit pictures (PNG/JPEG), converted as :func:`image_to_mnist` does."""
@@ -530,70 +433,3 @@ def _cli_predict(clf: "SequenceClassifier", args) -> int:
         for r in rows:
             print(f"{r['input']}[{r['index']}]: {r['label']} (p={r['probabilities'][r['label']]:.3f})")
     return 0
-
-
-def _cli_evaluate(task: SeqclassTask, clf: "SequenceClassifier", args) -> int:
-    """Add the confusion matrix to args.metrics; write confusion_<part>.png (+ errors_<part>.png), the part
-    being the split, or "data" for a file given with --data (evaluated whole)."""
-    from rnnkit.artifacts import write_file_atomic
-
-    source = args.evaluation_source  # what the generic metrics were computed on
-    part = args.split or "data"  # a file given with --data is evaluated whole
-    logits, targets = predict_logits(clf.model, source.epoch(0, 0))
-    report = full_report(logits, targets, clf.label_names)
-    args.metrics["confusion"] = report["confusion"]
-    out = Path(args.dir) / f"confusion_{part}.png"
-    write_file_atomic(out, confusion_png(np.array(report["confusion"]), clf.label_names, f"{part}: accuracy {report['accuracy']:.4f}"))
-    args.metrics["confusion_png"] = str(out)
-    if args.show_errors > 0:
-        if not clf.is_mnist:
-            raise UserError("--show-errors draws digit pictures; it needs a model trained on mnist")
-        pred = logits.argmax(1)
-        wrong = torch.nonzero(pred != targets).flatten()[: args.show_errors]
-        images = source.raw[wrong].numpy()
-        captions = [f"{clf.label_names[int(targets[i])]} -> {clf.label_names[int(pred[i])]}" for i in wrong]
-        out = Path(args.dir) / f"errors_{part}.png"
-        write_file_atomic(out, digit_grid_png(images, captions))
-        args.metrics["errors_png"] = str(out)
-        args.metrics["errors_shown"] = len(wrong)
-    return 0
-
-
-def confusion_png(confusion: np.ndarray, label_names: Sequence[str], title: str = "") -> bytes:
-    """The (C, C) confusion matrix (rows: true, columns: predicted) as PNG bytes, counts in cells."""
-    from rnnkit import plots  # the Agg backend, and figure_png
-    import matplotlib.pyplot as plt
-
-    c = len(label_names)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * c, 0.8 + 0.5 * c))
-    ax.imshow(np.log1p(confusion), cmap="Blues")
-    ax.set_xticks(range(c), label_names, rotation=90 if c > 12 else 0)
-    ax.set_yticks(range(c), label_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if c <= 30:
-        top = confusion.max() or 1
-        for i in range(c):
-            for j in range(c):
-                ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if confusion[i, j] > top / 3 else "black")
-    ax.set_title(title)
-    fig.tight_layout()
-    return plots.figure_png(fig)
-
-
-def digit_grid_png(images: np.ndarray, captions: Sequence[str], columns: int = 8) -> bytes:
-    """Images (N, 28, 28) in a grid with one caption each (e.g. "true -> predicted")."""
-    from rnnkit import plots
-    import matplotlib.pyplot as plt
-
-    n = max(1, len(images))
-    rows = (n + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.25), squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k < len(images):
-            ax.imshow(images[k], cmap="gray", vmin=0, vmax=255)
-            ax.set_title(captions[k], fontsize=8)
-    fig.tight_layout()
-    return plots.figure_png(fig)

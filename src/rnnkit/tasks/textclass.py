@@ -7,27 +7,26 @@ Labels are strings (binary or multi-class); class ``k`` is ``labels[k]`` (sorted
 Pipeline: ``tokenize`` -> ``Vocabulary`` ids (PAD 0, OOV 1) -> optional hashed bigram ids
 (inputs (B, T, 2), embeddings summed) -> truncation to ``max_length`` -> batches of similar
 length with ``lengths`` -> ``SequenceModel`` with a pooled head (last/mean/max over valid steps)
--> logits (B, C); loss is cross-entropy.
+-> logits (B, C); loss is cross-entropy. The validation split, the evaluation pass, its report
+and ``rnnkit evaluate``'s report are shared with seqclass: :mod:`rnnkit.tasks.classify`.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from rnnkit.data.batching import Batch, BucketedBatches, pad_sequences
 from rnnkit.data.labelled import read_aclimdb, read_labelled
 from rnnkit.data.tokenize import TRUNCATE_MODES, Vocabulary, bigram_ids, read_word_vectors, tokenize, truncate
 from rnnkit.errors import UserError, check_at_least
 from rnnkit.models import ModelConfig, SequenceModel
-from rnnkit.tasks.base import PreparedData, Task
+from rnnkit.tasks.base import PreparedData
+from rnnkit.tasks.classify import ClassificationTask, Classifier, predict_logits, split_validation
 
 IMDB_LABELS = {"0": "neg", "1": "pos"}  # the named dataset stores 0/1
 IMDB_SHA256 = {
@@ -43,7 +42,7 @@ class Config:
     text_column: str = "text"  # CSV/TSV column or JSON key holding the text
     label_column: str = "label"  # ... and the label (any strings)
     test_data: Optional[str] = None  # labelled file for the test split (named datasets and aclImdb bring theirs)
-    val_fraction: float = 0.1  # carved at random from train for validation (0: no validation)
+    val_fraction: float = 0.1  # held out from train for validation, stratified by label (0: no validation)
     vocab_size: int = 10000  # ids kept, including PAD and OOV (Keras's num_words)
     min_freq: int = 1  # words seen fewer times in train become OOV
     max_length: int = 200  # tokens kept per text
@@ -160,86 +159,6 @@ def batch_source(items: list, targets: Optional[list], batch_size: int, shuffle:
     return BucketedBatches([len(a) for a in items], batch_size, make_batch, shuffle=shuffle)
 
 
-def split_validation(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train indices, validation indices): a seeded random ``fraction`` of ``range(n)`` for validation."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = int(round(n * fraction))
-    return sorted(order[n_val:]), sorted(order[:n_val])
-
-
-# -------------------------------------------------------------------------------------- metrics
-
-
-def confusion_matrix(true: Sequence[int], pred: Sequence[int], num_classes: int) -> np.ndarray:
-    """(C, C) counts; row = true class, column = predicted class."""
-    m = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(m, (np.asarray(true, dtype=np.int64), np.asarray(pred, dtype=np.int64)), 1)
-    return m
-
-
-def classification_report(confusion: np.ndarray, labels: Sequence[str]) -> dict:
-    """Accuracy, macro F1 and per-class precision/recall/F1/support from a confusion matrix.
-
-    precision_k = m[k,k] / sum_i m[i,k]; recall_k = m[k,k] / sum_j m[k,j];
-    F1 = 2 P R / (P + R); a 0/0 is reported as 0.
-    """
-    m = confusion.astype(np.float64)
-    tp, predicted, actual = np.diag(m), m.sum(0), m.sum(1)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    per_class = {
-        name: {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]), "support": int(actual[k])}
-        for k, name in enumerate(labels)
-    }
-    return {
-        "accuracy": float(tp.sum() / max(m.sum(), 1)),
-        "macro_f1": float(f1.mean()),
-        "per_class": per_class,
-        "confusion": confusion.tolist(),
-        "labels": list(labels),
-    }
-
-
-def plot_confusion(confusion: np.ndarray, labels: Sequence[str], path) -> None:
-    """Write the confusion matrix (rows true, columns predicted) as a PNG with counts in the cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    C = len(labels)
-    fig, ax = plt.subplots(figsize=(1.2 * C + 2.5, 1.2 * C + 2))
-    ax.imshow(confusion, cmap="Blues")
-    ax.set_xticks(range(C), labels, rotation=45, ha="right")
-    ax.set_yticks(range(C), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    top = confusion.max() if confusion.size else 0
-    for i in range(C):
-        for j in range(C):
-            ax.text(j, i, str(confusion[i, j]), ha="center", va="center", color="white" if confusion[i, j] > top / 2 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-@torch.no_grad()
-def run_model(model: SequenceModel, batches) -> tuple[Tensor, Tensor, float]:
-    """Eval-mode pass: (log-probabilities (N, C) in batch order, targets (N,), mean loss)."""
-    was_training = model.training
-    model.eval()
-    logps, targets = [], []
-    for batch in batches:
-        logits, _ = model(batch.inputs, lengths=batch.lengths)  # (B, C)
-        logps.append(F.log_softmax(logits.float(), dim=-1))
-        targets.append(batch.targets)
-    model.train(was_training)
-    logp, y = torch.cat(logps), torch.cat(targets)
-    return logp, y, float(F.nll_loss(logp, y)) if len(y) else math.nan
-
-
 # ----------------------------------------------------------------------------------------- task
 
 
@@ -247,38 +166,36 @@ def prepare_texts(config: Config, texts: Sequence[str], labels: Sequence[str], s
                   val: Optional[tuple] = None, test: Optional[tuple] = None, info: Optional[dict] = None) -> PreparedData:
     """Vocabulary and labels from the training texts, then length-bucketed batch sources.
 
-    Without ``val`` (texts, labels), a seeded ``config.val_fraction`` of the training texts is
-    held out for validation. The vocabulary never sees validation or test texts.
+    Without ``val`` (texts, labels), ``config.val_fraction`` of the training texts, stratified by
+    label and seeded by ``seed``, is held out for validation (:func:`classify.split_validation`).
+    The vocabulary never sees validation or test texts.
     """
     if len(texts) != len(labels):
         raise UserError(f"got {len(texts)} texts but {len(labels)} labels; expected one label per text")
     tokens = [tokenize(t) for t in texts]
     if val is None:
-        train_idx, val_idx = split_validation(len(texts), config.val_fraction, seed)
+        train_idx, val_idx = split_validation(labels, config.val_fraction, seed)
     else:
-        train_idx, val_idx = list(range(len(texts))), []
+        train_idx, val_idx = np.arange(len(texts)), np.zeros(0, np.int64)
     state = make_task_state(config, [tokens[i] for i in train_idx], [labels[i] for i in train_idx])
     enc, names = Encoder(state), state["labels"]
     if len(names) < 2:
         raise UserError(f"found only one label ({names[0]!r}); a classifier needs at least two")
     items, ys = [enc.encode_tokens(t) for t in tokens], label_ids(labels, names)
 
-    def source(idx):
-        return batch_source([items[i] for i in idx], [ys[i] for i in idx], config.batch_size, shuffle=True)
+    def source(idx, shuffle):
+        return batch_source([items[i] for i in idx], [ys[i] for i in idx], config.batch_size, shuffle) if len(idx) else None
 
     def held_out(pair, what):
         return batch_source(enc.encode(pair[0]), label_ids(pair[1], names, what), config.batch_size, shuffle=False)
 
-    if val is not None:
-        val_source = held_out(val, "validation data ")
-    else:
-        val_source = batch_source([items[i] for i in val_idx], [ys[i] for i in val_idx], config.batch_size, False) if val_idx else None
+    val_source = held_out(val, "validation data ") if val is not None else source(val_idx, False)
     test_source = held_out(test, "test data ") if test else None
     info = {**(info or {}), "train_size": len(train_idx), "val_size": len(val_idx) if val is None else len(val[0])}
-    return PreparedData(source(train_idx), val_source, test_source, state, info)
+    return PreparedData(source(train_idx, True), val_source, test_source, state, info)
 
 
-class TextClassTask(Task):
+class TextClassTask(ClassificationTask):
     name = "textclass"
     Config = Config
 
@@ -295,10 +212,11 @@ class TextClassTask(Task):
         ids = label_ids(labels, task_state["labels"], f"{data} ")
         return batch_source(Encoder(task_state).encode(texts), ids, config.batch_size, shuffle=False)
 
+    def label_names(self, task_state: dict) -> list:
+        return task_state["labels"]
+
     def model_config(self, task_state: dict, config: Config, model: ModelConfig) -> ModelConfig:
-        enc = Encoder(task_state)
-        head = "last" if model.head == "per_step" else model.head
-        return replace(model, encoder="embedding", input_size=enc.input_size, head=head, output_size=len(task_state["labels"]))
+        return self.classifier_config(model, task_state, "embedding", Encoder(task_state).input_size)
 
     def init_model(self, model: SequenceModel, task_state: dict, config: Config) -> int:
         """Copy pretrained word vectors (``config.word_vectors``) into the embedding; returns words found."""
@@ -310,15 +228,6 @@ class TextClassTask(Task):
             rows = torch.nonzero(vectors.abs().sum(1) > 0).squeeze(1)
             model.encoder.weight[rows] = vectors[rows]
         return found
-
-    def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
-        return F.cross_entropy(outputs, batch.targets)  # outputs: logits (B, C)
-
-    def evaluate(self, model, batches) -> dict:
-        logp, y, loss = run_model(model, batches)
-        C = logp.shape[1]
-        report = classification_report(confusion_matrix(y.tolist(), logp.argmax(1).tolist(), C), [str(k) for k in range(C)])
-        return {"loss": loss, "accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
 
     def load(self, artifact) -> "TextClassifier":
         return TextClassifier.from_artifact(artifact)
@@ -336,9 +245,24 @@ class TextClassTask(Task):
     def run_verb(self, verb: str, facade: "TextClassifier", args) -> Optional[int]:
         if verb == "predict":
             return _predict_command(facade, args)
-        if verb == "evaluate":
-            return _evaluate_command(facade, args)
         return super().run_verb(verb, facade, args)
+
+    def show_evaluation(self, clf: "TextClassifier", args, source, logits, targets) -> None:
+        """``--show-examples N``: N random texts of the split with predicted and true labels
+        (on stdout, or on stderr with ``--json``)."""
+        if args.show_examples <= 0:
+            return
+        import sys
+
+        data = args.data or clf.artifact.data.get("source")
+        texts, labels = _split_texts(clf, data, args.split, clf.artifact.train_config.seed)
+        chosen = np.random.default_rng(0).choice(len(texts), size=min(args.show_examples, len(texts)), replace=False)
+        probs = clf.predict_proba([texts[i] for i in chosen])
+        for i, p in zip(chosen, probs):
+            k = int(p.argmax())
+            mark = "ok   " if clf.labels[k] == labels[i] else "WRONG"
+            print(f"{mark} predicted={clf.labels[k]} ({p[k]:.3f}) true={labels[i]}: {_short(texts[i], 200)}",
+                  file=sys.stderr if args.json else sys.stdout)
 
 
 def _predict_command(clf: "TextClassifier", args) -> int:
@@ -382,34 +306,8 @@ def _split_texts(clf: "TextClassifier", data: str, split: Optional[str], seed: i
             raise UserError(f"{data}: no test split for this task config")
         return splits["test"]
     texts, labels = splits["train"]
-    _, val_idx = split_validation(len(texts), clf.config.val_fraction, seed)
+    _, val_idx = split_validation(labels, clf.config.val_fraction, seed)
     return [texts[i] for i in val_idx], [labels[i] for i in val_idx]
-
-
-def _evaluate_command(clf: "TextClassifier", args) -> int:
-    """Adds per-class metrics to ``args.metrics``, writes DIR/confusion.png, shows examples."""
-    import sys
-
-    art = clf.artifact
-    data = args.data or art.data.get("source") or art.data.get("name")
-    texts, labels = _split_texts(clf, data, args.split, art.train_config.seed)
-    report = clf.evaluate(texts, labels)
-    args.metrics.update({"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]})
-    for name, m in report["per_class"].items():
-        args.metrics.update({f"{k}_{name}": m[k] for k in ("precision", "recall", "f1")})
-    args.metrics["confusion"] = report["confusion"]
-    png = Path(args.dir) / f"confusion_{args.split or 'data'}.png"  # "data": a file given with --data
-    plot_confusion(np.array(report["confusion"]), report["labels"], png)
-    out = sys.stderr if args.json else sys.stdout
-    if args.show_examples > 0:
-        probs = clf.predict_proba(texts)
-        rng = np.random.default_rng(0)
-        for i in rng.choice(len(texts), size=min(args.show_examples, len(texts)), replace=False):
-            k = int(probs[i].argmax())
-            mark = "ok   " if clf.labels[k] == labels[i] else "WRONG"
-            print(f"{mark} predicted={clf.labels[k]} ({probs[i][k]:.3f}) true={labels[i]}: {_short(texts[i], 200)}", file=out)
-    print(f"confusion matrix (rows true, columns predicted) -> {png}", file=out)
-    return 0
 
 
 TASK = TextClassTask()
@@ -418,92 +316,53 @@ TASK = TextClassTask()
 # --------------------------------------------------------------------------------------- façade
 
 
-class TextClassifier:
+class TextClassifier(Classifier):
     """Classify texts: ``fit(texts, labels)``, ``predict(texts)``, ``predict_proba(texts)``, ``evaluate``.
 
     ``config``: data options (:class:`Config`); ``model``: the user's ``ModelConfig`` options
     (encoder, input and output sizes come from the data); ``train``: a ``TrainConfig``.
     """
 
+    task = TASK
+
     def __init__(self, config: Optional[Config] = None, model: Optional[ModelConfig] = None, train=None):
-        self.config = config or Config()
-        self.model_options = model or ModelConfig(head="mean")
-        self.train_config = train
-        self.model: Optional[SequenceModel] = None
-        self.task_state: Optional[dict] = None
-        self.history = None
-
-    @classmethod
-    def from_model(cls, model: SequenceModel, task_state: dict, config: Optional[Config] = None) -> "TextClassifier":
-        self = cls(config, model.config)
-        self.model, self.task_state = model.eval(), task_state
-        return self
-
-    @classmethod
-    def from_artifact(cls, artifact) -> "TextClassifier":
-        self = cls.from_model(artifact.build_model(), artifact.task_state, artifact.task_config)
-        self.artifact = artifact
-        return self
+        super().__init__(config, model or ModelConfig(head="mean"), train)
 
     @property
     def labels(self) -> list[str]:
-        self._require()
-        return list(self.task_state["labels"])
+        """The class names; column k of ``predict_proba`` is ``labels[k]``."""
+        return self._label_names()
 
     def fit(self, texts=None, labels=None, val_texts=None, val_labels=None, data: Optional[str] = None,
             out: Optional[str] = None, callbacks=()) -> "TextClassifier":
         """Train with the shared Trainer on ``texts``/``labels`` (or a dataset/file ``data``).
 
         Validation: ``val_texts``/``val_labels`` if given, else ``config.val_fraction`` of the
-        training texts; the best-validation weights are kept. ``out`` also writes the artifact.
+        training texts (stratified by label); the best-validation weights are kept, and ``metrics``
+        becomes the report on validation. ``out`` also writes the artifact.
         """
-        from rnnkit import rundir
-        from rnnkit.training.config import TrainConfig
-        from rnnkit.training.trainer import Trainer
+        if data is None and (texts is None or labels is None):
+            raise UserError("fit needs texts and labels, or data=<dataset or file>")
 
-        train_config = self.train_config or TrainConfig()
-        if data is not None:
-            prepared = TASK.prepare(self.config, data, train_config.seed)
-        else:
-            if texts is None or labels is None:
-                raise UserError("fit needs texts and labels, or data=<dataset or file>")
+        def prepare_given(seed: int) -> PreparedData:
             val = (list(val_texts), [str(y) for y in val_labels]) if val_texts is not None else None
-            prepared = prepare_texts(self.config, list(texts), [str(y) for y in labels], train_config.seed, val=val,
-                                     info={"name": "texts"})
-        self.task_state = prepared.task_state
-        model_config = TASK.model_config(prepared.task_state, self.config, self.model_options)
-        self.model = TASK.new_model(model_config, self.task_state, self.config, train_config.seed)
-        meta = {"task": TASK.name, "model": model_config.to_dict(), "task_config": asdict(self.config),
-                "task_state": self.task_state, "data": prepared.data_info}
-        evaluate_fn = (lambda m: TASK.evaluate(m, prepared.val.epoch(0, 0))) if prepared.val is not None else None
-        if out is not None:
-            from rnnkit.training.callbacks import CurvesPlot
+            return prepare_texts(self.config, list(texts), [str(y) for y in labels], seed, val=val, info={"name": "texts"})
 
-            callbacks = [*callbacks, CurvesPlot()]  # curves.png in the run directory
-        with rundir.writing(out, replace=True):  # a new run: empty, new or a previous run's directory
-            self.history = Trainer(train_config, callbacks).fit(self.model, prepared.train, TASK.loss, evaluate_fn,
-                                                                run_dir=out, meta=meta)
-        self.model.eval()
-        self.prepared = prepared
-        return self
-
-    def _require(self):
-        if self.model is None or self.task_state is None:
-            raise UserError("this TextClassifier is not trained; call fit(texts, labels) or rnnkit.load(DIR)")
+        return self._fit(data, prepare_given, out, callbacks)
 
     def predict_proba(self, texts: Sequence[str], batch_size: Optional[int] = None) -> np.ndarray:
-        """(N, C) class probabilities; column k is ``labels[k]``."""
-        self._require()
+        """(N, C) class probabilities (float64); column k is ``labels[k]``."""
+        model, state = self._require()
         if isinstance(texts, str):
             raise UserError("predict expects a list of texts, got a single string; wrap it in a list")
-        items = Encoder(self.task_state).encode(texts)
+        items = Encoder(state).encode(texts)
         if not items:
-            return np.empty((0, len(self.task_state["labels"])))
+            return np.empty((0, len(state["labels"])))
         src = batch_source(items, None, batch_size or self.config.batch_size, shuffle=False)
-        order = [i for idx in src.batch_indices(0, 0) for i in idx.tolist()]
-        logp, _, _ = run_model(self.model, src.epoch(0, 0))
-        probs = np.empty((len(items), len(self.task_state["labels"])), dtype=np.float64)
-        probs[order] = logp.exp().double().numpy()
+        order = [i for idx in src.batch_indices(0, 0) for i in idx.tolist()]  # bucketed: back to input order
+        logits, _ = predict_logits(model, src.epoch(0, 0))
+        probs = np.empty((len(items), len(state["labels"])), dtype=np.float64)
+        probs[order] = torch.softmax(logits, -1).double().numpy()
         return probs
 
     def predict(self, texts: Sequence[str]) -> list[str]:
@@ -512,10 +371,8 @@ class TextClassifier:
         return [names[k] for k in self.predict_proba(texts).argmax(1)]
 
     def evaluate(self, texts: Sequence[str], labels: Sequence) -> dict:
-        """Loss, accuracy, macro F1, per-class precision/recall/F1 and the confusion matrix."""
-        names = self.labels
-        probs = self.predict_proba(texts)
-        y = np.asarray(label_ids([str(v) for v in labels], names))
-        report = classification_report(confusion_matrix(y, probs.argmax(1), len(names)), names)
-        report["loss"] = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean()) if len(y) else math.nan
-        return report
+        """Loss, accuracy, macro F1, per-class precision/recall/F1/support and the confusion matrix
+        (:func:`classify.evaluation_report`)."""
+        state = self._require()[1]
+        ids = label_ids([str(v) for v in labels], state["labels"])
+        return self._report(batch_source(Encoder(state).encode(texts), ids, self.config.batch_size, shuffle=False))

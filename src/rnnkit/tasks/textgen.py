@@ -17,7 +17,7 @@ generated token with the hidden state carried; no window is ever re-run.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnkit import bptt, fused, native
+from rnnkit import bptt, fused, metrics, native
 from rnnkit.data.batching import Batch
 from rnnkit.data.text import CharVocab, TextStream, make_vocab, split_text
 from rnnkit.errors import UserError
@@ -103,8 +103,8 @@ def full_pass_metrics(model: SequenceModel, batches: Iterable[Batch]) -> dict:
     if count == 0:
         raise UserError("the validation text has no tokens to score")
     nats = total / count
-    return {"loss": nats, "nats_per_char": nats, "bits_per_char": nats / math.log(2),
-            "perplexity": math.exp(min(nats, 700.0)), "tokens": count}
+    return {"loss": nats, "nats_per_char": nats, "bits_per_char": metrics.bits_per_token(nats),
+            "perplexity": metrics.perplexity(nats), "tokens": count}
 
 
 class TextgenTask(Task):
@@ -415,8 +415,7 @@ class TextGenerator:
         model_config = TASK.model_config(prepared.task_state, self.config, self.model_options)
         train = self.train_config or TrainConfig()
         self.model = TASK.new_model(model_config, prepared.task_state, self.config, train.seed)
-        meta = {"task": TASK.name, "model": asdict(model_config), "task_config": asdict(self.config),
-                "task_state": prepared.task_state, "data": {"name": "<text>", "chars": len(text)}}
+        meta = TASK.run_meta(model_config, self.config, prepared.task_state, {"name": "<text>", "chars": len(text)})
         self.history = fit_prepared(TASK, self.model, prepared, train, self.config, out, meta, progress=False)
         val = prepared.val
         self.metrics = TASK.evaluate(self.model, val) if val is not None else {}

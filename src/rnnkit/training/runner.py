@@ -8,6 +8,7 @@ Nothing task-specific: the task object supplies ``loss_fn`` and ``evaluate`` (se
 from __future__ import annotations
 
 import itertools
+from typing import Sequence
 
 from rnnkit import rundir
 from rnnkit.training import distributed
@@ -29,17 +30,17 @@ def _callbacks(train: TrainConfig, progress: bool):
 
 
 def fit_prepared(task, net, prep, train: TrainConfig, task_config, out, meta: dict, progress: bool,
-                 resume: bool = False) -> History:
-    """Train ``net`` on prepared data with the one Trainer; the CLI's runs and the façades' ``fit``
-    share it. A new run's ``out``
-    may be empty, new or a previous run (replaced), never anything else."""
+                 resume: bool = False, callbacks: Sequence = ()) -> History:
+    """Train ``net`` on prepared data with the one Trainer; the CLI's runs and every façade's
+    ``fit`` share it (``callbacks``: the caller's own, run before the progress bar and curves). A
+    new run's ``out`` may be empty, new or a previous run (replaced), never anything else."""
     with rundir.writing(out, replace=None if resume else True):
-        return fit_held(task, net, prep, train, task_config, out, meta, progress, resume)
+        return fit_held(task, net, prep, train, task_config, out, meta, progress, resume, callbacks)
 
 
 def fit_held(task, net, prep, train: TrainConfig, task_config, out, meta: dict, progress: bool,
-             resume: bool = False) -> History:
+             resume: bool = False, callbacks: Sequence = ()) -> History:
     """:func:`fit_prepared` once ``out`` is held for writing (:func:`rnnkit.rundir.writing`)."""
-    trainer = Trainer(train, _callbacks(train, progress))
+    trainer = Trainer(train, [*callbacks, *_callbacks(train, progress)])
     return trainer.fit(net, prep.train, task.loss_fn(task_config), _evaluate_fn(task, prep.val, train),
                        run_dir=out, meta=meta, resume=resume)
