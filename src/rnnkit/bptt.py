@@ -15,8 +15,8 @@ cell kind has a ``torch.autograd.Function`` whose
   ``dW_hh = sum_t da_t^T (h_{t-1} * mask) = dA^T Hm`` with ``dA`` (T*B, G*H);
 * both directions of a bidirectional layer run together: every tensor carries a leading
   direction axis D, recurrent matmuls are ``torch.baddbmm`` over stacked ``(D, ...)`` weights;
-* on CPU, for hidden sizes up to 256 (``*_SEQUENCE_MAX_HIDDEN``), a layer's whole loop is one
-  call of a native sequence kernel each way (``rnnkit/native.c``, loaded by :mod:`rnnkit.native`):
+* on CPU, for hidden sizes up to ``dispatch.PATHS.sequence_kernel_max_hidden``, a layer's whole
+  loop is one call of a native sequence kernel each way (``rnnkit/native.c``, loaded by :mod:`rnnkit.native`):
   the recurrent matmul, the element-wise step and the layer norms inside, each OpenMP thread
   running its own rows of the batch through every step. Wider layers keep torch's per-step
   matmul with one native call for the element-wise rest of each step. Where the kernels are
@@ -32,8 +32,8 @@ recurrent projection. Values and gradients equal the reference loop (tests/test_
 
 Not handled here (the predicate ``bptt_unsupported_reason`` says so and the layer falls back
 to the fused kernel or the reference loop): variable ``lengths``; ``layer_norm`` for the Elman
-RNN and the reset_after=False GRU; a layer-normed GRU without the native kernels. Measured
-costs against the other paths are in BENCHMARKS.md.
+RNN and the reset_after=False GRU; a layer-normed GRU without the native kernels. When this
+path rather than torch's fused kernel serves is :mod:`rnnkit.dispatch`'s choice.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnkit import native
+from rnnkit import dispatch, native
 
 _DTYPES = (torch.float32, torch.float64)
 LN_EPS = 1e-5  # as rnnkit.cells.gate_norm and the LSTM's LN(c)
@@ -68,39 +68,6 @@ def bptt_unsupported_reason(layer, x: Tensor, lengths: Optional[Tensor] = None) 
     if x.dtype not in _DTYPES:
         return f"dtype {x.dtype} is not supported by the explicit-BPTT path (float32/float64 only)"
     return None
-
-
-GRU_FUSED_UNDER_AUTOCAST_MIN_HIDDEN = 256
-
-
-def prefers_fused(layer, x: Tensor) -> bool:
-    """Whether "auto" takes torch's fused kernel for ``layer`` on ``x`` when both paths serve.
-
-    By measurement (2 threads; the suite's numbers are in BENCHMARKS.md): torch's generic GRU
-    loop is slower than this path. torch's RNN kernel is slower than the RNN sequence kernel
-    (an S1 training step 1.7 against 2.4 ms; its forward alone 0.46 against 0.55 ms). On the
-    Intel Xeon, oneDNN's LSTM is slower than the LSTM sequence kernel when training in float32
-    up to 128 units (S5: 124 against 154 ms; S2 level) but faster without gradients (S5
-    forward 60 against 75 ms); on the AMD EPYC it is level or faster at every size measured
-    (``LSTM_SEQUENCE_BEATS_FUSED_MAX_HIDDEN``). Under bfloat16 autocast the fused kernels run
-    their matmuls in bfloat16 (the LSTM's ~1.9x faster on the Xeon's AMX) and this path keeps
-    float32, so they stay; torch's GRU gains only from 256 units up (AMD EPYC, a training
-    step: 512 units, batch 448, 30 steps 368 against 641 ms; 256 units level; 64-128 units
-    1.7-6x slower, ``GRU_FUSED_UNDER_AUTOCAST_MIN_HIDDEN``). Off the CPU (cuDNN) the fused
-    kernels always serve first: this path's native kernels are CPU-only.
-    """
-    if x.device.type != "cpu":
-        return True
-    if layer.cell == "gru":
-        return torch.is_autocast_enabled("cpu") and layer.hidden_size >= GRU_FUSED_UNDER_AUTOCAST_MIN_HIDDEN
-    if torch.is_autocast_enabled(x.device.type):
-        return True
-    if layer.cell == "rnn":
-        return _rnn_sequence_kernels(x, layer.hidden_size) is None
-    if layer.hidden_size > LSTM_SEQUENCE_BEATS_FUSED_MAX_HIDDEN:
-        return True
-    training = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in layer.parameters()))
-    return not (training and _lstm_sequence_kernels(x, layer.hidden_size) is not None)
 
 
 def _stack(tensors):
@@ -289,11 +256,8 @@ def _accumulate_recurrent(out: Tensor, da: Tensor, w: Tensor, mask, tmp: Tensor)
 
 
 # -- Elman RNN ---------------------------------------------------------------------------------
-RNN_SEQUENCE_MAX_HIDDEN = 256  # the sequence kernel (rnnkit_rnn_seq_*) up to this size; see GRU_SEQUENCE_MAX_HIDDEN
-
-
 def _rnn_sequence_kernels(like: Tensor, H: int):
-    return _native("rnn_seq", like) if H <= RNN_SEQUENCE_MAX_HIDDEN else None
+    return dispatch.sequence_kernels("rnn_seq", like, H)
 
 
 
@@ -447,16 +411,9 @@ class GRUFunction(torch.autograd.Function):
         return dxp, dh0, dw, db, None
 
 
-# The sequence kernel (rnnkit_gru_seq_*: each thread runs its rows through every step, the
-# recurrent matmul in C, 4 rows per load of the weights) against the step kernels (a BLAS bmm
-# a step), one GRU training step, 2 threads: 0.54x at B=32, H=64, T=200, bidirectional; 0.77x
-# at B=64, H=128, T=784; 0.96x at B=64, H=256, T=100. Above that the BLAS's blocking is left to win.
-GRU_SEQUENCE_MAX_HIDDEN = 256
-
-
 def _gru_sequence_kernels(xp: Tensor, name: str = "gru_seq"):
-    """The GRU sequence kernels ``name`` for xp (D, T, B, 3H) when they are available and pay, else None."""
-    return _native(name, xp) if xp.shape[-1] // 3 <= GRU_SEQUENCE_MAX_HIDDEN else None
+    """The GRU sequence kernels ``name`` for xp (D, T, B, 3H) when they are available and chosen, else None."""
+    return dispatch.sequence_kernels(name, xp, xp.shape[-1] // 3)
 
 
 def _gru_sequence_backward(ctx, w_hh, grad_hs, grad_h):
@@ -844,20 +801,9 @@ class LSTMFunction(torch.autograd.Function):
         return dxs, dw_ih, db, dh, dc, dw_hh, None
 
 
-# The LSTM sequence kernels (rnnkit_lstm_seq_*: each thread runs its rows through every step,
-# the recurrent matmul in C, 4 rows per load of the weights) against the step kernels (a BLAS
-# bmm a step), one training step, 2 threads: 0.80x at S5 (H = 128), 0.87x at S4 (2 x H = 256),
-# 0.92x at B = 64, H = 192, T = 200. Against oneDNN's fused LSTM they win only up to H = 128
-# (S5 0.81x; S4 1.09x) on the Intel Xeon, and at no size on the AMD EPYC (Zen 4: 0.96-1.35x
-# oneDNN's time at 32-128 units), which is where "auto" takes them (``prefers_fused``). CPUs
-# not measured keep oneDNN.
-LSTM_SEQUENCE_MAX_HIDDEN = 256
-LSTM_SEQUENCE_BEATS_FUSED_MAX_HIDDEN = 128 if native.cpu_vendor() == "GenuineIntel" else 0
-
-
 def _lstm_sequence_kernels(like: Tensor, H: int):
-    """The LSTM sequence kernels for ``like``'s dtype when they are available and pay, else None."""
-    return _native("lstm_seq", like) if H <= LSTM_SEQUENCE_MAX_HIDDEN else None
+    """The LSTM sequence kernels for ``like``'s dtype when they are available and chosen, else None."""
+    return dispatch.sequence_kernels("lstm_seq", like, H)
 
 
 def _lstm_sequence_forward(ctx, xs, w_ih, bias, h0, c0, w_hh, mask):

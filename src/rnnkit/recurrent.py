@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit import bptt, cells, fused, scan
+from rnnkit import bptt, cells, dispatch, fused, scan
 
 MERGE_MODES = ("concat", "sum", "mean", "mul")
 CELL_NAMES = ("rnn", "lstm", "gru", "mingru", "minlstm")
@@ -330,8 +330,9 @@ class Recurrent(nn.Module):
 
         ``use_fused=True`` requires the fused kernel; ``False`` never takes it (explicit BPTT
         when it applies, else the reference loop); ``"auto"`` takes the fastest that applies,
-        by measurement (``bptt.prefers_fused``). ``force_path`` (an attribute, None by default)
-        pins a path for tests and benchmarks and raises when that path cannot serve.
+        by measurement (``dispatch.prefers_fused``, which reads the table ``dispatch.PATHS``).
+        ``force_path`` (an attribute, None by default) pins a path for tests and benchmarks and
+        raises when that path cannot serve.
         """
         no_fused = fused.fused_unsupported_reason(self, x)
         no_bptt = bptt.bptt_unsupported_reason(self, x, lengths)
@@ -346,7 +347,7 @@ class Recurrent(nn.Module):
         if no_scan is None:  # one step (sampling, streaming): the O(1) sequential form
             return "scan" if x.shape[1] > 1 else "reference"
         fused_ok = self.use_fused is not False and no_fused is None
-        if fused_ok and (self.use_fused is True or no_bptt is not None or bptt.prefers_fused(self, x)):
+        if fused_ok and (self.use_fused is True or no_bptt is not None or dispatch.prefers_fused(self, x)):
             return "fused"
         return "bptt" if no_bptt is None else "reference"
 
