@@ -104,7 +104,7 @@ def test_bptt_equals_reference_over_several_chunks(cfg):
     """T = 2.5 chunks: the forward's projection and the backward's factors work chunk by chunk."""
     layer = _layer(cfg, bidirectional=True, recurrent_dropout=0.2)
     g = torch.Generator().manual_seed(6)
-    x = torch.randn(2, int(2.5 * bptt._CHUNK), 3, generator=g, dtype=torch.float64)
+    x = torch.randn(2, int(2.5 * bptt.lstm.CHUNK), 3, generator=g, dtype=torch.float64)
     state = tuple(0.5 * torch.randn(2, 2, 4, generator=g, dtype=torch.float64) for _ in range(layer.state_size))
     _assert_bptt_equals_reference(layer, x, state)
 

@@ -154,9 +154,9 @@ def test_native_input_gate_norm_equals_torch_and_repeats_on_threads(bias):
             args = [t.clone().requires_grad_() for t in (z, gain, b)]
             kernels = native.kernels_for("gate_norm", z) if use_native else None
             if kernels is not None:
-                y = bptt.GateNormFunction.apply(args[0], args[1], args[2] if bias else None, kernels, 4)
+                y = bptt.norm.GateNormFunction.apply(args[0], args[1], args[2] if bias else None, kernels, 4)
             else:
-                y = bptt._gate_norm(args[0], args[1], 4)
+                y = bptt.norm.gate_norm(args[0], args[1], 4)
                 y = y + args[2][:, None, None] if bias else y
             (y * w).sum().backward()
             results.append([y.detach()] + [a.grad if a.grad is not None else torch.zeros(()) for a in args])

@@ -17,10 +17,14 @@ Three execution paths give the same numbers (tested):
 * the *fused* path (:mod:`rnnkit.fused`): torch's native kernels (oneDNN LSTM on CPU, cuDNN on
   GPU), chosen by the explicit predicate ``fused_unsupported_reason``;
 * the *explicit-BPTT* path (:mod:`rnnkit.bptt`): one autograd Function per cell with a
-  hand-written backward loop, chosen by ``bptt_unsupported_reason``.
+  hand-written backward loop (and rnnkit's native kernels inside), chosen by
+  ``bptt_unsupported_reason``.
 
+minGRU/minLSTM layers take the *scan* path (:mod:`rnnkit.scan`) instead of the last two.
 ``Recurrent.choose_path`` picks one per call (``layer.last_path`` records it): the fused kernel
-where it is the fastest for the cell (LSTM on CPU), else explicit BPTT, else the reference loop.
+where the table of measured choices says it is the faster (:mod:`rnnkit.dispatch`), else
+explicit BPTT, else the reference loop. :mod:`rnnkit.bptt` lists every implementation and
+when each runs.
 """
 
 from __future__ import annotations
