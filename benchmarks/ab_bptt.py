@@ -1,7 +1,10 @@
-"""A/B of two versions of ``rnnkit/bptt.py`` in ONE process: the LSTM explicit-BPTT function.
+"""A/B of two versions of the LSTM explicit-BPTT function (``rnnkit/bptt/lstm.py``) in ONE process.
 
     git worktree add /tmp/rnnkit_old HEAD~1
-    python -m benchmarks.ab_bptt --old /tmp/rnnkit_old/src/rnnkit/bptt.py [--shape S5] [--rounds 40]
+    python -m benchmarks.ab_bptt --old /tmp/rnnkit_old/src/rnnkit/bptt/lstm.py [--shape S5] [--rounds 40]
+
+``--old`` is a file that defines ``LSTMFunction`` (before the split of bptt, ``src/rnnkit/bptt.py``);
+its imports of ``rnnkit`` resolve to this checkout, so only that file's own code differs.
 
 Separate processes (``benchmarks.micro`` with ``PYTHONPATH``) see the machine's drift between
 runs, often 10% or more here; alternating the two versions step by step in one process lets
@@ -22,7 +25,7 @@ import time
 import torch
 
 from benchmarks import shapes
-from rnnkit import bptt as current
+from rnnkit.bptt import lstm as current
 
 
 def load_module(path: str):
@@ -43,7 +46,7 @@ def one_step(module, args) -> tuple[float, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--old", required=True, help="path of the other bptt.py")
+    p.add_argument("--old", required=True, help="path of the other file that defines LSTMFunction")
     p.add_argument("--shape", default="S5", help="LSTM shape of benchmarks.shapes (S2, S4, S5)")
     p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--threads", type=int, default=2)

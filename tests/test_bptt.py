@@ -5,7 +5,7 @@ import contextlib
 import pytest
 import torch
 
-from rnnkit import Recurrent, bptt, native
+from rnnkit import Recurrent, bptt, dispatch, native
 
 CONFIGS = [
     dict(cell="rnn", nonlinearity="tanh"),
@@ -104,7 +104,7 @@ def test_bptt_equals_reference_over_several_chunks(cfg):
     """T = 2.5 chunks: the forward's projection and the backward's factors work chunk by chunk."""
     layer = _layer(cfg, bidirectional=True, recurrent_dropout=0.2)
     g = torch.Generator().manual_seed(6)
-    x = torch.randn(2, int(2.5 * bptt._CHUNK), 3, generator=g, dtype=torch.float64)
+    x = torch.randn(2, int(2.5 * bptt.lstm.CHUNK), 3, generator=g, dtype=torch.float64)
     state = tuple(0.5 * torch.randn(2, 2, 4, generator=g, dtype=torch.float64) for _ in range(layer.state_size))
     _assert_bptt_equals_reference(layer, x, state)
 
@@ -138,7 +138,7 @@ def test_layer_norm_equals_reference(cell, layers, bidirectional, recurrent_drop
 
 
 def test_layer_norm_gru_without_native_kernels_takes_the_reference_loop(monkeypatch):
-    monkeypatch.setattr(bptt, "_native", lambda name, like: None)
+    monkeypatch.setattr(native, "kernels_for", lambda name, like: None)
     layer = Recurrent("gru", 3, 4, layer_norm=True)
     assert "native kernels" in bptt.bptt_unsupported_reason(layer, torch.randn(2, 5, 3))
     layer(torch.randn(2, 5, 3))
@@ -179,7 +179,7 @@ def test_auto_takes_the_sequence_kernels_where_they_are_faster(cell, inference, 
     measured so); for inference oneDNN's LSTM but still the RNN kernel; torch's kernels under
     bfloat16 autocast (which they run in bfloat16) and for LSTMs wider than where the kernel
     measured faster on this CPU (on some CPUs no width: then oneDNN trains every LSTM)."""
-    monkeypatch.setattr(bptt, "LSTM_SEQUENCE_BEATS_FUSED_MAX_HIDDEN", 128)  # the Intel Xeon's figure
+    monkeypatch.setattr(dispatch.PATHS, "lstm_sequence_beats_fused_max_hidden", 128)  # the Intel Xeon's figure
     layer, x = Recurrent(cell, 3, 16), torch.randn(2, 5, 3)
     paths = []
     for context in (contextlib.nullcontext(), torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16)):
@@ -188,18 +188,18 @@ def test_auto_takes_the_sequence_kernels_where_they_are_faster(cell, inference, 
         paths.append(layer.last_path)
     assert paths == ["bptt", inference, "fused"]
     if cell == "lstm":
-        wide = Recurrent("lstm", 3, bptt.LSTM_SEQUENCE_BEATS_FUSED_MAX_HIDDEN + 1)
+        wide = Recurrent("lstm", 3, dispatch.PATHS.lstm_sequence_beats_fused_max_hidden + 1)
         wide(x)
         assert wide.last_path == "fused"
-        monkeypatch.setattr(bptt, "LSTM_SEQUENCE_BEATS_FUSED_MAX_HIDDEN", 0)  # the AMD EPYC's figure
+        monkeypatch.setattr(dispatch.PATHS, "lstm_sequence_beats_fused_max_hidden", 0)  # the AMD EPYC's figure
         layer(x)
         assert layer.last_path == "fused"
 
 
 def test_auto_takes_torchs_gru_only_under_autocast_and_when_wide():
     """GRU: the explicit BPTT path trains in float32 at every width; under bfloat16 autocast
-    torch's kernel (bfloat16 matmuls) serves from GRU_FUSED_UNDER_AUTOCAST_MIN_HIDDEN units up."""
-    wide = bptt.GRU_FUSED_UNDER_AUTOCAST_MIN_HIDDEN
+    torch's kernel (bfloat16 matmuls) serves from gru_fused_under_autocast_min_hidden units up."""
+    wide = dispatch.PATHS.gru_fused_under_autocast_min_hidden
     x = torch.randn(2, 3, 4)
     paths = {}
     for hidden in (wide - 1, wide):

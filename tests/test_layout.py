@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rnnkit import GRU, LSTM, RNN, Recurrent
+from rnnkit import GRU, LSTM, RNN, Recurrent, layout
 from rnnkit.errors import UserError
 from rnnkit.layout import GATE_ORDER, keras_to_torch, keras_weights, load_keras_weights, parameter_names, torch_to_keras
 
@@ -202,3 +202,25 @@ def test_user_errors_name_the_problem():
         load_keras_weights(layer, [np.zeros((3, 4)), np.zeros((4, 4))])
     with pytest.raises(UserError, match="no Keras equivalent"):
         keras_weights(LSTM(2, 2, layer_norm=True))
+
+
+def test_lstm_kernel_layout_moves_gate_blocks_and_back():
+    """torch (i, f, g, o) -> the kernels' (o, i, f, g) along any axis, and the inverse."""
+    H = 2
+    rows = torch.cat([torch.full((H, 3), float(k)) for k in (1, 2, 3, 4)])  # i=1, f=2, g=3, o=4
+    kernel = layout.lstm_to_kernel_order(rows)
+    assert kernel[:, 0].tolist() == [4, 4, 1, 1, 2, 2, 3, 3]
+    assert layout.LSTM_KERNEL_GATE_ORDER == ("o", "i", "f", "g")
+    assert torch.equal(layout.lstm_from_kernel_order(kernel), rows)
+    assert torch.equal(layout.lstm_to_kernel_order(rows.t(), dim=1), kernel.t())
+    assert layout.lstm_to_kernel_order(None) is None
+
+
+def test_lstm_step_kernel_form():
+    """The step kernels' form: the g block (last in kernel order) doubled in place; c carried as -2c."""
+    bias = torch.arange(8.0)
+    assert layout.double_lstm_g_(bias, 0) is bias
+    assert bias.tolist() == [0, 1, 2, 3, 4, 5, 12, 14]
+    c = torch.randn(3, 4, dtype=torch.float64)
+    neg_two_c = layout.lstm_cell_to_step_kernel(c)
+    assert torch.equal(neg_two_c, -2 * c) and torch.equal(layout.lstm_cell_from_step_kernel(neg_two_c), c)

@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from rnnkit import Recurrent, bptt, native
+from rnnkit import Recurrent, bptt, dispatch, native
 
 needs_compiler = pytest.mark.skipif(
     native.unavailable_reason() is not None, reason=f"native kernels unavailable: {native.unavailable_reason()}")
@@ -16,7 +16,7 @@ def _run(layer, x, state, use_native, monkeypatch):
     """Outputs, final states and all gradients of the explicit-BPTT path, native kernels on or off."""
     with monkeypatch.context() as m:
         if not use_native:
-            m.setattr(bptt, "_native", lambda cell, like: None)
+            m.setattr(native, "kernels_for", lambda name, like: None)
         else:
             assert native.unavailable_reason() is None
         layer.zero_grad()
@@ -45,7 +45,7 @@ CONFIGS = {"lstm": dict(cell="lstm"), "lstm-layer-norm": dict(cell="lstm", layer
 def test_native_steps_equal_the_torch_loop(config, dtype, tol, recurrent_dropout, monkeypatch):
     torch.manual_seed(0)
     if config.endswith("-steps"):  # the step kernels, not the whole-sequence kernel the GRU takes at this size
-        monkeypatch.setattr(bptt, "GRU_SEQUENCE_MAX_HIDDEN", 0)
+        monkeypatch.setitem(dispatch.PATHS.sequence_kernel_max_hidden, "gru", 0)
     options = dict(CONFIGS[config])
     cell, layer_norm = options.pop("cell"), options.get("layer_norm", False)
     layer = Recurrent(cell, 3, 6, num_layers=2, bidirectional=True, recurrent_dropout=recurrent_dropout,
@@ -73,7 +73,7 @@ def test_native_steps_equal_the_torch_loop(config, dtype, tol, recurrent_dropout
 def test_native_layer_norm_gru_equals_the_reference_loop(dtype, tol, recurrent_dropout, kernels, monkeypatch):
     """GRU layer norm has no torch loop in rnnkit.bptt: its native paths are checked against the reference."""
     if kernels == "steps":
-        monkeypatch.setattr(bptt, "GRU_SEQUENCE_MAX_HIDDEN", 0)
+        monkeypatch.setitem(dispatch.PATHS.sequence_kernel_max_hidden, "gru", 0)
     torch.manual_seed(0)
     layer = Recurrent("gru", 3, 6, num_layers=2, bidirectional=True, recurrent_dropout=recurrent_dropout,
                       layer_norm=True).to(dtype)
@@ -152,11 +152,11 @@ def test_native_input_gate_norm_equals_torch_and_repeats_on_threads(bias):
         results = []
         for use_native in (True, True, False):
             args = [t.clone().requires_grad_() for t in (z, gain, b)]
-            kernels = bptt._native("gate_norm", z) if use_native else None
+            kernels = native.kernels_for("gate_norm", z) if use_native else None
             if kernels is not None:
-                y = bptt.GateNormFunction.apply(args[0], args[1], args[2] if bias else None, kernels, 4)
+                y = bptt.norm.GateNormFunction.apply(args[0], args[1], args[2] if bias else None, kernels, 4)
             else:
-                y = bptt._gate_norm(args[0], args[1], 4)
+                y = bptt.norm.gate_norm(args[0], args[1], 4)
                 y = y + args[2][:, None, None] if bias else y
             (y * w).sum().backward()
             results.append([y.detach()] + [a.grad if a.grad is not None else torch.zeros(()) for a in args])
@@ -264,7 +264,7 @@ def _scan_run(layer, x, lengths, use_outputs, use_native, monkeypatch):
 @pytest.mark.parametrize("cell,batch,features", [("mingru", 4, 3), ("mingru", 6, 1), ("mingru", 5, 24), ("minlstm", 4, 3)],
                          ids=["mingru-narrow", "mingru-one-feature", "mingru-wide", "minlstm"])
 def test_native_scans_equal_the_torch_scan(cell, dtype, tol, use_outputs, with_lengths, batch, features, monkeypatch):
-    """minGRU with narrow inputs (<= scan.NARROW_INPUT features) projects inside the native loops."""
+    """minGRU with narrow inputs (<= dispatch.PATHS.mingru_narrow_input_max_features) projects inside the native loops."""
     torch.manual_seed(0)
     layer = Recurrent(cell, features, 5).to(dtype)
     x = torch.randn(batch, 9, features, dtype=dtype) * 3  # both branches of g (k_h < 0 and >= 0)

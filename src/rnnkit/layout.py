@@ -42,10 +42,27 @@ matrices, and one bias:
   Keras bias is ``b_ih + b_hh`` for every gate, as for LSTM.
 
 Converters accept NumPy arrays or torch tensors and return the same kind.
+
+rnnkit's own LSTM kernels (explicit BPTT in :mod:`rnnkit.bptt`, the C kernels of
+:mod:`rnnkit.native`, the sampling step of :mod:`rnnkit.tasks.textgen`) read the same parameters
+through one conversion, defined here and nowhere else (the *kernel layout*):
+
+* gate order ``o, i, f, g`` (``LSTM_KERNEL_GATE_ORDER``): one sigmoid over the first 3H columns,
+  one tanh over the last H, and the three gates that the cell's gradient drives (i, f, g)
+  contiguous. :func:`lstm_to_kernel_order` reorders the rows of the (small) weights and biases
+  before the input projection, so the large per-step tensors never are; autograd maps the
+  gradients back through the reordering (:func:`lstm_from_kernel_order` is its inverse).
+* the *step* kernels (one step per call, ``rnnkit_lstm_forward_*``, and the torch loop that
+  mirrors them) also take the g pre-activation doubled (:func:`double_lstm_g_`), so that the
+  one sigmoid gives g too: ``tanh(a) = 2 sigmoid(2a) - 1``; and they carry the cell state as
+  ``-2 c`` (:func:`lstm_cell_to_step_kernel`, :func:`lstm_cell_from_step_kernel`), so that
+  ``tanh(c) = 1 - 2 sigmoid(-2 c)`` and ``h = o tanh(c)`` is one multiply-add after a sigmoid.
+  The whole-sequence and layer-normed kernels take the undoubled g and carry ``c`` itself.
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -59,6 +76,8 @@ GATE_ORDER = {
     "gru": {"torch": ("r", "z", "n"), "keras": ("z", "r", "h")},
 }
 NUM_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+LSTM_KERNEL_GATE_ORDER = ("o", "i", "f", "g")  # rnnkit's LSTM kernels (see the module docstring)
+LSTM_STEP_KERNEL_CELL_SCALE = -2.0  # the LSTM step kernels carry c as -2 c
 
 
 def parameter_names(layer: int, direction: int, bias: bool = True) -> tuple:
@@ -198,3 +217,49 @@ def keras_weights(module, layer: int = 0, direction: int = 0) -> list:
     arrays = [None if t is None else t.detach().cpu().numpy() for t in (w.weight_ih, w.weight_hh, w.bias_ih, w.bias_hh)]
     kernel, recurrent_kernel, bias = torch_to_keras(module.cell, *arrays, reset_after=_keras_reset_after(module))
     return [kernel, recurrent_kernel] + ([] if bias is None else [bias])
+
+
+# -- rnnkit's LSTM kernel layout (see the module docstring) ---------------------------------------
+def _permute_gates(p, source: tuple, target: tuple, dim: int):
+    """A copy of ``p`` with its equal gate blocks along ``dim`` moved from ``source`` to ``target`` order."""
+    blocks = p.chunk(len(source), dim)
+    return torch.cat([blocks[source.index(gate)] for gate in target], dim)
+
+
+def lstm_to_kernel_order(p: Optional[torch.Tensor], dim: int = 0) -> Optional[torch.Tensor]:
+    """A copy of ``p`` (4H along ``dim``) with its gate blocks reordered from torch's (i, f, g, o)
+    to the kernels' (o, i, f, g); None stays None."""
+    return None if p is None else _permute_gates(p, GATE_ORDER["lstm"]["torch"], LSTM_KERNEL_GATE_ORDER, dim)
+
+
+def lstm_from_kernel_order(p: Optional[torch.Tensor], dim: int = 0) -> Optional[torch.Tensor]:
+    """The inverse of :func:`lstm_to_kernel_order`: (o, i, f, g) -> torch's (i, f, g, o)."""
+    return None if p is None else _permute_gates(p, LSTM_KERNEL_GATE_ORDER, GATE_ORDER["lstm"]["torch"], dim)
+
+
+def lstm_direction_to_kernel(w: SimpleNamespace) -> SimpleNamespace:
+    """The parameters of one LSTM layer/direction (as ``Recurrent.direction_parameters`` returns
+    them) with every gate-stacked tensor in the kernels' gate order; the LN(c) affine is per unit
+    and stays as it is."""
+    return SimpleNamespace(weight_ih=lstm_to_kernel_order(w.weight_ih), weight_hh=lstm_to_kernel_order(w.weight_hh),
+                           bias_ih=lstm_to_kernel_order(w.bias_ih), bias_hh=lstm_to_kernel_order(w.bias_hh),
+                           ln_ih=lstm_to_kernel_order(w.ln_ih), ln_hh=lstm_to_kernel_order(w.ln_hh),
+                           ln_c_weight=w.ln_c_weight, ln_c_bias=w.ln_c_bias)
+
+
+def double_lstm_g_(p: torch.Tensor, dim: int) -> torch.Tensor:
+    """In place: the g block of ``p`` (kernel order, the last quarter along ``dim``) times 2, the
+    step kernels' form (``g = tanh(a) = 2 sigmoid(2a) - 1``). Returns ``p``."""
+    H = p.shape[dim] // 4
+    p.narrow(dim, 3 * H, H).mul_(2)
+    return p
+
+
+def lstm_cell_to_step_kernel(c: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The cell state ``c`` as the step kernels carry it: ``-2 c`` (into ``out`` if given)."""
+    return torch.mul(c, LSTM_STEP_KERNEL_CELL_SCALE, out=out)
+
+
+def lstm_cell_from_step_kernel(neg_two_c: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`lstm_cell_to_step_kernel`: ``c`` from ``-2 c`` (a new tensor)."""
+    return neg_two_c.mul(1 / LSTM_STEP_KERNEL_CELL_SCALE)

@@ -1,4 +1,4 @@
-/* rnnkit's native kernels, used by rnnkit/bptt.py and rnnkit/scan.py:
+/* rnnkit's native kernels, used by rnnkit/bptt/ and rnnkit/scan.py:
  *   - sequence kernels (RNN_SEQ_*, LSTM_SEQ_*, GRU_SEQ_*, GRU_RB_SEQ_*): a layer's whole loop,
  *     its recurrent matmul included, one call forward and one backward, for hidden sizes up to
  *     256. A row of the batch needs only its own previous state, so each OpenMP thread runs its
@@ -12,7 +12,7 @@
  * rnnkit/native.py compiles this file with the system C compiler on first use and loads it
  * with ctypes; without a compiler the torch code runs instead (same numbers, tested).
  *
- * Layout (see LSTMFunction in bptt.py): gates in the order (o, i, f, g) along the last axis,
+ * LSTM layout (defined in rnnkit/layout.py): gates in the order (o, i, f, g) along the last axis,
  * the g pre-activation doubled (the forward gets g = tanh(a) = 2 sigmoid(2a) - 1 from the same
  * sigmoid); the loop keeps m_t = -2 c_t and u_t = sigmoid(m_t) = (1 - tanh c_t) / 2, so that
  * h_t = o_t (1 - 2 u_t) and 1 - tanh^2 c_t = 4 u_t (1 - u_t).
@@ -284,11 +284,12 @@ PACK_COLUMNS_FN(pack_columns_f64, double)
     _Generic((w), float *: pack_columns_f32, const float *: pack_columns_f32,                       \
              double *: pack_columns_f64, const double *: pack_columns_f64)(w, D, K, N)
 
-/* GRU (reset_after=True) over a whole sequence, the recurrent matmul inside (see GRUFunction and
- * GRUNormFunction in bptt.py). Each thread runs its own rows (d, b) through all T steps: a row's
- * h_t needs only its own h_{t-1}, so the threads never wait for each other. For a small hidden
- * size a step's matmul (say 2 x (32 x 64) x (64 x 192)) is too small for the BLAS to run well; here 4 rows share each load of the weights, and T matmul calls and T element-wise
- * calls become one call.
+/* GRU (reset_after=True) over a whole sequence, the recurrent matmul inside (see GRUFunction in
+ * bptt/gru.py and GRUNormFunction in bptt/gru_norm.py). Each thread runs its own rows (d, b)
+ * through all T steps: a row's h_t needs only its own h_{t-1}, so the threads never wait for
+ * each other. For a small hidden size a step's matmul (say 2 x (32 x 64) x (64 x 192)) is too
+ * small for the BLAS to run well; here 4 rows share each load of the weights, and T matmul calls
+ * and T element-wise calls become one call.
  *   q_t  = (h_{t-1} m) W_hh^T                                   (H x 3H per row, in the loop)
  *   hp_t = q_t + b_hh,  or  LN_gate(q_t) g_hh + b_hh  when g_hh is not NULL
  *   xp_t = xz_t,        or  LN_gate(xz_t) g_x + b_x   when g_x is not NULL
@@ -483,7 +484,7 @@ ROWS_VECMAT_FN(rows_vecmat4_f64, double, 4)
     } while (0)
 
 /* GRU with reset_after=False over a whole sequence, the two recurrent matmuls inside (see
- * GRUResetBeforeFunction in bptt.py; as GRU_SEQ_FORWARD, each thread runs its rows through all
+ * GRUResetBeforeFunction in bptt/gru.py; as GRU_SEQ_FORWARD, each thread runs its rows through all
  * steps, 4 rows per load of the weights):
  *   r, z = sigmoid(pre_rz + hin W_rz^T),  u = r hin,  n = tanh(pre_n + u W_n^T),
  *   h_t = n + z (h_{t-1} - n),  hin = h_{t-1} m.
@@ -592,8 +593,9 @@ ROWS_VECMAT_FN(rows_vecmat4_f64, double, 4)
     }
 
 /* LSTM over a whole sequence, the recurrent matmul inside, plain or layer-normed (see
- * LSTMFunction and LSTMNormFunction in bptt.py; as GRU_SEQ_FORWARD, each thread runs its rows
- * through all steps, 4 rows per load of the weights). Gates in the order (o, i, f, g):
+ * LSTMFunction in bptt/lstm.py and LSTMNormFunction in bptt/lstm_norm.py; as GRU_SEQ_FORWARD,
+ * each thread runs its rows through all steps, 4 rows per load of the weights). Gates in the
+ * order (o, i, f, g):
  *   plain:        a = xz + hm W_hh^T                      (xz = x W_ih^T + b_ih + b_hh)
  *   layer norm:   a = LN_gate(xz) g_x + b_x + LN_gate(q) g_h,  q = hm W_hh^T   (when g_h is not NULL)
  *   o, i, f = sigmoid(a_o, a_i, a_f), g = tanh(a_g),  c_t = f c_{t-1} + i g,
@@ -791,7 +793,7 @@ ROWS_VECMAT_FN(rows_vecmat4_f64, double, 4)
         free(wp);                                                                                   \
     }
 
-/* Elman RNN over a whole sequence, the recurrent matmul inside (see RNNFunction in bptt.py; as
+/* Elman RNN over a whole sequence, the recurrent matmul inside (see RNNFunction in bptt/rnn.py; as
  * GRU_SEQ_FORWARD, each thread runs its rows through all steps, 4 rows per load of the weights):
  *   h_t = act(pre_t + (h_{t-1} m) W_hh^T),  act = tanh (relu = 0) or relu (relu = 1).
  * pre (D, T, B, H) = x W_ih^T + b_ih + b_hh; wt (D, H, H) = W_hh^T; mask (D, B, H) or NULL;
@@ -865,7 +867,7 @@ ROWS_VECMAT_FN(rows_vecmat4_f64, double, 4)
         free(wp);                                                                                   \
     }
 
-/* GRU (reset_after=True, gate order r, z, n; see GRUFunction in bptt.py), forward, one step.
+/* GRU (reset_after=True, gate order r, z, n; see GRUFunction in bptt/gru.py), forward, one step.
  * xp = x W_ih^T + b_ih and hp = (h_{t-1} m) W_hh^T + b_hh (D, B, 3H) in; writes the activations
  * r, z, n to gates, h_t = n + z (h_{t-1} - n) to h, and h_t * mask to hm (D, B, H) contiguous
  * when mask is not NULL (the input of the next step's matmul):
@@ -972,8 +974,9 @@ ROWS_VECMAT_FN(rows_vecmat4_f64, double, 4)
         rstd = 1 / SQRT(q_ / (n) + (eps));                                                          \
     }
 
-/* LSTM with layer norm (see LSTMNormFunction in bptt.py; gates o, i, f, g; LN over each gate's H
- * units without bias, then a gain; LN(c) with weight w_c and bias b_c), forward, one step:
+/* LSTM with layer norm (see LSTMNormFunction in bptt/lstm_norm.py; gates o, i, f, g; LN over
+ * each gate's H units without bias, then a gain; LN(c) with weight w_c and bias b_c), forward,
+ * one step:
  *   a = LN_gate(xz) g_x + bias + LN_gate(hp) g_h,  c_t = f c_{t-1} + i g,
  *   tc = tanh(LN(c_t) w_c + b_c),  h_t = o tc,
  * with xz = x_t W_ih^T and hp = (h_{t-1} m) W_hh^T (D, B, 4H) in. Writes the activations to
@@ -1290,7 +1293,7 @@ ROWS_VECMAT_FN(rows_vecmat4_f64, double, 4)
     }
 
 /* GRU with reset_after=False (n = tanh(xp_n + W_hn (r * h m) + b_hn); see GRUResetBeforeFunction
- * in bptt.py): two matmuls a step, so two element-wise calls forward and two backward.
+ * in bptt/gru.py): two matmuls a step, so two element-wise calls forward and two backward.
  * Forward A, after gates_rz = pre_rz + hin W_rz^T: r, z = sigmoid(.) in place; u = r * hin.
  * hin = h_{t-1} m (D, B, H) with direction stride hin_d; u (D, B, H) at direction stride u_d. */
 #define GRU_RB_FORWARD_A(NAME, T, SIGMOID)                                                          \

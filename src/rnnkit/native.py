@@ -1,10 +1,12 @@
 """Native kernels: ``native.c`` compiled with the system C compiler on first use, loaded with ctypes.
 
 What they do and why: see ``native.c`` (a layer's whole recurrence, recurrent matmul included,
-in one call each way for hidden sizes up to 256; one call per step around torch's matmul for
-wider layers; the minGRU and minLSTM scans in one pass). :mod:`rnnkit.bptt` and
-:mod:`rnnkit.scan` use them when :func:`unavailable_reason` returns None, and their torch code
-otherwise; both give the same numbers (tests/test_native.py).
+in one call each way for small layers; one call per step around torch's matmul for wider
+layers; the minGRU and minLSTM scans in one pass; which one serves is :mod:`rnnkit.dispatch`'s
+choice). :mod:`rnnkit.bptt` and :mod:`rnnkit.scan` use them when :func:`unavailable_reason`
+returns None, and their torch code otherwise; both give the same numbers (tests/test_native.py).
+The LSTM kernels read their weights, gates and cell state in the kernel layout of
+:mod:`rnnkit.layout`.
 
 The classes at the end (``LSTMSteps``, ``GRUSteps``, ...) bind the kernels to the buffers of
 one call of a :mod:`rnnkit.bptt` Function.
@@ -40,6 +42,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from rnnkit import layout
 from rnnkit.native_build import CACHE_ENV, COMPILE_TIMEOUT_S, FLAGS, SOURCE, cache_dir, cached_library
 
 NATIVE_ENV = "RNNKIT_NATIVE"
@@ -200,21 +203,26 @@ def kernels_for(name: str, like: Tensor):
 # t steps) and its direction stride: per step, a few integer additions and one foreign call.
 
 
-class LSTMSteps:
-    """The native step kernels (rnnkit/native.c) bound to the buffers of one LSTMFunction call.
+_LSTM_GATES = len(layout.LSTM_KERNEL_GATE_ORDER)
 
-    Buffers, all contiguous: gates and da (D, T, B, 4H); cs and hs (D, T+1, B, H); tc and hm
-    (D, T, B, H); mask, rec, dc (D, B, H).
+
+class LSTMSteps:
+    """The native LSTM step kernels (rnnkit/native.c) bound to the buffers of one LSTMFunction call.
+
+    The buffers are in the step kernels' layout (:mod:`rnnkit.layout`): gates in the kernel
+    order with the g pre-activation doubled, the cell state carried as ``-2 c``. All contiguous:
+    gates and da (D, T, B, 4H); neg_two_c (-2 c_t) and hs (D, T+1, B, H); u (sigmoid(-2 c_t))
+    and hm (D, T, B, H); mask, rec, dc (D, B, H).
     """
 
     def __init__(self, forward, backward):
         self._forward, self._backward = forward, backward
 
-    def bind_forward(self, gates, cs, tc, hs, mask, hm):
+    def bind_forward(self, gates, neg_two_c, u, hs, mask, hm):
         D, T, B, G = gates.shape
-        (g0, gb, gd), (c0, cb, cd), (u0, ub, ud), (h0, hb, hd) = map(step_addresses, (gates, cs, tc, hs))
+        (g0, gb, gd), (c0, cb, cd), (u0, ub, ud), (h0, hb, hd) = map(step_addresses, (gates, neg_two_c, u, hs))
         m_ptr, (hm0, hmb, hmd) = (None, (0, 0, 0)) if mask is None else (mask.data_ptr(), step_addresses(hm))
-        kernel, H = self._forward, G // 4
+        kernel, H = self._forward, G // _LSTM_GATES
 
         def step(t: int) -> None:
             next_hm = hm0 + (t + 1) * hmb if m_ptr is not None and t + 1 < T else None
@@ -222,12 +230,12 @@ class LSTMSteps:
                    h0 + (t + 1) * hb, hd, m_ptr, next_hm, hmd)
         return step
 
-    def bind_backward(self, gates, tc, cs, rec, mask, grad_hs, dc, da):
+    def bind_backward(self, gates, u, neg_two_c, rec, mask, grad_hs, dc, da):
         D, T, B, G = gates.shape
         assert rec.is_contiguous() and dc.is_contiguous() and (mask is None or mask.is_contiguous())
-        (g0, gb, gd), (u0, ub, ud), (c0, cb, cd), (a0, ab, ad) = map(step_addresses, (gates, tc, cs, da))
+        (g0, gb, gd), (u0, ub, ud), (c0, cb, cd), (a0, ab, ad) = map(step_addresses, (gates, u, neg_two_c, da))
         grad_hs, r0, rb, rd = optional_step_addresses(grad_hs)
-        kernel, H, rec_ptr, dc_ptr = self._backward, G // 4, rec.data_ptr(), dc.data_ptr()
+        kernel, H, rec_ptr, dc_ptr = self._backward, G // _LSTM_GATES, rec.data_ptr(), dc.data_ptr()
         mask_ptr = None if mask is None else mask.data_ptr()
 
         def step(t: int, last: bool) -> None:
@@ -275,8 +283,9 @@ class GRUSteps:
 class LSTMNormSteps:
     """The native layer-normed LSTM step kernels bound to the buffers of one LSTMNormFunction call.
 
-    Buffers, all contiguous: xz, hp, gates, dxz, dhp (D, T, B, 4H); hs, cs (D, T+1, B, H); tc,
-    hm (D, T, B, H); stats = [mean_x, rstd_x, mean_h, rstd_h (D, T, B, 4), mean_c, rstd_c
+    Gates in the kernel order of :mod:`rnnkit.layout` (g undoubled, the cell state carried as
+    c). Buffers, all contiguous: xz, hp, gates, dxz, dhp (D, T, B, 4H); hs, c (D, T+1, B, H);
+    tanh_c (tanh(LN(c_t) w_c + b_c)), hm (D, T, B, H); stats = [mean_x, rstd_x, mean_h, rstd_h (D, T, B, 4), mean_c, rstd_c
     (D, T, B)]; g_x, bias (None: zeros), g_hh (D, 4H); w_c, b_c (D, H); mask, rec, dc (D, B, H);
     the gradient sums (float64, D * 14H: g_hh, g_x, bias (D, 4H), w_c, b_c (D, H)).
     """
@@ -284,17 +293,17 @@ class LSTMNormSteps:
     def __init__(self, forward, backward):
         self._forward, self._backward = forward, backward
 
-    def bind_forward(self, xz, hp, g_x, bias, g_hh, w_c, b_c, gates, stats, cs, tc, hs, mask, hm, ln_eps: float):
+    def bind_forward(self, xz, hp, g_x, bias, g_hh, w_c, b_c, gates, stats, c, tanh_c, hs, mask, hm, ln_eps: float):
         D, T, B, G = gates.shape
         (x0, xb, xd), (p0, pb, pd), (g0, gb, gd) = map(step_addresses, (xz, hp, gates))
         assert (xb, xd) == (pb, pd)
         (mx0, shb, shd), (rx0, _, _), (mh0, _, _), (rh0, _, _), (mc0, scb, scd), (rc0, _, _) = map(step_addresses, stats)
-        (c0, cb, cd), (u0, ub, ud), (h0, hb, hd) = map(step_addresses, (cs, tc, hs))
+        (c0, cb, cd), (u0, ub, ud), (h0, hb, hd) = map(step_addresses, (c, tanh_c, hs))
         bias = torch.zeros_like(g_x) if bias is None else bias  # the kernel always adds one
         weights = [w.contiguous() for w in (g_x, bias, g_hh, w_c, b_c)]
         gx, bs, gain, wc, bc = (_ptr(w) for w in weights)
         m_ptr, (hm0, hmb, hmd) = (None, (0, 0, 0)) if mask is None else (mask.data_ptr(), step_addresses(hm))
-        kernel, H = self._forward, G // 4
+        kernel, H = self._forward, G // _LSTM_GATES
 
         def step(t: int) -> None:
             next_hm = hm0 + (t + 1) * hmb if m_ptr is not None and t + 1 < T else None
@@ -304,17 +313,18 @@ class LSTMNormSteps:
         step.keep = weights  # contiguous copies must live as long as the pointers into them
         return step
 
-    def bind_backward(self, gates, xz, hp, stats, g_x, g_hh, w_c, cs, tc, rec, mask, grad_hs, dc, dxz, dhp, sums):
+    def bind_backward(self, gates, xz, hp, stats, g_x, g_hh, w_c, c, tanh_c, rec, mask, grad_hs, dc, dxz, dhp, sums):
         D, T, B, G = gates.shape
         assert rec.is_contiguous() and dc.is_contiguous() and (mask is None or mask.is_contiguous())
         assert sums.is_contiguous() and sums.dtype == torch.float64
         (g0, gb, gd), (x0, pb, pd), (p0, _, _), (a0, _, _), (dp0, _, _) = map(step_addresses, (gates, xz, hp, dxz, dhp))
         (mx0, shb, shd), (rx0, _, _), (mh0, _, _), (rh0, _, _), (mc0, scb, scd), (rc0, _, _) = map(step_addresses, stats)
-        (c0, cb, cd), (u0, ub, ud) = map(step_addresses, (cs, tc))
+        (c0, cb, cd), (u0, ub, ud) = map(step_addresses, (c, tanh_c))
         weights = [w.contiguous() for w in (g_x, g_hh, w_c)]
         gx, gain, wc = (w.data_ptr() for w in weights)
         grad_hs, r0, rb, rd = optional_step_addresses(grad_hs)
-        kernel, H, rec_ptr, dc_ptr, sums_ptr = self._backward, G // 4, rec.data_ptr(), dc.data_ptr(), sums.data_ptr()
+        kernel, H, rec_ptr, dc_ptr, sums_ptr = (self._backward, G // _LSTM_GATES, rec.data_ptr(), dc.data_ptr(),
+                                                sums.data_ptr())
         mask_ptr = None if mask is None else mask.data_ptr()
 
         def step(t: int, last: bool) -> None:
@@ -440,27 +450,29 @@ def rnn_sequence_backward(kernel, hs, w_hh, mask, grad_hs, dh, da, relu: bool) -
     kernel(D, T1 - 1, B, H, int(relu), *map(_ptr, (hs, w_hh, mask, grad_hs, dh, da)))
 
 
-def lstm_sequence_forward(kernel, xz, wt, g_x, b_x, g_h, w_c, b_c, mask, q, stats, gates, cs, tc, hs,
+def lstm_sequence_forward(kernel, xz, wt, g_x, b_x, g_h, w_c, b_c, mask, q, stats, gates, c, tanh_c, hs,
                           ln_eps: float) -> None:
-    """One call of ``rnnkit_lstm_seq_forward`` (see native.c) on contiguous buffers: xz, gates and
+    """One call of ``rnnkit_lstm_seq_forward`` (see native.c) on contiguous buffers, gates in the
+    kernel order of :mod:`rnnkit.layout` (g undoubled, the cell state carried as c): xz, gates and
     (with layer norm) q (D, T, B, 4H); wt (D, H, 4H); g_x, b_x, g_h (D, 4H) and w_c, b_c (D, H), or
     None without layer norm; mask (D, B, H) or None; stats (flat, 18 DTB values) or None;
-    cs, hs (D, T+1, B, H); tc (D, T, B, H)."""
+    c, hs (D, T+1, B, H); tanh_c (D, T, B, H): tanh(c_t), or tanh(LN(c_t) w_c + b_c)."""
     D, T, B, G = xz.shape
-    _check_contiguous(xz, wt, g_x, b_x, g_h, w_c, b_c, mask, q, stats, gates, cs, tc, hs)
-    kernel(D, T, B, G // 4, ln_eps, *map(_ptr, (xz, wt, g_x, b_x, g_h, w_c, b_c, mask, q, stats, gates, cs, tc, hs)))
+    _check_contiguous(xz, wt, g_x, b_x, g_h, w_c, b_c, mask, q, stats, gates, c, tanh_c, hs)
+    kernel(D, T, B, G // _LSTM_GATES, ln_eps,
+           *map(_ptr, (xz, wt, g_x, b_x, g_h, w_c, b_c, mask, q, stats, gates, c, tanh_c, hs)))
 
 
-def lstm_sequence_backward(kernel, gates, xz, q, stats, g_x, g_h, w_c, cs, tc, hs, w_hh, mask, grad_hs, dh, dc, dxz,
-                           dq, sums) -> None:
+def lstm_sequence_backward(kernel, gates, xz, q, stats, g_x, g_h, w_c, c, tanh_c, hs, w_hh, mask, grad_hs, dh, dc,
+                           dxz, dq, sums) -> None:
     """One call of ``rnnkit_lstm_seq_backward``: the buffers of :func:`lstm_sequence_forward`, w_hh
     (D, 4H, H), the output gradient (D, T, B, H) or None, dh and dc (D, B, H) (in: the final
     state's gradients; out: dL/dh_0, dL/dc_0), dxz and (with layer norm) dq (D, T, B, 4H), and
     the float64 sums (D * 14H) of the layer norms' parameters' gradients, added to."""
     D, T, B, G = gates.shape
-    _check_contiguous(gates, xz, q, stats, g_x, g_h, w_c, cs, tc, hs, w_hh, mask, grad_hs, dh, dc, dxz, dq, sums)
-    kernel(D, T, B, G // 4, *map(_ptr, (gates, xz, q, stats, g_x, g_h, w_c, cs, tc, hs, w_hh, mask, grad_hs, dh, dc,
-                                        dxz, dq, sums)))
+    _check_contiguous(gates, xz, q, stats, g_x, g_h, w_c, c, tanh_c, hs, w_hh, mask, grad_hs, dh, dc, dxz, dq, sums)
+    kernel(D, T, B, G // _LSTM_GATES, *map(_ptr, (gates, xz, q, stats, g_x, g_h, w_c, c, tanh_c, hs, w_hh, mask,
+                                                  grad_hs, dh, dc, dxz, dq, sums)))
 
 
 def gru_sequence_forward(kernel, xz, wt, b_hh, g_hh, g_x, b_x, mask, q, stats, hp, gates, hs, ln_eps: float) -> None:

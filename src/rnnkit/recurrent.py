@@ -17,10 +17,14 @@ Three execution paths give the same numbers (tested):
 * the *fused* path (:mod:`rnnkit.fused`): torch's native kernels (oneDNN LSTM on CPU, cuDNN on
   GPU), chosen by the explicit predicate ``fused_unsupported_reason``;
 * the *explicit-BPTT* path (:mod:`rnnkit.bptt`): one autograd Function per cell with a
-  hand-written backward loop, chosen by ``bptt_unsupported_reason``.
+  hand-written backward loop (and rnnkit's native kernels inside), chosen by
+  ``bptt_unsupported_reason``.
 
+minGRU/minLSTM layers take the *scan* path (:mod:`rnnkit.scan`) instead of the last two.
 ``Recurrent.choose_path`` picks one per call (``layer.last_path`` records it): the fused kernel
-where it is the fastest for the cell (LSTM on CPU), else explicit BPTT, else the reference loop.
+where the table of measured choices says it is the faster (:mod:`rnnkit.dispatch`), else
+explicit BPTT, else the reference loop. :mod:`rnnkit.bptt` lists every implementation and
+when each runs.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit import bptt, cells, fused, scan
+from rnnkit import bptt, cells, dispatch, fused, scan
 
 MERGE_MODES = ("concat", "sum", "mean", "mul")
 CELL_NAMES = ("rnn", "lstm", "gru", "mingru", "minlstm")
@@ -74,6 +78,17 @@ def check_lengths(lengths, batch_size: int, steps: int) -> Optional[Tensor]:
     if lengths.numel() and (int(lengths.min()) < 1 or int(lengths.max()) > steps):
         raise ValueError(f"lengths must lie in [1, {steps}] (the time dimension), got {lengths.tolist()}")
     return lengths
+
+
+def _step_function(cell: str, nonlinearity: str, reset_after: bool):
+    """The one-step function of :mod:`rnnkit.cells` that the reference loop calls for ``cell``."""
+    if cell == "rnn":
+        return functools.partial(cells.rnn_step, nonlinearity=nonlinearity)
+    if cell == "gru":
+        return functools.partial(cells.gru_step, reset_after=reset_after)
+    if cell in cells.SCAN_CELLS:
+        return cells.mingru_step if cell == "mingru" else cells.minlstm_step
+    return cells.lstm_step
 
 
 class Recurrent(nn.Module):
@@ -166,14 +181,7 @@ class Recurrent(nn.Module):
         self.num_directions = 2 if bidirectional else 1
         self.num_gates = cells.CELLS[cell].num_gates
         self.state_size = cells.CELLS[cell].state_size
-        if cell == "rnn":
-            self._step = functools.partial(cells.rnn_step, nonlinearity=nonlinearity)
-        elif cell == "gru":
-            self._step = functools.partial(cells.gru_step, reset_after=reset_after)
-        elif cell in cells.SCAN_CELLS:
-            self._step = cells.mingru_step if cell == "mingru" else cells.minlstm_step
-        else:
-            self._step = cells.lstm_step
+        self._step = _step_function(cell, nonlinearity, reset_after)
         self._make_parameters()
         self.reset_parameters()
 
@@ -294,7 +302,7 @@ class Recurrent(nn.Module):
         parts = self._initial_state(state, x)
         if autocast:
             parts = tuple(p.to(dtype) for p in parts)
-        # Plain attribute writes: nn.Module.__setattr__ costs ~10 us a call, noticeable on short steps.
+        # Plain attribute writes: nn.Module.__setattr__ does far more work, noticeable on short steps.
         self.__dict__["last_path"] = path = self.choose_path(x, lengths)
         dropping = self.training and self.weight_dropout > 0
         if dropping:  # one mask per call, drawn before any path runs
@@ -330,8 +338,9 @@ class Recurrent(nn.Module):
 
         ``use_fused=True`` requires the fused kernel; ``False`` never takes it (explicit BPTT
         when it applies, else the reference loop); ``"auto"`` takes the fastest that applies,
-        by measurement (``bptt.prefers_fused``). ``force_path`` (an attribute, None by default)
-        pins a path for tests and benchmarks and raises when that path cannot serve.
+        by measurement (``dispatch.prefers_fused``, which reads the table ``dispatch.PATHS``).
+        ``force_path`` (an attribute, None by default) pins a path for tests and benchmarks and
+        raises when that path cannot serve.
         """
         no_fused = fused.fused_unsupported_reason(self, x)
         no_bptt = bptt.bptt_unsupported_reason(self, x, lengths)
@@ -346,7 +355,7 @@ class Recurrent(nn.Module):
         if no_scan is None:  # one step (sampling, streaming): the O(1) sequential form
             return "scan" if x.shape[1] > 1 else "reference"
         fused_ok = self.use_fused is not False and no_fused is None
-        if fused_ok and (self.use_fused is True or no_bptt is not None or bptt.prefers_fused(self, x)):
+        if fused_ok and (self.use_fused is True or no_bptt is not None or dispatch.prefers_fused(self, x)):
             return "fused"
         return "bptt" if no_bptt is None else "reference"
 

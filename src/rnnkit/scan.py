@@ -26,12 +26,11 @@ Two ways to evaluate the recurrence, same numbers (tests/test_mingru.py):
   (B, T, H)); the form for GPUs and the paper's.
 - ``"sequential"``: ``h_t = a_t h_{t-1} + b_t`` in direct space, one ``addcmul`` per step
   forward and one per step backward (:class:`SequentialScan`), with a and b computed for all
-  steps at once. On CPU this is several times cheaper: ``logcumsumexp`` and ``exp`` over
-  (B, T, H) cost more than the 2T tiny fused multiply-adds. Measured on S5 (B=64, T=784,
-  H=128, 2 threads, ``python -m benchmarks``): a minGRU training step took 1010 ms with the
-  log-space scan and 102 ms with this one (``torch.nn.LSTM`` with flush-to-zero: 215 ms).
+  steps at once. On CPU this is much cheaper: ``logcumsumexp`` and ``exp`` over (B, T, H)
+  cost more than the 2T tiny fused multiply-adds (BENCHMARKS.md has the measurement).
 
-``METHOD = "auto"`` takes ``"sequential"`` on CPU and ``"log"`` elsewhere.
+``METHOD = "auto"`` takes the form :func:`rnnkit.dispatch.scan_method` chooses for the device
+(``"sequential"`` on CPU, ``"log"`` elsewhere).
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from rnnkit import native
+from rnnkit import dispatch, native
 from rnnkit.cells import log_min_g, min_g
 
 
@@ -64,7 +63,7 @@ METHOD = "auto"  # "auto" | "log" | "sequential"
 def scan_method(device: torch.device) -> str:
     if METHOD not in ("auto", "log", "sequential"):
         raise ValueError(f"scan.METHOD: expected auto, log or sequential, got {METHOD!r}")
-    return ("sequential" if device.type == "cpu" else "log") if METHOD == "auto" else METHOD
+    return dispatch.scan_method(device) if METHOD == "auto" else METHOD
 
 
 def scan_direction(x: Tensor, state: tuple, w: SimpleNamespace, lengths: Optional[Tensor], cell: str):
@@ -257,16 +256,14 @@ def _carry_and_output_grad(h0: Tensor, grad_h: Optional[Tensor], grad_last: Opti
     return carry, grad_h.contiguous(), step
 
 
-NARROW_INPUT = 16  # minGRU layers with at most this many input features project inside the native loops
-
-
 class MinGRUNarrowScan(torch.autograd.Function):
     """A minGRU direction whose input projection runs inside the native loops (rnnkit/native.c).
 
-    x (T, B, F) time-major with F <= NARROW_INPUT; weight_ih (2H, F); bias_ih (2H) | None;
-    h0 (B, H); valid (T, B, 1) bool | None -> h (T, B, H), h_T (B, H). The same numbers as
-    ``F.linear`` followed by :class:`MinGRUScan`, without the two (T, B, H) projections in
-    memory: on pixel MNIST (F = 1) those were most of the memory traffic of a training step.
+    x (T, B, F) time-major with few features (``dispatch.mingru_projects_in_scan``); weight_ih
+    (2H, F); bias_ih (2H) | None; h0 (B, H); valid (T, B, 1) bool | None -> h (T, B, H), h_T
+    (B, H). The same numbers as ``F.linear`` followed by :class:`MinGRUScan`, without the two
+    (T, B, H) projections in memory: on pixel MNIST (F = 1) those were most of the memory
+    traffic of a training step.
     """
 
     @staticmethod
@@ -317,7 +314,7 @@ def _sequential_direction(x: Tensor, state: tuple, w: SimpleNamespace, lengths: 
     valid = None
     if lengths is not None:
         valid = (torch.arange(T).unsqueeze(1) < lengths).to(x.device).unsqueeze(-1)  # (T, B, 1)
-    narrow = cell == "mingru" and x.shape[-1] <= NARROW_INPUT
+    narrow = cell == "mingru" and dispatch.mingru_projects_in_scan(x.shape[-1])
     kernels = _native_scan(x, "mingru_x" if narrow else cell)
     if narrow and kernels is not None:
         h, last = MinGRUNarrowScan.apply(x, w.weight_ih, w.bias_ih, state[0], valid, kernels)

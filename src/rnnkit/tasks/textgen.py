@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnkit import bptt, fused, metrics, native
+from rnnkit import fused, layout, metrics, native
 from rnnkit.data.batching import Batch
 from rnnkit.data.text import CharVocab, TextStream, make_vocab, split_text
 from rnnkit.errors import UserError
@@ -215,11 +215,11 @@ class _Stepper:
     the layer's Python checks are skipped (``direct``), in one of two ways:
 
     * a unidirectional LSTM with rnnkit's native kernels (``kernel``): per layer ONE matmul,
-      ``a = [x_t | h_{t-1}] W^T + b`` with ``W = [W_ih | W_hh]`` (its rows in the native
-      kernel's gate order o, i, f, g, the g rows doubled: the kernel takes ``g = 2 sigmoid(2a) - 1``),
-      then one call of ``rnnkit_lstm_forward_*`` for the activations, ``c_t`` and ``h_t``. The cell
-      state travels as ``m = -2 c`` (the kernel's form). Against ``torch.lstm_cell`` (two matmuls
-      and ~10 element-wise ops a layer) this does the step in one call instead of a dozen.
+      ``a = [x_t | h_{t-1}] W^T + b`` with ``W = [W_ih | W_hh]`` in the step kernels' layout
+      (:mod:`rnnkit.layout`: kernel gate order, g rows doubled), then one call of
+      ``rnnkit_lstm_forward_*`` for the activations, ``c_t`` and ``h_t``. The cell state travels
+      as ``-2 c`` (the step kernels' form). Against ``torch.lstm_cell`` (two matmuls and ~10
+      element-wise ops a layer) this does the step in one call instead of a dozen.
     * otherwise each layer is one call of torch's single-step cell kernel (``torch.lstm_cell``
       etc., C++ from end to end).
 
@@ -266,18 +266,18 @@ class _Stepper:
         return torch.addmm(self.head_b, x, self.head_w.t()), state  # (B, V)
 
     def _kernel_step(self, tokens: Tensor, state: list) -> Tensor:
-        """The native LSTM step for every layer. ``state``: per layer [xh, m, m_next] (updated
-        in place), with xh (B, F+H) = [input | h_{t-1}], m = -2 c_{t-1} (B, H), plus the
-        buffers ``gates`` (B, 4H), ``u``, ``h`` (B, H) at the end of the list."""
+        """The native LSTM step for every layer. ``state``: per layer [xh, neg_two_c, neg_two_c_next]
+        (updated in place), with xh (B, F+H) = [input | h_{t-1}], neg_two_c = -2 c_{t-1} (B, H),
+        plus the buffers ``gates`` (B, 4H), ``u``, ``h`` (B, H) at the end of the list."""
         *layers, gates, u, h = state
         B, H = h.shape
         layers[0][0][:, : self.embedding.shape[1]] = self.embedding[tokens]
         for k, ((wt, b), lay) in enumerate(zip(self.joined, layers)):
-            xh, m, m_next = lay
+            xh, neg_two_c, neg_two_c_next = lay
             torch.addmm(b, xh, wt, out=gates)
-            self.kernel(1, B, H, gates.data_ptr(), 0, m.data_ptr(), m_next.data_ptr(), 0, u.data_ptr(), 0,
-                        h.data_ptr(), 0, None, None, 0)
-            lay[1], lay[2] = m_next, m
+            self.kernel(1, B, H, gates.data_ptr(), 0, neg_two_c.data_ptr(), neg_two_c_next.data_ptr(), 0, u.data_ptr(),
+                        0, h.data_ptr(), 0, None, None, 0)
+            lay[1], lay[2] = neg_two_c_next, neg_two_c
             xh[:, -H:] = h
             if k + 1 < len(layers):
                 layers[k + 1][0][:, :H] = h
@@ -300,7 +300,7 @@ class _Stepper:
                 F_ = self.joined[k][0].shape[0] - H
                 xh = h.new_zeros(B, F_ + H)
                 xh[:, F_:] = h[k]
-                layers.append([xh, -2 * c[k], torch.empty_like(c[k])])
+                layers.append([xh, layout.lstm_cell_to_step_kernel(c[k]), torch.empty_like(c[k])])
             return layers + [h.new_empty(B, 4 * H), h.new_empty(B, H), h.new_empty(B, H)]
         if isinstance(state, tuple):
             return [(h, c) for h, c in zip(state[0].unbind(0), state[1].unbind(0))]
@@ -308,13 +308,10 @@ class _Stepper:
 
 
 def _joined_lstm_weights(w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor]):
-    """torch's LSTM weights (gates i, f, g, o) -> ([W_ih | W_hh]^T (F+H, 4H), bias (4H,)) with
-    the gates in the native kernel's order (o, i, f, g) and the g rows doubled."""
+    """torch's LSTM weights -> ([W_ih | W_hh]^T (F+H, 4H), bias (4H,)) in the step kernels'
+    layout (:mod:`rnnkit.layout`)."""
     bias = w_ih.new_zeros(w_ih.shape[0]) if b_ih is None else b_ih + b_hh
-    w, b = (bptt.lstm_gates_to_kernel_order(p) for p in (torch.cat([w_ih, w_hh], 1), bias))
-    H = w_hh.shape[1]
-    w[3 * H :] *= 2  # g = tanh(a) = 2 sigmoid(2a) - 1 (see bptt._double_g_rows)
-    b[3 * H :] *= 2
+    w, b = (layout.double_lstm_g_(layout.lstm_to_kernel_order(p), 0) for p in (torch.cat([w_ih, w_hh], 1), bias))
     return w.t().contiguous(), b
 
 
