@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from rnnkit import artifacts, rundir
 from rnnkit.errors import UserError
 from rnnkit.tasks import get_task
-from rnnkit.tasks.artifact import Artifact, read_artifact
+from rnnkit.tasks.artifact import Artifact, model_line, read_artifact
 
 MEMBERS_DIR = "members"
 WEIGHTINGS = ("equal", "validation")
@@ -214,6 +214,17 @@ class EnsembleArtifact(Artifact):
     weights = property(lambda self: [float(w) for w in self.meta["ensemble"]["weights"]])
     model_config = property(lambda self: self.members[0].model_config)
     train_config = property(lambda self: self.members[0].train_config)
+
+    def description(self) -> dict:
+        return {"ensemble": self.meta["ensemble"]}
+
+    def model_lines(self, parameters: int) -> list:
+        ensemble = self.meta["ensemble"]
+        weights = ", ".join(f"{w:.3g}" for w in ensemble["weights"])
+        head = (f"ensemble of {len(self.members)} runs, {ensemble['weighting']} weights {weights}, "
+                f"{parameters:,} parameters in all")
+        return [head] + [f"member {i}: {model_line(member.meta['model'])} (from {entry.get('source', '?')})"
+                         for i, (member, entry) in enumerate(zip(self.members, ensemble["members"]))]
 
     def state_dict(self) -> dict:
         """Every member's checked weights, named as in the EnsembleModel (``members.<i>.<name>``)."""

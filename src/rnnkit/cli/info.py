@@ -19,23 +19,16 @@ def run(args) -> int:
     art = open_run(args.dir)
     n_params = sum(int(t.numel()) for t in art.state_dict().values())
     doc = {k: art.meta.get(k) for k in ("task", "format_version", "rnnkit_version", "created", "status",
-                                          "stop_reason", "step", "epoch", "metrics", "data", "model", "task_config",
-                                          "ensemble")}
-    doc["parameters"] = n_params
+                                          "stop_reason", "step", "epoch", "metrics", "data", "model", "task_config")}
+    doc.update(art.description(), parameters=n_params)
     if args.json:
-        print(json.dumps({k: v for k, v in doc.items() if v is not None or k != "ensemble"}))
+        print(json.dumps(doc))
         return 0
     step = f", step {art.meta['step']}" if "step" in art.meta else ""
     print(f"{args.dir}: {art.task} ({art.meta.get('status', '?')}{step}), "
           f"format v{art.meta['format_version']}, rnnkit {art.meta.get('rnnkit_version', '?')}")
-    ensemble = art.meta.get("ensemble")
-    if ensemble:  # an ensemble of runs (rnnkit ensemble): one model line per member
-        print(f"  ensemble of {len(ensemble['members'])} runs, {ensemble['weighting']} weights "
-              f"{', '.join(f'{w:.3g}' for w in ensemble['weights'])}, {n_params:,} parameters in all")
-        for i, (member, entry) in enumerate(zip(art.members, ensemble["members"])):
-            print(f"  member {i}: {_model_line(member.meta['model'])} (from {entry.get('source', '?')})")
-    else:
-        print(f"  model: {_model_line(art.meta['model'])}, {n_params:,} parameters")
+    for line in art.model_lines(n_params):
+        print(f"  {line}")
     data = art.data
     print(f"  data: {data.get('source', data.get('name', '?'))}" + (f" sha256 {data['sha256'][:12]}..." if data.get("sha256") else ""))
     for k, v in (art.metrics or {}).items():
@@ -43,8 +36,3 @@ def run(args) -> int:
     if art.meta.get("stop_reason"):
         print(f"  stopped: {art.meta['stop_reason']}")
     return 0
-
-
-def _model_line(m: dict) -> str:
-    return (f"{m.get('num_layers')}x {m.get('cell')} H={m.get('hidden_size')}"
-            f"{' bidirectional' if m.get('bidirectional') else ''}, encoder {m.get('encoder')}, head {m.get('head')}")

@@ -43,6 +43,14 @@ class Artifact:
         cls = get_task(self.task).Config
         return from_dict(cls, self.meta.get("task_config", {}), f"{self.path / artifacts.ARTIFACT_JSON} [data]")
 
+    def description(self) -> dict:
+        """What ``rnnkit info --json`` adds to artifact.json's own fields (nothing for one network)."""
+        return {}
+
+    def model_lines(self, parameters: int) -> list:
+        """``rnnkit info``'s lines about the model."""
+        return [f"model: {model_line(self.meta['model'])}, {parameters:,} parameters"]
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         w = self.meta["weights"]
         return artifacts.read_tensors(self.path / w.get("file", artifacts.WEIGHTS), "weights", w.get("sha256"))
@@ -67,3 +75,10 @@ def read_artifact(run_dir: str | Path) -> Artifact:
     """The run directory ``run_dir`` of one network, read and checked (see
     :func:`rnnkit.runs.open_run` for any run, ensembles included)."""
     return Artifact(run_dir, artifacts.read_meta(run_dir))
+
+
+def model_line(model: dict) -> str:
+    """A ModelConfig dict in one line: "2x lstm H=512, encoder embedding, head per_step"."""
+    return (f"{model.get('num_layers')}x {model.get('cell')} H={model.get('hidden_size')}"
+            f"{' bidirectional' if model.get('bidirectional') else ''}, encoder {model.get('encoder')}, "
+            f"head {model.get('head')}")
