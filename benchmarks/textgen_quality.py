@@ -26,13 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import rnnkit  # noqa: F401  (flush denormals)
-from rnnkit import artifacts
-from rnnkit.runs import open_run
 from rnnkit.data.text import CharVocab, TextStream, split_text
 from rnnkit.tasks.textgen import full_pass_metrics
 from rnnkit.models import ModelConfig
 from rnnkit.training.config import TrainConfig, from_dict, load_config_file
-from rnnkit.runs import train_task
+from rnnkit.runs import open_run, train_task
 
 
 class Baseline(nn.Module):
