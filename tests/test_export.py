@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from rnnkit import artifacts
 from rnnkit.runs import open_run
 from rnnkit.cli.main import main
 from rnnkit.errors import UserError
