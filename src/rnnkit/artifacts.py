@@ -297,16 +297,15 @@ def read_meta(run_dir: str | Path) -> dict:
             f"{path}: format_version {version} is newer than this rnnkit ({FORMAT_VERSION}, rnnkit "
             f"{doc.get('rnnkit_version', '?')} wrote it); upgrade rnnkit"
         )
-    for key in ("task", "ensemble") if "ensemble" in doc and version >= 2 else ("task", "model", "weights"):
-        if key not in doc:
-            raise UserError(f"{path}: damaged artifact (missing {key!r})")
+    if "task" not in doc:
+        raise UserError(f"{path}: damaged artifact (missing 'task')")
     for key, kind in _META_TYPES.items():  # "weights" is checked before "weights.file"
         parent, _, name = key.rpartition(".")
         holder = doc.get(parent, {}) if parent else doc
         if name in holder and not isinstance(holder[name], kind):
             raise UserError(f"{path}: damaged artifact ({key!r} is {_json_type(holder[name])}, "
                             f"expected {_json_type(kind())})")
-    if "weights" in doc:  # an ensemble names no files: its members sit in members/<i>
+    if "weights" in doc:  # a run that names files (a composition of runs names none)
         _check_named_files(run_dir, doc, path)
     return _read_v1(doc, path) if version == 1 else doc
 

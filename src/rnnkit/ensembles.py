@@ -74,6 +74,10 @@ class EnsembleModel(nn.Module):
         self.register_buffer("weights", torch.tensor(list(weights), dtype=torch.float32), persistent=False)
         self._average = average
 
+    def state_layers(self) -> list:
+        """Per member the Recurrent that carries its state (None: a stateless member)."""
+        return [net.state_layers()[0] for net in self.members]
+
     def average(self, outputs: list) -> Tensor:
         """The members' outputs (M tensors of one shape) -> one, by the task's rule and the weights."""
         return self._average(outputs, self.weights)
@@ -215,8 +219,14 @@ class EnsembleArtifact(Artifact):
     model_config = property(lambda self: self.members[0].model_config)
     train_config = property(lambda self: self.members[0].train_config)
 
+    required = ("ensemble",)
+
     def description(self) -> dict:
         return {"ensemble": self.meta["ensemble"]}
+
+    def export_state(self, layers: list) -> dict:
+        """Member m's state is ``h0_m`` (``c0_m``); the graph's outputs are the weighted average."""
+        return {"members": layers, "weights": self.weights}
 
     def model_lines(self, parameters: int) -> list:
         ensemble = self.meta["ensemble"]
@@ -249,9 +259,9 @@ def _read_members(dirs: Sequence) -> list:
         if where in seen:
             raise UserError(f"{d}: given twice; an ensemble's members are different runs")
         seen.add(where)
-        art = Artifact(d, meta)
         if "ensemble" in meta:
             raise UserError(f"{d}: already an ensemble; pass its member runs ({Path(d) / MEMBERS_DIR}/<i>) instead")
+        art = Artifact(d, meta)
         if art.meta.get("status", "complete") != "complete":
             raise UserError(f"{d}: the run is not finished (status {art.meta.get('status')!r}); "
                             f"`rnnkit resume {d}` first")

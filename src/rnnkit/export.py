@@ -16,9 +16,8 @@ so a runtime can run whole sequences or one step at a time (feed ``hn``/``cn`` b
 B and T are dynamic axes (B' = B x channels for channel-independent forecasters). The SegRNN
 forecaster has no state inputs and a fixed look-back T (its segments are fixed at training).
 
-An ensemble (``rnnkit ensemble``) exports its averaging graph: member m's state is ``h0_m``
-[, ``c0_m``] -> ``hn_m`` [, ``cn_m``], and ``outputs`` are the members' outputs averaged with
-the ensemble's weights (log of the mean probabilities; the mean forecast).
+A model whose state is a list, one state per network (an average of several runs), exports
+network m's state as ``h0_m`` [, ``c0_m``] -> ``hn_m`` [, ``cn_m``].
 
 Recurrent layers are exported through torch's fused kernels (``force_path="fused"``), which
 the TorchScript-based exporter maps to ONNX's own LSTM/GRU/RNN operators (dynamic T, and
@@ -40,6 +39,7 @@ from torch import Tensor, nn
 
 from rnnkit import artifacts
 from rnnkit.runs import open_run
+from rnnkit.tasks import get_task
 from rnnkit.tasks.artifact import Artifact
 from rnnkit.version import __version__
 from rnnkit.errors import UserError
@@ -47,7 +47,6 @@ from rnnkit.recurrent import Recurrent
 
 FORMAT = "rnnkit-onnx"
 FORMAT_VERSION = 1
-USES_LENGTHS = ("textclass", "seqclass")
 
 
 def recurrent_layers(model: nn.Module) -> list:
@@ -67,95 +66,68 @@ def pin_fused(model: nn.Module, where: str) -> None:
         layer.force_path = "fused"
 
 
-def state_layers(model: nn.Module) -> list:
-    """The Recurrent whose state each network carries (None: a stateless network): one entry for a
-    single network, one per member for an ensemble (``model.members``, whose state is the list of
-    the members' states)."""
-    return [_state_layer(net) for net in getattr(model, "members", [model])]
-
-
-def _state_layer(model: nn.Module) -> Optional[Recurrent]:
-    """The Recurrent whose state is the network's state (None: it keeps no state)."""
-    net = getattr(model, "net", model)  # ForecastModel wraps a SequenceModel or a SegRNN
-    return None if type(net).__name__ == "SegRNN" else net.rnn
+def state_parts(state) -> list:
+    """Per network its state tensors: () stateless, (h,) or (h, c). ``state`` is one network's
+    (None, h, or an (h, c) tuple) or a list of such, one per network."""
+    states = state if isinstance(state, list) else [state]
+    return [() if s is None else s if isinstance(s, tuple) else (s,) for s in states]
 
 
 class StatefulGraph(nn.Module):
     """``forward(inputs, [lengths], *states) -> (outputs, *new states)`` around a model that follows
     rnnkit's ``model(inputs, state, lengths) -> (outputs, state)`` convention.
 
-    ``layers`` (:func:`state_layers`): per network its Recurrent or None; each stateful network
-    adds ``h`` (and ``c`` for an LSTM), in order, to the graph's inputs and outputs. An ensemble
-    (``ensemble=True``) takes its state as the list of the members' states. Without any state the
-    graph is ``forward(inputs, [lengths]) -> outputs``.
+    ``parts``: per network how many state tensors it carries (0, 1 for h, 2 for h and c), in the
+    order the graph takes and returns them; ``as_list``: the model takes its state as a list of
+    the networks' states. Without any state the graph is ``forward(inputs, [lengths]) -> outputs``.
     """
 
-    def __init__(self, model: nn.Module, lengths: bool, layers: list, ensemble: bool = False):
+    def __init__(self, model: nn.Module, lengths: bool, parts: list, as_list: bool):
         super().__init__()
-        self.model, self.lengths, self.ensemble = model, lengths, ensemble
-        self.parts = [0 if layer is None else 2 if layer.cell == "lstm" else 1 for layer in layers]
+        self.model, self.lengths, self.parts, self.as_list = model, lengths, parts, as_list
 
     def forward(self, *args: Tensor):
         x, rest = args[0], list(args[1:])
         lengths = rest.pop(0) if self.lengths else None
         states = []
-        for n in self.parts:  # rest: every stateful network's (h[, c]), network by network
+        for n in self.parts:
             states.append(None if n == 0 else rest[0] if n == 1 else (rest[0], rest[1]))
             rest = rest[n:]
-        state = states if self.ensemble else states[0]
-        y, state = self.model(x, None if not any(self.parts) else state, lengths)
-        new = [p for s in (state if self.ensemble else [state]) if s is not None
-               for p in (s if isinstance(s, tuple) else (s,))]
+        state = None if not any(self.parts) else states if self.as_list else states[0]
+        y, state = self.model(x, state, lengths)
+        new = [p for parts in state_parts(state) for p in parts]
         return (y, *new) if new else y
 
 
-def example_inputs(art: Artifact, model: nn.Module, B: int, T: int) -> Tensor:
-    """A (B, T, ...) input of the right dtype and trailing shape for the artifact's model."""
-    mc, state = art.model_config, art.task_state
-    if art.task == "forecast":
-        spec = state["spec"]
-        T = spec["lookback"] if spec["architecture"] == "segrnn" else T
-        return torch.randn(B, T, spec["inputs"])
-    if mc.encoder == "embedding":
-        V = mc.input_size
-        if art.task == "textclass" and state.get("ngram_buckets"):
-            return torch.randint(0, V, (B, T, 2))
-        return torch.randint(0, V, (B, T))
-    return torch.randn(B, T, mc.input_size)
-
-
-def signature(art: Artifact, model: nn.Module, layers: list) -> dict:
-    """Input/output names, example tensors and dynamic axes of the graph; ``layers`` as in
-    :func:`state_layers`. A single network's state is ``h0``/``c0`` -> ``hn``/``cn``, ensemble
-    member m's ``h0_m``/``c0_m`` -> ``hn_m``/``cn_m``."""
-    B, T = 2, 5
-    x = example_inputs(art, model, B, T)
+def signature(art: Artifact, model: nn.Module) -> dict:
+    """Input/output names, example tensors and dynamic axes of the graph, and the state's layout
+    (``parts``, ``as_list``: see :class:`StatefulGraph`). One network's state is ``h0``/``c0`` ->
+    ``hn``/``cn``, network m's of a list ``h0_m``/``c0_m`` -> ``hn_m``/``cn_m``."""
+    task, B, T = get_task(art.task), 2, 5
+    x = task.example_inputs(art.model_config, art.task_state, B, T)
+    dynamic_time, per_step = task.export_axes(art.task_state)
     names, args = ["inputs"], [x]
-    axes = {"inputs": {0: "batch", 1: "time"}}
-    if art.task == "forecast" and art.task_state["spec"]["architecture"] == "segrnn":
-        axes["inputs"] = {0: "batch"}
-    if art.task in USES_LENGTHS:
+    axes = {"inputs": {0: "batch", 1: "time"} if dynamic_time else {0: "batch"},
+            "outputs": {0: "batch", 1: "time"} if per_step else {0: "batch"}}
+    if task.takes_lengths:
         names.append("lengths")
         args.append(torch.tensor([T, max(1, T - 2)], dtype=torch.int64))
         axes["lengths"] = {0: "batch"}
     outputs = ["outputs"]
-    spec = art.task_state.get("spec", {})
-    per_step = art.task == "textgen" or (spec.get("architecture") == "rnn" and spec.get("dense_targets"))
-    axes["outputs"] = {0: "batch", 1: "time"} if per_step else {0: "batch"}
-    if any(layer is not None for layer in layers):
-        with torch.no_grad():
-            _, state = model(x, None, args[1] if len(args) > 1 else None)
-        ensemble = hasattr(model, "members")
-        for m, member_state in enumerate(state if ensemble else [state]):
-            parts = () if member_state is None else member_state if isinstance(member_state, tuple) else (member_state,)
-            for i, p in enumerate(parts):
-                suffix = f"_{m}" if ensemble else ""
-                name, out = ("h0", "hn") if i == 0 else ("c0", "cn")
-                names.append(name + suffix)
-                args.append(torch.zeros_like(p))
-                outputs.append(out + suffix)
-                axes[name + suffix] = axes[out + suffix] = {1: "state_batch"}
-    return {"names": names, "args": tuple(args), "outputs": outputs, "axes": axes}
+    with torch.no_grad():
+        _, state = model(x, None, args[1] if task.takes_lengths else None)
+    parts = state_parts(state)
+    as_list = isinstance(state, list)
+    for m, network in enumerate(parts):
+        for i, p in enumerate(network):
+            suffix = f"_{m}" if as_list else ""
+            name, out = ("h0", "hn") if i == 0 else ("c0", "cn")
+            names.append(name + suffix)
+            args.append(torch.zeros_like(p))
+            outputs.append(out + suffix)
+            axes[name + suffix] = axes[out + suffix] = {1: "state_batch"}
+    return {"names": names, "args": tuple(args), "outputs": outputs, "axes": axes,
+            "parts": [len(network) for network in parts], "as_list": as_list, "takes_lengths": task.takes_lengths}
 
 
 def _describe(name: str, t: Tensor, axes: dict) -> dict:
@@ -169,17 +141,11 @@ def _describe_state(layer: Recurrent) -> dict:
             "start": "zeros"}
 
 
-def sidecar(art: Artifact, sig: dict, outputs: tuple, layers: list, onnx_name: str) -> dict:
-    """The JSON beside the graph. ``state``: None (no state), one network's layer description, or for
-    an ensemble ``{"members": [description | None per member], "weights": [...]}``: member m's
-    state is ``h0_m`` (``c0_m``), and the outputs are the members' outputs averaged."""
-
-    state = None
-    if "ensemble" in art.meta:
-        state = {"members": [None if layer is None else _describe_state(layer) for layer in layers],
-                 "weights": art.meta["ensemble"]["weights"]}
-    elif layers[0] is not None:
-        state = _describe_state(layers[0])
+def sidecar(art: Artifact, sig: dict, outputs: tuple, model: nn.Module, onnx_name: str) -> dict:
+    """The JSON beside the graph. ``state``: None (no state), the network's state layer, or what
+    the artifact says of several networks' (:meth:`~rnnkit.tasks.artifact.Artifact.export_state`)."""
+    layers = [None if layer is None else _describe_state(layer) for layer in model.state_layers()]
+    state = art.export_state(layers)
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "rnnkit_version": __version__,
         "model_file": onnx_name, "task": art.task, "source": str(art.path),
@@ -188,7 +154,7 @@ def sidecar(art: Artifact, sig: dict, outputs: tuple, layers: list, onnx_name: s
         "state": state,
         "preprocessing": art.task_state,  # vocabulary / scaler / labels / normaliser / windows
         "task_config": art.meta.get("task_config", {}),
-        "model": art.meta.get("model") or art.model_config.to_dict(),  # an ensemble: its first member's
+        "model": art.meta.get("model") or art.model_config.to_dict(),  # several runs: the first one's
         "metrics": art.metrics,
     }
 
@@ -203,9 +169,8 @@ def export_onnx(run_dir, out=None, opset: int = 17) -> tuple[Path, Path]:
         raise UserError(f"--out {out}: folder {out.parent} does not exist")
     model = art.build_model().eval()
     pin_fused(model, str(art.path))
-    layers = state_layers(model)
-    sig = signature(art, model, layers)
-    graph = StatefulGraph(model, art.task in USES_LENGTHS, layers, ensemble=hasattr(model, "members")).eval()
+    sig = signature(art, model)
+    graph = StatefulGraph(model, sig["takes_lengths"], sig["parts"], sig["as_list"]).eval()
     with torch.no_grad():
         outputs = graph(*sig["args"])
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
@@ -216,5 +181,5 @@ def export_onnx(run_dir, out=None, opset: int = 17) -> tuple[Path, Path]:
                           dynamic_axes=sig["axes"], opset_version=opset, dynamo=False)
     tmp.replace(out)
     side = out.with_suffix(".json")
-    artifacts.write_file_atomic(side, (json.dumps(sidecar(art, sig, outputs, layers, out.name), indent=1) + "\n").encode())
+    artifacts.write_file_atomic(side, (json.dumps(sidecar(art, sig, outputs, model, out.name), indent=1) + "\n").encode())
     return out, side

@@ -119,6 +119,14 @@ class SequenceModel(nn.Module):
                 nn.init.xavier_uniform_(linear.weight)
                 nn.init.zeros_(linear.bias)
 
+    def stepper(self, make_stepper):
+        """What generates one step at a time: ``make_stepper(self)``, the task's stepping rule."""
+        return make_stepper(self)
+
+    def state_layers(self) -> list:
+        """The Recurrent that carries this network's state, in a list of one (export reads it)."""
+        return [self.rnn]
+
     def features(self, inputs: Tensor, state=None, lengths=None):
         """Recurrent features before the head: (B, T, D*H) for per_step, (B, D*H) pooled, (B, 3*D*H) concat;
         with ``bag``, the mean input vector over valid steps (B, E) is appended."""

@@ -138,7 +138,7 @@ class Job:
         return {}
 
 
-class TextclassJob(Job):
+class TextsJob(Job):
     def parse(self, body):
         _known(body, ("texts",))
         texts = _field(body, "texts", list)
@@ -160,7 +160,7 @@ class TextclassJob(Job):
         return {"labels": list(self.facade.labels)}
 
 
-class SeqclassJob(Job):
+class SequencesJob(Job):
     def parse(self, body):
         _known(body, ("sequences",))
         seqs = _field(body, "sequences", list)
@@ -176,8 +176,7 @@ class SeqclassJob(Job):
         return out
 
     def _features(self) -> Optional[int]:
-        state = self.artifact.task_state
-        return 28 if state.get("kind") == "mnist" and state.get("mode") == "rows" else state.get("features")
+        return self.facade.step_features
 
     def run(self, items):
         flat = [a for seqs in items for a in seqs]
@@ -193,7 +192,7 @@ class SeqclassJob(Job):
         return {"labels": list(self.facade.label_names), "features": self._features()}
 
 
-class ForecastJob(Job):
+class HistoryJob(Job):
     def parse(self, body):
         _known(body, ("history", "horizon"))
         state = self.artifact.task_state
@@ -228,7 +227,7 @@ class ForecastJob(Job):
                 "horizon": s["horizon"]}
 
 
-class TextgenJob(Job):
+class GenerateJob(Job):
     route = "/generate"
     batched = False
     FIELDS = ("prime", "length", "temperature", "top_k", "top_p", "seed")
@@ -280,7 +279,8 @@ def _split_predictions(probs: np.ndarray, labels, counts: list, where: str) -> l
     return out
 
 
-JOBS = {"textclass": TextclassJob, "seqclass": SeqclassJob, "forecast": ForecastJob, "textgen": TextgenJob}
+# the job for each kind of request a task takes (``Task.serve_input``)
+JOBS = {"texts": TextsJob, "sequences": SequencesJob, "history": HistoryJob, "prime": GenerateJob}
 
 
 # ----------------------------------------------------------------------------- batching
@@ -430,7 +430,10 @@ def make_app(run_dir, limits: Optional[Limits] = None, token: Optional[str] = No
 
     limits = limits or Limits()
     art = open_run(run_dir)
-    ends = Endpoints(art, JOBS[art.task](get_task(art.task).load(art), art, limits), limits)
+    task = get_task(art.task)
+    if task.serve_input not in JOBS:
+        raise UserError(f"{run_dir}: a {art.task} model cannot be served (its task takes no requests)")
+    ends = Endpoints(art, JOBS[task.serve_input](task.load(art), art, limits), limits)
     other = "/generate" if ends.job.route == "/predict" else "/predict"
     routes = [Route(ends.job.route, ends.handle, methods=["POST"]), Route(other, ends.wrong_job, methods=["POST"]),
               Route("/health", ends.health, methods=["GET"]), Route("/info", ends.info, methods=["GET"])]

@@ -63,9 +63,7 @@ class GRUFunction(torch.autograd.Function):
             native.gru_sequence_forward(ctx.sequence[0], xp, wt, ops.optional_contiguous(b_hh), None, None, None,
                                         mask, None, None, hp, gates, hs, LN_EPS)
         else:
-            ctx.native = native.kernels_for("gru", xp)
-            if ctx.native is not None:
-                mask = ops.optional_contiguous(mask)
+            ctx.native, mask = ops.step_kernels("gru", xp, mask)
             _forward_loop(ctx.native, xp, wt, b_hh, mask, hp, gates, hs)
         ctx.hs, ctx.hp, ctx.gates, ctx.mask = hs, hp, gates, mask
         return hs[:, 1:], hs[:, -1].clone()
@@ -191,24 +189,16 @@ class GRUResetBeforeFunction(torch.autograd.Function):
         gates = xp.new_empty(D, T, B, G)  # r, z, n after their activations
         u = xp.new_empty(D, T, B, H)  # r * h * m, the input of W_hn
         ctx.save_for_backward(w_hh)
-        ctx.sequence, ctx.native = sequence_kernels(xp, "gru_rb_seq"), None
-        if ctx.sequence is not None:  # the whole loop, both recurrent matmuls included, in one native call
-            mask = ops.optional_contiguous(mask)
-            native.gru_reset_before_sequence_forward(ctx.sequence[0], xp.contiguous(), wt_rz, wt_n, mask, gates, u, hs)
-        else:
-            ctx.native = native.kernels_for("gru_rb", xp)
-            if ctx.native is not None:
-                mask = ops.optional_contiguous(mask)
-            _reset_before_forward_loop(ctx.native, xp, wt_rz, wt_n, mask, gates, u, hs)
-        ctx.hs, ctx.u, ctx.gates, ctx.mask = hs, u, gates, mask
+        ctx.hs, ctx.u, ctx.gates = hs, u, gates
+        ctx.mask = _reset_before_forward(ctx, xp, wt_rz, wt_n, mask)
         return hs[:, 1:], hs[:, -1].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_hs, grad_h):
+        D, T, B, G = ctx.gates.shape
         (w_hh,) = ctx.saved_tensors
         hs, gates, mask = ctx.hs, ctx.gates, ctx.mask
-        D, T, B, G = gates.shape
         H = G // 3
         w_rz, w_n = w_hh[:, : 2 * H], w_hh[:, 2 * H :]  # (D, 2H, H), (D, H, H)
         hm = ops.recurrent_inputs(hs, mask)
@@ -223,6 +213,21 @@ class GRUResetBeforeFunction(torch.autograd.Function):
             dh = _reset_before_backward_loop(ctx, w_rz, w_n, hm, grad_hs, grad_h, da)
         dw = torch.cat([ops.weight_grad(da[..., : 2 * H], hm), ops.weight_grad(da[..., 2 * H :], ctx.u)], 1)
         return da, dh, dw, None
+
+
+def _reset_before_forward(ctx, xp, wt_rz, wt_n, mask):
+    """GRUResetBeforeFunction's loop into ctx.hs, ctx.gates and ctx.u: in one native call (both
+    recurrent matmuls included) when chosen, else step by step; returns the mask as the backward
+    reads it."""
+    ctx.sequence, ctx.native = sequence_kernels(xp, "gru_rb_seq"), None
+    if ctx.sequence is not None:
+        mask = ops.optional_contiguous(mask)
+        native.gru_reset_before_sequence_forward(ctx.sequence[0], xp.contiguous(), wt_rz, wt_n, mask,
+                                                 ctx.gates, ctx.u, ctx.hs)
+    else:
+        ctx.native, mask = ops.step_kernels("gru_rb", xp, mask)
+        _reset_before_forward_loop(ctx.native, xp, wt_rz, wt_n, mask, ctx.gates, ctx.u, ctx.hs)
+    return mask
 
 
 def _reset_before_forward_loop(kernels, xp, wt_rz, wt_n, mask, gates, u, hs):

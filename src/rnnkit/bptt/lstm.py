@@ -75,8 +75,7 @@ class LSTMFunction(torch.autograd.Function):
     def backward(ctx, grad_hs, grad_h, grad_c):
         xs, w_ih, w_hh = ctx.saved_tensors
         D, T, B, G = ctx.gates.shape
-        dh = ops.final_grad(grad_h, ctx.gates, (D, B, G // 4))
-        dc = ops.final_grad(grad_c, ctx.gates, (D, B, G // 4))
+        dh, dc = ops.final_lstm_grads(grad_h, grad_c, ctx.gates)
         da = ops.workspace(ctx.gates)  # (D, T, B, 4H): dL/d(pre-activations), kernel gate order
         if ctx.sequence is not None:
             native.lstm_sequence_backward(ctx.sequence[1], ctx.gates, None, None, None, None, None, None, ctx.c_states,

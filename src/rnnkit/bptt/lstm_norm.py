@@ -89,10 +89,9 @@ class LSTMNormFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_hs, grad_h, grad_c):
+        dh, dc = ops.final_lstm_grads(grad_h, grad_c, ctx.gates)
         w_hh, g_hh, w_c = ctx.saved_tensors
         D, T, B, G = ctx.gates.shape
-        dh = ops.final_grad(grad_h, ctx.gates, (D, B, G // 4))
-        dc = ops.final_grad(grad_c, ctx.gates, (D, B, G // 4))
         if ctx.sequence is None and ctx.native is None:
             return _backward_loop(ctx, w_hh, g_hh, w_c, grad_hs, dh, dc)
         dxz, dq = torch.empty_like(ctx.gates), ops.workspace(ctx.gates)  # dL/dxz; dL/d(hm W_hh^T) before its LN

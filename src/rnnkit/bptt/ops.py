@@ -12,6 +12,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from rnnkit import native
+
 
 def stack(tensors) -> Optional[Tensor]:
     """The per-direction tensors stacked along a new leading axis D (None when they are None)."""
@@ -78,8 +80,21 @@ def final_grad(grad: Optional[Tensor], like: Tensor, shape: tuple) -> Tensor:
     return like.new_zeros(shape) if grad is None else grad.clone(memory_format=torch.contiguous_format)
 
 
+def final_lstm_grads(grad_h: Optional[Tensor], grad_c: Optional[Tensor], gates: Tensor) -> tuple:
+    """The gradients of an LSTM's final h and c, each (D, B, H) from ``gates`` (D, T, B, 4H)."""
+    D, _, B, G = gates.shape
+    return final_grad(grad_h, gates, (D, B, G // 4)), final_grad(grad_c, gates, (D, B, G // 4))
+
+
 def optional_contiguous(x: Optional[Tensor]) -> Optional[Tensor]:
     return None if x is None else x.contiguous()
+
+
+def step_kernels(name: str, x: Tensor, mask: Optional[Tensor]) -> tuple:
+    """The native per-step kernels ``name`` for ``x`` (None: the torch loop) and the mask as they
+    read it (contiguous for the native kernels)."""
+    kernels = native.kernels_for(name, x)
+    return kernels, (mask if kernels is None else optional_contiguous(mask))
 
 
 _WORKSPACES = threading.local()

@@ -21,9 +21,14 @@ class Artifact:
     ``SequenceModel`` with the selected weights loaded, in eval mode.
     """
 
+    required = ("model", "weights")  # the artifact.json keys this kind of run cannot do without
+
     def __init__(self, path: str | Path, meta: dict):
         self.path = Path(path)
         self.meta = meta
+        for key in self.required:
+            if key not in meta:
+                raise UserError(f"{self.path / artifacts.ARTIFACT_JSON}: damaged artifact (missing {key!r})")
 
     task = property(lambda self: self.meta["task"])
     task_state = property(lambda self: self.meta.get("task_state", {}))
@@ -46,6 +51,11 @@ class Artifact:
     def description(self) -> dict:
         """What ``rnnkit info --json`` adds to artifact.json's own fields (nothing for one network)."""
         return {}
+
+    def export_state(self, layers: list) -> dict | None:
+        """The ``state`` entry of an ONNX export's JSON from the description of each network's
+        state (None: a stateless network): here the one network's."""
+        return layers[0]
 
     def model_lines(self, parameters: int) -> list:
         """``rnnkit info``'s lines about the model."""
@@ -73,7 +83,7 @@ class Artifact:
 
 def read_artifact(run_dir: str | Path) -> Artifact:
     """The run directory ``run_dir`` of one network, read and checked (see
-    :func:`rnnkit.runs.open_run` for any run, ensembles included)."""
+    :func:`rnnkit.runs.open_run` for any run directory)."""
     return Artifact(run_dir, artifacts.read_meta(run_dir))
 
 

@@ -54,6 +54,15 @@ with a default for tasks whose outputs are class (or next-token) logits:
 10. ``ensemble_evidence(models, batches) -> tuple``: what the weights are fitted on; default:
     ``("likelihood", log p_m(y_n))``, for the probability mixture with the highest likelihood.
 
+Deployment hooks (``rnnkit export`` and ``rnnkit serve`` read these, never the task's name):
+
+11. ``serve_input``: the request field ``rnnkit serve`` takes: ``"texts"`` (POST /predict with
+    strings), ``"sequences"`` (arrays of feature vectors), ``"history"`` (a forecast's history),
+    ``"prime"`` (POST /generate); "" when the task cannot be served.
+12. ``takes_lengths`` (the model reads ``lengths`` (B,)), ``example_inputs(model_config,
+    task_state, B, T)`` (a traced input) and ``export_axes(task_state)`` (which time axes are
+    dynamic) shape the exported ONNX graph.
+
 Config fields: every field of ``Config`` becomes ``--field-name`` (``--field_name`` accepted) and a
 key of the config file's ``[data]`` section, typed by its annotation (int, float, str, bool,
 Optional[...]); ``field(metadata={"choices": (...), "help": "..."})`` adds choices/help text.
@@ -179,6 +188,22 @@ class Task:
         validation ``batches``: ``("likelihood", log p_m(y_n) (M, N))`` for the probability mixture
         with the highest likelihood of the targets, i.e. the lowest validation loss."""
         return "likelihood", torch.stack([target_log_probs(model, batches) for model in models])
+
+    # -- deployment (see the module docstring, items 11-12) -------------------------------------
+    serve_input: str = ""
+    takes_lengths: bool = False
+
+    def example_inputs(self, model_config: ModelConfig, task_state: dict, batch: int, time: int) -> Tensor:
+        """An input (B, T) of token ids for an embedding encoder, else (B, T, F) floats, to trace
+        the model with."""
+        if model_config.encoder == "embedding":
+            return torch.randint(0, model_config.input_size, (batch, time))
+        return torch.randn(batch, time, model_config.input_size)
+
+    def export_axes(self, task_state: dict) -> tuple:
+        """(the inputs' time axis is dynamic, the outputs have a time axis); default (True, False):
+        any length in, one output per sequence."""
+        return True, False
 
     # -- optional CLI hooks (see the module docstring, items 6-7) -------------------------------
     def add_arguments(self, verb: str, parser) -> None:

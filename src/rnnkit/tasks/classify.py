@@ -115,6 +115,8 @@ class ClassificationTask(Task):
     """Base of the classification tasks: cross-entropy loss, the evaluation pass and the report of
     ``rnnkit evaluate``. A subclass says where its task state keeps the class names."""
 
+    takes_lengths = True
+
     def label_names(self, task_state: dict) -> list:
         """The C class names, in the order of the model's outputs."""
         raise NotImplementedError

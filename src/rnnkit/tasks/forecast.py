@@ -109,6 +109,9 @@ class ForecastModel(nn.Module):
             return y.movedim(1, -1)  # (B, [L,] K', C)
         return y.view(*y.shape[:-1], Kp, C)
 
+    def state_layers(self) -> list:
+        return self.net.state_layers()
+
     def forward(self, x: Tensor, state=None, lengths=None):
         if self.spec["architecture"] == "segrnn":
             return self.net(x)
@@ -208,6 +211,17 @@ class ForecastTask(Task):
 
     name = "forecast"
     Config = ForecastConfig
+    serve_input = "history"
+
+    def example_inputs(self, model_config: ModelConfig, task_state: dict, batch: int, time: int) -> Tensor:
+        """(B, T, F) scaled windows; SegRNN's look-back is fixed at training."""
+        spec = task_state["spec"]
+        time = spec["lookback"] if spec["architecture"] == "segrnn" else time
+        return torch.randn(batch, time, spec["inputs"])
+
+    def export_axes(self, task_state: dict) -> tuple:
+        spec = task_state["spec"]
+        return spec["architecture"] != "segrnn", spec["architecture"] == "rnn" and bool(spec.get("dense_targets"))
 
     def splits(self, config: ForecastConfig, data) -> tuple[Splits, dict]:
         if isinstance(data, str) and data == SINES:

@@ -68,6 +68,10 @@ class SegRNN(nn.Module):
         self.drop = nn.Dropout(c.dropout)
         self.project = nn.Linear(d, W)
 
+    def state_layers(self) -> list:
+        """[None]: no state is carried from one window to the next."""
+        return [None]
+
     def forward(self, x: Tensor, state=None, lengths=None):
         c, W = self.config, self.config.segment_length
         B, L, C = x.shape

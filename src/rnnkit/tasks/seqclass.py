@@ -184,6 +184,7 @@ def prepare_sequences(train: seqdata.LabelledSequences, test: Optional[seqdata.L
 class SeqclassTask(ClassificationTask):
     name = "seqclass"
     Config = SeqclassConfig
+    serve_input = "sequences"
 
     def prepare(self, config: SeqclassConfig, data: str, seed: int = 0) -> PreparedData:
         path = resolve_data(data)
@@ -288,6 +289,12 @@ class SequenceClassifier(Classifier):
     @property
     def is_mnist(self) -> bool:
         return self._require()[1]["kind"] == "mnist"
+
+    @property
+    def step_features(self) -> Optional[int]:
+        """F, the features each step of an input sequence has (None: not recorded)."""
+        state = self._require()[1]
+        return MNIST_SIDE if state["kind"] == "mnist" and state.get("mode") == "rows" else state.get("features")
 
     def fit(self, x=None, y=None, lengths=None, data: Optional[str] = None, out: Optional[str] = None,
             callbacks: Sequence = ()) -> "SequenceClassifier":

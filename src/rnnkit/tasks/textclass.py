@@ -198,6 +198,12 @@ def prepare_texts(config: Config, texts: Sequence[str], labels: Sequence[str], s
 class TextClassTask(ClassificationTask):
     name = "textclass"
     Config = Config
+    serve_input = "texts"
+
+    def example_inputs(self, model_config: ModelConfig, task_state: dict, batch: int, time: int) -> Tensor:
+        """(B, T) word ids, or (B, T, 2) word and hashed-bigram ids when the model reads bigrams."""
+        x = super().example_inputs(model_config, task_state, batch, time)
+        return torch.stack([x, x], -1) if task_state.get("ngram_buckets") else x
 
     def prepare(self, config: Config, data: str, seed: int = 0) -> PreparedData:
         splits = load_splits(config, data)

@@ -112,6 +112,10 @@ class TextgenTask(Task):
 
     name = "textgen"
     Config = TextgenConfig
+    serve_input = "prime"
+
+    def export_axes(self, task_state: dict) -> tuple:
+        return True, True  # next-token logits at every step
 
     def prepare(self, config: TextgenConfig, data: str, seed: int = 0) -> PreparedData:
         text, info = read_text(data)
@@ -338,8 +342,7 @@ def generate(model: SequenceModel, prime_ids: Tensor, length: int, temperature: 
     """
     B = num_samples
     model.eval()
-    # a composite model (an ensemble: rnnkit.ensembles.EnsembleModel) steps each network with ours
-    step = model.stepper(_Stepper) if hasattr(model, "stepper") else _Stepper(model)
+    step = model.stepper(_Stepper)  # a model of several networks steps each with this rule
     with torch.inference_mode():
         logits, state = model(prime_ids.view(1, -1))  # (1, P, V)
         logits = logits[:, -1].expand(B, -1)  # (B, V)
