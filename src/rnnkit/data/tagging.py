@@ -29,7 +29,7 @@ the type changes. So an ``I-X`` after ``O`` or after ``B-Y`` begins a new X enti
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -39,14 +39,18 @@ from rnnkit.errors import UserError
 PREFIXES = {"BIO": "BIO", "IOB1": "BIO", "BIOES": "BIOES"}  # scheme -> the tag prefixes it uses
 CONLLU_COLUMNS = {"upos": 3, "xpos": 4}  # tag column (0-based) of the 10 CoNLL-U fields
 _SEPARATOR = re.compile(r"[ \t]+")  # not str.split(): a token may hold other Unicode spaces
+_WORD = re.compile(r"(?:[^\W\d_]\.){2,}|\w+(?:[-.]\w+)*|'\w+|[^\w\s]")
 
 
 @dataclass
 class Sentence:
-    """One sentence: ``words`` and ``tags``, one tag per word."""
+    """One sentence: ``words`` and ``tags``, one tag per word. A reader also keeps each word's
+    line of the file (``lines``, without its line end; not compared), so a tagger can write the
+    file back with a column added."""
 
     words: list[str]
     tags: list[str]
+    lines: list[str] = field(default_factory=list, compare=False, repr=False)
 
 
 # ------------------------------------------------------------------------------------ readers
@@ -71,6 +75,7 @@ def read_conll(path, tag_column: int = -1, word_column: int = 0) -> list[Sentenc
                 raise UserError(f"{path} line {number}: expected {width} columns like line {first}, found {len(columns)}")
             sentence.words.append(columns[word_column])
             sentence.tags.append(columns[tag_column])
+            sentence.lines.append(line)
         if sentence.words:
             sentences.append(sentence)
     return _nonempty(path, sentences, "token lines of space- or tab-separated columns")
@@ -97,6 +102,7 @@ def read_conllu(path, column: str = "upos") -> list[Sentence]:
                                 f"found {fields[0]!r}")
             sentence.words.append(fields[1])
             sentence.tags.append(fields[index])
+            sentence.lines.append(line)
         if sentence.words:
             sentences.append(sentence)
     return _nonempty(path, sentences, "word lines of 10 tab-separated columns")
@@ -127,6 +133,15 @@ def _nonempty(path: Path, sentences: list, expected: str) -> list[Sentence]:
     if not sentences:
         raise UserError(f"{path}: no sentences found; expected {expected}, a blank line after each sentence")
     return sentences
+
+
+def split_words(text: str) -> list[str]:
+    """Raw text as word tokens for a tagger, roughly as CoNLL-2003 and WNUT-17 split them:
+    abbreviations of single letters and dots (``U.S.``), runs of letters and digits with inner
+    hyphens and dots (``e-mail``, ``3.5``), an apostrophe clitic on its own (``it's`` -> ``it``,
+    ``'s``), and every other non-space character as one token:
+    ``"Hi, I'm in the U.S. now."`` -> Hi , I 'm in the U.S. now ."""
+    return _WORD.findall(text)
 
 
 # ---------------------------------------------------------------------------------- schemes
