@@ -196,6 +196,8 @@ def sidecar(art: Artifact, sig: dict, outputs: tuple, layers: list, onnx_name: s
 def export_onnx(run_dir, out=None, opset: int = 17) -> tuple[Path, Path]:
     """Write ``out`` (default ``DIR/model.onnx``) and ``out`` with suffix ``.json``; returns both paths."""
     art = open_run(run_dir)
+    if art.task == "tag":
+        raise UserError(f"{art.path}: a tag run cannot be exported to ONNX yet")
     out = Path(out) if out is not None else art.path / "model.onnx"
     if out.suffix != ".onnx":
         raise UserError(f"--out {out}: expected a file name ending in .onnx")

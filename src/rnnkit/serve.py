@@ -430,6 +430,8 @@ def make_app(run_dir, limits: Optional[Limits] = None, token: Optional[str] = No
 
     limits = limits or Limits()
     art = open_run(run_dir)
+    if art.task not in JOBS:
+        raise UserError(f"{art.path}: a {art.task} run cannot be served yet; the server knows {', '.join(JOBS)}")
     ends = Endpoints(art, JOBS[art.task](get_task(art.task).load(art), art, limits), limits)
     other = "/generate" if ends.job.route == "/predict" else "/predict"
     routes = [Route(ends.job.route, ends.handle, methods=["POST"]), Route(other, ends.wrong_job, methods=["POST"]),

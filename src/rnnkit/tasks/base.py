@@ -97,7 +97,7 @@ class PreparedData:
 
 
 class Task:
-    """Base class of the four jobs; see the module docstring for the contract."""
+    """Base class of the five jobs; see the module docstring for the contract."""
 
     name: str = ""
     Config: type = object
