@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
-TASKS = ("textgen", "forecast", "textclass", "seqclass")  # the four jobs (tests may register toy tasks)
+TASKS = ("textgen", "forecast", "textclass", "seqclass", "tag")  # the five jobs (tests may register toy tasks)
 COLUMNS = "100"
 PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
 

@@ -23,6 +23,7 @@ _LAZY = {
     "Forecaster": "rnnkit.tasks.forecast",
     "TextClassifier": "rnnkit.tasks.textclass",
     "SequenceClassifier": "rnnkit.tasks.seqclass",
+    "Tagger": "rnnkit.tasks.tag",
 }
 
 

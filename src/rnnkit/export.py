@@ -162,6 +162,8 @@ def sidecar(art: Artifact, sig: dict, outputs: tuple, model: nn.Module, onnx_nam
 def export_onnx(run_dir, out=None, opset: int = 17) -> tuple[Path, Path]:
     """Write ``out`` (default ``DIR/model.onnx``) and ``out`` with suffix ``.json``; returns both paths."""
     art = open_run(run_dir)
+    if not get_task(art.task).exportable:
+        raise UserError(f"{art.path}: a {art.task} run cannot be exported to ONNX yet")
     out = Path(out) if out is not None else art.path / "model.onnx"
     if out.suffix != ".onnx":
         raise UserError(f"--out {out}: expected a file name ending in .onnx")

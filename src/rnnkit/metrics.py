@@ -1,4 +1,5 @@
-"""Metrics, one home for every task: classification report, forecast errors, language-model units.
+"""Metrics, one home for every task: classification report, forecast errors, language-model units,
+entity-level scores of sequence labelling.
 
 Plain NumPy on arrays already gathered by a task's evaluation pass; nothing here runs a model.
 Shape letters: ``N`` examples, ``C`` classes, ``K`` forecast horizon, ``T`` time steps.
@@ -11,6 +12,11 @@ Classification semantics (those of scikit-learn's ``precision_recall_fscore_supp
 - macro F1 is the unweighted mean of F1_k over the classes that occur in the truth or in the
   predictions; a class in neither is still listed (all zeros) but does not pull the mean down;
 - accuracy = sum_k TP_k / N; with no examples at all, accuracy and macro F1 are NaN.
+
+Entity semantics (those of the CoNLL shared tasks' ``conlleval`` script): entities are read from
+BIO / IOB1 / BIOES tags by conlleval's chunk rules (:func:`rnnkit.data.tagging.spans`), and a
+predicted entity is correct only if its type, first and last token all match a true one. The
+precision/recall/F1 formulas and the 0/0 = 0 rule are the classification ones above.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import math
 from typing import Sequence
 
 import numpy as np
+
+from rnnkit.data.tagging import spans
 
 MAX_EXPONENT = 700.0  # exp(700) ~ 1e304: perplexity of an untrained model stays a finite float
 
@@ -40,9 +48,7 @@ def classification_report(confusion: np.ndarray, labels: Sequence[str]) -> dict:
     "recall", "f1", "support"}}, "confusion": [[int]] (C, C), "labels": [str] (C,)}``."""
     counts = np.asarray(confusion, dtype=np.float64)
     tp, predicted, support = np.diag(counts), counts.sum(0), counts.sum(1)
-    precision = _ratio(tp, predicted)
-    recall = _ratio(tp, support)
-    f1 = _ratio(2 * precision * recall, precision + recall)
+    precision, recall, f1 = _precision_recall_f1(np.stack([support, predicted, tp], axis=1)).T
     occurs = (predicted + support) > 0  # in the truth or in the predictions
     total = counts.sum()
     per_class = {
@@ -61,6 +67,53 @@ def classification_report(confusion: np.ndarray, labels: Sequence[str]) -> dict:
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """numerator / denominator elementwise, 0 where the denominator is 0."""
     return np.divide(numerator, denominator, out=np.zeros_like(numerator, dtype=np.float64), where=denominator > 0)
+
+
+def _precision_recall_f1(table: np.ndarray) -> np.ndarray:
+    """(K, 3) precision, recall, F1 of (K, 3) counts [true, predicted, correct]; 0/0 counts as 0."""
+    true, predicted, correct = table.T
+    precision, recall = _ratio(correct, predicted), _ratio(correct, true)
+    return np.stack([precision, recall, _ratio(2 * precision * recall, precision + recall)], axis=1)
+
+
+# ---------------------------------------------------------------------------- sequence labelling
+
+
+def entity_scores(true_seqs: Sequence[Sequence[str]], pred_seqs: Sequence[Sequence[str]]) -> dict:
+    """Entity-level precision, recall and F1 (fractions, micro-averaged over all entities) and
+    token accuracy of predicted tag sequences against true ones, sentence by sentence (N sentences,
+    each pair of the same length), with the semantics of the module docstring.
+
+    Returns ``{"precision", "recall", "f1", "accuracy", "true_entities", "predicted_entities",
+    "correct_entities", "tokens", "per_type": {type: {"precision", "recall", "f1", "support"}}}``;
+    ``per_type`` lists every type found in the truth or the predictions, sorted; ``support`` is the
+    number of true entities of the type. With no tokens at all, accuracy is NaN.
+    """
+    if len(true_seqs) != len(pred_seqs):
+        raise ValueError(f"{len(true_seqs)} true sequences but {len(pred_seqs)} predicted ones")
+    counts: dict[str, list[int]] = {}  # type -> [true, predicted, correct]
+    right_tokens = tokens = 0
+    for i, (true, pred) in enumerate(zip(true_seqs, pred_seqs)):
+        if len(true) != len(pred):
+            raise ValueError(f"sequence {i}: {len(true)} true tags but {len(pred)} predicted ones")
+        gold, found = set(spans(true, "BIOES")), set(spans(pred, "BIOES"))
+        for column, entities in enumerate((gold, found, gold & found)):
+            for kind, _, _ in entities:
+                counts.setdefault(kind, [0, 0, 0])[column] += 1
+        right_tokens += sum(t == p for t, p in zip(true, pred))
+        tokens += len(true)
+    kinds = sorted(counts)
+    table = np.array([counts[k] for k in kinds], dtype=np.float64).reshape(len(kinds), 3)  # (K, 3)
+    overall = _precision_recall_f1(table.sum(0, keepdims=True))
+    per_type = _precision_recall_f1(table)
+    return {
+        "precision": float(overall[0, 0]), "recall": float(overall[0, 1]), "f1": float(overall[0, 2]),
+        "accuracy": right_tokens / tokens if tokens else math.nan,
+        "true_entities": int(table[:, 0].sum()), "predicted_entities": int(table[:, 1].sum()),
+        "correct_entities": int(table[:, 2].sum()), "tokens": tokens,
+        "per_type": {k: {"precision": float(p), "recall": float(r), "f1": float(f), "support": counts[k][0]}
+                     for k, (p, r, f) in zip(kinds, per_type)},
+    }
 
 
 # ------------------------------------------------------------------------------------ forecasting

@@ -432,7 +432,8 @@ def make_app(run_dir, limits: Optional[Limits] = None, token: Optional[str] = No
     art = open_run(run_dir)
     task = get_task(art.task)
     if task.serve_input not in JOBS:
-        raise UserError(f"{run_dir}: a {art.task} model cannot be served (its task takes no requests)")
+        raise UserError(f"{art.path}: a {art.task} run cannot be served yet (rnnkit serve answers "
+                        f"{', '.join(JOBS)} requests)")
     ends = Endpoints(art, JOBS[task.serve_input](task.load(art), art, limits), limits)
     other = "/generate" if ends.job.route == "/predict" else "/predict"
     routes = [Route(ends.job.route, ends.handle, methods=["POST"]), Route(other, ends.wrong_job, methods=["POST"]),

@@ -84,7 +84,7 @@ def build_parser(task=None):
     from rnnkit.cli import evaluate, info, resume, train, verbs
     from rnnkit.cli.flags import Parser
 
-    parser = Parser(prog="rnnkit", description="Recurrent neural networks: train, evaluate and use four jobs.")
+    parser = Parser(prog="rnnkit", description="Recurrent neural networks: train, evaluate and use five jobs.")
     parser.add_argument("--version", action=VersionAction, nargs=0,
                         help="show rnnkit's and torch's versions and whether the native kernels are in use, and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)

@@ -12,7 +12,7 @@ def add_parser(sub, task=None):
     p = sub.add_parser("train", help="train a task and write its run directory",
                        description="Every ModelConfig/TrainConfig/task Config field is a flag; "
                                    "settings resolve as defaults < --config file < flags.")
-    p.add_argument("task", nargs="?", help="textgen | forecast | textclass | seqclass (or the config's `task`)")
+    p.add_argument("task", nargs="?", help="textgen | forecast | textclass | seqclass | tag (or the config's `task`)")
     p.add_argument("--data", help="a named dataset or a file/folder path (or the config's `dataset`)")
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--config", help="JSON or TOML file: top-level task/dataset, sections [model] [train] [data]")
@@ -35,7 +35,7 @@ def run(args) -> int:
     if task is None and args.task:
         task = get_task(args.task)
     if task is None:
-        raise UserError("train: expected a task (textgen, forecast, textclass, seqclass) or a --config with `task`")
+        raise UserError("train: expected a task (textgen, forecast, textclass, seqclass, tag) or a --config with `task`")
     classes = {"model": ModelConfig, "train": TrainConfig, "data": task.Config}
     configs, file = resolve_configs(classes, args.config, given_flags(args))
     if file.get("task") not in (None, task.name):

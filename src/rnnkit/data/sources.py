@@ -3,10 +3,13 @@
 ``resolve(name_or_path)`` returns a Path (or ``{part: Path}`` for multi-file datasets):
 
 1. a named dataset (``tinyshakespeare``, ``mnist``, ``imdb``, ``etth1``, ``etth2``,
-   ``airline-passengers``, ``monthly-sunspots``, ``daily-min-temperatures``) is looked up in the
-   folder named by ``RNNKIT_DATA`` (layout of shared/data, see its SOURCES.md), then in the cache
+   ``airline-passengers``, ``monthly-sunspots``, ``daily-min-temperatures``, and for sequence
+   labelling ``conll2003``, ``wnut17``, ``ud-en-ewt``) is looked up in the folder named by
+   ``RNNKIT_DATA`` (layout of shared/data, see its SOURCES.md), then in the cache
    (``RNNKIT_CACHE``, default ``~/.cache/rnnkit``), then downloaded into the cache from its
-   canonical URL, pinned to a commit, and kept only if its SHA-256 matches;
+   canonical URL, pinned to a commit, and kept only if its SHA-256 matches. A dataset without a
+   URL (``imdb``'s converted CSVs, the sequence-labelling sets) is never downloaded: when it is
+   missing, one line says where it was looked for;
 2. anything else is a file path and must exist.
 
 Readers turn bad input into one-line ``UserError``s naming the file, the position and what was
@@ -87,6 +90,32 @@ DATASETS: dict[str, dict[str, RemoteFile]] = {
     "daily-min-temperatures": {"csv": RemoteFile(
         "timeseries/daily-min-temperatures.csv", "8b9de63ed6789492bf497625e7f9beb96a63d367b4b0a21754006f749fa5e5da",
         f"{_TSDL}/daily-min-temperatures.csv")},
+    # sequence labelling (see SOURCES.md): local copies only, never downloaded (CoNLL-2003 may not be
+    # redistributed; every user builds or obtains it), so these have no URL and locate() refuses to fetch
+    "conll2003": {
+        "train": RemoteFile("ner/conll2003/train.txt",
+                            "213953b5522fb7924802d883e50f027b2c6ffb5d4d0e63368ed82909f9b60423", None),
+        "dev": RemoteFile("ner/conll2003/valid.txt",
+                          "c02eb19809eafb83998326a0481942eb37d96f31826ae387cfe8773699969f5b", None),
+        "test": RemoteFile("ner/conll2003/test.txt",
+                           "dc4ac7f3d6d01a6bec59261814561da3b287b6b493b97d1f69c580b52ec1831b", None),
+    },
+    "wnut17": {
+        "train": RemoteFile("ner/wnut17/wnut17train.conll",
+                            "731820e13f71af324c6b55a1575ec2ce59fbaa2a0806f8f0400b98d56cd6a7a5", None),
+        "dev": RemoteFile("ner/wnut17/emerging.dev.conll",
+                          "e053b752b8155113ca66e7db08af5f2f5f43ab993694e4774f1ec5bad42312d8", None),
+        "test": RemoteFile("ner/wnut17/emerging.test.annotated",
+                           "2aa79b764e56ec9264a1b30fdd9b70195bd00ff400b62edd8f399d5f13c178f0", None),
+    },
+    "ud-en-ewt": {
+        "train": RemoteFile("ud/en_ewt/en_ewt-ud-train.conllu",
+                            "3fb78e2b55482c8ee00caa653af436c88c9e5bc9a73ce26e4ae3ddc79d2b7e7b", None),
+        "dev": RemoteFile("ud/en_ewt/en_ewt-ud-dev.conllu",
+                          "531a54ff90d6ab12201c5a50c3e78e6ddac4de69abc4bce5d275d3cd29efe2b6", None),
+        "test": RemoteFile("ud/en_ewt/en_ewt-ud-test.conllu",
+                           "e266e515a0a7547657ed3d90d9ba46487d6bd251f27ad4269d4e8a427c8555cd", None),
+    },
 }
 
 

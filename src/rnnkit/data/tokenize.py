@@ -8,7 +8,8 @@
 * ``truncate(seq, max_length, keep)``: keep the ``head``, the ``tail`` or ``both`` ends.
 * ``bigram_ids``: fastText-style hashed bigram features: step t gets the id of the pair
   (w_{t-1}, w_t) in ``buckets`` extra embedding rows after the vocabulary (w_{-1} is a start marker).
-* ``read_word_vectors``: GloVe or word2vec *text* files into an embedding matrix.
+* ``read_word_vectors``: GloVe or word2vec *text* files into an embedding matrix;
+  ``copy_word_vectors`` writes the rows found into an embedding's weight.
 """
 
 from __future__ import annotations
@@ -137,3 +138,14 @@ def read_word_vectors(path, vocab: Vocabulary, dim: int) -> tuple[torch.Tensor, 
                 vectors[i] = torch.tensor([float(v) for v in parts[1:]])
                 found += 1
     return vectors, found
+
+
+def copy_word_vectors(weight: torch.Tensor, vocab: Vocabulary, path) -> int:
+    """Overwrite the rows of an embedding ``weight`` (V, E) whose word has a vector in the GloVe /
+    word2vec text file ``path`` (:func:`read_word_vectors`); the other rows keep their values.
+    Returns the number of words found."""
+    vectors, found = read_word_vectors(path, vocab, weight.shape[1])
+    with torch.no_grad():
+        rows = torch.nonzero(vectors.abs().sum(1) > 0).squeeze(1)
+        weight[rows] = vectors[rows].to(weight)
+    return found

@@ -11,6 +11,7 @@ TASK_MODULES = {
     "forecast": "rnnkit.tasks.forecast",
     "textclass": "rnnkit.tasks.textclass",
     "seqclass": "rnnkit.tasks.seqclass",
+    "tag": "rnnkit.tasks.tag",
 }
 
 

@@ -11,7 +11,9 @@ subclass of :class:`Task` and registers an instance in :data:`TASKS` (see ``task
 3. ``model_config(task_state, config, model) -> ModelConfig``: fills in what comes from the data
    (encoder kind, ``input_size``, ``head``, ``output_size``) on top of the user's model options.
 4. ``loss(outputs, batch)`` (a scalar to minimise) and ``evaluate(model, batches) -> dict`` (a
-   full pass; snake_case metric names; must contain ``loss``).
+   full pass; snake_case metric names; must contain ``loss``). The trainer calls
+   ``loss_fn(config, model)``, which returns ``loss`` unless the task config or a loss with
+   parameters in the network (a CRF's transitions) needs another.
 5. ``load(artifact) -> facade``: the ready-to-use object ``rnnkit.load(DIR)`` returns
    (``TextGenerator``, ``Forecaster``, ``TextClassifier``, ``SequenceClassifier``).
    ``artifact`` is an :class:`rnnkit.tasks.artifact.Artifact`: ``.path``, ``.meta`` (artifact.json),
@@ -59,7 +61,7 @@ Deployment hooks (``rnnkit export`` and ``rnnkit serve`` read these, never the t
 11. ``serve_input``: the request field ``rnnkit serve`` takes: ``"texts"`` (POST /predict with
     strings), ``"sequences"`` (arrays of feature vectors), ``"history"`` (a forecast's history),
     ``"prime"`` (POST /generate); "" when the task cannot be served.
-12. ``takes_lengths`` (the model reads ``lengths`` (B,)), ``example_inputs(model_config,
+12. ``exportable`` (False: ``rnnkit export`` refuses the task's runs), ``takes_lengths`` (the model reads ``lengths`` (B,)), ``example_inputs(model_config,
     task_state, B, T)`` (a traced input) and ``export_axes(task_state)`` (which time axes are
     dynamic) shape the exported ONNX graph.
 
@@ -104,7 +106,7 @@ class PreparedData:
 
 
 class Task:
-    """Base class of the four jobs; see the module docstring for the contract."""
+    """Base class of the five jobs; see the module docstring for the contract."""
 
     name: str = ""
     Config: type = object
@@ -129,8 +131,10 @@ class Task:
     def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
         raise NotImplementedError
 
-    def loss_fn(self, config: Any):
-        """The training loss for this task config: ``loss`` unless the config chooses another."""
+    def loss_fn(self, config: Any, model=None):
+        """The training loss ``(outputs, batch) -> scalar`` for this task config and the network
+        being trained: ``loss`` unless the config chooses another. ``model`` is there for a loss
+        with parameters of its own that live in the network (tag's CRF transition scores)."""
         return self.loss
 
     def evaluate(self, model, batches: Iterable[Batch]) -> dict:
@@ -191,6 +195,7 @@ class Task:
 
     # -- deployment (see the module docstring, items 11-12) -------------------------------------
     serve_input: str = ""
+    exportable: bool = True
     takes_lengths: bool = False
 
     def example_inputs(self, model_config: ModelConfig, task_state: dict, batch: int, time: int) -> Tensor:

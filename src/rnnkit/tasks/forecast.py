@@ -284,7 +284,7 @@ class ForecastTask(Task):
     def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
         return forecast_loss(outputs, batch)
 
-    def loss_fn(self, config: ForecastConfig):
+    def loss_fn(self, config: ForecastConfig, model=None):
         return functools.partial(forecast_loss, kind=config.loss)
 
     # -- ensembles (rnnkit.ensembles) -------------------------------------------------------------

@@ -22,7 +22,7 @@ import torch
 
 from rnnkit.data.batching import Batch, BucketedBatches, pad_sequences
 from rnnkit.data.labelled import read_aclimdb, read_labelled
-from rnnkit.data.tokenize import TRUNCATE_MODES, Vocabulary, bigram_ids, read_word_vectors, tokenize, truncate
+from rnnkit.data.tokenize import TRUNCATE_MODES, Vocabulary, bigram_ids, copy_word_vectors, tokenize, truncate
 from rnnkit.errors import UserError, check_at_least
 from rnnkit.models import ModelConfig, SequenceModel
 from rnnkit.tasks.base import PreparedData
@@ -228,12 +228,7 @@ class TextClassTask(ClassificationTask):
         """Copy pretrained word vectors (``config.word_vectors``) into the embedding; returns words found."""
         if not config.word_vectors:
             return 0
-        vocab = Vocabulary.from_dict(task_state["vocab"])
-        vectors, found = read_word_vectors(config.word_vectors, vocab, model.config.embedding_dim)
-        with torch.no_grad():
-            rows = torch.nonzero(vectors.abs().sum(1) > 0).squeeze(1)
-            model.encoder.weight[rows] = vectors[rows]
-        return found
+        return copy_word_vectors(model.encoder.weight, Vocabulary.from_dict(task_state["vocab"]), config.word_vectors)
 
     def load(self, artifact) -> "TextClassifier":
         return TextClassifier.from_artifact(artifact)

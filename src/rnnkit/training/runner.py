@@ -42,5 +42,5 @@ def fit_held(task, net, prep, train: TrainConfig, task_config, out, meta: dict, 
              resume: bool = False, callbacks: Sequence = ()) -> History:
     """:func:`fit_prepared` once ``out`` is held for writing (:func:`rnnkit.rundir.writing`)."""
     trainer = Trainer(train, [*callbacks, *_callbacks(train, progress)])
-    return trainer.fit(net, prep.train, task.loss_fn(task_config), _evaluate_fn(task, prep.val, train),
+    return trainer.fit(net, prep.train, task.loss_fn(task_config, net), _evaluate_fn(task, prep.val, train),
                        run_dir=out, meta=meta, resume=resume)
