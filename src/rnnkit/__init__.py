@@ -52,6 +52,17 @@ def ensemble(runs, out, weights: str = "equal", data=None, overwrite: bool = Fal
     return load(out)
 
 
+def tune(task, data, out, trials=None, time_budget=None, config=None, jobs: int = 1, pruner: str = "median",
+         log=(), progress: bool = True):
+    """Search ``task``'s hyperparameters on ``data``'s validation split into the study directory
+    ``out`` (resumed when it holds one) for ``trials`` finished trials and/or ``time_budget``
+    seconds; ``config``: a config file or its dict (``[tune]`` narrows the search space).
+    Returns the study summary; ``summary.best`` is the best run loaded. See :mod:`rnnkit.tuning`."""
+    from rnnkit.tuning import tune as _tune
+
+    return _tune(task, data, out, trials, time_budget, config, jobs, pruner, log, progress)
+
+
 __all__ = [
     "__version__",
     "RNNCell",
@@ -65,5 +76,6 @@ __all__ = [
     "GRU",
     "load",
     "ensemble",
+    "tune",
     *_LAZY,
 ]

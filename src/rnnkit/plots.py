@@ -134,3 +134,39 @@ def digit_grid_png(images: np.ndarray, captions: Sequence[str], columns: int = 8
             ax.set_title(captions[k], fontsize=8)
     fig.tight_layout()
     return figure_png(fig)
+
+
+def tuning_png(trials: Sequence[tuple], minimize: bool, metric: str, importances: Optional[dict] = None) -> bytes:
+    """A hyperparameter search as PNG bytes: each trial's value by trial number (pruned trials at
+    their last reported value, greyed) with the best-so-far line of the completed ones, and, when
+    given, the parameters' importances as bars.
+
+    trials: ``(number, value, state)`` with state ``"complete"`` or ``"pruned"``.
+    """
+    fig, axes = plt.subplots(1, 2 if importances else 1, figsize=(11 if importances else 6, 4), squeeze=False)
+    ax = axes[0][0]
+    for state, style in (("pruned", dict(color="0.6", marker="x")), ("complete", dict(color="C0", marker="o"))):
+        pts = [(n, v) for n, v, s in trials if s == state]
+        if pts:
+            ax.scatter([n for n, _ in pts], [v for _, v in pts], label=state, **style)
+    done = sorted((n, v) for n, v, s in trials if s == "complete")
+    if done:
+        pick = min if minimize else max
+        best = [pick(v for _, v in done[: i + 1]) for i in range(len(done))]
+        ax.step([n for n, _ in done], best, where="post", color="C3", label="best so far")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("trial")
+    ax.set_ylabel(metric)
+    if wants_log_scale([v for _, v, _ in trials]):
+        ax.set_yscale("log")
+    ax.set_title("optimisation history")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if importances:
+        ax2 = axes[0][1]
+        names = list(importances)[::-1]  # the most important on top
+        ax2.barh(names, [importances[n] for n in names], color="C2")
+        ax2.set_xlabel("importance (PED-ANOVA, sums to 1)")
+        ax2.set_title("parameter importance")
+    fig.tight_layout()
+    return figure_png(fig)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -37,9 +37,10 @@ def load(run_dir):
 
 def train_task(task_name: str, data: str, out, model: Optional[ModelConfig] = None,
                train: Optional[TrainConfig] = None, task_config: Any = None, overwrite: bool = False,
-               progress: bool = True) -> History:
+               progress: bool = True, callbacks: Sequence = ()) -> History:
     """Prepare the data, build the model from it, train, and write the run directory ``out``
-    (checked, locked and swept first: see :func:`rnnkit.rundir.writing`)."""
+    (checked, locked and swept first: see :func:`rnnkit.rundir.writing`). ``callbacks``: the
+    caller's own trainer callbacks (experiment loggers, a tuner's pruning)."""
     task = get_task(task_name)
     out = Path(out)
     model, train = model or ModelConfig(), train or TrainConfig()
@@ -49,7 +50,7 @@ def train_task(task_name: str, data: str, out, model: Optional[ModelConfig] = No
         mc = task.model_config(prep.task_state, task_config, model)
         net = task.new_model(mc, prep.task_state, task_config, train.seed)
         meta = task.run_meta(mc, task_config, prep.task_state, {"source": str(data), **(prep.data_info or {})})
-        return fit_held(task, net, prep, train, task_config, out, meta, progress)
+        return fit_held(task, net, prep, train, task_config, out, meta, progress, callbacks=callbacks)
 
 
 RESUME_OVERRIDES = ("epochs", "max_steps", "time_budget")
@@ -77,9 +78,11 @@ def _check_data(art: Artifact, data: str) -> None:
                         f"artifact has {stored[:12]}...); expected the same file")
 
 
-def resume_run(run_dir, overrides: Optional[dict] = None, progress: bool = True) -> Optional[History]:
+def resume_run(run_dir, overrides: Optional[dict] = None, progress: bool = True,
+               callbacks: Sequence = ()) -> Optional[History]:
     """Continue an interrupted run from ``run_dir/checkpoint``; None when it is complete and no
-    override extends it. ``run_dir`` is checked, locked and swept first (see :mod:`rnnkit.rundir`)."""
+    override extends it. ``run_dir`` is checked, locked and swept first (see :mod:`rnnkit.rundir`).
+    ``callbacks``: as for :func:`train_task`."""
     run_dir = Path(run_dir)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     art = open_run(run_dir)
@@ -88,10 +91,10 @@ def resume_run(run_dir, overrides: Optional[dict] = None, progress: bool = True)
     if art.meta.get("status") == "complete" and not overrides and not art.meta.get("stop_reason", "").startswith("time budget"):
         return None
     with rundir.writing(run_dir):
-        return _resume_single(open_run(run_dir), overrides, progress)  # read again, under the lock
+        return _resume_single(open_run(run_dir), overrides, progress, callbacks)  # read again, under the lock
 
 
-def _resume_single(art: Artifact, overrides: dict, progress: bool) -> History:
+def _resume_single(art: Artifact, overrides: dict, progress: bool, callbacks: Sequence) -> History:
     """Continue the run ``art`` from its checkpoint."""
     task = get_task(art.task)
     train = dataclasses.replace(art.train_config, **overrides)
@@ -100,7 +103,7 @@ def _resume_single(art: Artifact, overrides: dict, progress: bool) -> History:
     prep = task.prepare(task_config, data, train.seed)
     net = task.build_model(art.model_config, art.task_state)
     meta = {k: art.meta[k] for k in ("task", "model", "task_config", "task_state", "data") if k in art.meta}
-    return fit_held(task, net, prep, train, task_config, art.path, meta, progress, resume=True)
+    return fit_held(task, net, prep, train, task_config, art.path, meta, progress, resume=True, callbacks=callbacks)
 
 
 def evaluation_source(task, art: Artifact, data: Optional[str] = None, split: Optional[str] = None):

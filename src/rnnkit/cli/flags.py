@@ -55,6 +55,15 @@ def add_dataclass_flags(parser, cls, title: str, seen: set) -> None:
         group.add_argument(*opts, **kwargs)
 
 
+def add_log_flag(parser) -> None:
+    """``--log NAME`` (repeatable): experiment loggers fed by the trainer's callbacks."""
+    from rnnkit.training.loggers import LOGGERS
+
+    parser.add_argument("--log", action="append", choices=LOGGERS, default=[],
+                        help="log loss, metrics, learning rate, gradient norm, throughput and the config "
+                             "to RUN/tensorboard/ (needs the tensorboard package; off by default)")
+
+
 def given_flags(args) -> dict[str, str]:
     return {k[len(FLAG_PREFIX):]: v for k, v in vars(args).items() if k.startswith(FLAG_PREFIX) and v is not None}
 

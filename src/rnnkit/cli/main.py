@@ -10,6 +10,7 @@ Grammar (the task is a positional of ``train``; every other verb reads it from t
     rnnkit ensemble DIR1 DIR2 ... --out DIR [--weights equal|validation]
     rnnkit export DIR --format onnx [--out FILE]
     rnnkit serve DIR [--host H] [--port P] [limits]
+    rnnkit tune TASK --data D --out DIR --trials N | --time-budget S [--config FILE] [--jobs K]
     rnnkit train|resume ... --nproc N     (data parallel: re-runs itself under torchrun)
 
 Because task options depend on the task, the parser is built after a peek at the command line:
@@ -94,7 +95,7 @@ def build_parser(task=None):
     verbs.add_parser(sub, "sample", task)
     verbs.add_parser(sub, "predict", task)
     info.add_parser(sub)
-    for name in ("ensemble", "export", "serve"):  # composing and deploying finished runs
+    for name in ("tune", "ensemble", "export", "serve"):  # searching, composing and deploying runs
         importlib.import_module(f"rnnkit.cli.{name}").add_parser(sub)
     if importlib.util.find_spec("rnnkit.cli.demo") is not None:
         demo = importlib.import_module("rnnkit.cli.demo")

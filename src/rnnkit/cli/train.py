@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rnnkit.cli.flags import add_dataclass_flags, given_flags, resolve_configs
+from rnnkit.cli.flags import add_dataclass_flags, add_log_flag, given_flags, resolve_configs
 from rnnkit.errors import UserError
 from rnnkit.models import ModelConfig
 from rnnkit.training.config import TrainConfig
@@ -18,6 +18,7 @@ def add_parser(sub, task=None):
     p.add_argument("--config", help="JSON or TOML file: top-level task/dataset, sections [model] [train] [data]")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory (at the first save)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_log_flag(p)
     seen = set()
     add_dataclass_flags(p, TrainConfig, "training options", seen)
     add_dataclass_flags(p, ModelConfig, "model options", seen)
@@ -30,6 +31,7 @@ def add_parser(sub, task=None):
 def run(args) -> int:
     from rnnkit.tasks import get_task
     from rnnkit.runs import train_task
+    from rnnkit.training.loggers import experiment_loggers
 
     task = args.task_obj
     if task is None and args.task:
@@ -44,7 +46,7 @@ def run(args) -> int:
     if not data:
         raise UserError("train: expected --data NAME|PATH (or `dataset` in the config file)")
     history = train_task(task.name, data, args.out, configs["model"], configs["train"], configs["data"],
-                         overwrite=args.overwrite, progress=not args.quiet)
+                         overwrite=args.overwrite, progress=not args.quiet, callbacks=experiment_loggers(args.log))
     best = history.best or {}
     summary = ", ".join(f"{k} {v:.4g}" for k, v in best.items() if isinstance(v, float))
     print(f"saved {args.out}" + (f" (best at step {best.get('step')}: {summary})" if best else ""))

@@ -223,12 +223,13 @@ def to_dict(obj) -> dict:
 # ----------------------------------------------------------------------------- config files
 
 SECTIONS = ("model", "train", "data")
-TOP_LEVEL = ("task", "dataset") + SECTIONS
+# [tune]: the search space of ``rnnkit tune`` (read by rnnkit.tuning; ``train`` ignores it)
+TOP_LEVEL = ("task", "dataset", "tune") + SECTIONS
 
 
 def load_config_file(path: str | Path) -> dict:
-    """Read a JSON (``.json``) or TOML (anything else) config file; sections model/train/data,
-    top-level ``task`` and ``dataset``. Unknown top-level keys are errors."""
+    """Read a JSON (``.json``) or TOML (anything else) config file; sections model/train/data
+    (and tune), top-level ``task`` and ``dataset``. Unknown top-level keys are errors."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -248,10 +249,16 @@ def load_config_file(path: str | Path) -> dict:
             d = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"{path}: invalid TOML ({exc})") from None
+    return check_config(d, str(path))
+
+
+def check_config(d: Any, where: str) -> dict:
+    """``d`` (a config file's contents, or the same dict given from Python) checked: a dict whose
+    top-level keys are known and whose sections are dicts."""
     if not isinstance(d, dict):
-        raise UserError(f"{path}: expected a table/object at the top level")
-    check_keys(d, TOP_LEVEL, str(path))
-    for section in SECTIONS:
+        raise UserError(f"{where}: expected a table/object at the top level")
+    check_keys(d, TOP_LEVEL, where)
+    for section in SECTIONS + ("tune",):
         if section in d and not isinstance(d[section], dict):
-            raise UserError(f"{path}: [{section}] must be a table/object, got {d[section]!r}")
+            raise UserError(f"{where}: [{section}] must be a table/object, got {d[section]!r}")
     return d

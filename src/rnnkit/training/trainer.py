@@ -199,6 +199,7 @@ class Trainer:
         self.run_dir: Optional[Path] = None
         self.final_save = False
         self._stop_reason = ""
+        self._meta: dict = {}
         self._t0 = time.monotonic()
 
     # -- control -------------------------------------------------------------------------------
@@ -206,6 +207,11 @@ class Trainer:
         """Ask the loop to stop cleanly after the current step (saves a final snapshot)."""
         if not self._stop_reason:
             self._stop_reason = reason
+
+    @property
+    def meta(self) -> dict:
+        """The run's artifact fields given to ``fit`` (task, model, task_config, task_state, data)."""
+        return self._meta
 
     @property
     def elapsed(self) -> float:
