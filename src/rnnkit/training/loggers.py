@@ -12,7 +12,7 @@ Why the events are kept in memory: a save swaps in a whole new run directory
 copy. The event file is instead added to every snapshot (``on_checkpoint``) and so is written
 atomically with the checkpoint it belongs to: after a resume, the steps logged since the last
 checkpoint are logged again, once. Each fit call writes its own event file (a resumed run adds
-one), which TensorBoard reads as one run.
+one and carries the earlier ones into its snapshots), which TensorBoard reads as one run.
 
 The ``tensorboard`` package is optional (``pip install 'rnnkit[tensorboard]'``) and imported
 only when a logger is made.
@@ -62,6 +62,7 @@ class TensorBoardLogger(Callback):
         self._records.write(Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
         self.file_name = f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}"
         self._config_logged = False
+        self._earlier = None  # {relative path: bytes}: the event files of the run's earlier fit calls
         self._window = {"loss": 0.0, "grad_norm": 0.0, "tokens": 0, "seconds": 0.0, "steps": 0}
 
     def _write(self, step: int, summary) -> None:
@@ -105,4 +106,9 @@ class TensorBoardLogger(Callback):
             self._scalars(trainer.state.step, numeric)
 
     def on_checkpoint(self, trainer, files):
+        if self._earlier is None:  # a save replaces RUN/tensorboard/ whole: carry a resumed run's files
+            folder = trainer.run_dir / TENSORBOARD_DIR
+            self._earlier = {f"{TENSORBOARD_DIR}/{f.name}": f.read_bytes() for f in sorted(folder.glob("events.*"))
+                             if f.name != self.file_name} if trainer.resumed and folder.is_dir() else {}
+        files.update(self._earlier)
         files[f"{TENSORBOARD_DIR}/{self.file_name}"] = self._buffer.getvalue()

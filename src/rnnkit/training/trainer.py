@@ -200,6 +200,7 @@ class Trainer:
         self.final_save = False
         self._stop_reason = ""
         self._meta: dict = {}
+        self._resumed = False
         self._t0 = time.monotonic()
 
     # -- control -------------------------------------------------------------------------------
@@ -212,6 +213,11 @@ class Trainer:
     def meta(self) -> dict:
         """The run's artifact fields given to ``fit`` (task, model, task_config, task_state, data)."""
         return self._meta
+
+    @property
+    def resumed(self) -> bool:
+        """Whether this fit call continues a run from its checkpoint (``fit(..., resume=True)``)."""
+        return self._resumed
 
     @property
     def elapsed(self) -> float:

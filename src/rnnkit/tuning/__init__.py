@@ -56,7 +56,7 @@ def tune(task: Optional[str], data: Optional[str], out, trials: Optional[int] = 
         _check_identity(spec, study)
         retried = retry_interrupted(study, storage)
         if retried and progress:
-            print(f"trials {', '.join(map(str, retried))} were interrupted: marked failed, their parameters queued again",
+            print(f"interrupted trials {', '.join(map(str, retried))}: marked failed, their parameters queued again",
                   file=sys.stderr)
         _run_workers(spec, jobs, lock)
         return write_results(spec, open_study(spec, storage))
@@ -130,17 +130,39 @@ def _check_identity(spec: TuneSpec, study) -> None:
 
 
 def _run_workers(spec: TuneSpec, jobs: int, lock: StudyLock) -> None:
-    """The trials, in this process (jobs=1) or in ``jobs`` spawned worker processes."""
+    """The trials, in this process (jobs=1) or in ``jobs`` spawned worker processes, each of
+    which runs :func:`~rnnkit.tuning.study.work` once and exits (a worker's one-line error is
+    raised here after all have ended)."""
     if jobs == 1:
         work(spec)
         return
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
+    context = multiprocessing.get_context("spawn")
+    errors = context.SimpleQueue()
     lock.share()  # the workers hold it too, so a second tune command stays refused while any runs
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for future in [pool.submit(work, spec, worker, True) for worker in range(jobs)]:
-            future.result()
+    workers = [context.Process(target=worker_main, args=(spec, i, errors), name=f"rnnkit-tune-{i}")
+               for i in range(jobs)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join()
+    if not errors.empty():
+        raise UserError(errors.get())
+    failed = [f"{p.name} (exit status {p.exitcode})" for p in workers if p.exitcode]
+    if failed:
+        raise RuntimeError(f"tune workers failed: {', '.join(failed)}; see their tracebacks above")
+
+
+def worker_main(spec: TuneSpec, worker: int, errors) -> None:
+    """A worker process: :func:`work`; a user error goes to the tune command through ``errors``,
+    an interrupt ends the process quietly (its trial stays RUNNING, to be retried)."""
+    try:
+        work(spec, worker, child=True)
+    except UserError as exc:
+        errors.put(str(exc))
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 __all__ = ["tune", "TuneSummary", "format_table", "search_space"]
