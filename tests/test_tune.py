@@ -199,10 +199,14 @@ def test_the_time_budget_caps_each_trial_and_stops_new_ones(tmp_path):
 
 # ------------------------------------------------------------------------------ command line
 
-def test_tune_needs_a_limit_and_optuna(tmp_path, capsys, monkeypatch):
+def test_tune_needs_a_limit_a_study_directory_and_optuna(tmp_path, capsys, monkeypatch):
     out = tmp_path / "study"
     assert cli_error(capsys, "tune", "textgen", "--data", "pangrams", "--out", out) == \
         "tune: expected --trials N and/or --time-budget SECONDS"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "artifact.json").write_text("{}")
+    assert cli_error(capsys, "tune", "textgen", "--data", "pangrams", "--out", tmp_path / "run", "--trials", 1) == \
+        f"--out {tmp_path / 'run'}: is not empty and holds no rnnkit study (study.db); choose a new or empty directory"
     monkeypatch.setitem(__import__("sys").modules, "optuna", None)  # as if it were not installed
     assert cli_error(capsys, "tune", "textgen", "--data", "pangrams", "--out", out, "--trials", 2) == \
         "rnnkit tune needs optuna: pip install 'rnnkit[tune]'"

@@ -28,7 +28,7 @@ from rnnkit.training.loggers import experiment_loggers
 from rnnkit.tuning.results import TuneSummary, format_table, write_results
 from rnnkit.tuning.space import search_space, trial_configs
 from rnnkit.tuning.study import (
-    PRUNERS, StudyLock, TuneSpec, open_study, require_optuna, retry_interrupted, study_storage, work,
+    PRUNERS, STUDY_FILE, StudyLock, TuneSpec, open_study, require_optuna, retry_interrupted, study_storage, work,
 )
 
 IDENTITY_KEYS = ("task", "data", "monitor", "direction")  # a study in DIR is resumed only with the same ones
@@ -48,6 +48,7 @@ def tune(task: Optional[str], data: Optional[str], out, trials: Optional[int] = 
     divided between them. log: experiment loggers of every trial (``"tensorboard"``).
     """
     spec = make_spec(task, data, out, trials, time_budget, config, jobs, pruner, log, progress)
+    _check_out(Path(spec.out))
     Path(spec.out).mkdir(parents=True, exist_ok=True)
     lock = StudyLock(spec.out, exclusive=True)
     try:
@@ -113,6 +114,15 @@ def _check_limits(trials, time_budget, jobs, pruner) -> None:
         raise UserError(f"--jobs: expected a positive integer, got {jobs}")
     if pruner not in PRUNERS:
         raise UserError(f"--pruner: expected one of {', '.join(PRUNERS)}, got {pruner!r}")
+
+
+def _check_out(out: Path) -> None:
+    """DIR is new, empty or a study (its study.db): tune never writes into anything else."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / STUDY_FILE).is_file():
+        raise UserError(f"--out {out}: is not empty and holds no rnnkit study ({STUDY_FILE}); "
+                        "choose a new or empty directory")
 
 
 def _check_identity(spec: TuneSpec, study) -> None:

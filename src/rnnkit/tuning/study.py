@@ -86,7 +86,8 @@ def require_optuna():
 
 def make_pruner(name: str):
     """median: stop a trial whose intermediate value is worse than the median of earlier trials'
-    at the same evaluation; halving: successive halving (asynchronous); none: never prune."""
+    at the same evaluation (once 5 trials have finished); halving: successive halving
+    (asynchronous); none: never prune."""
     optuna = require_optuna()
     if name == "median":
         return optuna.pruners.MedianPruner()
