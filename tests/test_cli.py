@@ -102,7 +102,8 @@ def test_bad_inputs_one_line_exit_2(tmp_path, csv, capsys):
 
     assert train(tmp_path / "missing.csv") == (
         f"data '{tmp_path / 'missing.csv'}': no such file, and not a named dataset (named datasets: tinyshakespeare, "
-        "mnist, imdb, etth1, etth2, airline-passengers, monthly-sunspots, daily-min-temperatures)")
+        "mnist, imdb, etth1, etth2, airline-passengers, monthly-sunspots, daily-min-temperatures, conll2003, wnut17, "
+        "ud-en-ewt)")
     (tmp_path / "empty.csv").write_bytes(b"")
     assert train(tmp_path / "empty.csv") == f"{tmp_path / 'empty.csv'}: file is empty"
     (tmp_path / "bin.csv").write_bytes(b"value\n1.0\n\xff\xfe\n")
