@@ -127,7 +127,7 @@ def test_bad_inputs_one_line_exit_2(tmp_path, csv, capsys):
     assert train(csv, "--num-layers", "0") == "--num-layers: num_layers must be at least 1, got 0"
     assert train(csv, "--hiden-size", "3") == "unknown option --hiden-size; did you mean --hidden-size?"
     assert _bad(capsys, tmp_path, "train", "toyy", "--data", csv, "--out", tmp_path / "out") == (
-        "unknown task 'toyy'; expected one of: textgen, forecast, textclass, seqclass, toy")
+        "unknown task 'toyy'; expected one of: textgen, forecast, textclass, seqclass, tag, toy")
     cfg = tmp_path / "c.json"
     cfg.write_text('{"model": {"hiden_size": 4}}')
     assert train(csv, "--config", cfg) == f"{cfg} [model]: unknown key 'hiden_size'; did you mean 'hidden_size'?"
