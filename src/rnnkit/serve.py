@@ -166,7 +166,7 @@ class SequencesJob(Job):
         seqs = _field(body, "sequences", list)
         if not seqs or len(seqs) > self.limits.max_items:
             raise RequestError(422, f"field 'sequences': expected 1 to {self.limits.max_items} sequences, got {len(seqs)}")
-        F = self._features()
+        F = self.facade.step_features
         out = []
         for i, s in enumerate(seqs):
             arr = _numbers(s, f"sequences[{i}]", F)
@@ -174,9 +174,6 @@ class SequencesJob(Job):
                 raise RequestError(422, f"sequences[{i}]: {len(arr)} steps exceed the limit of {self.limits.max_length}")
             out.append(arr)
         return out
-
-    def _features(self) -> Optional[int]:
-        return self.facade.step_features
 
     def run(self, items):
         flat = [a for seqs in items for a in seqs]
@@ -189,7 +186,7 @@ class SequencesJob(Job):
         return _split_predictions(probs, self.facade.label_names, [len(s) for s in items], "sequences")
 
     def info(self):
-        return {"labels": list(self.facade.label_names), "features": self._features()}
+        return {"labels": list(self.facade.label_names), "features": self.facade.step_features}
 
 
 class HistoryJob(Job):
