@@ -85,6 +85,13 @@ def runs(tmp_path_factory):
                get_task("textclass").Config(batch_size=8), progress=False)
     train_task("forecast", "sines", tmp / "fc", ModelConfig(hidden_size=8), TRAIN,
                get_task("forecast").Config(lookback=12, horizon=3, batch_size=16, sines_series="40,10,10"), progress=False)
+    ner = tmp / "ner.conll"
+    people, places = ["John", "Mary", "Anna"], ["Paris", "Rome"]
+    ner.write_text("".join(f"{people[i % 3]} NN B-PER\nvisited VB O\n{places[i % 2]} NN B-LOC\n. . O\n\n"
+                           for i in range(20)))
+    train_task("tag", str(ner), tmp / "tag", ModelConfig(hidden_size=8, bidirectional=True), TRAIN,
+               get_task("tag").Config(word_dim=8, char_dim=4, char_hidden=4, min_word_count=1, batch_size=4),
+               progress=False)
     return tmp
 
 
@@ -172,6 +179,33 @@ def test_forecast_predict_matches_facade(runs):
         assert status == 422 and "expected 12 to" in payload["error"]
         status, payload = srv.request("POST", "/predict", {"history": [1.0] * 11 + [float("nan")]})
         assert status == 400 or (status == 422 and "finite" in payload["error"])
+
+
+def test_tag_answers_texts_and_sentences_as_the_facade_does(runs):
+    tagger = rnnkit.load(runs / "tag")
+    with Server(runs / "tag") as srv:
+        status, info = srv.request("GET", "/info")
+        assert status == 200 and info["endpoint"] == "/tag" and info["scheme"] == tagger.scheme
+        assert info["tags"] == tagger.tags
+        status, out = srv.request("POST", "/tag", {"texts": ["Mary visited Rome.", "John, Anna visited Paris"]})
+        want = tagger.annotate([["Mary", "visited", "Rome", "."], ["John", ",", "Anna", "visited", "Paris"]])
+        assert status == 200 and out == {"results": want}
+        assert [r["tags"] for r in want] == [tagger.predict("Mary visited Rome."), tagger.predict("John, Anna visited Paris")]
+        status, out = srv.request("POST", "/tag", {"sentences": [["Anna", "visited", "Rome"]]})
+        assert status == 200 and out["results"] == tagger.annotate([["Anna", "visited", "Rome"]])
+        for bad, message in [({"texts": ["a"], "sentences": [["a"]]}, "expected one of the fields"),
+                             ({}, "expected one of the fields"),
+                             ({"texts": "Mary"}, "expected a list"),
+                             ({"texts": []}, "expected 1 to"),
+                             ({"texts": ["   "]}, "no words to tag"),
+                             ({"texts": [3]}, "texts[0]: expected a string"),
+                             ({"sentences": [["Mary", ""]]}, "sentences[0]: expected a list of non-empty words"),
+                             ({"sentences": [[]]}, "sentences[0]: no words to tag"),
+                             ({"sentences": [["w"] * 5000]}, "5000 words exceed the limit")]:
+            status, payload = srv.request("POST", "/tag", bad)
+            assert status == 422 and message in payload["error"], (bad, payload)
+        status, payload = srv.request("POST", "/predict", {"texts": ["Mary"]})
+        assert status == 404 and "POST /tag" in payload["error"]
 
 
 # ----------------------------------------------------------------------------- abuse (issue #31)

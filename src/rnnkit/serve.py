@@ -11,6 +11,8 @@ Endpoints (JSON in, JSON out)::
                     seqclass:  {"sequences": [[[f, ...], ...]]} -> same ((T_i, F) floats each; T_i may differ)
                     forecast:  {"history": [[v, ...], ...] | [v, ...], "horizon": int?}
                                -> {"forecast": [[v, ...], ...]} (horizon x columns, original scale)
+    POST /tag       tag:       {"texts": [str, ...]} | {"sentences": [[word, ...], ...]}
+                               -> {"results": [{"tokens", "tags", "entities"?: [{"type", "start", "end", "text"}]}]}
     POST /generate  textgen:   {"prime": str, "length": int, "temperature": float, "top_k": int?,
                                 "top_p": float?, "seed": int?} -> {"text": str}
 
@@ -55,7 +57,7 @@ class Limits:
     max_wait_ms: float = 2.0  # how long the first request of a batch waits for more
     max_queue: int = 256  # requests waiting before new ones get 503
     max_items: int = 64  # texts/sequences per request
-    max_length: int = 2000  # characters per text / prime, steps per sequence / history
+    max_length: int = 2000  # characters per text / prime, words per sentence, steps per sequence / history
     max_generate: int = 1000  # tokens per /generate
     max_body: int = 1_000_000  # request body bytes
     max_connections: int = 256  # open connections; a new one over the cap closes the longest-waiting idle one
@@ -262,6 +264,50 @@ class GenerateJob(Job):
         return {"vocab_size": len(self.facade.vocab), "max_temperature": TEMPERATURE_MAX}
 
 
+class TagJob(Job):
+    """Raw texts (split into words as ``rnnkit predict --text`` does) or sentences already split."""
+
+    route = "/tag"
+
+    def parse(self, body):
+        from rnnkit.data.tagging import split_words
+
+        _known(body, ("texts", "sentences"))
+        if ("texts" in body) == ("sentences" in body):
+            raise RequestError(422, "expected one of the fields 'texts' (strings) or 'sentences' (lists of words)")
+        name = "texts" if "texts" in body else "sentences"
+        given = _field(body, name, list)
+        if not given or len(given) > self.limits.max_items:
+            raise RequestError(422, f"field '{name}': expected 1 to {self.limits.max_items} items, got {len(given)}")
+        return [self._words(item, f"{name}[{i}]", name == "texts", split_words) for i, item in enumerate(given)]
+
+    def _words(self, item, where: str, is_text: bool, split_words) -> list:
+        if is_text:
+            if not isinstance(item, str):
+                raise RequestError(422, f"{where}: expected a string, got {type(item).__name__}")
+            if len(item) > self.limits.max_length:
+                raise RequestError(422, f"{where}: {len(item)} characters exceed the limit of {self.limits.max_length}")
+            item = split_words(item)
+        elif not isinstance(item, list) or not all(isinstance(w, str) and w and not w.isspace() for w in item):
+            raise RequestError(422, f"{where}: expected a list of non-empty words (strings)")
+        if not item:
+            raise RequestError(422, f"{where}: no words to tag")
+        if len(item) > self.limits.max_length:
+            raise RequestError(422, f"{where}: {len(item)} words exceed the limit of {self.limits.max_length}")
+        return item
+
+    def run(self, items):
+        flat = [words for sentences in items for words in sentences]
+        tagged, out, at = self.facade.annotate(flat), [], 0
+        for sentences in items:
+            out.append({"results": tagged[at : at + len(sentences)]})
+            at += len(sentences)
+        return out
+
+    def info(self):
+        return {"tags": self.facade.tags, "scheme": self.facade.scheme}
+
+
 def _split_predictions(probs: np.ndarray, labels, counts: list, where: str) -> list:
     """One answer per request from the probabilities (N, C) of all their inputs, ``counts`` each
     (a request whose inputs gave non-finite probabilities gets a 422 instead)."""
@@ -277,7 +323,8 @@ def _split_predictions(probs: np.ndarray, labels, counts: list, where: str) -> l
 
 
 # the job for each kind of request a task takes (``Task.serve_input``)
-JOBS = {"texts": TextsJob, "sequences": SequencesJob, "history": HistoryJob, "prime": GenerateJob}
+JOBS = {"texts": TextsJob, "sequences": SequencesJob, "history": HistoryJob, "prime": GenerateJob,
+        "sentences": TagJob}
 
 
 # ----------------------------------------------------------------------------- batching
@@ -368,7 +415,7 @@ class Endpoints:
         self.batcher = Batcher(job, limits)
 
     async def handle(self, request):
-        """POST /predict or /generate: read, validate, queue for the batcher, answer."""
+        """POST /predict, /tag or /generate: read, validate, queue for the batcher, answer."""
         from starlette.requests import ClientDisconnect
         from starlette.responses import JSONResponse, Response
 
@@ -432,8 +479,9 @@ def make_app(run_dir, limits: Optional[Limits] = None, token: Optional[str] = No
         raise UserError(f"{art.path}: a {art.task} run cannot be served yet (rnnkit serve answers "
                         f"{', '.join(JOBS)} requests)")
     ends = Endpoints(art, JOBS[task.serve_input](task.load(art), art, limits), limits)
-    other = "/generate" if ends.job.route == "/predict" else "/predict"
-    routes = [Route(ends.job.route, ends.handle, methods=["POST"]), Route(other, ends.wrong_job, methods=["POST"]),
+    others = sorted({job.route for job in JOBS.values()} - {ends.job.route})
+    routes = [Route(ends.job.route, ends.handle, methods=["POST"]),
+              *[Route(other, ends.wrong_job, methods=["POST"]) for other in others],
               Route("/health", ends.health, methods=["GET"]), Route("/info", ends.info, methods=["GET"])]
 
     @asynccontextmanager

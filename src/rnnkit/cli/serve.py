@@ -9,7 +9,7 @@ LIMIT_HELP = {
     "max_wait_ms": "how long a request waits for others to batch with",
     "max_queue": "queued requests before 503",
     "max_items": "inputs per request",
-    "max_length": "steps/characters per input",
+    "max_length": "steps/characters/words per input",
     "max_generate": "tokens per /generate",
     "max_body": "request body bytes",
     "max_connections": "open connections",
@@ -23,7 +23,7 @@ def add_parser(sub):
     from rnnkit.serve_guard import TOKEN_ENV
 
     d = Limits()
-    p = sub.add_parser("serve", help="serve a trained model over HTTP (POST /predict, /generate; GET /health, /info)")
+    p = sub.add_parser("serve", help="serve a trained model over HTTP (POST /predict, /tag, /generate; GET /health, /info)")
     p.add_argument("dir", help="run directory (artifact)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")

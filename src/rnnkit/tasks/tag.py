@@ -107,6 +107,7 @@ class TagTask(Task):
     name = "tag"
     Config = TagConfig
     exportable = False  # the character encoder picks the real words by value, which a traced graph would fix
+    serve_input = "sentences"
 
     def prepare(self, config: TagConfig, data: str, seed: int = 0) -> PreparedData:
         files = part_files(data)
@@ -235,11 +236,10 @@ def _predict_command(tagger: "Tagger", args) -> int:
         words = split_words(args.text)
         if not words:
             raise UserError("--text: no words to tag")
-        tags = tagger.predict([words])[0]
-        lines = [f"{w}\t{t}" for w, t in zip(words, tags)]
-        if tagger.scheme is not None:
-            found = spans(tags, "BIOES")
-            lines += [""] + [f"{kind}\t{start}-{end}\t{' '.join(words[start:end])}" for kind, start, end in found]
+        tagged = tagger.annotate([words])[0]
+        lines = [f"{w}\t{t}" for w, t in zip(words, tagged["tags"])]
+        if "entities" in tagged:
+            lines += [""] + [f"{e['type']}\t{e['start']}-{e['end']}\t{e['text']}" for e in tagged["entities"]]
         print("\n".join(lines))
         return 0
     sentences = read_sentences(tagger.config, args.input)
@@ -328,6 +328,18 @@ class Tagger(Classifier):
         out = [None] * len(sentences)
         for i, ids in zip(order, pred):
             out[i] = enc.decode_tags(ids)
+        return out
+
+    def annotate(self, sentences: Sequence[Sequence[str]]) -> list[dict]:
+        """Each sentence (a list of words) tagged: ``{"tokens", "tags"}``, and for entity tags
+        ``"entities"``: ``[{"type", "start", "end", "text"}]`` (word positions, end exclusive)."""
+        out = []
+        for words, tags in zip(sentences, self.predict(sentences)):
+            tagged = {"tokens": list(words), "tags": tags}
+            if self.scheme is not None:
+                tagged["entities"] = [{"type": kind, "start": start, "end": end, "text": " ".join(words[start:end])}
+                                      for kind, start, end in spans(tags, "BIOES")]
+            out.append(tagged)
         return out
 
     def evaluate(self, sentences=None, tags=None, data: Optional[str] = None) -> dict:
