@@ -124,12 +124,58 @@ def test_textgen_graph_runs_step_by_step(tmp_path):
     np.testing.assert_allclose(h, hw, rtol=1e-5, atol=1e-5)
 
 
-def test_cli_export_and_refusals(tmp_path, capsys):
+def test_tag_graph_gives_the_emissions_and_the_json_the_crf(tmp_path):
+    """onnxruntime's emissions == the network's for sentences of several lengths and word lengths;
+    Viterbi over them with the JSON's CRF scores == Tagger.predict."""
+    import rnnkit
+    from rnnkit.crf import CRF
+    from rnnkit.tasks import get_task
+    from rnnkit.tasks.tag_data import Encoder
+    from rnnkit.data.tagging import Sentence
+
+    conll = tmp_path / "ner.conll"
+    people, places = ["John", "Mary", "Anna", "Bartholomew"], ["Paris", "Rome", "Ulaanbaatar"]
+    conll.write_text("".join(f"{people[i % 4]} NN B-PER\nvisited VB O\n{places[i % 3]} NN B-LOC\n. . O\n\n"
+                             for i in range(24)))
+    run = tmp_path / "tag"
+    train_task("tag", str(conll), run, ModelConfig(hidden_size=8, bidirectional=True, num_layers=2), TRAIN,
+               get_task("tag").Config(word_dim=8, char_dim=4, char_hidden=4, min_word_count=1, batch_size=4),
+               progress=False)
+    onnx_path, side = export_onnx(run)
+    meta = json.loads(side.read_text())
+    assert [i["name"] for i in meta["inputs"]] == ["inputs", "lengths"] and meta["state"] is None
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    tagger, model = rnnkit.load(run), open_run(run).build_model().eval()
+    sentences = [["Anna", "visited", "Ulaanbaatar", "."], ["Bartholomew", "left"], ["Mary", "visited", "Rome", "today", "."]]
+    x = Encoder(meta["preprocessing"]).source([Sentence(s, ["O"] * len(s)) for s in sentences], 8, False, tagged=False)
+    batch = next(iter(x.epoch(0, 0)))
+    lengths = (batch.inputs[..., 0] != 0).sum(1)
+    assert batch.inputs.shape[1] == 5 and batch.inputs.shape[2] > 5  # padded words and characters
+    (emissions,) = session.run(None, {"inputs": batch.inputs.numpy(), "lengths": lengths.numpy()})
+    with torch.no_grad():
+        want = model(batch.inputs, None, lengths)[0]
+    np.testing.assert_allclose(emissions, want.numpy(), rtol=1e-4, atol=1e-4)
+    decoder = meta["decoder"]
+    crf = CRF(len(decoder["tags"]))
+    with torch.no_grad():
+        for name in ("transitions", "start", "end"):
+            getattr(crf, name).copy_(torch.tensor(decoder[name]))
+    paths = crf.viterbi(torch.from_numpy(emissions), lengths)[0]
+    got = {tuple(decoder["tags"][i] for i in row[:n].tolist()) for row, n in zip(paths, lengths.tolist())}
+    assert got == {tuple(tags) for tags in tagger.predict(sentences)}
+
+
+def test_cli_export_and_refusals(tmp_path, capsys, monkeypatch):
     run = make_run(tmp_path, "textgen")
     assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
     assert (tmp_path / "m.onnx").is_file() and (tmp_path / "m.json").is_file()
     assert main(["export", str(run), "--out", str(tmp_path / "m.bin")]) == 2
     assert "expected a file name ending in .onnx" in capsys.readouterr().err
+    from rnnkit.tasks import get_task
+
+    monkeypatch.setattr(type(get_task("textgen")), "exportable", False)  # a task whose graph cannot be traced
+    assert main(["export", str(run)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"{run}: a textgen run cannot be exported to ONNX yet")
     with pytest.raises(UserError, match="layer_norm=True"):
         from rnnkit.export import pin_fused
         from rnnkit.models import SequenceModel

@@ -6,11 +6,14 @@ The graph is the model's ``forward`` with the recurrent state as explicit inputs
 so a runtime can run whole sequences or one step at a time (feed ``hn``/``cn`` back in)::
 
     inputs   (B, T) int64 token ids | (B, T, K) int64 (word + bigram ids) | (B, T, F) float32
-    lengths  (B,) int64, valid steps per row (textclass, seqclass only; 1 <= lengths <= T)
+             | (B, T, 1 + W) int64 (tag: word id, then the word's W character ids, 0 after)
+    lengths  (B,) int64, valid steps per row (textclass, seqclass, tag only; 1 <= lengths <= T)
     h0       (L*D, B', H) float32 initial hidden state (zeros to start); c0 likewise for LSTM
     ->
     outputs  the model's outputs: (B, T, V) textgen logits, (B, C) class logits,
-             (B, K, C) or (B, L, K', C) scaled forecasts (see ``spec`` in the JSON)
+             (B, K, C) or (B, L, K', C) scaled forecasts (see ``spec`` in the JSON),
+             (B, T, C) tag scores (emissions; the CRF's ``transitions`` (C, C) are in the
+             JSON, and the best path is Viterbi over both, :func:`rnnkit.crf.viterbi`)
     hn [, cn] the final state, same shapes as h0 [, c0]
 
 B and T are dynamic axes (B' = B x channels for channel-independent forecasters). The SegRNN
@@ -105,10 +108,9 @@ def signature(art: Artifact, model: nn.Module) -> dict:
     ``hn``/``cn``, network m's of a list ``h0_m``/``c0_m`` -> ``hn_m``/``cn_m``."""
     task, B, T = get_task(art.task), 2, 5
     x = task.example_inputs(art.model_config, art.task_state, B, T)
-    dynamic_time, per_step = task.export_axes(art.task_state)
+    input_axes, output_axes = task.export_axes(art.task_state)
     names, args = ["inputs"], [x]
-    axes = {"inputs": {0: "batch", 1: "time"} if dynamic_time else {0: "batch"},
-            "outputs": {0: "batch", 1: "time"} if per_step else {0: "batch"}}
+    axes = {"inputs": input_axes, "outputs": output_axes}
     if task.takes_lengths:
         names.append("lengths")
         args.append(torch.tensor([T, max(1, T - 2)], dtype=torch.int64))
@@ -156,6 +158,7 @@ def sidecar(art: Artifact, sig: dict, outputs: tuple, model: nn.Module, onnx_nam
         "task_config": art.meta.get("task_config", {}),
         "model": art.meta.get("model") or art.model_config.to_dict(),  # several runs: the first one's
         "metrics": art.metrics,
+        **get_task(art.task).export_extras(model),
     }
 
 

@@ -63,8 +63,8 @@ Deployment hooks (``rnnkit export`` and ``rnnkit serve`` read these, never the t
     ``"prime"`` (POST /generate), ``"sentences"`` (POST /tag with texts or word lists); "" when
     the task cannot be served.
 12. ``exportable`` (False: ``rnnkit export`` refuses the task's runs), ``takes_lengths`` (the model reads ``lengths`` (B,)), ``example_inputs(model_config,
-    task_state, B, T)`` (a traced input) and ``export_axes(task_state)`` (which time axes are
-    dynamic) shape the exported ONNX graph.
+    task_state, B, T)`` (a traced input) and ``export_axes(task_state)`` (which axes are dynamic)
+    shape the exported ONNX graph; ``export_extras(model)`` adds to its JSON.
 
 Config fields: every field of ``Config`` becomes ``--field-name`` (``--field_name`` accepted) and a
 key of the config file's ``[data]`` section, typed by its annotation (int, float, str, bool,
@@ -206,10 +206,14 @@ class Task:
             return torch.randint(0, model_config.input_size, (batch, time))
         return torch.randn(batch, time, model_config.input_size)
 
-    def export_axes(self, task_state: dict) -> tuple:
-        """(the inputs' time axis is dynamic, the outputs have a time axis); default (True, False):
-        any length in, one output per sequence."""
-        return True, False
+    def export_axes(self, task_state: dict) -> tuple[dict, dict]:
+        """The dynamic axes of the graph's inputs and of its outputs, as ``{axis: name}``;
+        default any batch and length in, one output per sequence."""
+        return {0: "batch", 1: "time"}, {0: "batch"}
+
+    def export_extras(self, model) -> dict:
+        """Entries the export JSON adds for what runs after the graph (tag: the CRF's scores)."""
+        return {}
 
     # -- optional CLI hooks (see the module docstring, items 6-7) -------------------------------
     def add_arguments(self, verb: str, parser) -> None:

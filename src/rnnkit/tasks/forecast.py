@@ -219,9 +219,12 @@ class ForecastTask(Task):
         time = spec["lookback"] if spec["architecture"] == "segrnn" else time
         return torch.randn(batch, time, spec["inputs"])
 
-    def export_axes(self, task_state: dict) -> tuple:
+    def export_axes(self, task_state: dict) -> tuple[dict, dict]:
+        """Any look-back but SegRNN's; a time axis out for a dense-target RNN's per-step forecasts."""
         spec = task_state["spec"]
-        return spec["architecture"] != "segrnn", spec["architecture"] == "rnn" and bool(spec.get("dense_targets"))
+        inputs = {0: "batch"} if spec["architecture"] == "segrnn" else {0: "batch", 1: "time"}
+        per_step = spec["architecture"] == "rnn" and bool(spec.get("dense_targets"))
+        return inputs, {0: "batch", 1: "time"} if per_step else {0: "batch"}
 
     def splits(self, config: ForecastConfig, data) -> tuple[Splits, dict]:
         if isinstance(data, str) and data == SINES:

@@ -106,8 +106,8 @@ def prepare_parts(config: TagConfig, parts: dict, info: dict) -> PreparedData:
 class TagTask(Task):
     name = "tag"
     Config = TagConfig
-    exportable = False  # the character encoder picks the real words by value, which a traced graph would fix
     serve_input = "sentences"
+    takes_lengths = True
 
     def prepare(self, config: TagConfig, data: str, seed: int = 0) -> PreparedData:
         files = part_files(data)
@@ -149,6 +149,25 @@ class TagTask(Task):
         """``loss``, then ``f1``, ``precision``, ``recall`` (entity tags only) and ``accuracy``."""
         report = tag_report(model, *tagging_pass(model, batches))
         return {k: report[k] for k in ("loss", "f1", "precision", "recall", "accuracy") if k in report}
+
+    def example_inputs(self, model_config: ModelConfig, task_state: dict, batch: int, time: int) -> torch.Tensor:
+        """(B, T, 1 + W) word ids and W = 4 character ids per word (the last word one character shorter)."""
+        words = torch.randint(1, len(task_state["words"]), (batch, time, 1))
+        chars = torch.randint(1, len(task_state["chars"]), (batch, time, 4))
+        chars[:, -1, -1] = 0
+        return torch.cat([words, chars], dim=-1)
+
+    def export_axes(self, task_state: dict) -> tuple[dict, dict]:
+        return {0: "batch", 1: "time", 2: "word_length"}, {0: "batch", 1: "time"}  # emissions per word
+
+    def export_extras(self, model: TaggerNet) -> dict:
+        """``decoder``: the tag names and, for a CRF, its constrained scores (transitions [from,
+        to], start, end); the best path is Viterbi over them and the graph's emissions."""
+        decoder = {"kind": "crf" if model.crf is not None else "softmax", "tags": model.tags, "scheme": model.scheme}
+        if model.crf is not None:
+            transitions, start, end = (t.detach().tolist() for t in model.crf.constrained())
+            decoder.update(transitions=transitions, start=start, end=end)
+        return {"decoder": decoder}
 
     def ensemble_key(self, task_state: dict) -> dict:
         raise UserError("task 'tag' has no ensembles yet: its CRF scores whole tag paths, and averaging "

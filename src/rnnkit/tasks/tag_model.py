@@ -49,7 +49,9 @@ class CharEncoder(nn.Module):
     """Each word's characters -> one vector: char embedding, a one-layer BiLSTM (rnnkit's
     :class:`~rnnkit.recurrent.Recurrent`) over the characters, and its final forward and
     backward states concatenated. ``forward(chars (B, T, W)) -> (B, T, 2*Hc)``; a padding
-    word (no characters) gets zeros. Only the real words run, as one batch of N words."""
+    word (no characters) gets zeros. Only the real words run, as one batch of N words, except
+    under ONNX tracing, where every slot runs (a traced graph cannot choose rows by value) and
+    the padding slots are zeroed after: the same numbers for every real word."""
 
     def __init__(self, num_chars: int, char_dim: int, char_hidden: int):
         super().__init__()
@@ -58,6 +60,8 @@ class CharEncoder(nn.Module):
         self.output_size = 2 * char_hidden
 
     def forward(self, chars: Tensor) -> Tensor:
+        if torch.jit.is_tracing():
+            return self._every_slot(chars)
         B, T, _ = chars.shape
         word_lengths = (chars != 0).sum(-1)  # (B, T)
         real = word_lengths > 0
@@ -69,6 +73,16 @@ class CharEncoder(nn.Module):
         y, state = self.rnn(self.embedding(words), None, lengths.cpu())  # (N, W', 2Hc)
         out[real] = pool(y, state, "last", lengths, self.rnn).to(out.dtype)  # (N, 2Hc)
         return out
+
+    def _every_slot(self, chars: Tensor) -> Tensor:
+        """The traceable form: all B*T word slots as one batch, a padding slot read as one
+        character (padding id 0) and then zeroed."""
+        B, T, W = chars.shape
+        words = chars.reshape(B * T, W)
+        word_lengths = (words != 0).sum(-1)  # (B*T,)
+        y, state = self.rnn(self.embedding(words), None, word_lengths.clamp(min=1))
+        pooled = pool(y, state, "last", word_lengths, self.rnn)  # (B*T, 2Hc)
+        return (pooled * (word_lengths > 0).unsqueeze(-1).to(pooled.dtype)).reshape(B, T, self.output_size)
 
 
 class TaggerNet(nn.Module):
@@ -101,6 +115,10 @@ class TaggerNet(nn.Module):
         if self.scheme is None:  # POS-like tags: every transition allowed
             return CRF(C)
         return CRF(C, *allowed_transitions(self.tags, self.scheme))
+
+    def state_layers(self) -> list:
+        """Stateless: a tagger reads whole sentences (export describes no state)."""
+        return [None]
 
     def forward(self, inputs: Tensor, state=None, lengths=None):
         x = self.word_embedding(inputs[..., 0])  # (B, T, E)

@@ -114,8 +114,8 @@ class TextgenTask(Task):
     Config = TextgenConfig
     serve_input = "prime"
 
-    def export_axes(self, task_state: dict) -> tuple:
-        return True, True  # next-token logits at every step
+    def export_axes(self, task_state: dict) -> tuple[dict, dict]:
+        return {0: "batch", 1: "time"}, {0: "batch", 1: "time"}  # next-token logits at every step
 
     def prepare(self, config: TextgenConfig, data: str, seed: int = 0) -> PreparedData:
         text, info = read_text(data)
