@@ -10,7 +10,8 @@ images held out with split seed 0; both select their best-validation weights, te
 - ``rnn``: ``configs/mnist-rows-rnn.json`` (SimpleRNN(32), the tutorials' model), as configured,
   once per seed in ``--rnn-seeds``;
 - ``rnn-baseline``: the tutorials' PyTorch model written in torch.nn: ``nn.RNN(28, 32)``, last step
-  -> ``Linear(32, 10)``, Adam 1e-3, batch 64, 10 epochs, x/255, best-validation weights, per seed;
+  -> ``Linear(32, 10)``, Adam 1e-3, batch 64, as many epochs as the ``rnn`` preset, x/255,
+  best-validation weights, per seed;
 - ``pixels-timing``: median seconds per training step of ``configs/mnist-pixels.json`` (T=784).
 
 Usage (long: take the shared CPU lock)::
@@ -179,8 +180,9 @@ def main() -> None:
             out["mnist-rows-rnn"] = _per_seed(args.rnn_seeds, lambda seed: run_preset(
                 ROOT / "configs/mnist-rows-rnn.json", seed=seed))
         elif run == "rnn-baseline":
+            epochs = load_config_file(ROOT / "configs/mnist-rows-rnn.json")["train"]["epochs"]  # the same budget
             out["baseline_rnn32"] = _per_seed(args.rnn_seeds, lambda seed: run_baseline(
-                math.inf, seed, cell=nn.RNN, hidden=32, batch=64, epochs=10))
+                math.inf, seed, cell=nn.RNN, hidden=32, batch=64, epochs=epochs))
         out["threads"] = args.threads
         print(json.dumps(out, indent=1), flush=True)
     if args.json:
