@@ -20,6 +20,7 @@ to torch versions). ``read_wav`` reads PCM WAV with the standard library.
 
 from __future__ import annotations
 
+import functools
 import math
 import wave
 from pathlib import Path
@@ -75,8 +76,10 @@ def mel_to_hz(m):
     return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
 
 
+@functools.lru_cache(maxsize=16)
 def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, fmin: float = 0.0, fmax: float | None = None) -> Tensor:
-    """The triangular filters F (M, N/2 + 1) of the module docstring, float32."""
+    """The triangular filters F (M, N/2 + 1) of the module docstring, float32 (cached: do not
+    modify the returned tensor)."""
     fmax = sample_rate / 2 if fmax is None else fmax
     if not 0 <= fmin < fmax <= sample_rate / 2:
         raise ValueError(f"expected 0 <= fmin < fmax <= {sample_rate / 2}, got {fmin}, {fmax}")
@@ -87,6 +90,7 @@ def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, fmin: float = 0.0,
     return torch.from_numpy(np.clip(np.minimum(rising, falling), 0.0, None)).float()
 
 
+@functools.lru_cache(maxsize=16)
 def dct_matrix(n_out: int, n_in: int) -> Tensor:
     """The first ``n_out`` rows of the orthonormal DCT-II of size ``n_in``: (n_out, n_in)."""
     n, k = np.arange(n_in), np.arange(n_out)[:, None]

@@ -3,8 +3,8 @@
 ``resolve(name_or_path)`` returns a Path (or ``{part: Path}`` for multi-file datasets):
 
 1. a named dataset (``tinyshakespeare``, ``mnist``, ``imdb``, ``etth1``, ``etth2``,
-   ``airline-passengers``, ``monthly-sunspots``, ``daily-min-temperatures``, and for sequence
-   labelling ``conll2003``, ``wnut17``, ``ud-en-ewt``) is looked up in the folder named by
+   ``airline-passengers``, ``monthly-sunspots``, ``daily-min-temperatures``, ``fsdd`` (spoken
+   digits), and for sequence labelling ``conll2003``, ``wnut17``, ``ud-en-ewt``) is looked up in the folder named by
    ``RNNKIT_DATA`` (layout of shared/data, see its SOURCES.md), then in the cache
    (``RNNKIT_CACHE``, default ``~/.cache/rnnkit``), then downloaded into the cache from its
    canonical URL, pinned to a commit, and kept only if its SHA-256 matches. A dataset without a
@@ -90,6 +90,9 @@ DATASETS: dict[str, dict[str, RemoteFile]] = {
     "daily-min-temperatures": {"csv": RemoteFile(
         "timeseries/daily-min-temperatures.csv", "8b9de63ed6789492bf497625e7f9beb96a63d367b4b0a21754006f749fa5e5da",
         f"{_TSDL}/daily-min-temperatures.csv")},
+    # spoken digits (CC BY-SA 4.0): shared/data's reproducible tar of the 3,000 WAV files (SOURCES.md)
+    "fsdd": {"tar": RemoteFile("speech/fsdd-recordings.tar",
+                               "cb1c24b8149a7a24b81416c20af0ae0ce3eb0166ab6ba0956b22857f43bfc57e", None)},
     # sequence labelling (see SOURCES.md): local copies only, never downloaded (CoNLL-2003 may not be
     # redistributed; every user builds or obtains it), so these have no URL and locate() refuses to fetch
     "conll2003": {

@@ -50,9 +50,12 @@ class SeqclassConfig:
     eval_batch_size: int = 500
     augment_shift: int = 0  # MNIST only: random translation by up to N pixels of training images
     encoder: str = field(default="identity", metadata={"choices": ("identity", "linear")})
+    audio_features: str = field(default="logmel", metadata={"choices": ("logmel", "mfcc")})  # recordings: frames of log-mel bands or MFCCs
+    n_mels: int = 40  # recordings: mel bands (MFCC: 13 coefficients of them)
+    test_speaker: str = ""  # recordings: hold this speaker out as the test part (default: takes 0-4 of everyone)
 
     def __post_init__(self):
-        check_at_least(self, 1, ("features", "batch_size", "eval_batch_size"))
+        check_at_least(self, 1, ("features", "batch_size", "eval_batch_size", "n_mels"))
         check_at_least(self, 0, ("val_size", "augment_shift"))
 
 
@@ -75,6 +78,24 @@ def is_mnist(path) -> bool:
     if isinstance(path, dict):
         return "train_images" in path
     return path.is_dir() and any(path.glob("train-images*idx3*"))
+
+
+def is_recordings(path) -> bool:
+    """A tar file, or a folder holding ``*.wav`` files (LABEL_SPEAKER_TAKE.wav)."""
+    return not isinstance(path, dict) and (path.suffix == ".tar" or (path.is_dir() and any(path.glob("*.wav"))))
+
+
+def prepare_recordings(path: Path, config: SeqclassConfig) -> PreparedData:
+    """Labelled recordings as normalised log-mel/MFCC frames, split as :func:`split_recordings` says."""
+    from rnnkit.data import speech
+
+    parts = speech.split_recordings(speech.read_recordings(path), config.test_speaker)
+    features = speech.AudioFeatures(kind=config.audio_features, n_mels=config.n_mels)
+    train = speech.labelled_features(parts["train"], features)
+    test = speech.labelled_features(parts["test"], features, train.label_names) if parts["test"] else None
+    prepared = prepare_sequences(train, test, config, {"name": path.name, "path": str(path)})
+    prepared.task_state["audio"] = features.to_dict()
+    return prepared
 
 
 def read_labelled(path: Path, config: SeqclassConfig, names=None) -> dict:
@@ -190,6 +211,8 @@ class SeqclassTask(ClassificationTask):
         path = resolve_data(data)
         if is_mnist(path):
             return prepare_mnist(path, config)
+        if is_recordings(path):
+            return prepare_recordings(path, config)
         splits = read_labelled(path, config)
         test = splits.get("test")
         test_path = _test_path(path, config)
@@ -203,7 +226,12 @@ class SeqclassTask(ClassificationTask):
         path, mnist = resolve_data(data), task_state["kind"] == "mnist"
         if is_mnist(path) != mnist:
             raise UserError(f"{data}: expected {'MNIST IDX files' if mnist else 'labelled sequences'} like the training data")
-        if mnist:
+        if task_state.get("audio"):
+            from rnnkit.data import speech
+
+            seqs = speech.labelled_features(speech.read_recordings(path), speech.AudioFeatures(**task_state["audio"]),
+                                            task_state["label_names"])
+        elif mnist:
             images, labels = map(np.concatenate, zip(*seqdata.read_mnist(path).values()))
             steps = MNIST_SIDE if task_state["mode"] == "rows" else MNIST_SIDE**2
             seqs = seqdata.LabelledSequences(images, np.full(len(labels), steps), labels, task_state["label_names"])
