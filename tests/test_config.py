@@ -1,5 +1,7 @@
 """Config resolution: defaults < file < flags, typed by the dataclass, nearest-key errors."""
 
+from pathlib import Path
+
 import pytest
 
 from rnnkit.cli.flags import apply_flags, resolve_configs, snake_case
@@ -75,3 +77,17 @@ def test_by_horizon_sections_are_gone(tmp_path):
     f.write_text('{"by_horizon": {"96": {}}}')
     with pytest.raises(UserError, match=r"c.json: unknown key 'by_horizon'"):
         load_config_file(f)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.json")),
+                         ids=lambda p: p.stem)
+def test_every_preset_resolves_for_its_task(path):
+    """Each configs/*.json names a task and dataset and its sections are that task's options."""
+    from rnnkit.tasks import get_task
+
+    d = load_config_file(path)
+    task = get_task(d["task"])
+    assert d.get("dataset") and set(d) <= {"task", "dataset", "data", "model", "train"}
+    from_dict(task.Config, d.get("data", {}), str(path))
+    from_dict(ModelConfig, d.get("model", {}), str(path))
+    from_dict(TrainConfig, d.get("train", {}), str(path))

@@ -5,6 +5,7 @@ synthetic tones; the real FSDD tar's counts."""
 import tarfile
 
 import numpy as np
+import torch
 import pytest
 
 from conftest import need_file, run_cli
@@ -87,3 +88,17 @@ def test_real_fsdd_counts_and_official_split(data_dir):
     assert sorted({r.speaker for r in recordings}) == ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
     parts = speech.split_recordings(recordings)
     assert (len(parts["train"]), len(parts["test"])) == (2700, 300)
+
+
+def test_spec_augment_masks_training_batches_only(tmp_path):
+    from rnnkit.tasks.seqclass import TASK, SeqclassConfig
+
+    folder = write_recordings(tmp_path / "rec", speakers=("ann",), takes=8)
+    plain = TASK.prepare(SeqclassConfig(val_size=4, batch_size=16, n_mels=16), str(folder))
+    masked = TASK.prepare(SeqclassConfig(val_size=4, batch_size=16, n_mels=16, spec_augment=True), str(folder))
+    a, b = next(iter(plain.train.epoch(0, 0))), next(iter(masked.train.epoch(0, 0)))
+    changed = a.inputs != b.inputs
+    assert bool(changed.any()) and bool((b.inputs[changed] == 0).all())
+    for part in ("val", "test"):
+        x, y = (next(iter(getattr(p, part).epoch(0, 0))).inputs for p in (plain, masked))
+        assert torch.equal(x, y)

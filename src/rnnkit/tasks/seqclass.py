@@ -53,6 +53,7 @@ class SeqclassConfig:
     audio_features: str = field(default="logmel", metadata={"choices": ("logmel", "mfcc")})  # recordings: frames of log-mel bands or MFCCs
     n_mels: int = 40  # recordings: mel bands (MFCC: 13 coefficients of them)
     test_speaker: str = ""  # recordings: hold this speaker out as the test part (default: takes 0-4 of everyone)
+    spec_augment: bool = False  # training only: mask 2 bands of up to F/8 features and 2 spans of up to 10 steps per sequence
 
     def __post_init__(self):
         check_at_least(self, 1, ("features", "batch_size", "eval_batch_size", "n_mels"))
@@ -125,11 +126,12 @@ def _normalizer(x: np.ndarray, config: SeqclassConfig) -> Optional[dict]:
     return seqdata.fit_normalizer(x, per_feature=config.normalize == "feature")
 
 
-def make_transform(task_state: dict, augment_shift: int = 0):
-    """raw batch -> model inputs (B, T, F): MNIST (B, 28, 28) uint8 -> view; then normalisation."""
+def make_transform(task_state: dict, augment_shift: int = 0, spec_augment: bool = False):
+    """raw batch -> model inputs (B, T, F): MNIST (B, 28, 28) uint8 -> view; then normalisation;
+    in training, optionally SpecAugment masks (:func:`rnnkit.data.audio.spec_augment`) per sequence."""
     norm = task_state.get("normalizer")
     if task_state["kind"] != "mnist":
-        return lambda raw, training, gen: seqdata.normalize(raw, norm)
+        return _masked(norm) if spec_augment else (lambda raw, training, gen: seqdata.normalize(raw, norm))
     mode = task_state["mode"]
     perm = torch.tensor(task_state["permutation"]) if task_state.get("permutation") else None
 
@@ -138,6 +140,19 @@ def make_transform(task_state: dict, augment_shift: int = 0):
         if training and augment_shift > 0:
             images = seqdata.random_shift(images, augment_shift, gen)
         return seqdata.normalize(seqdata.mnist_view(images, mode, perm), norm)
+
+    return transform
+
+
+def _masked(norm):
+    from rnnkit.data.audio import spec_augment
+
+    def transform(raw: Tensor, training: bool, gen) -> Tensor:
+        x = seqdata.normalize(raw, norm)
+        if not training:
+            return x
+        width = max(1, x.shape[-1] // 8)
+        return torch.stack([spec_augment(row, gen, 2, width, 2, 10) for row in x])
 
     return transform
 
@@ -187,11 +202,11 @@ def prepare_sequences(train: seqdata.LabelledSequences, test: Optional[seqdata.L
              "normalizer": _normalizer(fit_part.x, config)}
     t = make_transform(state)
 
-    def source(part, batch, shuffle):
-        return _source(part.x, part.lengths, part.labels, batch, t, shuffle) if part is not None and len(part) else None
+    def source(part, batch, shuffle, transform=t):
+        return _source(part.x, part.lengths, part.labels, batch, transform, shuffle) if part is not None and len(part) else None
 
     return PreparedData(
-        train=source(fit_part, config.batch_size, True),
+        train=source(fit_part, config.batch_size, True, make_transform(state, spec_augment=config.spec_augment)),
         val=source(train.subset(val_i), config.eval_batch_size, False),
         test=source(test, config.eval_batch_size, False),
         task_state=state,
