@@ -152,7 +152,10 @@ def _masked(norm):
         if not training:
             return x
         width = max(1, x.shape[-1] // 8)
-        return torch.stack([spec_augment(row, gen, 2, width, 2, 10) for row in x])
+        lengths = (~torch.isnan(raw).all(-1)).sum(1).tolist()  # padding is NaN: mask real steps only
+        for row, n in zip(x, lengths):
+            row[:n] = spec_augment(row[:n], gen, 2, width, 2, 10)
+        return x
 
     return transform
 
