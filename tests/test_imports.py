@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 # matching prefix decides (the package itself, `rnnkit`, is the public API on top).
 LAYERS = [
     ("rnnkit.cli", 6), ("rnnkit.__main__", 6),
-    ("rnnkit.runs", 5), ("rnnkit.serve", 5), ("rnnkit.export", 5), ("rnnkit.ensembles", 5), ("rnnkit.tuning", 5),
+    ("rnnkit.runs", 5), ("rnnkit.serve", 5), ("rnnkit.serve_jobs", 5), ("rnnkit.export", 5), ("rnnkit.ensembles", 5), ("rnnkit.tuning", 5),
     ("rnnkit.tasks", 4),
     ("rnnkit.training", 3), ("rnnkit.rundir", 3),
     ("rnnkit.artifacts", 2),

@@ -92,6 +92,10 @@ def runs(tmp_path_factory):
     train_task("tag", str(ner), tmp / "tag", ModelConfig(hidden_size=8, bidirectional=True), TRAIN,
                get_task("tag").Config(word_dim=8, char_dim=4, char_hidden=4, min_word_count=1, batch_size=4),
                progress=False)
+    from test_transcribe import tone_recordings
+
+    train_task("transcribe", str(tone_recordings(tmp / "tones")), tmp / "tr", ModelConfig(hidden_size=8, bidirectional=True),
+               TRAIN, get_task("transcribe").Config(n_mels=16, batch_size=4, val_size=2), progress=False)
     return tmp
 
 
@@ -206,6 +210,29 @@ def test_tag_answers_texts_and_sentences_as_the_facade_does(runs):
             assert status == 422 and message in payload["error"], (bad, payload)
         status, payload = srv.request("POST", "/predict", {"texts": ["Mary"]})
         assert status == 404 and "POST /tag" in payload["error"]
+
+
+def test_transcribe_answers_wav_files_and_feature_sequences_as_the_facade_does(runs):
+    import base64
+
+    reader = rnnkit.load(runs / "tr")
+    wavs = sorted((runs / "tones").glob("*_ann_*.wav"))[:3]
+    encoded = [base64.b64encode(w.read_bytes()).decode() for w in wavs]
+    with Server(runs / "tr") as srv:
+        status, info = srv.request("GET", "/info")
+        assert status == 200 and info["endpoint"] == "/transcribe" and info["alphabet"] == ["a", "b"]
+        status, out = srv.request("POST", "/transcribe", {"wav": encoded, "beam": 2})
+        assert status == 200 and out == {"transcripts": reader.transcribe_files(wavs, beam=2)}
+        feats = np.random.default_rng(0).normal(size=(2, 30, 16)).round(3)
+        status, out = srv.request("POST", "/transcribe", {"sequences": feats.tolist()})
+        assert status == 200 and out == {"transcripts": reader.predict(list(feats))}
+        for bad, message in [({"wav": encoded, "sequences": []}, "expected one of the fields"),
+                             ({"wav": ["not base64!"]}, "wav[0]: not valid base64"),
+                             ({"wav": [base64.b64encode(b"hello").decode()]}, "wav[0]: not a PCM WAV file"),
+                             ({"wav": encoded, "beam": 99}, "'beam': expected 1 to 16"),
+                             ({"sequences": [[[1.0, 2.0]]]}, "expected 16 values per step")]:
+            status, payload = srv.request("POST", "/transcribe", bad)
+            assert status == 422 and message in payload["error"], (bad, payload)
 
 
 # ----------------------------------------------------------------------------- abuse (issue #31)

@@ -24,6 +24,7 @@ _LAZY = {
     "TextClassifier": "rnnkit.tasks.textclass",
     "SequenceClassifier": "rnnkit.tasks.seqclass",
     "Tagger": "rnnkit.tasks.tag",
+    "Transcriber": "rnnkit.tasks.transcribe",
 }
 
 

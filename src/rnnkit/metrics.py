@@ -1,5 +1,5 @@
 """Metrics, one home for every task: classification report, forecast errors, language-model units,
-entity-level scores of sequence labelling.
+entity-level scores of sequence labelling, error rates of transcriptions.
 
 Plain NumPy on arrays already gathered by a task's evaluation pass; nothing here runs a model.
 Shape letters: ``N`` examples, ``C`` classes, ``K`` forecast horizon, ``T`` time steps.
@@ -17,6 +17,11 @@ Entity semantics (those of the CoNLL shared tasks' ``conlleval`` script): entiti
 BIO / IOB1 / BIOES tags by conlleval's chunk rules (:func:`rnnkit.data.tagging.spans`), and a
 predicted entity is correct only if its type, first and last token all match a true one. The
 precision/recall/F1 formulas and the 0/0 = 0 rule are the classification ones above.
+
+Transcription semantics: the character error rate is the edit (Levenshtein) distance between
+each hypothesis and its reference, summed over the N pairs, over the references' total length;
+the word error rate is the same on words (split at whitespace); sequence accuracy is the share
+of hypotheses equal to their reference. Error rates may exceed 1 (many insertions).
 """
 
 from __future__ import annotations
@@ -160,3 +165,32 @@ def bits_per_token(nats: float) -> float:
 def perplexity(nats: float) -> float:
     """exp(mean cross-entropy in nats), the exponent capped at MAX_EXPONENT to stay finite."""
     return math.exp(min(nats, MAX_EXPONENT))
+
+
+# ------------------------------------------------------------------------------ transcription
+
+
+def edit_distance(reference: Sequence, hypothesis: Sequence) -> int:
+    """The fewest insertions, deletions and substitutions that turn ``hypothesis`` into ``reference``."""
+    previous = list(range(len(hypothesis) + 1))
+    for i, r in enumerate(reference, 1):
+        current = [i]
+        for j, h in enumerate(hypothesis, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
+        previous = current
+    return previous[-1]
+
+
+def transcription_scores(references: Sequence[str], hypotheses: Sequence[str]) -> dict:
+    """``{"cer", "wer", "sequence_accuracy", "characters", "words"}`` of N transcriptions
+    (module docstring); NaN rates when the references are empty."""
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    chars = sum(len(r) for r in references)
+    words = sum(len(r.split()) for r in references)
+    char_errors = sum(edit_distance(r, h) for r, h in zip(references, hypotheses))
+    word_errors = sum(edit_distance(r.split(), h.split()) for r, h in zip(references, hypotheses))
+    same = sum(r == h for r, h in zip(references, hypotheses))
+    return {"cer": char_errors / chars if chars else float("nan"), "wer": word_errors / words if words else float("nan"),
+            "sequence_accuracy": same / len(references) if references else float("nan"),
+            "characters": chars, "words": words}

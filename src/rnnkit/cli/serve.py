@@ -23,7 +23,7 @@ def add_parser(sub):
     from rnnkit.serve_guard import TOKEN_ENV
 
     d = Limits()
-    p = sub.add_parser("serve", help="serve a trained model over HTTP (POST /predict, /tag, /generate; GET /health, /info)")
+    p = sub.add_parser("serve", help="serve a trained model over HTTP (POST /predict, /tag, /transcribe, /generate; GET /health, /info)")
     p.add_argument("dir", help="run directory (artifact)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")

@@ -12,6 +12,7 @@ TASK_MODULES = {
     "textclass": "rnnkit.tasks.textclass",
     "seqclass": "rnnkit.tasks.seqclass",
     "tag": "rnnkit.tasks.tag",
+    "transcribe": "rnnkit.tasks.transcribe",
 }
 
 

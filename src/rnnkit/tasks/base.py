@@ -60,8 +60,8 @@ Deployment hooks (``rnnkit export`` and ``rnnkit serve`` read these, never the t
 
 11. ``serve_input``: the request field ``rnnkit serve`` takes: ``"texts"`` (POST /predict with
     strings), ``"sequences"`` (arrays of feature vectors), ``"history"`` (a forecast's history),
-    ``"prime"`` (POST /generate), ``"sentences"`` (POST /tag with texts or word lists); "" when
-    the task cannot be served.
+    ``"prime"`` (POST /generate), ``"sentences"`` (POST /tag with texts or word lists),
+    ``"recordings"`` (POST /transcribe with WAV files or features); "" when the task cannot be served.
 12. ``exportable`` (False: ``rnnkit export`` refuses the task's runs), ``takes_lengths`` (the model reads ``lengths`` (B,)), ``example_inputs(model_config,
     task_state, B, T)`` (a traced input) and ``export_axes(task_state)`` (which axes are dynamic)
     shape the exported ONNX graph; ``export_extras(model)`` adds to its JSON.
