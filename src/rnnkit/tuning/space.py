@@ -66,6 +66,7 @@ DEFAULT_SPACES = {
                  "data.augment_shift": [0, 1, 2]},
     "tag": {**_COMMON, "data.char_hidden": [0, 25, 50], "data.decoder": ["crf", "softmax"],
             "data.batch_size": [16, 32]},
+    "transcribe": {**_COMMON, "model.bidirectional": [False, True], "data.batch_size": [16, 32, 64]},
 }
 
 TUNE_KEYS = ("default_space",) + SECTIONS
