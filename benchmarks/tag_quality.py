@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit  # noqa: F401  (flush denormals before torch's first parallel op)
+from benchmarks.budget_loop import train_for_budget
 from rnnkit.data.tagging import read_conll, read_conllu
 from rnnkit.metrics import entity_scores
 from rnnkit.models import ModelConfig
@@ -161,29 +162,13 @@ def run_baseline(name: str, budget: float, eval_every: int, seed: int = 0) -> di
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = BaselineTagger(len(words) + 2, len(chars) + 2, len(tags))
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
     monitor = "f1" if entities else "accuracy"
-    best, best_state, step, t0 = -1.0, None, 0, time.monotonic()
-    while time.monotonic() - t0 < budget:
-        for w, c, n, t in batches(train_data, 32, True, rng):
-            loss = nn.functional.cross_entropy(model(w, c, n).flatten(0, 1), t.flatten(), ignore_index=-100)
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            step += 1
-            done = time.monotonic() - t0 >= budget
-            if step % eval_every == 0 or done:
-                dev_score = score(model, dev_data, tag_names, entities)
-                print(f"baseline step {step} loss {loss.item():.3f} dev {monitor} {dev_score[monitor]:.4f} "
-                      f"t={time.monotonic() - t0:.0f}s", flush=True)
-                if dev_score[monitor] > best:
-                    best, best_state = dev_score[monitor], {k: v.clone() for k, v in model.state_dict().items()}
-            if done:
-                break
-    model.load_state_dict(best_state)
+    run = train_for_budget(
+        model, lambda: batches(train_data, 32, True, rng),
+        lambda b: nn.functional.cross_entropy(model(*b[:3]).flatten(0, 1), b[3].flatten(), ignore_index=-100),
+        lambda: score(model, dev_data, tag_names, entities)[monitor], budget, eval_every)
     return {"dev": score(model, dev_data, tag_names, entities), "test": score(model, test_data, tag_names, entities),
-            "steps": step, "train_seconds": round(time.monotonic() - t0, 1)}
+            "steps": run["steps"], "train_seconds": run["train_seconds"]}
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit  # noqa: F401  (flush denormals before torch's first parallel op)
+from benchmarks.budget_loop import train_for_budget
 from rnnkit.models import ModelConfig
 from rnnkit.tasks.transcribe import TranscribeConfig, Transcriber, prepare_digits
 from rnnkit.training.config import TrainConfig, from_dict, load_config_file
@@ -89,28 +90,16 @@ def run_baseline(budget: float, eval_every: int, seed: int = 0) -> dict:
     parts, _ = prepare_digits(from_dict(TranscribeConfig, d["data"], str(PRESET)))
     torch.manual_seed(seed)
     model, ctc = Baseline(), nn.CTCLoss(blank=0, zero_infinity=True)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    best, best_state, step, t0 = -1.0, None, 0, time.monotonic()
-    while time.monotonic() - t0 < budget:
-        for x, lengths, texts in batches(parts["train"], torch.randperm(len(parts["train"])).tolist()):
-            targets = torch.tensor([int(c) + 1 for t in texts for c in t])
-            loss = ctc(model(x, lengths).transpose(0, 1), targets, lengths, torch.tensor([len(t) for t in texts]))
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            step += 1
-            done = time.monotonic() - t0 >= budget
-            if step % eval_every == 0 or done:
-                acc = sequence_accuracy(model, parts["val"])
-                print(f"baseline step {step} loss {loss.item():.3f} val {acc:.4f} t={time.monotonic() - t0:.0f}s", flush=True)
-                if acc > best:
-                    best, best_state = acc, {k: v.clone() for k, v in model.state_dict().items()}
-            if done:
-                break
-    model.load_state_dict(best_state)
-    return {"val_sequence_accuracy": best, "test_sequence_accuracy": sequence_accuracy(model, parts["test"]),
-            "steps": step, "train_seconds": round(time.monotonic() - t0, 1)}
+
+    def loss_of(batch):
+        x, lengths, texts = batch
+        targets = torch.tensor([int(c) + 1 for t in texts for c in t])
+        return ctc(model(x, lengths).transpose(0, 1), targets, lengths, torch.tensor([len(t) for t in texts]))
+
+    run = train_for_budget(model, lambda: batches(parts["train"], torch.randperm(len(parts["train"])).tolist()), loss_of,
+                           lambda: sequence_accuracy(model, parts["val"]), budget, eval_every)
+    return {"val_sequence_accuracy": run["val"], "test_sequence_accuracy": sequence_accuracy(model, parts["test"]),
+            "steps": run["steps"], "train_seconds": run["train_seconds"]}
 
 
 def main() -> None:

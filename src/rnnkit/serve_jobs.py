@@ -61,6 +61,26 @@ def _numbers(rows, where: str, width: Optional[int]) -> np.ndarray:
     return arr
 
 
+def _items(body: dict, name: str, max_items: int) -> list:
+    """The non-empty list ``body[name]`` of at most ``max_items`` items."""
+    given = _field(body, name, list)
+    if not given or len(given) > max_items:
+        raise RequestError(422, f"field '{name}': expected 1 to {max_items} items, got {len(given)}")
+    return given
+
+
+def _text(item, where: str, limit: int) -> str:
+    if not isinstance(item, str):
+        raise RequestError(422, f"{where}: expected a string, got {type(item).__name__}")
+    _within(where, len(item), limit, "characters")
+    return item
+
+
+def _within(where: str, size: int, limit: int, unit: str) -> None:
+    if size > limit:
+        raise RequestError(422, f"{where}: {size} {unit} exceed the limit of {limit}")
+
+
 def _not_finite(where: str) -> RequestError:
     return RequestError(422, f"{where}: the model's output is not finite for these values; "
                              "are they on the scale of the training data?")
@@ -90,15 +110,8 @@ class Job:
 class TextsJob(Job):
     def parse(self, body):
         _known(body, ("texts",))
-        texts = _field(body, "texts", list)
-        if not texts or len(texts) > self.limits.max_items:
-            raise RequestError(422, f"field 'texts': expected 1 to {self.limits.max_items} texts, got {len(texts)}")
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise RequestError(422, f"texts[{i}]: expected a string, got {type(t).__name__}")
-            if len(t) > self.limits.max_length:
-                raise RequestError(422, f"texts[{i}]: {len(t)} characters exceed the limit of {self.limits.max_length}")
-        return texts
+        texts = _items(body, "texts", self.limits.max_items)
+        return [_text(t, f"texts[{i}]", self.limits.max_length) for i, t in enumerate(texts)]
 
     def run(self, items):
         flat = [t for texts in items for t in texts]
@@ -112,16 +125,11 @@ class TextsJob(Job):
 class SequencesJob(Job):
     def parse(self, body):
         _known(body, ("sequences",))
-        seqs = _field(body, "sequences", list)
-        if not seqs or len(seqs) > self.limits.max_items:
-            raise RequestError(422, f"field 'sequences': expected 1 to {self.limits.max_items} sequences, got {len(seqs)}")
-        F = self.facade.step_features
+        seqs = _items(body, "sequences", self.limits.max_items)
         out = []
         for i, s in enumerate(seqs):
-            arr = _numbers(s, f"sequences[{i}]", F)
-            if len(arr) > self.limits.max_length:
-                raise RequestError(422, f"sequences[{i}]: {len(arr)} steps exceed the limit of {self.limits.max_length}")
-            out.append(arr)
+            out.append(_numbers(s, f"sequences[{i}]", self.facade.step_features))
+            _within(f"sequences[{i}]", len(out[-1]), self.limits.max_length, "steps")
         return out
 
     def run(self, items):
@@ -223,24 +231,17 @@ class TagJob(Job):
         if ("texts" in body) == ("sentences" in body):
             raise RequestError(422, "expected one of the fields 'texts' (strings) or 'sentences' (lists of words)")
         name = "texts" if "texts" in body else "sentences"
-        given = _field(body, name, list)
-        if not given or len(given) > self.limits.max_items:
-            raise RequestError(422, f"field '{name}': expected 1 to {self.limits.max_items} items, got {len(given)}")
+        given = _items(body, name, self.limits.max_items)
         return [self._words(item, f"{name}[{i}]", name == "texts", split_words) for i, item in enumerate(given)]
 
     def _words(self, item, where: str, is_text: bool, split_words) -> list:
         if is_text:
-            if not isinstance(item, str):
-                raise RequestError(422, f"{where}: expected a string, got {type(item).__name__}")
-            if len(item) > self.limits.max_length:
-                raise RequestError(422, f"{where}: {len(item)} characters exceed the limit of {self.limits.max_length}")
-            item = split_words(item)
+            item = split_words(_text(item, where, self.limits.max_length))
         elif not isinstance(item, list) or not all(isinstance(w, str) and w and not w.isspace() for w in item):
             raise RequestError(422, f"{where}: expected a list of non-empty words (strings)")
         if not item:
             raise RequestError(422, f"{where}: no words to tag")
-        if len(item) > self.limits.max_length:
-            raise RequestError(422, f"{where}: {len(item)} words exceed the limit of {self.limits.max_length}")
+        _within(where, len(item), self.limits.max_length, "words")
         return item
 
     def run(self, items):
@@ -275,9 +276,7 @@ class TranscribeJob(Job):
         if not 1 <= beam <= self.MAX_BEAM:
             raise RequestError(422, f"field 'beam': expected 1 to {self.MAX_BEAM}, got {beam}")
         name = "wav" if "wav" in body else "sequences"
-        given = _field(body, name, list)
-        if not given or len(given) > self.limits.max_items:
-            raise RequestError(422, f"field '{name}': expected 1 to {self.limits.max_items} items, got {len(given)}")
+        given = _items(body, name, self.limits.max_items)
         state, out = self.artifact.task_state, []
         for i, item in enumerate(given):
             where = f"{name}[{i}]"

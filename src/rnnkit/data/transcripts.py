@@ -116,19 +116,12 @@ def strip_from_image(path) -> np.ndarray:
     """A picture of a written digit string -> its columns (W, 28) in [0, 1], like
     :meth:`DigitStrings.features`: grey, inverted when the background is light, the ink's rows
     scaled to 20 pixels high (keeping the aspect ratio) and centred in 28 rows."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
+    from rnnkit.data.images import read_ink
     from rnnkit.errors import UserError
 
-    try:
-        img = Image.open(path)
-        img.load()
-    except (OSError, UnidentifiedImageError) as e:
-        raise UserError(f"{path}: not a readable PNG/JPEG image ({e.__class__.__name__})") from None
-    grey = np.asarray(img.convert("L"), dtype=np.float32)
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    if np.median(border) > 127:
-        grey = 255.0 - grey
+    grey = read_ink(path)
     rows = np.flatnonzero(grey.max(1) > 0.1 * max(grey.max(), 1.0))
     if grey.max() <= 0 or not len(rows):
         raise UserError(f"{path}: the picture is blank")

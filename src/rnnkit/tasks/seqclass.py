@@ -420,19 +420,12 @@ def image_to_mnist(path) -> np.ndarray:
     median above mid-grey), then the digit's bounding box is scaled to fit 20x20 keeping its
     aspect ratio and centred by its centre of mass in the 28x28 frame, as in MNIST's preparation.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        img = Image.open(path)
-        img.load()
-    except (OSError, UnidentifiedImageError) as e:
-        raise UserError(f"{path}: not a readable PNG/JPEG image ({e.__class__.__name__})") from None
-    grey = np.asarray(img.convert("L"), dtype=np.float32)
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    if np.median(border) > 127:
-        grey = 255.0 - grey
-    grey = grey - np.median(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]]))
-    grey = np.clip(grey, 0, 255)
+    from rnnkit.data.images import border_median, read_ink
+
+    grey = read_ink(path)
+    grey = np.clip(grey - border_median(grey), 0, 255)
     ys, xs = np.nonzero(grey > 0.1 * grey.max()) if grey.max() > 0 else (np.array([0]), np.array([0]))
     crop = grey[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     scale = 20.0 / max(crop.shape)
