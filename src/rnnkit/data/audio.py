@@ -47,7 +47,7 @@ def read_wav(source: Union[str, Path, BinaryIO], name: str = "") -> tuple[np.nda
     except FileNotFoundError:
         raise UserError(f"{where}: no such file") from None
     except (wave.Error, EOFError) as exc:
-        raise UserError(f"{where}: not a PCM WAV file ({exc or 'it ends before its header does'})") from None
+        raise UserError(f"{where}: not a PCM WAV file ({str(exc) or 'it ends before its header does'})") from None
     if width not in (1, 2, 3, 4):
         raise UserError(f"{where}: {8 * width}-bit samples; expected 8, 16, 24 or 32-bit PCM")
     samples = _pcm_to_float(raw[: len(raw) - len(raw) % (width * channels)], width)
