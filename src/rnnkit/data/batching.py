@@ -53,6 +53,13 @@ def pad_sequences(seqs: list, pad_value=0, dtype=torch.int64) -> tuple[Tensor, T
     return out, lengths
 
 
+def batch_lengths(batch: Batch) -> torch.Tensor:
+    """(B,) valid steps of each row of ``batch``: its lengths, or T for every row."""
+    if batch.lengths is not None:
+        return batch.lengths
+    return torch.full((batch.inputs.shape[0],), batch.inputs.shape[1], dtype=torch.int64)
+
+
 class BucketedBatches:
     """A reproducible ``BatchSource`` whose batches hold items of similar length.
 

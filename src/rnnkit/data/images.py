@@ -6,6 +6,8 @@ import numpy as np
 
 from rnnkit.errors import UserError
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")  # what a picture input may be
+
 
 def read_ink(path) -> np.ndarray:
     """(H, W) float32 in [0, 255]: the picture in grey (ITU-R 601 luma), inverted when its

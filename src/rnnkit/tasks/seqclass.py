@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.data import sequences as seqdata
+from rnnkit.data.images import IMAGE_SUFFIXES
 from rnnkit.errors import UserError, check_at_least
 from rnnkit.models import ModelConfig
 from rnnkit.tasks.base import PreparedData
@@ -450,8 +451,6 @@ def _centre_of_mass_shift(img: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- CLI verbs and pictures
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
 def _cli_predict(clf: "SequenceClassifier", args) -> int:

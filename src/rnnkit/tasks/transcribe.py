@@ -41,14 +41,14 @@ from torch import Tensor
 
 from rnnkit import metrics
 from rnnkit.ctc import beam_decode, greedy_decode
-from rnnkit.data.batching import Batch, BucketedBatches
+from rnnkit.data.batching import Batch, BucketedBatches, batch_lengths
+from rnnkit.data.images import IMAGE_SUFFIXES
 from rnnkit.data.transcripts import FeatureItems, digit_strings
 from rnnkit.errors import UserError, check_at_least
 from rnnkit.models import ModelConfig
 from rnnkit.tasks.base import BatchSource, PreparedData, Task
 from rnnkit.tasks.classify import Classifier
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 PAD = -1  # target id past a transcript's end
 BLANK = 0
 
@@ -174,19 +174,12 @@ def ctc_loss(outputs: Tensor, batch: Batch, reduction: str = "mean") -> Tensor:
     """CTC negative log-likelihood of the batch's transcripts under outputs (B, T, C) (logits):
     per sequence divided by its transcript's length, then the batch mean (``"sum"``: summed)."""
     log_probs = torch.log_softmax(outputs.float(), -1).transpose(0, 1)  # (T, B, C)
-    frames = step_counts(batch, outputs.shape[1])
+    frames = batch_lengths(batch)
     targets = batch.targets
     target_lengths = (targets != PAD).sum(1)
     losses = F.ctc_loss(log_probs, targets[targets != PAD], frames, target_lengths, blank=BLANK,
                         reduction="none", zero_infinity=True) / target_lengths.clamp(min=1)
     return losses.mean() if reduction == "mean" else losses.sum()
-
-
-def step_counts(batch: Batch, T: int) -> Tensor:
-    """(B,) valid steps of each row."""
-    if batch.lengths is not None:
-        return batch.lengths.to(torch.int64)
-    return torch.full((batch.inputs.shape[0],), T, dtype=torch.int64)
 
 
 @torch.no_grad()
@@ -200,7 +193,7 @@ def transcription_pass(model, batches: Iterable[Batch], alphabet: Sequence[str],
             outputs = model(batch.inputs, None, batch.lengths)[0].float()  # (B, T, C)
             loss_sum += float(ctc_loss(outputs, batch, "sum"))
             count += outputs.shape[0]
-            log_probs, frames = torch.log_softmax(outputs, -1), step_counts(batch, outputs.shape[1])
+            log_probs, frames = torch.log_softmax(outputs, -1), batch_lengths(batch)
             ids = greedy_decode(log_probs, frames) if beam <= 1 else beam_decode(log_probs, frames, beam)
             hyps += ["".join(alphabet[i - 1] for i in row) for row in ids]
             refs += ["".join(alphabet[i - 1] for i in row[row != PAD].tolist()) for row in batch.targets]
