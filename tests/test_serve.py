@@ -96,6 +96,11 @@ def runs(tmp_path_factory):
 
     train_task("transcribe", str(tone_recordings(tmp / "tones")), tmp / "tr", ModelConfig(hidden_size=8, bidirectional=True),
                TRAIN, get_task("transcribe").Config(n_mels=16, batch_size=4, val_size=2), progress=False)
+    pairs = tmp / "pairs.tsv"
+    pairs.write_text("".join(f"{w}\t{w[::-1]}\n" for w in ("abc", "bca", "cab", "aab", "bba", "cca") * 10))
+    train_task("seq2seq", str(pairs), tmp / "s2s", ModelConfig(cell="gru", hidden_size=8, embedding_dim=8), TRAIN,
+               get_task("seq2seq").Config(tokens="char", batch_size=8, val_fraction=0.3, test_fraction=0.0, beam=2),
+               progress=False)
     return tmp
 
 
@@ -232,6 +237,21 @@ def test_transcribe_answers_wav_files_and_feature_sequences_as_the_facade_does(r
                              ({"wav": encoded, "beam": 99}, "'beam': expected 1 to 16"),
                              ({"sequences": [[[1.0, 2.0]]]}, "expected 16 values per step")]:
             status, payload = srv.request("POST", "/transcribe", bad)
+            assert status == 422 and message in payload["error"], (bad, payload)
+
+
+def test_translate_answers_as_the_facade_does(runs):
+    translator = rnnkit.load(runs / "s2s")
+    with Server(runs / "s2s") as srv:
+        status, info = srv.request("GET", "/info")
+        assert status == 200 and info["endpoint"] == "/translate" and info["beam"] == 2
+        status, out = srv.request("POST", "/translate", {"texts": ["abc", "cc"]})
+        assert status == 200 and out == {"translations": translator.translate(["abc", "cc"], 2)}
+        status, out = srv.request("POST", "/translate", {"texts": ["abc"], "beam": 1})
+        assert status == 200 and out == {"translations": translator.translate(["abc"], 1)}
+        for bad, message in [({"texts": ["abc"], "beam": 0}, "'beam': expected 1 to 16"),
+                             ({"texts": [5]}, "texts[0]: expected a string"), ({}, "missing field 'texts'")]:
+            status, payload = srv.request("POST", "/translate", bad)
             assert status == 422 and message in payload["error"], (bad, payload)
 
 

@@ -12,7 +12,7 @@ import torch
 
 from conftest import run_cli
 from rnnkit import metrics
-from rnnkit.data.transcripts import digit_strings
+from rnnkit.data.transcripts import digit_strings, stack_frames
 from rnnkit.models import ModelConfig
 from rnnkit.tasks.transcribe import PAD, TASK, TranscribeConfig, Transcriber, ctc_loss, make_source
 from rnnkit.training.config import TrainConfig
@@ -89,12 +89,47 @@ def test_error_rates_by_hand():
     assert s["sequence_accuracy"] == pytest.approx(1 / 3)
 
 
-def test_a_tiny_model_learns_to_read_bar_strings(bar_mnist, tmp_path):
+def test_stacked_frames_then_linear_equal_a_strided_convolution():
+    torch.manual_seed(0)
+    frames = torch.randn(11, 3, dtype=torch.float64)  # T = 11 is not a multiple of s = 4: the tail is zero-padded
+    stacked = torch.from_numpy(stack_frames(frames.numpy(), 4))
+    assert stacked.shape == (3, 12) and torch.equal(stacked[0], frames[:4].reshape(-1))
+    conv = torch.nn.Conv1d(3, 5, kernel_size=4, stride=4).double()
+    linear = torch.nn.Linear(12, 5).double()
+    with torch.no_grad():  # conv weight (out, in, k) -> linear weight over [frame 0 features, frame 1 features, ...]
+        linear.weight.copy_(conv.weight.permute(0, 2, 1).reshape(5, 12))
+        linear.bias.copy_(conv.bias)
+        want = conv(torch.nn.functional.pad(frames.T, (0, 1)).unsqueeze(0))[0].T  # (3, 5)
+        torch.testing.assert_close(linear(stacked), want)
+    assert stack_frames(frames.numpy(), 1).shape == (11, 3)
+
+
+def test_subsampled_batches_have_a_step_per_s_frames():
+    labels = np.array([0, 1, 2])
+    strings = digit_strings(bar_images(labels), labels, 6, seed=1, max_gap=3)
+    ids = {"0": 1, "1": 2, "2": 3}
+    halved = make_source(strings, ids, 6, False, subsample=2)
+    order = next(iter(halved.batch_indices(0, 0))).tolist()
+    batch = next(iter(halved.epoch(0, 0)))
+    assert batch.inputs.shape == (6, (max(strings.length(i) for i in order) + 1) // 2, 56)
+    for row, i in enumerate(order):
+        frames = torch.from_numpy(strings.features(i))
+        n = -(-len(frames) // 2)
+        assert int(batch.lengths[row]) == n
+        assert torch.equal(batch.inputs[row, : len(frames) // 2], frames[: len(frames) // 2 * 2].reshape(-1, 56))
+        assert not batch.inputs[row, n:].any()
+        plain = next(iter(make_source(strings.subset([i]), ids, 1, False).epoch(0, 0)))
+        assert torch.equal(batch.targets[row, : plain.targets.shape[1]], plain.targets[0])
+
+
+@pytest.mark.parametrize("subsample, encoder", [(1, "identity"), (2, "linear")])
+def test_a_tiny_model_learns_to_read_bar_strings(bar_mnist, tmp_path, subsample, encoder):
     config = TranscribeConfig(train_strings=200, test_strings=40, val_images=60, min_digits=1, max_digits=3, max_gap=2,
-                              batch_size=16)
-    t = Transcriber(config, ModelConfig(cell="gru", hidden_size=16, bidirectional=True),
+                              subsample=subsample, batch_size=16)
+    t = Transcriber(config, ModelConfig(encoder=encoder, embedding_dim=16, cell="gru", hidden_size=16, bidirectional=True),
                     TrainConfig(epochs=15, lr=0.03, monitor="cer", monitor_mode="min", log_every=0))
     t.fit("mnist-digits", out=str(tmp_path / "run"))
+    assert t.model.config.input_size == 28 * subsample and t.model.config.encoder == encoder
     assert t.alphabet == ["0", "1", "2"] and t.metrics["cer"] < 0.05
     report = t.evaluate(split="test")
     assert report["sequence_accuracy"] > 0.9 and "wer" not in report
@@ -191,7 +226,7 @@ def test_onnx_graph_gives_the_per_step_scores_and_the_json_the_alphabet(tmp_path
                    "--val-size", "2", "--quiet")[0] == 0
     onnx_path, side = export_onnx(run)
     meta = json.loads(side.read_text())
-    assert meta["decoder"] == {"kind": "ctc", "blank": 0, "alphabet": ["a", "b"]}
+    assert meta["decoder"] == {"kind": "ctc", "blank": 0, "alphabet": ["a", "b"]} and meta["subsample"] == 1
     x, lengths = torch.randn(3, 40, 16), torch.tensor([40, 25, 31])
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     feed = {"inputs": x.numpy(), "lengths": lengths.numpy()}

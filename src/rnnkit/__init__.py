@@ -25,6 +25,7 @@ _LAZY = {
     "SequenceClassifier": "rnnkit.tasks.seqclass",
     "Tagger": "rnnkit.tasks.tag",
     "Transcriber": "rnnkit.tasks.transcribe",
+    "Translator": "rnnkit.tasks.seq2seq",
 }
 
 

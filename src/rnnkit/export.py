@@ -174,17 +174,47 @@ def export_onnx(run_dir, out=None, opset: int = 17) -> tuple[Path, Path]:
         raise UserError(f"--out {out}: folder {out.parent} does not exist")
     model = art.build_model().eval()
     pin_fused(model, str(art.path))
+    graphs = get_task(art.task).export_graphs(model)
+    if graphs is not None:
+        return export_graphs(art, model, graphs, out, opset)
     sig = signature(art, model)
     graph = StatefulGraph(model, sig["takes_lengths"], sig["parts"], sig["as_list"]).eval()
     with torch.no_grad():
         outputs = graph(*sig["args"])
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
     tmp = out.with_name(out.name + ".tmp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's tracer/deprecation chatter
-        torch.onnx.export(graph, sig["args"], str(tmp), input_names=sig["names"], output_names=sig["outputs"],
-                          dynamic_axes=sig["axes"], opset_version=opset, dynamo=False)
-    tmp.replace(out)
+    _write_graph(graph, sig["args"], sig["names"], sig["outputs"], sig["axes"], out, opset)
     side = out.with_suffix(".json")
     artifacts.write_file_atomic(side, (json.dumps(sidecar(art, sig, outputs, model, out.name), indent=1) + "\n").encode())
     return out, side
+
+
+def _write_graph(module: nn.Module, args: tuple, names: list, outputs: list, axes: dict, out: Path, opset: int) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's tracer/deprecation chatter
+        torch.onnx.export(module, args, str(tmp), input_names=names, output_names=outputs, dynamic_axes=axes,
+                          opset_version=opset, dynamo=False)
+    tmp.replace(out)
+
+
+def export_graphs(art: Artifact, model: nn.Module, graphs: dict, out: Path, opset: int) -> tuple[Path, Path]:
+    """Several graphs (``Task.export_graphs``): ``out``'s stem + ``.NAME.onnx`` each, and one JSON
+    (``out`` with suffix ``.json``) naming them under ``graphs`` with their inputs and outputs."""
+    described, paths = {}, []
+    for name, (module, args, inputs, outputs, axes) in graphs.items():
+        path = out.with_name(f"{out.stem}.{name}.onnx")
+        module.eval()
+        with torch.no_grad():
+            results = module(*args)
+        _write_graph(module, args, inputs, outputs, axes, path, opset)
+        described[name] = {"model_file": path.name, "inputs": [_describe(n, a, axes) for n, a in zip(inputs, args)],
+                           "outputs": [_describe(n, r, axes) for n, r in zip(outputs, results)]}
+        paths.append(path)
+    side = out.with_suffix(".json")
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "rnnkit_version": __version__, "task": art.task,
+            "source": str(art.path), "graphs": described, "preprocessing": art.task_state,
+            "task_config": art.meta.get("task_config", {}), "model": art.model_config.to_dict(), "metrics": art.metrics,
+            **get_task(art.task).export_extras(model)}
+    artifacts.write_file_atomic(side, (json.dumps(meta, indent=1) + "\n").encode())
+    return paths[0], side

@@ -194,3 +194,25 @@ def transcription_scores(references: Sequence[str], hypotheses: Sequence[str]) -
     return {"cer": char_errors / chars if chars else float("nan"), "wer": word_errors / words if words else float("nan"),
             "sequence_accuracy": same / len(references) if references else float("nan"),
             "characters": chars, "words": words}
+
+
+# ------------------------------------------------------------------------------ translation
+
+
+def translation_scores(references: Sequence[str], hypotheses: Sequence[str]) -> dict:
+    """``{"bleu", "chrf", "exact_match"}`` of N translations: sacrebleu's corpus BLEU (13a
+    tokenisation, cased) and chrF on the 0-100 scale, one reference each; the fraction of
+    hypotheses equal to their reference."""
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    if not references:
+        return {"bleu": float("nan"), "chrf": float("nan"), "exact_match": float("nan")}
+    try:
+        import sacrebleu
+    except ImportError:
+        from rnnkit.errors import UserError
+
+        raise UserError("BLEU and chrF need sacrebleu: pip install 'rnnkit[seq2seq]'") from None
+    hyps, refs = list(hypotheses), [list(references)]
+    return {"bleu": sacrebleu.corpus_bleu(hyps, refs).score, "chrf": sacrebleu.corpus_chrf(hyps, refs).score,
+            "exact_match": sum(r == h for r, h in zip(references, hypotheses)) / len(references)}

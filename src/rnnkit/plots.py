@@ -136,6 +136,20 @@ def digit_grid_png(images: np.ndarray, captions: Sequence[str], columns: int = 8
     return figure_png(fig)
 
 
+def attention_png(panels: Sequence[tuple]) -> bytes:
+    """Attention weights as heat maps, one panel per sentence: ``panels`` of (source tokens (S,),
+    output tokens (T,), weights (T, S)); rows are output tokens, columns source tokens."""
+    panels = list(panels) or [([], [], np.zeros((0, 0)))]
+    fig, axes = plt.subplots(1, len(panels), squeeze=False,
+                             figsize=(sum(1.5 + 0.35 * max(len(p[0]), 1) for p in panels), 1.5 + 0.3 * max(len(p[1]) for p in panels)))
+    for ax, (source, output, weights) in zip(axes.flat, panels):
+        ax.imshow(np.asarray(weights, dtype=float), cmap="Greys", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(source)), source, rotation=90, fontsize=8)
+        ax.set_yticks(range(len(output)), output, fontsize=8)
+    fig.tight_layout()
+    return figure_png(fig)
+
+
 def tuning_png(trials: Sequence[tuple], minimize: bool, metric: str, importances: Optional[dict] = None) -> bytes:
     """A hyperparameter search as PNG bytes: each trial's value by trial number (pruned trials at
     their last reported value, greyed) with the best-so-far line of the completed ones, and, when

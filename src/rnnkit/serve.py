@@ -15,6 +15,7 @@ Endpoints (JSON in, JSON out)::
                                -> {"results": [{"tokens", "tags", "entities"?: [{"type", "start", "end", "text"}]}]}
     POST /transcribe transcribe: {"wav": [base64, ...]} | {"sequences": [[[f, ...], ...]]}, "beam": int?
                                -> {"transcripts": [str, ...]}
+    POST /translate seq2seq:   {"texts": [str, ...], "beam": int?} -> {"translations": [str, ...]}
     POST /generate  textgen:   {"prime": str, "length": int, "temperature": float, "top_k": int?,
                                 "top_p": float?, "seed": int?} -> {"text": str}
 

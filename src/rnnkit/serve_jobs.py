@@ -327,6 +327,34 @@ def _split_predictions(probs: np.ndarray, labels, counts: list, where: str) -> l
     return out
 
 
+class TranslateJob(Job):
+    """Sentences to translate, with an optional beam width (the run's by default)."""
+
+    route = "/translate"
+    MAX_BEAM = 16
+
+    def parse(self, body):
+        _known(body, ("texts", "beam"))
+        beam = _field(body, "beam", int, required=False, default=self.facade.config.beam)
+        if not 1 <= beam <= self.MAX_BEAM:
+            raise RequestError(422, f"field 'beam': expected 1 to {self.MAX_BEAM}, got {beam}")
+        texts = _items(body, "texts", self.limits.max_items)
+        return [_text(t, f"texts[{i}]", self.limits.max_length) for i, t in enumerate(texts)], beam
+
+    def run(self, items):
+        answers = []
+        for beam in sorted({b for _, b in items}):  # one pass per beam width asked for
+            idx = [i for i, (_, b) in enumerate(items) if b == beam]
+            translated, at = self.facade.translate([t for i in idx for t in items[i][0]], beam), 0
+            for i in idx:
+                answers.append((i, {"translations": translated[at : at + len(items[i][0])]}))
+                at += len(items[i][0])
+        return [answer for _, answer in sorted(answers, key=lambda a: a[0])]
+
+    def info(self):
+        return {"beam": self.facade.config.beam, "max_beam": self.MAX_BEAM}
+
+
 # the job for each kind of request a task takes (``Task.serve_input``)
 JOBS = {"texts": TextsJob, "sequences": SequencesJob, "history": HistoryJob, "prime": GenerateJob,
-        "sentences": TagJob, "recordings": TranscribeJob}
+        "sentences": TagJob, "recordings": TranscribeJob, "pairs": TranslateJob}

@@ -4,7 +4,8 @@
 
 1. a named dataset (``tinyshakespeare``, ``mnist``, ``imdb``, ``etth1``, ``etth2``,
    ``airline-passengers``, ``monthly-sunspots``, ``daily-min-temperatures``, ``fsdd`` (spoken
-   digits), and for sequence labelling ``conll2003``, ``wnut17``, ``ud-en-ewt``) is looked up in the folder named by
+   digits), ``eng-fra`` (translation pairs), and for sequence labelling ``conll2003``, ``wnut17``,
+   ``ud-en-ewt``) is looked up in the folder named by
    ``RNNKIT_DATA`` (layout of shared/data, see its SOURCES.md), then in the cache
    (``RNNKIT_CACHE``, default ``~/.cache/rnnkit``), then downloaded into the cache from its
    canonical URL, pinned to a commit, and kept only if its SHA-256 matches. A dataset without a
@@ -93,6 +94,9 @@ DATASETS: dict[str, dict[str, RemoteFile]] = {
     # spoken digits (CC BY-SA 4.0): shared/data's reproducible tar of the 3,000 WAV files (SOURCES.md)
     "fsdd": {"tar": RemoteFile("speech/fsdd-recordings.tar",
                                "cb1c24b8149a7a24b81416c20af0ae0ce3eb0166ab6ba0956b22857f43bfc57e", None)},
+    # translation (CC BY 2.0 FR): the manythings.org Anki export's fra.txt, gzipped (SOURCES.md)
+    "eng-fra": {"pairs": RemoteFile("translation/eng-fra.txt.gz",
+                                    "ec59d6aaba2103a1320330f39bec51dbebbb20cb6bbe9976bd16b0622c965a50", None)},
     # sequence labelling (see SOURCES.md): local copies only, never downloaded (CoNLL-2003 may not be
     # redistributed; every user builds or obtains it), so these have no URL and locate() refuses to fetch
     "conll2003": {

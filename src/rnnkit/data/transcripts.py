@@ -5,7 +5,8 @@
   images, which gaps) drawn with a seed and rendered when a batch needs them;
 - :func:`connected_recordings`: 2-6 recordings of one speaker joined with random silences and
   light noise (connected spoken digits from single ones);
-- :class:`FeatureItems`: features computed once (recordings' log-mel frames) with their transcripts.
+- :class:`FeatureItems`: features computed once (recordings' log-mel frames) with their transcripts;
+- :func:`stack_frames`: s consecutive frames joined into one step (subsampling time by s).
 
 Both offer ``len``, ``length(i)`` (T of item i, known before rendering so batches can be bucketed
 by length), ``features(i)`` (T, F) float32 and ``transcript(i)``.
@@ -86,6 +87,17 @@ class FeatureItems:
 
     def subset(self, index) -> "FeatureItems":
         return FeatureItems([self.frames[i] for i in index], [self.transcripts[i] for i in index])
+
+
+def stack_frames(frames: np.ndarray, s: int) -> np.ndarray:
+    """(T, F) -> (ceil(T / s), s * F): step t joins frames s*t .. s*t + s - 1, zeros past the end.
+    Followed by a linear layer this is a convolution of width s and stride s over time."""
+    if s == 1:
+        return frames
+    steps = -(-len(frames) // s)
+    padded = np.zeros((steps * s, frames.shape[1]), dtype=frames.dtype)
+    padded[: len(frames)] = frames
+    return padded.reshape(steps, s * frames.shape[1])
 
 
 def connected_recordings(recordings: list, count: int, seed: int, min_n: int = 2, max_n: int = 6,

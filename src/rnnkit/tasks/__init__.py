@@ -13,6 +13,7 @@ TASK_MODULES = {
     "seqclass": "rnnkit.tasks.seqclass",
     "tag": "rnnkit.tasks.tag",
     "transcribe": "rnnkit.tasks.transcribe",
+    "seq2seq": "rnnkit.tasks.seq2seq",
 }
 
 

@@ -61,10 +61,12 @@ Deployment hooks (``rnnkit export`` and ``rnnkit serve`` read these, never the t
 11. ``serve_input``: the request field ``rnnkit serve`` takes: ``"texts"`` (POST /predict with
     strings), ``"sequences"`` (arrays of feature vectors), ``"history"`` (a forecast's history),
     ``"prime"`` (POST /generate), ``"sentences"`` (POST /tag with texts or word lists),
-    ``"recordings"`` (POST /transcribe with WAV files or features); "" when the task cannot be served.
+    ``"recordings"`` (POST /transcribe with WAV files or features), ``"pairs"`` (POST /translate
+    with sentences); "" when the task cannot be served.
 12. ``exportable`` (False: ``rnnkit export`` refuses the task's runs), ``takes_lengths`` (the model reads ``lengths`` (B,)), ``example_inputs(model_config,
     task_state, B, T)`` (a traced input) and ``export_axes(task_state)`` (which axes are dynamic)
-    shape the exported ONNX graph; ``export_extras(model)`` adds to its JSON.
+    shape the exported ONNX graph; ``export_extras(model)`` adds to its JSON; ``export_graphs(model)``
+    replaces the one graph by several (seq2seq: the encoder and one decoder step).
 
 Config fields: every field of ``Config`` becomes ``--field-name`` (``--field_name`` accepted) and a
 key of the config file's ``[data]`` section, typed by its annotation (int, float, str, bool,
@@ -214,6 +216,12 @@ class Task:
     def export_extras(self, model) -> dict:
         """Entries the export JSON adds for what runs after the graph (tag: the CRF's scores)."""
         return {}
+
+    def export_graphs(self, model) -> Optional[dict]:
+        """Several graphs instead of the one stateful graph (seq2seq: an encoder and one decoder
+        step): ``{name: (module, example args, input names, output names, dynamic axes)}``; None
+        (default) exports ``model`` itself."""
+        return None
 
     # -- optional CLI hooks (see the module docstring, items 6-7) -------------------------------
     def add_arguments(self, verb: str, parser) -> None:

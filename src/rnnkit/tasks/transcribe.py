@@ -18,6 +18,11 @@ Data (``prepare``):
   normalised log-mel/MFCC frames (:mod:`rnnkit.data.speech`); takes 0-4 are the test part (or
   ``--test-speaker``), and ``val_size`` of the rest is held out.
 
+Subsampling: ``--subsample s`` joins s consecutive frames into one step (T -> ceil(T/s) steps of
+s*F features; :func:`rnnkit.data.transcripts.stack_frames`), so the recurrence runs s times fewer
+steps; with ``--encoder linear`` the first layer is then a convolution of width s and stride s.
+Every step still has to leave room for CTC's blanks between repeated characters.
+
 Metrics (``evaluate``; fractions): ``loss`` (CTC per target character, averaged over sequences),
 ``cer`` (character error rate: on digit strings, the digit error rate), ``sequence_accuracy`` and,
 when transcripts have spaces, ``wer`` (:func:`rnnkit.metrics.transcription_scores`).
@@ -43,7 +48,7 @@ from rnnkit import metrics
 from rnnkit.ctc import beam_decode, greedy_decode
 from rnnkit.data.batching import Batch, BucketedBatches, batch_lengths
 from rnnkit.data.images import IMAGE_SUFFIXES
-from rnnkit.data.transcripts import FeatureItems, digit_strings
+from rnnkit.data.transcripts import FeatureItems, digit_strings, stack_frames
 from rnnkit.errors import UserError, check_at_least
 from rnnkit.models import ModelConfig
 from rnnkit.tasks.base import BatchSource, PreparedData, Task
@@ -68,10 +73,13 @@ class TranscribeConfig:
     audio_features: str = field(default="logmel", metadata={"choices": ("logmel", "mfcc")})  # recordings: frames
     n_mels: int = 40  # recordings: mel bands
     test_speaker: str = ""  # recordings: this speaker is the test part (default: takes 0-4)
+    subsample: int = 1  # join this many consecutive frames into one recurrent step (T -> T/s, F -> s*F);
+    # with the model's linear encoder, a convolution of width s and stride s in front of the recurrence
     batch_size: int = 32
 
     def __post_init__(self):
-        check_at_least(self, 1, ("min_digits", "train_strings", "test_strings", "val_images", "n_mels", "batch_size"),
+        check_at_least(self, 1, ("min_digits", "train_strings", "test_strings", "val_images", "n_mels", "subsample",
+                                       "batch_size"),
                        UserError)
         check_at_least(self, 0, ("max_gap", "val_size"), UserError)
         if self.max_digits < self.min_digits:
@@ -140,9 +148,11 @@ def prepare_connected(config: TranscribeConfig) -> tuple[dict, dict, dict]:
     return parts, {"name": "fsdd-connected"}, features.to_dict()
 
 
-def make_source(items, alphabet: dict, batch_size: int, shuffle: bool, where: str = "") -> Optional[BucketedBatches]:
-    """Length-bucketed batches: inputs (B, T, F) float32 (0 past a row's end), targets (B, L)
-    character ids (``PAD`` after), lengths (B,) or None when every row has T steps."""
+def make_source(items, alphabet: dict, batch_size: int, shuffle: bool, where: str = "",
+                subsample: int = 1) -> Optional[BucketedBatches]:
+    """Length-bucketed batches: inputs (B, T, s*F) float32 (the items' frames joined ``subsample``
+    = s at a time, 0 past a row's end), targets (B, L) character ids (``PAD`` after), lengths
+    (B,) or None when every row has T steps."""
     if items is None or len(items) == 0:
         return None
     encoded = []
@@ -154,7 +164,7 @@ def make_source(items, alphabet: dict, batch_size: int, shuffle: bool, where: st
         encoded.append([alphabet[c] for c in text])
 
     def make_batch(indices):
-        feats = [items.features(i) for i in indices]
+        feats = [stack_frames(items.features(i), subsample) for i in indices]
         T, L = max(len(f) for f in feats), max(max(len(encoded[i]) for i in indices), 1)
         x = torch.zeros(len(indices), T, feats[0].shape[1])
         y = torch.full((len(indices), L), PAD, dtype=torch.int64)
@@ -164,7 +174,8 @@ def make_source(items, alphabet: dict, batch_size: int, shuffle: bool, where: st
         lengths = torch.tensor([len(f) for f in feats], dtype=torch.int64)
         return Batch(x, y, None if bool((lengths == T).all()) else lengths)
 
-    return BucketedBatches([items.length(i) for i in range(len(items))], batch_size, make_batch, shuffle=shuffle)
+    steps = [-(-items.length(i) // subsample) for i in range(len(items))]
+    return BucketedBatches(steps, batch_size, make_batch, shuffle=shuffle)
 
 
 # ---------------------------------------------------------------------------------------- task
@@ -260,8 +271,9 @@ class TranscribeTask(Task):
             raise UserError(f"{data}: the training transcripts are empty")
         ids = {c: k + 1 for k, c in enumerate(alphabet)}  # 0 is the blank
         state = {"kind": "mnist-digits" if audio is None else "recordings", "alphabet": alphabet,
-                 "features": int(train.features(0).shape[1]), "audio": audio}
-        sources_ = {part: make_source(parts[part], ids, config.batch_size, part == "train", f"{part} data: ")
+                 "features": int(train.features(0).shape[1]), "subsample": config.subsample, "audio": audio}
+        sources_ = {part: make_source(parts[part], ids, config.batch_size, part == "train", f"{part} data: ",
+                                      config.subsample)
                     for part in ("train", "val", "test")}
         counts = {part: len(parts[part]) for part in ("train", "val", "test")}
         return PreparedData(sources_["train"], sources_["val"], sources_["test"], state, {**info, **counts})
@@ -269,8 +281,9 @@ class TranscribeTask(Task):
     def model_config(self, task_state: dict, config: TranscribeConfig, model: ModelConfig) -> ModelConfig:
         from dataclasses import replace
 
-        return replace(model, encoder="identity", input_size=task_state["features"], head="per_step", bag=False,
-                       output_size=len(task_state["alphabet"]) + 1)
+        encoder = "linear" if model.encoder == "linear" else "identity"
+        return replace(model, encoder=encoder, input_size=task_state["features"] * task_state.get("subsample", 1),
+                       head="per_step", bag=False, output_size=len(task_state["alphabet"]) + 1)
 
     def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
         return ctc_loss(outputs, batch)
@@ -281,6 +294,7 @@ class TranscribeTask(Task):
     def build_model(self, model_config: ModelConfig, task_state: dict):
         model = super().build_model(model_config, task_state)
         model.alphabet = list(task_state["alphabet"])  # so evaluate() can spell what it decodes
+        model.subsample = int(task_state.get("subsample", 1))
         return model
 
     def ensemble_key(self, task_state: dict) -> dict:
@@ -294,8 +308,10 @@ class TranscribeTask(Task):
         return {0: "batch", 1: "time"}, {0: "batch", 1: "time"}  # scores at every step
 
     def export_extras(self, model) -> dict:
-        """``decoder``: CTC over the graph's per-step scores: class 0 the blank, class k + 1 ``alphabet[k]``."""
-        return {"decoder": {"kind": "ctc", "blank": BLANK, "alphabet": list(model.alphabet)}}
+        """``decoder``: CTC over the graph's per-step scores: class 0 the blank, class k + 1 ``alphabet[k]``;
+        ``subsample``: the graph's inputs are the features s frames at a time (step t: frames s*t..s*t+s-1)."""
+        return {"decoder": {"kind": "ctc", "blank": BLANK, "alphabet": list(model.alphabet)},
+                "subsample": getattr(model, "subsample", 1)}
 
     def add_arguments(self, verb: str, parser) -> None:
         if verb in ("evaluate", "predict"):
@@ -357,7 +373,8 @@ class Transcriber(Classifier):
         arrays = [np.asarray(f, dtype=np.float32) for f in features]
         if not arrays or any(a.ndim != 2 or a.shape[1] != state["features"] or len(a) == 0 for a in arrays):
             raise UserError(f"predict expects a list of (T, {state['features']}) feature arrays, T >= 1")
-        source = make_source(FeatureItems(arrays, [""] * len(arrays)), {}, self.config.batch_size, False)
+        source = make_source(FeatureItems(arrays, [""] * len(arrays)), {}, self.config.batch_size, False, "",
+                             int(state.get("subsample", 1)))
         order = [i for idx in source.batch_indices(0, 0) for i in idx.tolist()]  # bucketed: back to input order
         hyps = transcription_pass(model, source.epoch(0, 0), self.alphabet, beam)[1]
         out = [""] * len(arrays)
