@@ -140,8 +140,8 @@ def attention_png(panels: Sequence[tuple]) -> bytes:
     """Attention weights as heat maps, one panel per sentence: ``panels`` of (source tokens (S,),
     output tokens (T,), weights (T, S)); rows are output tokens, columns source tokens."""
     panels = list(panels) or [([], [], np.zeros((0, 0)))]
-    fig, axes = plt.subplots(1, len(panels), squeeze=False,
-                             figsize=(sum(1.5 + 0.35 * max(len(p[0]), 1) for p in panels), 1.5 + 0.3 * max(len(p[1]) for p in panels)))
+    width = sum(1.5 + 0.3 * min(max(len(p[0]), 1), 60) for p in panels)
+    fig, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(width, 1.5 + 0.25 * min(max(len(p[1]) for p in panels), 60)))
     for ax, (source, output, weights) in zip(axes.flat, panels):
         ax.imshow(np.asarray(weights, dtype=float), cmap="Greys", vmin=0, vmax=1, aspect="auto")
         ax.set_xticks(range(len(source)), source, rotation=90, fontsize=8)

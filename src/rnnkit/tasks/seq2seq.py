@@ -161,9 +161,11 @@ def translation_pass(net: Seq2SeqNet, batches: Iterable[Batch], target_tokenizer
     was_training = net.training
     net.eval()
     refs, hyps, loss_sum, tokens = [], [], 0.0, 0
+    device = next(net.parameters()).device
     try:
         with torch.no_grad():
             for batch in batches:
+                batch = batch.to(device)  # lengths stay on the CPU
                 logits, _ = net(batch.inputs, None, batch.lengths)
                 loss_sum += float(token_loss(logits, batch.targets, reduction="sum"))
                 tokens += int((batch.targets != PAD).sum())
@@ -232,7 +234,8 @@ class Seq2SeqTask(Task):
         """How to decode with the two graphs."""
         return {"decoding": {"bos": BOS, "eos": EOS, "pad": PAD, "max_length": model.max_length,
                              "steps": "encoder(source, lengths) gives the first state; feed decoder_step the last "
-                                      "token (BOS first) and the state, then its *_out state, until EOS"}}
+                                      "token (BOS first) and the state, then its *_out state, until EOS; "
+                                      "never choose PAD or BOS"}}
 
     def load(self, artifact) -> "Translator":
         return Translator.from_artifact(artifact)
@@ -334,13 +337,14 @@ class Translator(Classifier):
         """(source pieces, translation pieces + EOS, weights (T, S)) of one sentence's translation."""
         net, state = self._require()
         x, lengths = self._encode([text])
+        x = x.to(next(net.parameters()).device)
         ids = translate_ids(net, x, lengths, beam or self.config.beam, net.max_length, self.config.length_penalty)[0][0]
-        previous = torch.tensor([[BOS] + ids])
+        previous = torch.tensor([[BOS] + ids], device=x.device)
         with torch.no_grad():
             net.eval()
             _, _, weights = net.decode(previous, net.start(x, lengths))
         source = tokenizer_from_dict(state["source_tokenizer"])
-        return source.pieces(x[0].tolist()), net.target_tokenizer.pieces(ids) + ["</s>"], weights[0]
+        return source.pieces(x[0].tolist()), net.target_tokenizer.pieces(ids) + ["</s>"], weights[0].cpu()
 
     def plot_attention(self, texts: Sequence[str], path) -> None:
         """A PNG of the attention weights of each sentence's translation (one panel each)."""

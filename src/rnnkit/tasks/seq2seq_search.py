@@ -1,7 +1,7 @@
 """Decoding a :class:`~rnnkit.tasks.seq2seq_model.Seq2SeqNet`: greedy and batched beam search.
 
 Both run the network one step at a time with its state carried (``net.step``), from BOS until
-EOS or ``max_length`` tokens. A hypothesis' score is the sum of its tokens' log-probabilities,
+EOS or ``max_length`` tokens, and never choose PAD or BOS (no target holds them). A hypothesis' score is the sum of its tokens' log-probabilities,
 EOS included; beam search ranks finished hypotheses by ``score / length ** length_penalty``
 (length counts EOS; 0 ranks by the raw score, 1 by the mean per token).
 
@@ -18,11 +18,18 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from rnnkit.tasks.seq2seq_model import BOS, EOS, Seq2SeqNet
+from rnnkit.tasks.seq2seq_model import BOS, EOS, PAD, Seq2SeqNet
 
 
 def _bos(n: int, device) -> Tensor:
     return torch.full((n,), BOS, dtype=torch.int64, device=device)
+
+
+def _step(net: Seq2SeqNet, previous: Tensor, state):
+    """net.step with PAD and BOS ruled out: (log-probabilities (N, V), state)."""
+    log_probs, state, _ = net.step(previous, state)
+    log_probs[:, PAD] = log_probs[:, BOS] = float("-inf")
+    return log_probs, state
 
 
 @torch.no_grad()
@@ -33,7 +40,7 @@ def greedy(net: Seq2SeqNet, source: Tensor, lengths: Optional[Tensor], max_lengt
     previous, done = _bos(N, source.device), torch.zeros(N, dtype=torch.bool, device=source.device)
     scores, tokens = torch.zeros(N, device=source.device), []
     for _ in range(max_length):
-        log_probs, state, _ = net.step(previous, state)  # (N, V)
+        log_probs, state = _step(net, previous, state)  # (N, V)
         best, previous = log_probs.max(-1)
         scores += best.masked_fill(done, 0.0)
         tokens.append(previous.masked_fill(done, EOS))
@@ -64,7 +71,7 @@ def beam_search(net: Seq2SeqNet, source: Tensor, lengths: Optional[Tensor], beam
     finished: list[list] = [[] for _ in range(N)]  # (normalised, raw score, ids)
     done = [False] * N
     for t in range(max_length):
-        log_probs, state, _ = net.step(previous, state)  # (N*K, V)
+        log_probs, state = _step(net, previous, state)  # (N*K, V)
         V = log_probs.shape[-1]
         candidates = (scores.view(-1, 1) + log_probs).view(N, K * V)
         top, index = candidates.topk(min(2 * K, K * V), dim=1)  # (N, 2K), best first
