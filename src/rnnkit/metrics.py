@@ -146,6 +146,33 @@ def forecast_accuracy(pred: np.ndarray, truth: np.ndarray, mase_scale: float) ->
             "mase": mae / mase_scale if mase_scale > 0 else float("nan")}
 
 
+def series_scores(forecasts: np.ndarray, actuals: np.ndarray, scales: np.ndarray, naive2: tuple = ()) -> dict:
+    """The M4 competition's point scores of N series' forecasts (N, K) against actuals (N, K):
+    ``smape`` (%) and ``mase`` (each series' errors over its own ``scales`` (N,), the in-sample
+    MAE of the seasonal naive forecast, :func:`mase_scale`), each the mean over all N * K errors;
+    with ``naive2`` = (sMAPE, MASE) of Naive2 on the same set, ``owa`` = the mean of the two ratios."""
+    f, y = np.asarray(forecasts, dtype=np.float64), np.asarray(actuals, dtype=np.float64)
+    err = np.abs(y - f)
+    denom = np.abs(y) + np.abs(f)
+    smape = float(np.mean(np.where(denom > 0, 200.0 * err / np.where(denom > 0, denom, 1.0), 0.0)))
+    mase = float(np.mean(err / np.asarray(scales, dtype=np.float64)[:, None]))
+    out = {"smape": smape, "mase": mase}
+    if naive2:
+        out["owa"] = 0.5 * (smape / naive2[0] + mase / naive2[1])
+    return out
+
+
+def interval_scores(lower: np.ndarray, upper: np.ndarray, actuals: np.ndarray, scales: np.ndarray,
+                    alpha: float = 0.05) -> dict:
+    """Scores of (1 - alpha) prediction intervals [lower, upper] (N, K) for actuals (N, K), as
+    in M4: ``msis`` = mean over series of mean_k [(U - L) + 2/alpha (L - y)[y < L] + 2/alpha
+    (y - U)[y > U]] / scale, and ``coverage``, the fraction of actuals inside (bounds included)."""
+    L, U, y = (np.asarray(a, dtype=np.float64) for a in (lower, upper, actuals))
+    penalty = (U - L) + 2.0 / alpha * ((L - y) * (y < L) + (y - U) * (y > U))
+    return {"msis": float(np.mean(penalty.mean(1) / np.asarray(scales, dtype=np.float64))),
+            "coverage": float(np.mean((y >= L) & (y <= U)))}
+
+
 def mase_scale(train: np.ndarray, period: int) -> float:
     """In-sample MAE of the seasonal naive forecast y_t = y_{t-m} on training values (T, C)."""
     m = max(1, period)

@@ -3,10 +3,10 @@
 ``resolve(name_or_path)`` returns a Path (or ``{part: Path}`` for multi-file datasets):
 
 1. a named dataset (``tinyshakespeare``, ``mnist``, ``imdb``, ``etth1``, ``etth2``,
-   ``airline-passengers``, ``monthly-sunspots``, ``daily-min-temperatures``, ``fsdd`` (spoken
-   digits), ``eng-fra`` (translation pairs), and for sequence labelling ``conll2003``, ``wnut17``,
-   ``ud-en-ewt``) is looked up in the folder named by
-   ``RNNKIT_DATA`` (layout of shared/data, see its SOURCES.md), then in the cache
+   ``airline-passengers``, ``monthly-sunspots``, ``daily-min-temperatures``, ``m4-hourly``,
+   ``fsdd`` (spoken digits), ``eng-fra`` (translation pairs), and for sequence labelling
+   ``conll2003``, ``wnut17``, ``ud-en-ewt``) is looked up in the folder named by ``RNNKIT_DATA``
+   (layout of shared/data, see its SOURCES.md), then in the cache
    (``RNNKIT_CACHE``, default ``~/.cache/rnnkit``), then downloaded into the cache from its
    canonical URL, pinned to a commit, and kept only if its SHA-256 matches. A dataset without a
    URL (``imdb``'s converted CSVs, the sequence-labelling sets) is never downloaded: when it is
@@ -53,6 +53,7 @@ _CHAR_RNN = f"{_GH}/karpathy/char-rnn/6f9487a6fe5b420b7ca9afb0d7c078e37c1d1b4e/d
 _ETT = f"{_GH}/zhouhaoyi/ETDataset/1d16c8f4f943005d613b5bc962e9eeb06058cf07/ETT-small"
 _TSDL = f"{_GH}/jbrownlee/Datasets/d20fcb6402ae34e653d4513b00f39257bb37ed7f"
 _MNIST = "https://ossci-datasets.s3.amazonaws.com/mnist"
+_M4 = "6c1067e5a57161249b17289a565178dc7a3fb3ca"
 
 DATASETS: dict[str, dict[str, RemoteFile]] = {
     "tinyshakespeare": {"text": RemoteFile(
@@ -97,6 +98,13 @@ DATASETS: dict[str, dict[str, RemoteFile]] = {
     # translation (CC BY 2.0 FR): the manythings.org Anki export's fra.txt, gzipped (SOURCES.md)
     "eng-fra": {"pairs": RemoteFile("translation/eng-fra.txt.gz",
                                     "ec59d6aaba2103a1320330f39bec51dbebbb20cb6bbe9976bd16b0622c965a50", None)},
+    # M4 Hourly (Makridakis et al. 2020): the competition's own files at a pinned commit
+    "m4-hourly": {"train": RemoteFile("m4/Hourly-train.csv",
+                                      "ea59b7783573c49077a835ab6465c7d66f1474783360f310988a9a737fbca62f",
+                                      f"{_GH}/Mcompetitions/M4-methods/{_M4}/Dataset/Train/Hourly-train.csv"),
+                  "test": RemoteFile("m4/Hourly-test.csv",
+                                     "71a57fccb15e534d973626ada4fb87febf789e9317715b7cc6dd3b5f90db6f42",
+                                     f"{_GH}/Mcompetitions/M4-methods/{_M4}/Dataset/Test/Hourly-test.csv")},
     # sequence labelling (see SOURCES.md): local copies only, never downloaded (CoNLL-2003 may not be
     # redistributed; every user builds or obtains it), so these have no URL and locate() refuses to fetch
     "conll2003": {

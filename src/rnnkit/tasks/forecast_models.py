@@ -123,6 +123,54 @@ def seasonal_naive_forecast(x: np.ndarray, horizon: int, period: int) -> np.ndar
     return x[:, L - period + (k % period), :]
 
 
+def autocorrelation(x: np.ndarray, lag: int) -> float:
+    """r_k = sum_t (x_t - mean)(x_{t+k} - mean) / sum_t (x_t - mean)^2 of a 1-D series (R's acf)."""
+    d = np.asarray(x, dtype=np.float64) - np.mean(x)
+    return float((d[lag:] * d[: len(d) - lag]).sum() / (d * d).sum())
+
+
+def is_seasonal(x: np.ndarray, period: int) -> bool:
+    """The M4 benchmarks' seasonality test: a series of at least three seasons is seasonal when
+    |r_m| > 1.645 sqrt((1 + 2 sum_{k<m} r_k^2) / T), the 90% limit of the lag-m autocorrelation."""
+    if period < 2 or len(x) < 3 * period:
+        return False
+    r = np.array([autocorrelation(x, k) for k in range(1, period + 1)])
+    return bool(abs(r[-1]) > 1.645 * np.sqrt((1 + 2 * np.sum(r[:-1] ** 2)) / len(x)))
+
+
+def seasonal_indices(x: np.ndarray, period: int) -> np.ndarray:
+    """Classical multiplicative decomposition (R's ``decompose``): the centred moving average of
+    one season (2 x m for even m) as trend, the series over it, averaged per position of the
+    season and normalised to mean 1. -> (m,) indices, index j for steps t with t mod m = j."""
+    x = np.asarray(x, dtype=np.float64)
+    weights = np.r_[0.5, np.ones(period - 1), 0.5] / period if period % 2 == 0 else np.ones(period) / period
+    trend = np.full(len(x), np.nan)
+    smooth = np.convolve(x, weights, mode="valid")
+    trend[len(weights) // 2 : len(weights) // 2 + len(smooth)] = smooth
+    ratio, position = x / trend, np.arange(len(x)) % period
+    figure = np.array([np.nanmean(ratio[position == j]) for j in range(period)])
+    return figure / figure.mean()
+
+
+def naive2_forecast(x: np.ndarray, horizon: int, period: int) -> np.ndarray:
+    """M4's Naive2: the last value of the seasonally adjusted series (:func:`seasonal_indices`,
+    applied when :func:`is_seasonal`), reseasonalised over the horizon. x (T,) -> (K,)."""
+    x = np.asarray(x, dtype=np.float64)
+    if not is_seasonal(x, period):
+        return np.repeat(x[-1], horizon)
+    index = seasonal_indices(x, period)
+    last = x[-1] / index[(len(x) - 1) % period]
+    return last * index[(len(x) + np.arange(horizon)) % period]
+
+
+def naive_interval(x: np.ndarray, horizon: int, z: float = 1.959963984540054) -> tuple[np.ndarray, np.ndarray]:
+    """The naive forecast's interval, as M4's Naive1 benchmark: last value +- z sigma sqrt(k),
+    sigma^2 the mean squared one-step change in sample. x (T,) -> (lower (K,), upper (K,))."""
+    sigma = float(np.sqrt(np.mean(np.diff(np.asarray(x, dtype=np.float64)) ** 2)))
+    half = z * sigma * np.sqrt(np.arange(1, horizon + 1))
+    return x[-1] - half, x[-1] + half
+
+
 def detect_period(values: np.ndarray, max_lag: int) -> int:
     """Dominant period of a 1-D series from its autocorrelation (after removing a linear trend).
 
