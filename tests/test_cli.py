@@ -102,7 +102,8 @@ def test_bad_inputs_one_line_exit_2(tmp_path, csv, capsys):
 
     assert train(tmp_path / "missing.csv") == (
         f"data '{tmp_path / 'missing.csv'}': no such file, and not a named dataset (named datasets: tinyshakespeare, "
-        "mnist, imdb, etth1, etth2, airline-passengers, monthly-sunspots, daily-min-temperatures, fsdd, conll2003, wnut17, "
+        "mnist, imdb, etth1, etth2, airline-passengers, monthly-sunspots, daily-min-temperatures, fsdd, eng-fra, m4-hourly, "
+        "conll2003, wnut17, "
         "ud-en-ewt)")
     (tmp_path / "empty.csv").write_bytes(b"")
     assert train(tmp_path / "empty.csv") == f"{tmp_path / 'empty.csv'}: file is empty"
@@ -127,7 +128,7 @@ def test_bad_inputs_one_line_exit_2(tmp_path, csv, capsys):
     assert train(csv, "--num-layers", "0") == "--num-layers: num_layers must be at least 1, got 0"
     assert train(csv, "--hiden-size", "3") == "unknown option --hiden-size; did you mean --hidden-size?"
     assert _bad(capsys, tmp_path, "train", "toyy", "--data", csv, "--out", tmp_path / "out") == (
-        "unknown task 'toyy'; expected one of: textgen, forecast, textclass, seqclass, tag, transcribe, toy")
+        "unknown task 'toyy'; expected one of: textgen, forecast, textclass, seqclass, tag, transcribe, seq2seq, toy")
     cfg = tmp_path / "c.json"
     cfg.write_text('{"model": {"hiden_size": 4}}')
     assert train(csv, "--config", cfg) == f"{cfg} [model]: unknown key 'hiden_size'; did you mean 'hidden_size'?"

@@ -66,7 +66,11 @@ DEFAULT_SPACES = {
                  "data.augment_shift": [0, 1, 2]},
     "tag": {**_COMMON, "data.char_hidden": [0, 25, 50], "data.decoder": ["crf", "softmax"],
             "data.batch_size": [16, 32]},
-    "transcribe": {**_COMMON, "model.bidirectional": [False, True], "data.batch_size": [16, 32, 64]},
+    "transcribe": {**_COMMON, "model.bidirectional": [False, True], "data.batch_size": [16, 32, 64],
+                   "data.subsample": [1, 2, 3]},
+    "seq2seq": {**_COMMON, "model.embedding_dim": [64, 128, 256], "model.embedding_dropout": {"low": 0.0, "high": 0.3},
+                "data.attention": ["additive", "multiplicative"], "data.input_feeding": [False, True],
+                "data.label_smoothing": [0.0, 0.1], "data.batch_size": [32, 64, 128]},
 }
 
 TUNE_KEYS = ("default_space",) + SECTIONS
