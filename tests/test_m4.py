@@ -73,3 +73,39 @@ def test_m4_reader_names_a_bad_cell(tmp_path):
     bad.write_text('"V1","V2","V3"\n"A","1","x"\n')
     with pytest.raises(UserError, match="line 2, column 3"):
         read_m4_rows(bad)
+
+
+def test_conformal_intervals_reach_their_level_on_exchangeable_windows():
+    from rnnkit.tasks.forecast_models import conformal_half_widths
+
+    rng = np.random.default_rng(1)
+    K, level, trials = 3, 0.9, 400
+    covered = []
+    for _ in range(trials):  # calibration residuals and a new window from one heavy-tailed law
+        calibration = rng.standard_t(3, size=(50, K)) * np.array([1.0, 2.0, 4.0])
+        fresh = rng.standard_t(3, size=K) * np.array([1.0, 2.0, 4.0])
+        covered.append(np.abs(fresh) <= conformal_half_widths(calibration, level))
+    rate = np.mean(covered, axis=0)  # the guarantee: >= 0.9, and at most 0.9 + 1/(n+1) on average
+    assert np.all(rate > level - 3 * np.sqrt(level * (1 - level) / trials)) and np.all(rate < 0.94)
+    assert np.isinf(conformal_half_widths(np.ones((5, 2)), 0.9)).all()  # 5 windows cannot give 90%
+
+
+def test_pinball_loss_by_hand():
+    # y = 10; quantile 0.1 forecast 12 (over by 2): 0.9 * 2; quantile 0.9 forecast 9 (under by 1): 0.9 * 1
+    assert metrics.pinball_loss(np.array([[12.0, 9.0]]), np.array([10.0]), [0.1, 0.9]) == pytest.approx((1.8 + 0.9) / 2)
+
+
+def test_long_format_reader_groups_series_and_checks_times(tmp_path):
+    from rnnkit.data.panel import read_long_csv
+
+    path = tmp_path / "long.csv"
+    path.write_text("unique_id,ds,y,price\nA,2024-01-01,1,5\nB,2024-03-01,7,1\nA,2024-01-02,2,6\nB,2024-03-02,8,2\n"
+                    "A,2024-01-03,3,7\n")
+    panel = read_long_csv(path, covariates=["price"])
+    assert panel.ids == ["A", "B"] and [list(v) for v in panel.values] == [[1, 2, 3], [7, 8]]
+    assert list(panel.times[1]) == ["2024-03-01", "2024-03-02"] and panel.covariates[0][:, 0].tolist() == [5, 6, 7]
+    path.write_text("unique_id,ds,y\nA,2024-01-02,1\nA,2024-01-01,2\n")
+    with pytest.raises(UserError, match="line 3, column 'ds': time '2024-01-01' of series 'A' does not follow"):
+        read_long_csv(path)
+    with pytest.raises(UserError, match="no column 'sales'"):
+        read_long_csv(path, target="sales")

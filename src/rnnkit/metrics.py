@@ -173,6 +173,15 @@ def interval_scores(lower: np.ndarray, upper: np.ndarray, actuals: np.ndarray, s
             "coverage": float(np.mean((y >= L) & (y <= U)))}
 
 
+def pinball_loss(forecasts: np.ndarray, actuals: np.ndarray, quantiles: Sequence[float]) -> float:
+    """Mean quantile (pinball) loss of quantile forecasts (..., Q) for actuals (...):
+    max(q (y - f), (q - 1)(y - f)), averaged over every value and quantile."""
+    f = np.asarray(forecasts, dtype=np.float64)
+    q = np.asarray(quantiles, dtype=np.float64)
+    diff = np.asarray(actuals, dtype=np.float64)[..., None] - f
+    return float(np.mean(np.maximum(q * diff, (q - 1) * diff)))
+
+
 def mase_scale(train: np.ndarray, period: int) -> float:
     """In-sample MAE of the seasonal naive forecast y_t = y_{t-m} on training values (T, C)."""
     m = max(1, period)

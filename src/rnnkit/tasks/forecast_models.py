@@ -171,6 +171,22 @@ def naive_interval(x: np.ndarray, horizon: int, z: float = 1.959963984540054) ->
     return x[-1] - half, x[-1] + half
 
 
+def conformal_half_widths(residuals: np.ndarray, level: float) -> np.ndarray:
+    """Split-conformal interval half-widths per horizon step from calibration residuals
+    (n, K) = actual - forecast on windows the model never trained on: the ceil((n + 1) level)-th
+    smallest |residual| of each step (Vovk et al.; Lei et al. 2018). The interval forecast +- q_k
+    then covers a new window's value with probability at least ``level`` when the windows are
+    exchangeable. -> (K,); infinite when n is too small for the level."""
+    scores = np.sort(np.abs(np.asarray(residuals, dtype=np.float64)), axis=0)
+    n = len(scores)
+    rank = int(np.ceil((n + 1) * level))
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if rank > n:
+        return np.full(scores.shape[1:], np.inf)
+    return scores[rank - 1]
+
+
 def detect_period(values: np.ndarray, max_lag: int) -> int:
     """Dominant period of a 1-D series from its autocorrelation (after removing a linear trend).
 
