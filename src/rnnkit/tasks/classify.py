@@ -231,6 +231,18 @@ class Classifier:
         self.metrics = self._report(prepared.val) if prepared.val is not None else {}
         return self
 
+    def _report_on(self, data: Optional[str], split: str, report: Callable[[BatchSource], dict], expected: str) -> dict:
+        """``report(source)`` on the ``split`` part (train, val or test) of ``data``: by default
+        the data the model was trained on (the prepared parts after ``fit``, else the artifact's
+        recorded data); ``expected`` names what ``data`` may be, for the error without either."""
+        self._require()
+        if data is None and getattr(self, "prepared", None) is not None:
+            return report(getattr(self.prepared, split))
+        name = data or (self.artifact.data.get("name") if hasattr(self, "artifact") else None)
+        if not name:
+            raise UserError(f"evaluate needs data=<{expected}>")
+        return report(getattr(self.task.prepare(self.config, name), split))
+
     def _report(self, source: BatchSource) -> dict:
         """:func:`evaluation_report` of the model on every batch of ``source``."""
         logits, targets = predict_logits(self._require()[0], source.epoch(0, 0))

@@ -354,12 +354,7 @@ class Translator(Classifier):
         write_file_atomic(Path(path), plots.attention_png([self.attention(t) for t in texts]))
 
     def evaluate(self, data: Optional[str] = None, split: str = "test", beam: Optional[int] = None) -> dict:
-        """The report on the ``split`` part of ``data`` (by default the data it was trained on)."""
-        self._require()
-        beam = beam or self.config.beam
-        if data is None and getattr(self, "prepared", None) is not None:
-            return self._report(getattr(self.prepared, split), beam)
-        name = data or (self.artifact.data.get("name") if hasattr(self, "artifact") else None)
-        if not name:
-            raise UserError("evaluate needs data=<eng-fra, addition or a tab-separated file>")
-        return self._report(getattr(self.task.prepare(self.config, name), split), beam)
+        """The report on the ``split`` part of ``data`` (by default the data it was trained on),
+        decoded by beam search of width ``beam`` (the run's by default; 1: greedy)."""
+        return self._report_on(data, split, lambda source: self._report(source, beam or self.config.beam),
+                               "eng-fra, addition or a tab-separated file")

@@ -391,10 +391,5 @@ class Transcriber(Classifier):
     def evaluate(self, data: Optional[str] = None, split: str = "test", beam: int = 1) -> dict:
         """The report on the ``split`` part (train, val or test) of ``data``; by default of the
         data it was trained on."""
-        self._require()
-        if data is None and getattr(self, "prepared", None) is not None:
-            return self._report(getattr(self.prepared, split), beam)
-        name = data or (self.artifact.data.get("name") if hasattr(self, "artifact") else None)
-        if not name:
-            raise UserError("evaluate needs data=<mnist-digits or a folder of recordings>")
-        return self._report(getattr(self.task.prepare(self.config, name), split), beam)
+        return self._report_on(data, split, lambda source: self._report(source, beam),
+                               "mnist-digits, fsdd-connected or a folder of recordings")
