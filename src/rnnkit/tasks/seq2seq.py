@@ -209,9 +209,6 @@ class Seq2SeqTask(Task):
         net.max_length = int(task_state["max_length"])
         return net
 
-    def examples(self, batch: Batch) -> int:
-        return int(batch.targets.shape[0])
-
     def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
         return token_loss(outputs, batch.targets)
 
