@@ -147,13 +147,19 @@ def sidecar(art: Artifact, sig: dict, outputs: tuple, model: nn.Module, onnx_nam
     """The JSON beside the graph. ``state``: None (no state), the network's state layer, or what
     the artifact says of several networks' (:meth:`~rnnkit.tasks.artifact.Artifact.export_state`)."""
     layers = [None if layer is None else _describe_state(layer) for layer in model.state_layers()]
-    state = art.export_state(layers)
+    graph = {"model_file": onnx_name,
+             "inputs": [_describe(n, a, sig["axes"]) for n, a in zip(sig["names"], sig["args"])],
+             "outputs": [_describe(n, o, sig["axes"]) for n, o in zip(sig["outputs"], outputs)],
+             "state": art.export_state(layers)}
+    return _side_meta(art, model, graph)
+
+
+def _side_meta(art: Artifact, model: nn.Module, graphs: dict) -> dict:
+    """The export JSON: format, the run's preprocessing, configs and metrics, the task's extras,
+    and ``graphs`` (what describes the graph file or files)."""
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "rnnkit_version": __version__,
-        "model_file": onnx_name, "task": art.task, "source": str(art.path),
-        "inputs": [_describe(n, a, sig["axes"]) for n, a in zip(sig["names"], sig["args"])],
-        "outputs": [_describe(n, o, sig["axes"]) for n, o in zip(sig["outputs"], outputs)],
-        "state": state,
+        "task": art.task, "source": str(art.path), **graphs,
         "preprocessing": art.task_state,  # vocabulary / scaler / labels / normaliser / windows
         "task_config": art.meta.get("task_config", {}),
         "model": art.meta.get("model") or art.model_config.to_dict(),  # several runs: the first one's
@@ -212,9 +218,6 @@ def export_graphs(art: Artifact, model: nn.Module, graphs: dict, out: Path, opse
                            "outputs": [_describe(n, r, axes) for n, r in zip(outputs, results)]}
         paths.append(path)
     side = out.with_suffix(".json")
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "rnnkit_version": __version__, "task": art.task,
-            "source": str(art.path), "graphs": described, "preprocessing": art.task_state,
-            "task_config": art.meta.get("task_config", {}), "model": art.model_config.to_dict(), "metrics": art.metrics,
-            **get_task(art.task).export_extras(model)}
+    meta = _side_meta(art, model, {"graphs": described})
     artifacts.write_file_atomic(side, (json.dumps(meta, indent=1) + "\n").encode())
     return paths[0], side
